@@ -1,0 +1,168 @@
+"""The backend protocol: what every GEMM, linear-layer and quantizer backend declares and does.
+
+Three levels, one small abstract class each:
+
+* :class:`GemmBackend` receives the pipeline's operands (packed A and W, scales in the layouts it
+  declared, alpha, output dtype, optional preallocated output) and returns ``[m, n_alloc]``.
+* :class:`LinearBackend` receives activations of any leading shape plus an NVFP4 checkpoint weight
+  shard and does what a serving engine does (quantize, pad, swizzle, GEMM, slice, bias).
+* :class:`QuantizerBackend` turns a high-precision matrix into packed codes and a scale buffer.
+
+A backend declares its needs as :class:`Requirements`; :meth:`Backend.support` turns them and the
+:class:`~harness.env.Environment` into a :class:`Support` verdict with a reason a person can act on.
+Adapters raise :class:`Unsupported` for a capability refusal they can only see at call time.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib.util
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import torch
+
+from harness.layouts import ScaleLayout
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.env import Environment
+    from harness.pipeline import CheckpointWeight, GemmOperands
+
+Level = Literal["gemm", "linear", "quantizer"]
+
+
+class Unsupported(Exception):
+    """The backend cannot run this call here (capability, package, shape outside its support).
+
+    Raised by adapters; the harness records it as a skip with this message, never as a pass.
+    """
+
+
+class BackendContractError(Exception):
+    """A backend broke the protocol (wrong output shape or dtype, wrong buffer sizes)."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a backend's arithmetic rounds, for the reference error bound (see harness.oracle).
+
+    accumulator_bits: significand bits (implicit bit included) of the accumulator: 24 for IEEE fp32.
+    operand_bits: significand bits the dequantized operands are rounded to before the products,
+      or None when the products are exact (block-scaled tensor cores, or the emulation kernels,
+      which feed exact e2m1*e4m3 values as bf16).
+    """
+    accumulator_bits: int = 24
+    operand_bits: int | None = None
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """Declared support of a backend. Everything here is checked before a call is made."""
+    compute_capabilities: frozenset[int] | None = None  # None: any CUDA GPU (or none, see runs_on_cpu)
+    runs_on_cpu: bool = False                            # Triton interpreter / torch CPU
+    packages: tuple[str, ...] = ()                       # import names that must be importable
+    a_layouts: tuple[ScaleLayout, ...] = (ScaleLayout.SWIZZLED_128x4,)
+    w_layout: ScaleLayout = ScaleLayout.SWIZZLED_128x4
+    n_align: int = 1                                     # the weight's N is padded to this
+    k_align: int = 16                                    # K (both operands) is padded to this
+    out_dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
+    m_max: int | None = None
+    m_align: int = 1
+    shuffled_weight: bool = False                        # TRT-LLM shuffle_matrix_a / _sf_a
+    activation: Literal["nvfp4", "bf16"] = "nvfp4"       # W4A16 backends take dense activations
+    precision: Precision = field(default_factory=Precision)
+
+
+@dataclass(frozen=True)
+class Support:
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class Backend(abc.ABC):
+    """Common part of all backends: a name, a description and declared requirements."""
+
+    level: ClassVar[Level]
+    name: str
+    description: str = ""
+    requirements: Requirements = Requirements()
+    #: True for a backend whose bugs are planted on purpose (harness.mutants); hidden by default.
+    mutant: ClassVar[bool] = False
+
+    def support(self, env: "Environment") -> Support:
+        """Whether this backend can run in ``env``; the reason names what is missing."""
+        req = self.requirements
+        for pkg in req.packages:
+            if importlib.util.find_spec(pkg) is None:
+                return Support(False, f"package {pkg!r} is not installed")
+        if env.device == "cpu":
+            if not req.runs_on_cpu:
+                return Support(False, "needs a CUDA GPU; this machine has none")
+            return Support(True, "runs on the CPU (Triton interpreter / torch)")
+        if req.compute_capabilities is not None and env.compute_capability not in req.compute_capabilities:
+            need = ", ".join(f"SM{c}" for c in sorted(req.compute_capabilities))
+            return Support(False, f"needs {need}; this GPU ({env.gpu_name}) is SM{env.compute_capability}")
+        return Support(True, f"runs on {env.gpu_name} (SM{env.compute_capability})")
+
+    def shape_support(self, m: int, n: int, k: int, out_dtype: torch.dtype) -> Support:
+        """Whether a logical problem is inside the declared support (after the pipeline's padding)."""
+        req = self.requirements
+        if out_dtype not in req.out_dtypes:
+            return Support(False, f"output dtype {out_dtype} not in {list(req.out_dtypes)}")
+        if req.m_max is not None and m > req.m_max:
+            return Support(False, f"m={m} exceeds the backend's m limit {req.m_max}")
+        return Support(True)
+
+    def describe(self) -> dict:
+        req = self.requirements
+        return {
+            "name": self.name,
+            "level": self.level,
+            "description": self.description,
+            "a_layouts": [lay.value for lay in req.a_layouts],
+            "w_layout": req.w_layout.value,
+            "n_align": req.n_align,
+            "k_align": req.k_align,
+            "m_max": req.m_max,
+            "out_dtypes": [str(d).replace("torch.", "") for d in req.out_dtypes],
+            "compute_capabilities": sorted(req.compute_capabilities) if req.compute_capabilities else None,
+            "packages": list(req.packages),
+            "activation": req.activation,
+            "mutant": self.mutant,
+        }
+
+
+class GemmBackend(Backend):
+    level: ClassVar[Level] = "gemm"
+
+    @abc.abstractmethod
+    def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
+        """Compute ``alpha * A @ W^T`` over the padded operands.
+
+        Returns a tensor ``[ops.m, ops.w.rows_alloc]`` of ``ops.out_dtype`` (the harness slices the
+        logical N).  When ``out`` is given the backend must write into it and return it.
+        """
+
+
+class LinearBackend(Backend):
+    level: ClassVar[Level] = "linear"
+
+    @abc.abstractmethod
+    def run(self, x: torch.Tensor, weight: "CheckpointWeight", bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``y = x @ dequant(weight)^T + bias`` for x of shape [..., k]; returns [..., n]."""
+
+
+class QuantizerBackend(Backend):
+    level: ClassVar[Level] = "quantizer"
+    layout: ScaleLayout = ScaleLayout.SWIZZLED_128x4
+
+    @abc.abstractmethod
+    def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantize x [rows, k] with the encode-divisor global scale (fp32 scalar tensor).
+
+        Returns (packed [rows, k/2] uint8, scale buffer uint8 [padded_rows, padded_kblocks] in
+        ``self.layout``'s byte order).
+        """

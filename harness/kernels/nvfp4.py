@@ -1,0 +1,284 @@
+"""Triton kernels of the padded NVFP4 pipeline: quantize into a layout, dequantize, pad.
+
+The same kernels run on a GPU and under ``TRITON_INTERPRET=1`` on the CPU and produce identical
+bytes: e4m3 is encoded and decoded with integer bit arithmetic (the interpreter decodes an fp8
+bitcast of 0x7F as 480, not NaN), divisions use ``tl.div_rn`` (Triton's ``/`` is approximate on
+NVIDIA GPUs), and every step follows :mod:`harness.format`'s reference order.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from harness.layouts import ScaleLayout, ceil_div, padded_shape
+
+LAYOUT_ID = {ScaleLayout.LINEAR: 0, ScaleLayout.SWIZZLED_128x4: 1, ScaleLayout.SWIZZLED_8x4: 2}
+LEAVE = -1
+"""Fill value meaning: do not write this padding region (keep what the buffer held)."""
+
+
+@triton.jit
+def _scale_offset(r, kb, padded_kb, LAYOUT: tl.constexpr):
+    if LAYOUT == 0:
+        off = r * padded_kb + kb
+    elif LAYOUT == 1:
+        nk = padded_kb // 4
+        off = (r // 128) * nk * 512 + (kb // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + kb % 4
+    else:
+        nk = padded_kb // 4
+        off = (r // 8) * nk * 32 + (kb // 4) * 32 + (r % 8) * 4 + kb % 4
+    return off
+
+
+@triton.jit
+def _e4m3_encode_nonneg(a):
+    """fp32 >= 0 -> e4m3fn byte (int32), RNE, saturating at 448 (0x7E)."""
+    a = tl.minimum(a, 448.0)
+    q = a * 512.0
+    fl = q.to(tl.int32)  # truncation == floor for q >= 0
+    frac = q - fl.to(tl.float32)
+    up = (frac > 0.5) | ((frac == 0.5) & ((fl & 1) == 1))
+    sub_code = fl + up.to(tl.int32)
+    bits = a.to(tl.int32, bitcast=True)
+    exp = ((bits >> 23) & 0xFF) - 127
+    man3 = (bits >> 20) & 0x7
+    rem = bits & 0xFFFFF
+    up_n = (rem > 0x80000) | ((rem == 0x80000) & ((man3 & 1) == 1))
+    norm_code = ((exp + 7) << 3) + man3 + up_n.to(tl.int32)
+    code = tl.where(a < 0.015625, sub_code, norm_code)
+    return tl.minimum(code, 0x7E)
+
+
+@triton.jit
+def _e4m3_decode(b):
+    """e4m3fn byte (int32 0..255) -> fp32, NaN for 0x7F / 0xFF."""
+    sign = (b >> 7) & 1
+    exp = (b >> 3) & 0xF
+    man = b & 0x7
+    normal = ((sign << 31) | ((exp + 120) << 23) | (man << 20)).to(tl.float32, bitcast=True)
+    sub = man.to(tl.float32) * 0.001953125
+    sub = tl.where(sign == 1, -sub, sub)
+    val = tl.where(exp == 0, sub, normal)
+    return tl.where((exp == 15) & (man == 7), float("nan"), val)
+
+
+@triton.jit
+def _e2m1_encode(x):
+    """fp32 (already scaled) -> e2m1 code (int32 0..15), RNE, saturating at 6, sign kept."""
+    a = tl.abs(x)
+    code = (a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32) \
+        + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32) \
+        + (a > 5.0).to(tl.int32)
+    sign = (x.to(tl.int32, bitcast=True) >> 31) & 1
+    return code | (sign << 3)
+
+
+@triton.jit
+def _e2m1_decode(c):
+    """e2m1 code (int32 0..15) -> fp32."""
+    mag = c & 7
+    e = mag >> 1
+    m = mag & 1
+    # codes 0,1: 0, 0.5 ; codes >= 2: (1 + m/2) * 2^(e-1)
+    v = tl.where(e == 0, m.to(tl.float32) * 0.5,
+                 (2 + m).to(tl.float32) * tl.where(e == 1, 0.5, tl.where(e == 2, 1.0, 2.0)))
+    return tl.where((c & 8) != 0, -v, v)
+
+
+@triton.jit
+def _quantize_kernel(
+    x_ptr, stride_xr, stride_xk, gs_ptr,
+    packed_ptr, stride_pr,
+    scale_ptr,
+    rows, kblocks,                     # real rows and real k-blocks
+    data_rows, data_kbytes,            # allocated packed buffer (rows x bytes)
+    sf_rows, sf_kb,                    # padded scale buffer (rows x k-blocks)
+    row_fill, ktail_fill, data_fill,   # fill bytes for the padding regions
+    WRITE_ROW: tl.constexpr, WRITE_KTAIL: tl.constexpr, WRITE_DATA: tl.constexpr,  # False: LEAVE
+    LAYOUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_KB: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    kb = pid_k * BLOCK_KB + tl.arange(0, BLOCK_KB)
+    j = tl.arange(0, 8)
+    r3 = r[:, None, None]
+    kb3 = kb[None, :, None]
+    j3 = j[None, None, :]
+    real3 = (r3 < rows) & (kb3 < kblocks)
+    k_even = kb3 * 16 + 2 * j3
+    xe = tl.load(x_ptr + r3 * stride_xr + k_even * stride_xk, mask=real3, other=0.0).to(tl.float32)
+    xo = tl.load(x_ptr + r3 * stride_xr + (k_even + 1) * stride_xk, mask=real3, other=0.0).to(tl.float32)
+    gs = tl.load(gs_ptr)
+    amax = tl.maximum(tl.max(tl.abs(xe), axis=2), tl.max(tl.abs(xo), axis=2))
+    sf_code = _e4m3_encode_nonneg(tl.div_rn(gs * amax, 6.0))
+    sf_val = _e4m3_decode(sf_code)
+    nonzero = sf_val != 0.0
+    inv = tl.where(nonzero, tl.div_rn(1.0, tl.div_rn(tl.where(nonzero, sf_val, 1.0), gs)), 0.0)
+    ce = _e2m1_encode(xe * inv[:, :, None])
+    co = _e2m1_encode(xo * inv[:, :, None])
+    byte = ce | (co << 4)
+
+    # packed data: real bytes, padding (rows >= rows or k-blocks >= kblocks) gets data_fill
+    col = kb3 * 8 + j3
+    in_data = (r3 < data_rows) & (col < data_kbytes)
+    dbyte = tl.where(real3, byte, data_fill)
+    if WRITE_DATA:
+        dmask = in_data
+    else:
+        dmask = in_data & real3
+    tl.store(packed_ptr + r3 * stride_pr + col, dbyte.to(tl.uint8), mask=dmask)
+
+    # scales: real, row padding, K tail; each padding region with its own fill
+    r2 = r[:, None]
+    kb2 = kb[None, :]
+    in_sf = (r2 < sf_rows) & (kb2 < sf_kb)
+    real2 = (r2 < rows) & (kb2 < kblocks)
+    rowpad = r2 >= rows
+    ktail = (r2 < rows) & (kb2 >= kblocks)
+    sval = tl.where(real2, sf_code, tl.where(rowpad, row_fill, ktail_fill))
+    smask = in_sf & real2
+    if WRITE_ROW:
+        smask = smask | (in_sf & rowpad)
+    if WRITE_KTAIL:
+        smask = smask | (in_sf & ktail)
+    off = _scale_offset(r2, kb2, sf_kb, LAYOUT)
+    tl.store(scale_ptr + off, sval.to(tl.uint8), mask=smask)
+
+
+def quantize_into(
+    x: torch.Tensor,
+    global_scale: torch.Tensor,
+    layout: ScaleLayout,
+    *,
+    data_rows: int | None = None,
+    data_k: int | None = None,
+    row_fill: int = 0,
+    ktail_fill: int = 0,
+    data_fill: int = 0,
+    packed: torch.Tensor | None = None,
+    scales: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize ``x`` [rows, K] straight into a padded packed buffer and a scale buffer.
+
+    data_rows / data_k: allocated rows and K (elements) of the packed buffer (>= the real ones);
+      the scale buffer covers ``padded_shape(layout, data_rows, data_k // 16)``.
+    row_fill, ktail_fill: byte for padding-row scales and K-tail scales; data_fill: byte for the
+      packed buffer's padding rows and columns.  ``LEAVE`` (-1) leaves that region untouched (the
+      buffer's previous contents, e.g. stale memory when ``packed``/``scales`` come from
+      ``torch.empty``).
+    """
+    if x.ndim != 2:
+        raise ValueError(f"quantize_into: x must be 2-D [rows, K], got shape {tuple(x.shape)}")
+    rows, k = x.shape
+    if k % 16:
+        raise ValueError(f"quantize_into: K={k} is not a multiple of 16")
+    data_rows = rows if data_rows is None else data_rows
+    data_k = k if data_k is None else data_k
+    if data_rows < rows or data_k < k or data_k % 16:
+        raise ValueError(f"quantize_into: allocation {data_rows}x{data_k} must cover {rows}x{k} "
+                         f"with a K that is a multiple of 16")
+    for name, v in (("row_fill", row_fill), ("ktail_fill", ktail_fill), ("data_fill", data_fill)):
+        if not (v == LEAVE or 0 <= v <= 255):
+            raise ValueError(f"quantize_into: {name}={v} must be a byte 0..255 or LEAVE (-1)")
+    layout = ScaleLayout.parse(layout)
+    sf_rows, sf_kb = padded_shape(layout, data_rows, data_k // 16)
+    dev = x.device
+    if packed is None:
+        packed = (torch.empty if data_fill == LEAVE else torch.zeros)(
+            (data_rows, data_k // 2), dtype=torch.uint8, device=dev)
+    if scales is None:
+        scales = torch.empty((sf_rows, sf_kb), dtype=torch.uint8, device=dev)
+    if tuple(packed.shape) != (data_rows, data_k // 2) or tuple(scales.shape) != (sf_rows, sf_kb):
+        raise ValueError(f"quantize_into: buffers {tuple(packed.shape)}, {tuple(scales.shape)} do not match "
+                         f"({data_rows}, {data_k // 2}) and ({sf_rows}, {sf_kb})")
+    gs = global_scale.reshape(1).to(device=dev, dtype=torch.float32)
+    block_r, block_kb = 32, 4
+    grid = (ceil_div(max(sf_rows, data_rows), block_r), ceil_div(max(sf_kb, data_k // 16), block_kb))
+    _quantize_kernel[grid](
+        x, x.stride(0), x.stride(1), gs, packed, packed.stride(0), scales,
+        rows, k // 16, data_rows, data_k // 2, sf_rows, sf_kb,
+        max(row_fill, 0), max(ktail_fill, 0), max(data_fill, 0),
+        WRITE_ROW=row_fill != LEAVE, WRITE_KTAIL=ktail_fill != LEAVE, WRITE_DATA=data_fill != LEAVE,
+        LAYOUT=LAYOUT_ID[layout], BLOCK_R=block_r, BLOCK_KB=block_kb,
+    )
+    return packed, scales
+
+
+@triton.jit
+def _dequantize_kernel(
+    packed_ptr, stride_pr, scale_ptr, out_ptr, stride_or, inv_gs,
+    rows, kblocks, sf_kb,
+    LAYOUT: tl.constexpr, APPLY_GS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_KB: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    kb = pid_k * BLOCK_KB + tl.arange(0, BLOCK_KB)
+    j = tl.arange(0, 8)
+    r3 = r[:, None, None]
+    kb3 = kb[None, :, None]
+    j3 = j[None, None, :]
+    real3 = (r3 < rows) & (kb3 < kblocks)
+    real2 = (r[:, None] < rows) & (kb[None, :] < kblocks)
+    # only real bytes are read: padding never reaches the output
+    byte = tl.load(packed_ptr + r3 * stride_pr + kb3 * 8 + j3, mask=real3, other=0).to(tl.int32)
+    sf = tl.load(scale_ptr + _scale_offset(r[:, None], kb[None, :], sf_kb, LAYOUT), mask=real2, other=0)
+    s = _e4m3_decode(sf.to(tl.int32))
+    ve = _e2m1_decode(byte & 0xF) * s[:, :, None]
+    vo = _e2m1_decode(byte >> 4) * s[:, :, None]
+    if APPLY_GS:
+        ve = ve * inv_gs
+        vo = vo * inv_gs
+    k_even = kb3 * 16 + 2 * j3
+    tl.store(out_ptr + r3 * stride_or + k_even, ve, mask=real3)
+    tl.store(out_ptr + r3 * stride_or + k_even + 1, vo, mask=real3)
+
+
+def dequantize_from(packed: torch.Tensor, scales: torch.Tensor, layout: ScaleLayout, rows: int, k: int,
+                    global_scale: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Dequantize the real [rows, k] region of a packed buffer and a scale buffer of ``layout``.
+
+    Returns fp32 ``code * sf`` (times ``1/global_scale`` when given; that last step is one fp32
+    multiply by the reciprocal, so it is not exact).  Reads no padding byte.
+    """
+    layout = ScaleLayout.parse(layout)
+    out = torch.empty((rows, k), dtype=torch.float32, device=packed.device)
+    inv = 1.0 if global_scale is None else float(1.0 / torch.as_tensor(global_scale, dtype=torch.float32))
+    block_r, block_kb = 32, 4
+    grid = (ceil_div(rows, block_r), ceil_div(k // 16, block_kb))
+    _dequantize_kernel[grid](
+        packed, packed.stride(0), scales, out, out.stride(0), inv, rows, k // 16, scales.shape[1],
+        LAYOUT=LAYOUT_ID[ScaleLayout.parse(layout)], APPLY_GS=global_scale is not None,
+        BLOCK_R=block_r, BLOCK_KB=block_kb,
+    )
+    return out
+
+
+@triton.jit
+def _pad_kernel(src_ptr, stride_s, dst_ptr, stride_d, rows, cols, drows, dcols, fill,
+                BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    inside = (r < rows) & (c < cols)
+    v = tl.load(src_ptr + r * stride_s + c, mask=inside, other=0).to(tl.int32)
+    v = tl.where(inside, v, fill)
+    tl.store(dst_ptr + r * stride_d + c, v.to(tl.uint8), mask=(r < drows) & (c < dcols))
+
+
+def pad_bytes(src: torch.Tensor, rows: int, cols: int, fill: int = 0) -> torch.Tensor:
+    """Copy a uint8 matrix into a larger [rows, cols] buffer; new bytes are ``fill``."""
+    if src.dtype != torch.uint8 or src.ndim != 2:
+        raise ValueError(f"pad_bytes: expected a 2-D uint8 tensor, got {src.dtype} {tuple(src.shape)}")
+    if rows < src.shape[0] or cols < src.shape[1]:
+        raise ValueError(f"pad_bytes: target {rows}x{cols} is smaller than {tuple(src.shape)}")
+    if not 0 <= fill <= 255:
+        raise ValueError(f"pad_bytes: fill={fill} must be a byte 0..255")
+    src = src.contiguous()
+    dst = torch.empty((rows, cols), dtype=torch.uint8, device=src.device)
+    grid = (ceil_div(rows, 32), ceil_div(cols, 64))
+    _pad_kernel[grid](src, src.stride(0), dst, dst.stride(0), src.shape[0], src.shape[1], rows, cols, fill,
+                      BLOCK_R=32, BLOCK_C=64)
+    return dst
