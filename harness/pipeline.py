@@ -1,0 +1,402 @@
+"""The padded NVFP4 pipeline: problems, poison, operands, padding policies and TP shards.
+
+A :class:`GemmProblem` (logical shapes, data, seed) plus a backend's :class:`Requirements` and a
+:class:`Poison` become :class:`GemmOperands`: packed A and W, scale buffers in the layouts the
+backend asked for, padded to its alignment, every padding region written with the poison byte of
+that region.  Everything is built by the Triton kernels in :mod:`harness.kernels.nvfp4`, the way a
+production quantize-pad-swizzle pipeline would build it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+import torch
+
+from harness import data as data_mod
+from harness.format import BLOCK_SIZE, gemm_alpha, global_scale_encode_divisor, pack_e2m1, reference_quantize
+from harness.kernels.nvfp4 import LEAVE, dequantize_from, quantize_into
+from harness.layouts import OperandRole, PaddingMap, Region, ScaleLayout, padding_map, round_up
+
+# ----------------------------------------------------------------------------------------------
+# Problems and poison
+# ----------------------------------------------------------------------------------------------
+
+POISON_BYTES = {"nan": 0x7F, "neg_nan": 0xFF, "max": 0x7E, "one": 0x38, "small": 0x08, "zero": 0x00}
+"""Named padding scale bytes: e4m3 NaN (0x7F, 0xFF), 448 (0x7E), 1.0 (0x38), 2^-6 (0x08), 0."""
+
+
+def poison_kind(byte: int) -> str:
+    """A short name for a fill byte, for reports: nan, max, zero, finite."""
+    if byte in (0x7F, 0xFF):
+        return "nan"
+    if byte == 0:
+        return "zero"
+    if byte in (0x7E, 0xFE):
+        return "max"
+    return "finite"
+
+
+@dataclass(frozen=True)
+class Poison:
+    """Bytes written into each padding region (0 everywhere is the clean pipeline).
+
+    m_pad: scale byte of activation padding rows; n_pad: scale byte of weight padding rows;
+    k_tail: scale byte of k-blocks past K (both operands); data: byte of the packed operands'
+    padding rows and columns; stale_memory: (linear level) fill and free device memory with NaN
+    bytes before the call so ``torch.empty`` buffers inside the backend start dirty.
+    """
+    m_pad: int = 0
+    n_pad: int = 0
+    k_tail: int = 0
+    data: int = 0
+    stale_memory: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("m_pad", "n_pad", "k_tail", "data"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255:
+                raise ValueError(f"poison.{name}={v!r}: expected a byte (int 0..255)")
+        if not isinstance(self.stale_memory, bool):
+            raise ValueError(f"poison.stale_memory={self.stale_memory!r}: expected true or false")
+
+    @property
+    def clean(self) -> bool:
+        return self == Poison()
+
+    def regions(self) -> list[str]:
+        """Names of the regions this poison touches."""
+        return [n for n in ("m_pad", "n_pad", "k_tail", "data") if getattr(self, n)] + \
+            (["stale_memory"] if self.stale_memory else [])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+CLEAN = Poison()
+
+
+@dataclass(frozen=True)
+class GemmProblem:
+    """A logical NVFP4 GEMM: out[m, n] = A[m, k] @ W[n, k]^T, plus how its data is made."""
+    m: int
+    n: int
+    k: int
+    out_dtype: str = "bfloat16"
+    in_dtype: str = "bfloat16"
+    distribution: str = "normal"
+    seed: int = 0
+    origin: str | None = None          # e.g. "Nemotron-3-Nano-30B-A3B moe_intermediate 1856 / TP4 row"
+    batch: tuple[int, ...] | None = None  # linear level: leading dims of x ([batch, seq] -> m=batch*seq)
+
+    def __post_init__(self) -> None:
+        for name in ("m", "n", "k"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"problem.{name}={v!r}: expected a positive integer")
+        if self.k % BLOCK_SIZE:
+            raise ValueError(f"problem.k={self.k}: expected a multiple of {BLOCK_SIZE} (one e4m3 scale per "
+                             f"{BLOCK_SIZE} elements; a block cannot straddle a shard)")
+        data_mod.parse_dtype(self.out_dtype, "problem.out_dtype")
+        data_mod.parse_dtype(self.in_dtype, "problem.in_dtype")
+        if self.distribution not in data_mod.DISTRIBUTIONS:
+            raise ValueError(f"problem.distribution={self.distribution!r}: expected one of "
+                             f"{list(data_mod.DISTRIBUTIONS)}")
+        if self.batch is not None:
+            prod = 1
+            for b in self.batch:
+                prod *= b
+            if prod != self.m:
+                raise ValueError(f"problem.batch={self.batch}: leading dims multiply to {prod}, not m={self.m}")
+
+    @property
+    def torch_out_dtype(self) -> torch.dtype:
+        return data_mod.parse_dtype(self.out_dtype)
+
+    @property
+    def torch_in_dtype(self) -> torch.dtype:
+        return data_mod.parse_dtype(self.in_dtype)
+
+    def activations(self, device) -> torch.Tensor:
+        return data_mod.generate(self.distribution, (self.m, self.k), 2 * self.seed, self.torch_in_dtype, device)
+
+    def weights(self, device) -> torch.Tensor:
+        return data_mod.generate(self.distribution, (self.n, self.k), 2 * self.seed + 1, self.torch_in_dtype,
+                                 device)
+
+    def bias(self, device) -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(self.seed) + 7919)
+        return torch.randn(self.n, generator=g).to(self.torch_out_dtype).to(device)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["batch"] = list(self.batch) if self.batch is not None else None
+        return d
+
+    def with_(self, **kw) -> "GemmProblem":
+        return replace(self, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Operands
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class QuantizedTensor:
+    """One NVFP4 operand as the pipeline hands it to a backend."""
+    packed: torch.Tensor        # uint8 [rows_alloc, k_alloc // 2]
+    scales: torch.Tensor        # uint8 [padded_rows, padded_kblocks], layout byte order
+    layout: ScaleLayout
+    role: OperandRole
+    rows: int                   # logical rows (m or n)
+    k: int                      # logical K
+    global_scale: torch.Tensor  # fp32 [1], encode divisor
+
+    @property
+    def rows_alloc(self) -> int:
+        return self.packed.shape[0]
+
+    @property
+    def k_alloc(self) -> int:
+        return self.packed.shape[1] * 2
+
+    @property
+    def kblocks(self) -> int:
+        return self.k // BLOCK_SIZE
+
+    def padding_map(self) -> PaddingMap:
+        return padding_map(self.layout, self.role, self.rows, self.kblocks, self.rows_alloc,
+                           self.k_alloc // BLOCK_SIZE)
+
+    def dequantize(self) -> torch.Tensor:
+        """fp32 code*sf over the real region only (no padding byte is read)."""
+        return dequantize_from(self.packed, self.scales, self.layout, self.rows, self.k)
+
+
+@dataclass
+class GemmOperands:
+    a: QuantizedTensor
+    w: QuantizedTensor
+    alpha: torch.Tensor          # fp32 [1] = 1 / (gs_a * gs_w)
+    out_dtype: torch.dtype
+    problem: GemmProblem
+    poison: Poison
+    a_dense: torch.Tensor | None = None  # W4A16: the bf16/fp16 activations [m, k_alloc] (K padding 0)
+
+    @property
+    def m(self) -> int:
+        return self.a.rows
+
+    @property
+    def n(self) -> int:
+        return self.w.rows
+
+    @property
+    def k(self) -> int:
+        return self.a.k
+
+    def digest(self) -> str:
+        """sha256 of every byte a backend receives (padding included) and alpha."""
+        h = hashlib.sha256()
+        for t in (self.a.packed, self.a.scales, self.w.packed, self.w.scales, self.alpha):
+            h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        if self.a_dense is not None:
+            h.update(self.a_dense.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+
+def build_gemm_operands(problem: GemmProblem, *, a_layout: ScaleLayout, w_layout: ScaleLayout,
+                        n_align: int = 1, k_align: int = 16, poison: Poison = CLEAN,
+                        activation: Literal["nvfp4", "bf16"] = "nvfp4",
+                        device: torch.device | str = "cpu") -> GemmOperands:
+    """Quantize, pad and swizzle both operands with the Triton pipeline.
+
+    N is padded to ``n_align`` (weight rows), K to ``k_align`` (both operands); scale buffers get the
+    layout's own padding on top.  Poison bytes go into each padding region; K-tail scales get
+    ``poison.k_tail``, which is 0 in a correct pipeline.
+    """
+    if k_align % BLOCK_SIZE or n_align < 1:
+        raise ValueError(f"build_gemm_operands: k_align={k_align} must be a multiple of 16 and n_align={n_align} >= 1")
+    x = problem.activations(device)
+    w = problem.weights(device)
+    gs_a = global_scale_encode_divisor(x.float().abs().amax()).reshape(1).to(device)
+    gs_w = global_scale_encode_divisor(w.float().abs().amax()).reshape(1).to(device)
+    k_alloc = round_up(problem.k, k_align)
+    n_alloc = round_up(problem.n, n_align)
+    a_packed, a_scales = quantize_into(x, gs_a, a_layout, data_rows=problem.m, data_k=k_alloc,
+                                       row_fill=poison.m_pad, ktail_fill=poison.k_tail, data_fill=poison.data)
+    w_packed, w_scales = quantize_into(w, gs_w, w_layout, data_rows=n_alloc, data_k=k_alloc,
+                                       row_fill=poison.n_pad, ktail_fill=poison.k_tail, data_fill=poison.data)
+    a_q = QuantizedTensor(a_packed, a_scales, ScaleLayout.parse(a_layout), OperandRole.ACTIVATION,
+                          problem.m, problem.k, gs_a)
+    w_q = QuantizedTensor(w_packed, w_scales, ScaleLayout.parse(w_layout), OperandRole.WEIGHT,
+                          problem.n, problem.k, gs_w)
+    if activation == "bf16":
+        a_dense = torch.zeros((problem.m, k_alloc), dtype=x.dtype, device=device)
+        a_dense[:, :problem.k] = x
+        alpha = (1.0 / gs_w).to(torch.float32)
+    else:
+        a_dense = None
+        alpha = gemm_alpha(gs_a, gs_w).reshape(1).to(device)
+    return GemmOperands(a_q, w_q, alpha, problem.torch_out_dtype, problem, poison, a_dense)
+
+
+def operands_for(backend, problem: GemmProblem, poison: Poison = CLEAN, device="cpu",
+                 a_layout: ScaleLayout | None = None) -> GemmOperands:
+    """Operands shaped the way ``backend`` declared (its first activation layout by default)."""
+    req = backend.requirements
+    return build_gemm_operands(problem, a_layout=a_layout or req.a_layouts[0], w_layout=req.w_layout,
+                               n_align=req.n_align, k_align=req.k_align, poison=poison,
+                               activation=req.activation, device=device)
+
+
+def empirical_padding_map(x: torch.Tensor, layout: ScaleLayout, *, data_rows: int | None = None,
+                          data_k: int | None = None) -> torch.Tensor:
+    """Padding bytes found by experiment (the technique of vLLM issue #37563).
+
+    Quantize the same real rows twice with two padding fillers (0 and 448) and diff the scale bytes:
+    the bytes that differ are padding.  Returns a bool tensor in the buffer's storage order.
+    """
+    gs = global_scale_encode_divisor(x.float().abs().amax()).reshape(1)
+    _, s0 = quantize_into(x, gs, layout, data_rows=data_rows, data_k=data_k, row_fill=0x00, ktail_fill=0x00)
+    _, s1 = quantize_into(x, gs, layout, data_rows=data_rows, data_k=data_k, row_fill=0x7E, ktail_fill=0x7E)
+    return s0 != s1
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint weights and production padding policies (linear level)
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class CheckpointWeight:
+    """An NVFP4 weight shard as a ModelOpt / compressed-tensors checkpoint stores it."""
+    packed: torch.Tensor         # uint8 [n, k/2]
+    scales: torch.Tensor         # uint8 [n, k/16] e4m3 bytes, linear layout
+    weight_scale_2: torch.Tensor  # fp32 [1], decode multiplier (amax / 2688)
+
+    @property
+    def n(self) -> int:
+        return self.packed.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.packed.shape[1] * 2
+
+    @property
+    def global_scale(self) -> torch.Tensor:
+        """The encode divisor that quantized it (1 / weight_scale_2)."""
+        return (1.0 / self.weight_scale_2).to(torch.float32)
+
+    @classmethod
+    def from_dense(cls, w: torch.Tensor) -> "CheckpointWeight":
+        gs = global_scale_encode_divisor(w.float().abs().amax()).reshape(1).to(w.device)
+        codes, sf = reference_quantize(w, gs)
+        return cls(pack_e2m1(codes), sf, (1.0 / gs).to(torch.float32))
+
+
+@dataclass(frozen=True)
+class PaddingPolicy:
+    """How a serving engine pads an NVFP4 linear layer for a GEMM kernel.
+
+    n_align / k_align: the weight's N and K are padded to these (elements); the activation's K is
+    padded to match when ``pad_activation_k``; the output is sliced back to the logical N when
+    ``slice_output``, and the bias is added after the slice when ``bias_after_slice``.
+    ``small_m_layout`` / ``small_m_max``: activation scale layout used for m <= small_m_max (TRT-LLM 8x4).
+    """
+    name: str
+    n_align: int
+    k_align: int
+    pad_activation_k: bool = True
+    slice_output: bool = True
+    bias_after_slice: bool = True
+    small_m_layout: ScaleLayout | None = None
+    small_m_max: int = 32
+    source: str = ""
+
+
+VLLM_POLICY = PaddingPolicy(
+    "vllm", n_align=32, k_align=32,
+    source="vLLM PR #31099: weights padded in N and K to 32; activation padded in K; output sliced; bias after")
+SGLANG_POLICY = PaddingPolicy(
+    "sglang", n_align=32, k_align=32,
+    source="SGLang PR #17300 (cutlass/cudnn): the same padding as vLLM")
+SGLANG_TRTLLM_POLICY = PaddingPolicy(
+    "sglang-trtllm", n_align=128, k_align=64, small_m_layout=ScaleLayout.SWIZZLED_8x4, small_m_max=32,
+    source="SGLang PR #17300 (trtllm): N padded to 128, scale k-blocks to a multiple of 4 (K to 64); "
+           "8x4 activation scales for m <= 32 (vLLM #37563)")
+POLICIES = {p.name: p for p in (VLLM_POLICY, SGLANG_POLICY, SGLANG_TRTLLM_POLICY)}
+
+
+def pad_weight(weight: CheckpointWeight, policy: PaddingPolicy, layout: ScaleLayout,
+               n_fill: int = 0, k_tail_fill: int = 0) -> QuantizedTensor:
+    """Pad a checkpoint weight to the policy's alignment and swizzle its scales into ``layout``."""
+    from harness.kernels.nvfp4 import pad_bytes
+    from harness.layouts import swizzle
+
+    n, k = weight.n, weight.k
+    n_alloc, k_alloc = round_up(n, policy.n_align), round_up(k, policy.k_align)
+    packed = pad_bytes(weight.packed, n_alloc, k_alloc // 2, 0)
+    lin = pad_bytes(weight.scales, n_alloc, k_alloc // BLOCK_SIZE, 0)
+    lin[n:, :] = n_fill
+    lin[:n, k // BLOCK_SIZE:] = k_tail_fill
+    sw = swizzle(lin, layout, fill=0)
+    pm = padding_map(layout, OperandRole.WEIGHT, n, k // BLOCK_SIZE, n_alloc, k_alloc // BLOCK_SIZE)
+    sw[pm.mask(Region.N_PAD).to(sw.device)] = n_fill
+    sw[pm.mask(Region.K_TAIL).to(sw.device)] = k_tail_fill
+    return QuantizedTensor(packed, sw, layout, OperandRole.WEIGHT, n, k, weight.global_scale.reshape(1))
+
+
+def quantize_activation(x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int, *, m_fill: int = 0,
+                        k_tail_fill: int = 0, stale_buffers: bool = False) -> QuantizedTensor:
+    """Dynamic per-tensor activation quantization into a padded buffer (what a linear layer does).
+
+    With ``stale_buffers`` the buffers come from ``torch.empty`` and padding is left as it was.
+    """
+    m, k = x2d.shape
+    gs = global_scale_encode_divisor(x2d.float().abs().amax()).reshape(1).to(x2d.device)
+    fill = LEAVE if stale_buffers else None
+    packed, scales = quantize_into(
+        x2d, gs, layout, data_rows=m, data_k=k_alloc,
+        row_fill=fill if fill is not None else m_fill,
+        ktail_fill=fill if fill is not None else k_tail_fill,
+        data_fill=0)
+    return QuantizedTensor(packed, scales, layout, OperandRole.ACTIVATION, m, k, gs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensor-parallel shards
+# ----------------------------------------------------------------------------------------------
+
+class ShardError(ValueError):
+    """A TP split that cannot be run as NVFP4 (e.g. a per-rank K that is not a multiple of 16)."""
+
+
+@dataclass(frozen=True)
+class TPShard:
+    n: int
+    k: int
+    tp: int
+    parallel: Literal["column", "row"]
+
+
+def shard(n_full: int, k_full: int, tp: int, parallel: Literal["column", "row"]) -> TPShard:
+    """Per-rank (n, k) of a linear layer [n_full, k_full] split over ``tp`` ranks.
+
+    Column-parallel (gate_up, qkv) splits N; row-parallel (down, o) splits K.  A block of 16 K
+    elements cannot straddle ranks, so a row-parallel shard's K must be a multiple of 16.
+    """
+    if tp < 1:
+        raise ShardError(f"tp={tp}: expected a TP degree >= 1")
+    if parallel not in ("column", "row"):
+        raise ShardError(f"parallel={parallel!r}: expected 'column' or 'row'")
+    dim, name = (n_full, "n") if parallel == "column" else (k_full, "k")
+    if dim % tp:
+        raise ShardError(f"{name}={dim} does not split evenly over tp={tp}")
+    per = dim // tp
+    if parallel == "row" and per % BLOCK_SIZE:
+        raise ShardError(f"row-parallel shard k={per} (k={k_full} / tp={tp}) is not a multiple of {BLOCK_SIZE}: "
+                         f"an NVFP4 scale block would straddle two ranks")
+    return TPShard(n=per if parallel == "column" else n_full, k=per if parallel == "row" else k_full,
+                   tp=tp, parallel=parallel)
