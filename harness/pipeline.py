@@ -181,8 +181,8 @@ class GemmOperands:
     w: QuantizedTensor
     alpha: torch.Tensor          # fp32 [1] = 1 / (gs_a * gs_w)
     out_dtype: torch.dtype
-    problem: GemmProblem
-    poison: Poison
+    problem: GemmProblem | None = None
+    poison: Poison = CLEAN
     a_dense: torch.Tensor | None = None  # W4A16: the bf16/fp16 activations [m, k_alloc] (K padding 0)
 
     @property
@@ -211,32 +211,44 @@ def build_gemm_operands(problem: GemmProblem, *, a_layout: ScaleLayout, w_layout
                         n_align: int = 1, k_align: int = 16, poison: Poison = CLEAN,
                         activation: Literal["nvfp4", "bf16"] = "nvfp4",
                         device: torch.device | str = "cpu") -> GemmOperands:
-    """Quantize, pad and swizzle both operands with the Triton pipeline.
+    """Generate the problem's data, then quantize, pad and swizzle it (see :func:`operands_from`)."""
+    return operands_from(problem.activations(device), problem.weights(device), problem, a_layout=a_layout,
+                         w_layout=w_layout, n_align=n_align, k_align=k_align, poison=poison,
+                         activation=activation)
+
+
+def operands_from(x: torch.Tensor, w: torch.Tensor, problem: GemmProblem, *, a_layout: ScaleLayout,
+                  w_layout: ScaleLayout, n_align: int = 1, k_align: int = 16, poison: Poison = CLEAN,
+                  activation: Literal["nvfp4", "bf16"] = "nvfp4", gs_a: torch.Tensor | None = None,
+                  gs_w: torch.Tensor | None = None) -> GemmOperands:
+    """Quantize, pad and swizzle x [m, k] and w [n, k] with the Triton pipeline.
 
     N is padded to ``n_align`` (weight rows), K to ``k_align`` (both operands); scale buffers get the
     layout's own padding on top.  Poison bytes go into each padding region; K-tail scales get
-    ``poison.k_tail``, which is 0 in a correct pipeline.
+    ``poison.k_tail``, which is 0 in a correct pipeline.  Global scales default to each tensor's
+    own amax (dynamic); pass ``gs_a``/``gs_w`` to share one across shards or batches.
     """
     if k_align % BLOCK_SIZE or n_align < 1:
-        raise ValueError(f"build_gemm_operands: k_align={k_align} must be a multiple of 16 and n_align={n_align} >= 1")
-    x = problem.activations(device)
-    w = problem.weights(device)
-    gs_a = global_scale_encode_divisor(x.float().abs().amax()).reshape(1).to(device)
-    gs_w = global_scale_encode_divisor(w.float().abs().amax()).reshape(1).to(device)
-    k_alloc = round_up(problem.k, k_align)
-    n_alloc = round_up(problem.n, n_align)
-    a_packed, a_scales = quantize_into(x, gs_a, a_layout, data_rows=problem.m, data_k=k_alloc,
+        raise ValueError(f"operands_from: k_align={k_align} must be a multiple of 16 and n_align={n_align} >= 1")
+    m, k = x.shape
+    n = w.shape[0]
+    device = x.device
+    if gs_a is None:
+        gs_a = global_scale_encode_divisor(x.float().abs().amax()).reshape(1).to(device)
+    if gs_w is None:
+        gs_w = global_scale_encode_divisor(w.float().abs().amax()).reshape(1).to(device)
+    k_alloc = round_up(k, k_align)
+    n_alloc = round_up(n, n_align)
+    a_packed, a_scales = quantize_into(x, gs_a, a_layout, data_rows=m, data_k=k_alloc,
                                        row_fill=poison.m_pad, ktail_fill=poison.k_tail, data_fill=poison.data)
     w_packed, w_scales = quantize_into(w, gs_w, w_layout, data_rows=n_alloc, data_k=k_alloc,
                                        row_fill=poison.n_pad, ktail_fill=poison.k_tail, data_fill=poison.data)
-    a_q = QuantizedTensor(a_packed, a_scales, ScaleLayout.parse(a_layout), OperandRole.ACTIVATION,
-                          problem.m, problem.k, gs_a)
-    w_q = QuantizedTensor(w_packed, w_scales, ScaleLayout.parse(w_layout), OperandRole.WEIGHT,
-                          problem.n, problem.k, gs_w)
+    a_q = QuantizedTensor(a_packed, a_scales, ScaleLayout.parse(a_layout), OperandRole.ACTIVATION, m, k, gs_a)
+    w_q = QuantizedTensor(w_packed, w_scales, ScaleLayout.parse(w_layout), OperandRole.WEIGHT, n, k, gs_w)
     if activation == "bf16":
-        a_dense = torch.zeros((problem.m, k_alloc), dtype=x.dtype, device=device)
-        a_dense[:, :problem.k] = x
-        alpha = (1.0 / gs_w).to(torch.float32)
+        a_dense = torch.zeros((m, k_alloc), dtype=x.dtype, device=device)
+        a_dense[:, :k] = x
+        alpha = (1.0 / gs_w).to(torch.float32).reshape(1)
     else:
         a_dense = None
         alpha = gemm_alpha(gs_a, gs_w).reshape(1).to(device)

@@ -1,0 +1,185 @@
+"""``triton-dot-scaled``: NVFP4 GEMM on Triton's ``tl.dot_scaled`` (e2m1 x e2m1, e4m3 scales, group 16).
+
+The kernel reads the pipeline's buffers as they are:
+
+* packed codes of A [m, k_alloc/2] and W [n_alloc, k_alloc/2] (uint8; ``tl.dot_scaled`` takes fp4
+  "packed into uint8 inputs with the first element in lower bits", our nibble order), W loaded as a
+  [BLOCK_K/2, BLOCK_N] tile (packed along K, ``rhs_k_pack=True``);
+* scale bytes at their layout's byte offsets (:func:`harness.kernels.nvfp4._scale_offset`), so the
+  128x4 (or 8x4 / linear) buffers are unswizzled in the kernel, into [BLOCK_M, BLOCK_K/16] and
+  [BLOCK_N, BLOCK_K/16] tiles (the rhs scale is NOT transposed, per ``tl.dot_scaled``'s docstring),
+  bitcast to ``tl.float8e4nv``, which makes ``dot_scaled`` use NVFP4's group of 16;
+* it accumulates over the whole allocated K (K-tail scales included, like hardware), multiplies the
+  fp32 accumulator by alpha and stores rows < m, columns < n_alloc in the output dtype.
+
+Where it runs:
+
+* SM100+: native block-scaled MMA (exact products, fp32 accumulation);
+* SM90: Triton 3.6 fails inside the compiler (an MLIR pass error in TritonGPUAccelerateMatmul) instead
+  of emulating; :meth:`TritonDotScaled.run` compiles first and turns that into
+  :class:`~harness.backends.protocol.Unsupported` with the compiler's first line;
+* CPU (``TRITON_INTERPRET=1``): the kernel runs, but Triton 3.9's interpreter decodes every scale
+  byte as e8m0, ``2**(byte - 127)``, whatever its dtype (``triton/runtime/interpreter.py``
+  ``_dot_scaled_scale_to_f32``), so e4m3 scales give results off by about 2**-130; the backend
+  declares ``runs_on_cpu=False`` and :meth:`TritonDotScaled.support` says why.  The tests run the
+  kernel under the interpreter against that e8m0 reading to check the rest of its plumbing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import torch
+import triton
+import triton.language as tl
+
+from harness.backends.protocol import GemmBackend, Precision, Requirements, Support, Unsupported
+from harness.format import BLOCK_SIZE
+from harness.kernels.nvfp4 import LAYOUT_ID, _scale_offset
+from harness.layouts import ScaleLayout
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.env import Environment
+    from harness.pipeline import GemmOperands
+
+NATIVE_CC = 100
+"""Block-scaled MMA (tcgen05) for e2m1 with e4m3 scales: Blackwell datacenter parts and newer."""
+
+INTERPRETER_REASON = (
+    "the Triton interpreter (TRITON_INTERPRET=1, triton {ver}) decodes tl.dot_scaled scale bytes as e8m0 "
+    "(2**(byte-127)) even for float8e4nv scales (triton/runtime/interpreter.py _dot_scaled_scale_to_f32), "
+    "so NVFP4's e4m3 scales give wrong results on the CPU; needs a CUDA GPU (native on SM100+)")
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _dot_scaled_kernel(
+    a_ptr, stride_am, a_sf_ptr, a_sf_kb,
+    w_ptr, stride_wn, w_sf_ptr, w_sf_kb,
+    alpha_ptr, out_ptr, stride_om,
+    m, n_alloc, kbytes, kblocks,
+    A_LAYOUT: tl.constexpr, W_LAYOUT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """out[m, n_alloc] = alpha * sum over k_alloc of (code_a * sf_a) (code_w * sf_w)."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < m
+    n_ok = rn < n_alloc
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, kbytes * 2, BLOCK_K):
+        kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)           # byte columns
+        ks = k0 // 16 + tl.arange(0, BLOCK_K // 16)         # k-blocks
+        kb_ok = kb < kbytes
+        ks_ok = ks < kblocks
+        a = tl.load(a_ptr + rm[:, None] * stride_am + kb[None, :], mask=m_ok[:, None] & kb_ok[None, :], other=0)
+        w = tl.load(w_ptr + kb[:, None] + rn[None, :] * stride_wn, mask=kb_ok[:, None] & n_ok[None, :], other=0)
+        sa = tl.load(a_sf_ptr + _scale_offset(rm[:, None], ks[None, :], a_sf_kb, A_LAYOUT),
+                     mask=m_ok[:, None] & ks_ok[None, :], other=0)
+        sw = tl.load(w_sf_ptr + _scale_offset(rn[:, None], ks[None, :], w_sf_kb, W_LAYOUT),
+                     mask=n_ok[:, None] & ks_ok[None, :], other=0)
+        acc = tl.dot_scaled(a, sa.to(tl.float8e4nv, bitcast=True), "e2m1",
+                            w, sw.to(tl.float8e4nv, bitcast=True), "e2m1", acc)
+    acc = acc * tl.load(alpha_ptr)
+    tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+def tiles() -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K): 128 x 128 output tiles, 128 K elements (8 scale blocks) per step."""
+    return 128, 128, 128
+
+
+def launch(ops: "GemmOperands", out: torch.Tensor, *, compile_only: bool = False):
+    """Compile (``compile_only``) or run the kernel on ``ops`` into ``out`` [m, n_alloc]."""
+    a, w = ops.a, ops.w
+    bm, bn, bk = tiles()
+    grid = (triton.cdiv(ops.m, bm), triton.cdiv(w.rows_alloc, bn))
+    alpha = ops.alpha.reshape(1).to(device=a.packed.device, dtype=torch.float32)
+    args = (a.packed, a.packed.stride(0), a.scales, a.scales.shape[1],
+            w.packed, w.packed.stride(0), w.scales, w.scales.shape[1],
+            alpha, out, out.stride(0),
+            ops.m, w.rows_alloc, a.k_alloc // 2, a.k_alloc // BLOCK_SIZE)
+    meta = dict(A_LAYOUT=LAYOUT_ID[a.layout], W_LAYOUT=LAYOUT_ID[w.layout], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+    if compile_only:
+        return _dot_scaled_kernel.warmup(*args, grid=grid, **meta)
+    return _dot_scaled_kernel[grid](*args, **meta)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+class TritonDotScaled(GemmBackend):
+    name = "triton-dot-scaled"
+    description = ("Triton tl.dot_scaled(a, sa, 'e2m1', w, sw, 'e2m1') with e4m3 scales (NVFP4, group 16); reads "
+                   "128x4 / 8x4 / linear scale buffers in the kernel; native block-scaled MMA on SM100+")
+    requirements = Requirements(
+        compute_capabilities=None,  # Triton promises emulation where there is no native support; see run()
+        runs_on_cpu=False,          # see INTERPRETER_REASON
+        packages=("triton",),
+        a_layouts=(ScaleLayout.SWIZZLED_128x4, ScaleLayout.LINEAR, ScaleLayout.SWIZZLED_8x4),
+        w_layout=ScaleLayout.SWIZZLED_128x4,
+        # the kernel masks rows >= n_alloc and K beyond k_alloc, so any multiple of 16 works; N is
+        # padded to 16 to give the harness an N-padding region as the tensor-core backends do.
+        n_align=16, k_align=16,
+        out_dtypes=(torch.bfloat16, torch.float16, torch.float32),
+        precision=Precision(accumulator_bits=24, operand_bits=None),
+    )
+
+    def support(self, env: "Environment") -> Support:
+        if env.device != "cuda" or env.compute_capability is None:
+            return Support(False, INTERPRETER_REASON.format(ver=triton.__version__))
+        cc = env.compute_capability
+        if cc < NATIVE_CC:
+            return Support(True, f"SM{cc} ({env.gpu_name}) has no native block-scaled MMA; Triton {triton.__version__} "
+                                 f"promises an emulation (Triton 3.6 fails to compile it on SM90: reported as "
+                                 f"unsupported at call time)")
+        return Support(True, f"native block-scaled MMA on {env.gpu_name} (SM{cc}), Triton {triton.__version__}")
+
+    def _check(self, ops: "GemmOperands", out: torch.Tensor | None) -> torch.Tensor:
+        req = self.requirements
+        a, w = ops.a, ops.w
+        if ops.a_dense is not None:
+            raise ValueError(f"{self.name}: operands carry dense (W4A16) activations; tl.dot_scaled takes e2m1 on both sides")
+        if a.layout not in req.a_layouts or w.layout is not req.w_layout:
+            raise ValueError(f"{self.name}: reads activation scales in {[x.value for x in req.a_layouts]} and weight "
+                             f"scales in {req.w_layout.value!r}; got {a.layout.value!r} and {w.layout.value!r}")
+        if a.k_alloc != w.k_alloc:
+            raise ValueError(f"{self.name}: activation K ({a.k_alloc}) and weight K ({w.k_alloc}) allocations differ")
+        if ops.out_dtype not in req.out_dtypes:
+            raise ValueError(f"{self.name}: out_dtype={ops.out_dtype} not in {list(req.out_dtypes)}")
+        dev = a.packed.device
+        want = (ops.m, w.rows_alloc)
+        if out is None:
+            return torch.empty(want, dtype=ops.out_dtype, device=dev)
+        if tuple(out.shape) != want or out.dtype != ops.out_dtype or out.device != dev or out.stride(1) != 1:
+            raise ValueError(f"{self.name}: out buffer is {tuple(out.shape)} {out.dtype} on {out.device} with strides "
+                             f"{tuple(out.stride())}; expected {want} {ops.out_dtype} on {dev}, unit column stride")
+        return out
+
+    def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
+        res = self._check(ops, out)
+        if res.device.type != "cuda":
+            raise Unsupported(f"{self.name}: {INTERPRETER_REASON.format(ver=triton.__version__)}")
+        cc_major, cc_minor = torch.cuda.get_device_capability(res.device)
+        cc = cc_major * 10 + cc_minor
+        try:
+            launch(ops, res, compile_only=True)
+        except Exception as exc:
+            if cc < NATIVE_CC:
+                raise Unsupported(f"triton tl.dot_scaled with e2m1 x e2m1 and e4m3 scales failed to compile on "
+                                  f"SM{cc}: {_first_line(exc)}") from exc
+            raise
+        launch(ops, res)
+        return res
+
+
+def backends() -> list[TritonDotScaled]:
+    return [TritonDotScaled()]

@@ -1,0 +1,294 @@
+"""The properties: pure functions over a backend's inputs and outputs.
+
+Each returns a :class:`PropertyResult` that says what was measured, not only pass/fail.  The same
+functions serve the pytest property suite (properties/), replay and the self-test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.oracle import Agreement, Reference, compare
+
+PROPERTIES = (
+    "reference_agreement",
+    "row_isolation",
+    "column_isolation",
+    "k_tail",
+    "output_coverage",
+    "determinism",
+    "clean_rejection",
+    "tp_consistency",
+    "quantizer_agreement",
+    "batch_invariance",
+)
+
+OK, CHANGED, NONFINITE, PADDING = 0, 1, 2, 3
+GRID_MAX = 64
+
+
+@dataclass
+class PropertyResult:
+    property: str
+    ok: bool
+    summary: str
+    measure: dict = field(default_factory=dict)
+
+
+def _rows_list(mask_rows: torch.Tensor, limit: int = 64) -> list[int]:
+    return torch.nonzero(mask_rows).reshape(-1)[:limit].tolist()
+
+
+def status_grid(status: torch.Tensor, real_rows: int, real_cols: int) -> dict:
+    """Downsample a per-element status matrix (codes OK/CHANGED/NONFINITE/PADDING) to at most
+    GRID_MAX x GRID_MAX cells, keeping the worst code of each bin (the report draws it)."""
+    rows, cols = status.shape
+    rs = max(1, -(-rows // GRID_MAX))
+    cs = max(1, -(-cols // GRID_MAX))
+    s = status.to(torch.int64).cpu()
+    # severity order: NONFINITE > CHANGED > OK > PADDING (a bin with any real element is real)
+    sev = torch.tensor([1, 2, 3, 0])[s]
+    gr, gc = -(-rows // rs), -(-cols // cs)
+    padded = torch.zeros((gr * rs, gc * cs), dtype=torch.int64)
+    padded[:rows, :cols] = sev
+    pooled = padded.reshape(gr, rs, gc, cs).amax(dim=(1, 3))
+    back = torch.tensor([PADDING, OK, CHANGED, NONFINITE])[pooled]
+    return {"rows": rows, "cols": cols, "real_rows": real_rows, "real_cols": real_cols,
+            "row_step": rs, "col_step": cs, "cells": back.tolist()}
+
+
+def _grid_from(bad: torch.Tensor, nonfinite: torch.Tensor, rows: int, cols: int,
+               real_rows: int, real_cols: int) -> dict:
+    status = torch.full((rows, cols), PADDING, dtype=torch.int64)
+    real = torch.zeros((real_rows, real_cols), dtype=torch.int64)
+    real[bad[:real_rows, :real_cols].cpu()] = CHANGED
+    real[nonfinite[:real_rows, :real_cols].cpu()] = NONFINITE
+    status[:real_rows, :real_cols] = real
+    return status_grid(status, real_rows, real_cols)
+
+
+# ----------------------------------------------------------------------------------------------
+def reference_agreement(out: torch.Tensor, ref: Reference, bound: torch.Tensor,
+                        out_dtype: torch.dtype, padded_shape: tuple[int, int] | None = None) -> PropertyResult:
+    """1. The real region of ``out`` agrees with the reference within the error bound."""
+    m, n = ref.value.shape
+    real = out[..., :m, :n] if out.ndim == 2 else out.reshape(-1, out.shape[-1])[:m, :n]
+    agr: Agreement = compare(real, ref, bound, out_dtype)
+    rows, cols = padded_shape or (m, n)
+    nonfinite = ~torch.isfinite(real.cpu())
+    measure = {
+        "max_err_units": agr.max_err_units, "max_err_abs": agr.max_err_abs,
+        "argmax": list(agr.argmax) if agr.argmax else None, "violations": agr.violations,
+        "nan_rows": agr.nan_rows[:64],
+        "changed_rows": _rows_list(agr.bad.any(dim=1)) if agr.bad is not None else [],
+        "changed_cols": _rows_list(agr.bad.any(dim=0)) if agr.bad is not None else [],
+        "grid": _grid_from(agr.bad, nonfinite, rows, cols, m, n),
+    }
+    if agr.ok:
+        summary = f"max error {agr.max_err_units:.3g} x bound"
+    else:
+        where = f" at {agr.argmax}" if agr.argmax else ""
+        summary = (f"{agr.violations} of {m * n} outputs outside the bound; max error "
+                   f"{agr.max_err_units:.3g} x bound{where}; {len(agr.nan_rows)} rows with NaN/Inf")
+    return PropertyResult("reference_agreement", agr.ok, summary, measure)
+
+
+def _isolation(prop: str, axis_name: str, clean: torch.Tensor, poisoned: torch.Tensor, m: int, n: int,
+               region: str, poison_kind: str, ref_finite: bool = True) -> PropertyResult:
+    c = clean[:m, :n]
+    p = poisoned[:m, :n]
+    changed = c.view(torch.int16 if c.element_size() == 2 else torch.int32) != \
+        p.view(torch.int16 if p.element_size() == 2 else torch.int32)
+    nonfinite = ~torch.isfinite(p)
+    if not ref_finite:
+        nonfinite = nonfinite & torch.isfinite(c)
+    bad = changed | nonfinite
+    rows_changed = _rows_list(bad.any(dim=1))
+    cols_changed = _rows_list(bad.any(dim=0))
+    diff = (p.double() - c.double()).abs()
+    max_change = float(torch.nan_to_num(diff, nan=float("inf")).max()) if diff.numel() else 0.0
+    measure = {
+        "region": region, "poison_kind": poison_kind,
+        "changed_rows": rows_changed, "changed_cols": cols_changed,
+        "nan_rows": _rows_list(nonfinite.any(dim=1)), "max_change": max_change,
+        "changed_elements": int(bad.sum()),
+        "grid": _grid_from(bad.cpu(), nonfinite.cpu(), poisoned.shape[0], poisoned.shape[1], m, n),
+    }
+    ok = not bool(bad.any())
+    if ok:
+        summary = f"real {axis_name} bit-identical with {region} poisoned ({poison_kind})"
+    else:
+        which = rows_changed if axis_name == "rows" else cols_changed
+        summary = (f"{len(which)} real {axis_name} changed when {region} was poisoned ({poison_kind}); "
+                   f"{len(measure['nan_rows'])} rows NaN/Inf; max change {max_change:.3g}")
+    return PropertyResult(prop, ok, summary, measure)
+
+
+def row_isolation(clean: torch.Tensor, poisoned: torch.Tensor, m: int, n: int, region: str = "m_pad",
+                  poison_kind: str = "nan") -> PropertyResult:
+    """2. Real rows are bit-identical whatever the M padding holds, and finite."""
+    return _isolation("row_isolation", "rows", clean, poisoned, m, n, region, poison_kind)
+
+
+def column_isolation(clean: torch.Tensor, poisoned: torch.Tensor, m: int, n: int, region: str = "n_pad",
+                     poison_kind: str = "nan") -> PropertyResult:
+    """3. Real columns are bit-identical whatever the N padding holds, and finite."""
+    return _isolation("column_isolation", "columns", clean, poisoned, m, n, region, poison_kind)
+
+
+def k_tail(clean: torch.Tensor, poisoned: torch.Tensor, m: int, n: int, poison_kind: str,
+           has_tail: bool) -> PropertyResult:
+    """4. Classify a backend by what a poisoned K tail does: ``masks_tail`` or ``needs_zeroed_tail``.
+
+    This is a classification, reported, not a failure: hardware GEMMs read the K tail and rely on
+    the pipeline zeroing it (checked by :func:`pipeline_zeroes_k_tail`).
+    """
+    c, p = clean[:m, :n], poisoned[:m, :n]
+    same = torch.equal(c.view(torch.uint8), p.view(torch.uint8))
+    if not has_tail:
+        cls = "no_tail"
+    else:
+        cls = "masks_tail" if same else "needs_zeroed_tail"
+    changed = ~(c.view(torch.uint8).reshape(m, -1) == p.view(torch.uint8).reshape(m, -1)).all(dim=1)
+    return PropertyResult("k_tail", True, f"{cls} ({poison_kind} K-tail scales)",
+                          {"region": "k_tail", "poison_kind": poison_kind, "classification": cls,
+                           "changed_rows": _rows_list(changed)})
+
+
+def pipeline_zeroes_k_tail(scales: torch.Tensor, regions: torch.Tensor) -> PropertyResult:
+    """4b. A pipeline's scale buffer has every K-tail byte zero (``regions`` from a PaddingMap)."""
+    from harness.layouts import Region
+
+    tail = regions.to(scales.device) == int(Region.K_TAIL)
+    nonzero = int((scales[tail] != 0).sum())
+    return PropertyResult("k_tail", nonzero == 0,
+                          "pipeline zeroes the K tail" if nonzero == 0 else
+                          f"{nonzero} K-tail scale bytes are not zero",
+                          {"region": "k_tail", "nonzero_tail_bytes": nonzero})
+
+
+def output_coverage(out: torch.Tensor, m: int, n: int, ref_finite: torch.Tensor) -> PropertyResult:
+    """5. An output buffer prefilled with NaN is fully written in the real region."""
+    real = out[:m, :n]
+    unwritten = torch.isnan(real).cpu() & ref_finite.cpu()
+    ok = not bool(unwritten.any())
+    return PropertyResult(
+        "output_coverage", ok,
+        "every real output element written" if ok else
+        f"{int(unwritten.sum())} real outputs left unwritten (still NaN) in {len(_rows_list(unwritten.any(1)))} rows",
+        {"nan_rows": _rows_list(unwritten.any(dim=1)), "changed_rows": _rows_list(unwritten.any(dim=1)),
+         "grid": _grid_from(unwritten, unwritten, out.shape[0], out.shape[1], m, n)})
+
+
+def determinism(first: torch.Tensor, second: torch.Tensor) -> PropertyResult:
+    """6. The same call twice gives the same bits."""
+    a = first.contiguous().view(torch.uint8)
+    b = second.contiguous().view(torch.uint8)
+    same = torch.equal(a, b)
+    if same:
+        return PropertyResult("determinism", True, "bit-identical across two calls", {})
+    rows = first.reshape(-1, first.shape[-1])
+    diff = (rows.view(torch.int16 if rows.element_size() == 2 else torch.int32) !=
+            second.reshape(-1, first.shape[-1]).view(torch.int16 if rows.element_size() == 2 else torch.int32))
+    return PropertyResult("determinism", False,
+                          f"{int(diff.sum())} outputs differ between two identical calls",
+                          {"changed_rows": _rows_list(diff.any(dim=1)), "changed_elements": int(diff.sum())})
+
+
+def clean_rejection(raised: BaseException | None, agreement: PropertyResult | None, why_outside: str) -> PropertyResult:
+    """7. Outside its declared support a backend raises a clear error, or returns a correct result.
+
+    ``raised`` is what the call raised (None if it returned); ``agreement`` the reference check of
+    what it returned.  Returning garbage is the failure.
+    """
+    if raised is not None:
+        msg = f"{type(raised).__name__}: {raised}".strip()
+        clear = len(str(raised).strip()) > 0
+        return PropertyResult("clean_rejection", clear,
+                              f"rejected ({why_outside}): {msg[:200]}" if clear else
+                              f"rejected with an empty message ({type(raised).__name__})",
+                              {"raised": msg[:500], "outside": why_outside})
+    assert agreement is not None
+    if agreement.ok:
+        return PropertyResult("clean_rejection", True, f"accepted ({why_outside}) and the result is correct",
+                              {"outside": why_outside, **agreement.measure})
+    return PropertyResult("clean_rejection", False,
+                          f"returned garbage instead of rejecting ({why_outside}): {agreement.summary}",
+                          {"outside": why_outside, **agreement.measure})
+
+
+def tp_column_consistency(full: torch.Tensor, shards: list[torch.Tensor], m: int) -> PropertyResult:
+    """8a. Column-parallel shard outputs, concatenated, equal the unsplit product bit for bit."""
+    cat = torch.cat([s[:m] for s in shards], dim=1)
+    f = full[:m, :cat.shape[1]]
+    same = torch.equal(cat.contiguous().view(torch.uint8), f.contiguous().view(torch.uint8))
+    if same:
+        return PropertyResult("tp_consistency", True, f"{len(shards)} column shards == unsplit, bitwise",
+                              {"shards": len(shards)})
+    diff = cat.double() != f.double()
+    return PropertyResult("tp_consistency", False,
+                          f"{int(diff.sum())} outputs differ between the {len(shards)} column shards and the unsplit GEMM",
+                          {"shards": len(shards), "changed_cols": _rows_list(diff.any(dim=0)),
+                           "changed_rows": _rows_list(diff.any(dim=1))})
+
+
+def tp_row_consistency(shard_outs: list[torch.Tensor], refs: list[Reference], bounds: list[torch.Tensor],
+                       out_dtype: torch.dtype) -> PropertyResult:
+    """8b. Row-parallel shard outputs summed (as an all-reduce would) agree with the summed
+    references within the summed bounds."""
+    total = sum(o.double() for o in shard_outs)
+    ref = Reference(sum(r.value for r in refs), sum(r.abs_sum for r in refs), max(r.k for r in refs))
+    bound = sum(bounds)
+    agr = compare(total, ref, bound, torch.float64 if False else out_dtype)
+    return PropertyResult("tp_consistency", agr.ok,
+                          f"{len(shard_outs)} row shards summed: max error {agr.max_err_units:.3g} x bound"
+                          + ("" if agr.ok else f"; {agr.violations} outside"),
+                          {"shards": len(shard_outs), "max_err_units": agr.max_err_units, "nan_rows": agr.nan_rows})
+
+
+def quantizer_agreement(packed: torch.Tensor, scales_logical: torch.Tensor, ref_codes: torch.Tensor,
+                        ref_scales: torch.Tensor, scaled_input: torch.Tensor) -> PropertyResult:
+    """9. A quantizer's bytes equal the reference quantizer's; differing codes at exact e2m1 ties
+    (a legitimate rounding choice, e.g. approximate reciprocals) are counted and named, not failed.
+
+    ``scales_logical`` is the backend's scale buffer unswizzled to [rows, kblocks] (real region);
+    ``scaled_input`` is x * (per-element inverse scale) in fp32, used to recognise ties.
+    """
+    from harness.format import unpack_e2m1
+
+    rows, k = ref_codes.shape
+    codes = unpack_e2m1(packed[:rows, :k // 2]).cpu()
+    sf = scales_logical[:rows, :k // 16].cpu()
+    sf_diff = sf != ref_scales.cpu()
+    code_diff = codes != ref_codes.cpu()
+    # a code difference caused by a scale difference is attributed to the scale
+    code_diff_own = code_diff & ~sf_diff.repeat_interleave(16, dim=1)
+    a = scaled_input.abs().cpu()
+    ties = torch.zeros_like(a, dtype=torch.bool)
+    for t in (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0):
+        ties |= a == t
+    neg_zero = code_diff_own & ((codes | 8) == 8) & ((ref_codes.cpu() | 8) == 8)
+    tie_diffs = code_diff_own & ties
+    real_diffs = code_diff_own & ~ties & ~neg_zero
+    n_sf, n_tie, n_real, n_nz = int(sf_diff.sum()), int(tie_diffs.sum()), int(real_diffs.sum()), int(neg_zero.sum())
+    ok = n_sf == 0 and n_real == 0
+    summary = (f"bytes match the reference ({n_tie} codes differ at exact ties, {n_nz} in the sign of zero)"
+               if ok else f"{n_sf} scale bytes and {n_real} codes differ from the reference "
+                          f"(plus {n_tie} at ties, {n_nz} sign of zero)")
+    return PropertyResult("quantizer_agreement", ok, summary,
+                          {"scale_mismatches": n_sf, "code_mismatches": n_real, "tie_differences": n_tie,
+                           "negative_zero_differences": n_nz,
+                           "changed_rows": _rows_list((sf_diff.any(1)) | real_diffs.any(1))})
+
+
+def batch_invariance(small: torch.Tensor, large: torch.Tensor, m: int) -> PropertyResult:
+    """10. (reported, not required) Row r's output is the same with m rows as with more rows."""
+    a = small[:m].contiguous()
+    b = large[:m].contiguous()
+    same = torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    diff_rows = _rows_list((a.double() != b.double()).any(dim=1))
+    return PropertyResult("batch_invariance", True,
+                          "batch invariant" if same else f"{len(diff_rows)} rows differ with a larger batch (reported)",
+                          {"invariant": same, "changed_rows": diff_rows})

@@ -1,0 +1,147 @@
+"""The reference product and its sound error bound.
+
+The reference dequantizes the *real* region of the pipeline's operands (it never reads a padding
+byte: :meth:`QuantizedTensor.dequantize` gathers real offsets only) and computes
+``alpha * A_deq @ W_deq^T`` in fp64.  Each product ``e2m1 * e4m3 * e2m1 * e4m3`` is exact in fp64
+(and in fp32), so the reference is exact up to fp64 summation, whose error (< K * 2^-53 relative)
+is covered by a safety factor in :func:`error_bound`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.backends.protocol import Precision
+
+U32 = 2.0 ** -24
+_OUT = {
+    # unit roundoff (round to nearest), half the smallest subnormal spacing, largest finite value
+    torch.bfloat16: (2.0 ** -8, 2.0 ** -134, torch.finfo(torch.bfloat16).max),
+    torch.float16: (2.0 ** -11, 2.0 ** -25, torch.finfo(torch.float16).max),
+    torch.float32: (2.0 ** -24, 2.0 ** -150, torch.finfo(torch.float32).max),
+}
+_FP64_SAFETY = 1.0 + 2.0 ** -30
+
+
+@dataclass
+class Reference:
+    """The exact product over the real region and the magnitudes the bound needs."""
+    value: torch.Tensor    # fp64 [m, n]: alpha * sum_k a_k w_k  (+ bias when given)
+    abs_sum: torch.Tensor  # fp64 [m, n]: alpha * sum_k |a_k w_k|
+    k: int                 # number of products summed (the padded K a backend may read)
+    bias: torch.Tensor | None = None
+
+
+def reference_from_dequantized(a: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor | float,
+                               k: int | None = None, bias: torch.Tensor | None = None) -> Reference:
+    """Reference of ``alpha * a @ w^T (+ bias)`` from already-dequantized real operands."""
+    a64 = a.double()
+    w64 = w.double()
+    al = float(torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)[0])
+    value = al * (a64 @ w64.T)
+    abs_sum = abs(al) * (a64.abs() @ w64.abs().T)
+    if bias is not None:
+        value = value + bias.double().reshape(1, -1)
+    return Reference(value, abs_sum, k if k is not None else a.shape[1], bias)
+
+
+def reference_gemm(ops) -> Reference:
+    """Reference for :class:`harness.pipeline.GemmOperands` (W4A16 uses the dense activations)."""
+    if ops.a_dense is not None:
+        a = ops.a_dense[:, :ops.k].double()
+    else:
+        a = ops.a.dequantize().double()
+    w = ops.w.dequantize().double()
+    return reference_from_dequantized(a, w, ops.alpha, k=ops.a.k_alloc if ops.a_dense is None else ops.a_dense.shape[1])
+
+
+def error_bound(ref: Reference, precision: Precision, out_dtype: torch.dtype,
+                bias_in_out_dtype: bool = False) -> torch.Tensor:
+    r"""Per-element bound on ``|out - ref|`` for a backend of the given precision.
+
+    Derivation.  Let :math:`p_k = a_k w_k` (exact), :math:`S = \sum_k p_k`, :math:`P = \sum_k |p_k|`
+    and :math:`\alpha` the fp32 alpha the backend receives (the reference uses the same value).
+
+    1. Accumulation.  Any summation order of K terms in a floating-point accumulator with unit
+       roundoff :math:`u_a` gives :math:`|\hat S - S| \le \gamma_K P`,
+       :math:`\gamma_K = K u_a / (1 - K u_a)` (Higham, *Accuracy and Stability of Numerical
+       Algorithms*, 2nd ed., eq. 4.4).  Blocked or split-K orders are special cases.  We take
+       :math:`u_a = 2^{1-p}` for a ``p``-bit accumulator, which also covers truncating
+       (round-toward-zero) accumulators such as tensor-core adders.
+    2. Rounded operands (``precision.operand_bits``: e.g. torch emulation rounds
+       ``code*sf/gs`` to bf16 and folds the global scales into the operands instead of applying
+       alpha).  Each operand picks up a relative error :math:`\le u_o + u_{32}` (the fp32 division
+       by gs, then the rounding to ``operand_bits``), a product :math:`\le (1+u_o+u_{32})^2 - 1`, and
+       using :math:`1/(gs_a gs_w)` instead of the fp32 alpha adds at most :math:`3u_{32}`:
+       :math:`E_o = ((1+u_o+u_{32})^2 - 1 + 3u_{32})\,\alpha P`.
+    3. The alpha multiply in fp32 adds :math:`u_{32}|\alpha\hat S|`, and the cast to the output
+       dtype :math:`u_{out}|y| + \eta_{out}` (half the smallest subnormal spacing).
+    4. A bias added in the output dtype after the cast adds one more :math:`u_{out}|y+b| + \eta_{out}`.
+
+    With :math:`E = \alpha\gamma_K P + E_o`, combining:
+    :math:`|out - ref| \le E(1+u_{32})(1+u_{out}) + (u_{32} + u_{out} + u_{32}u_{out})|\alpha S| + \eta_{out}`
+    (+ step 4), evaluated in fp64 and multiplied by :math:`1 + 2^{-30}` to cover the fp64 rounding of
+    the reference and of the bound themselves.
+    """
+    if out_dtype not in _OUT:
+        raise ValueError(f"error_bound: out_dtype={out_dtype} is not one of {list(_OUT)}")
+    u_out, eta, _ = _OUT[out_dtype]
+    u_a = 2.0 ** (1 - precision.accumulator_bits)
+    k = ref.k
+    if k * u_a >= 1:
+        raise ValueError(f"error_bound: K={k} is too long for a {precision.accumulator_bits}-bit accumulator")
+    gamma = k * u_a / (1 - k * u_a)
+    e = gamma * ref.abs_sum
+    if precision.operand_bits is not None:
+        u_o = 2.0 ** -precision.operand_bits
+        e = e + ((1 + u_o + U32) ** 2 - 1 + 3 * U32) * ref.abs_sum
+    product = ref.value if ref.bias is None else ref.value - ref.bias.double().reshape(1, -1)
+    bound = e * (1 + U32) * (1 + u_out) + (U32 + u_out + U32 * u_out) * product.abs() + eta
+    if ref.bias is not None and bias_in_out_dtype:
+        bound = bound + u_out * (ref.value.abs() + bound) + eta
+    return bound * _FP64_SAFETY
+
+
+@dataclass
+class Agreement:
+    ok: bool
+    max_err_units: float            # max |out-ref|/bound over real elements (inf for NaN/Inf)
+    max_err_abs: float
+    argmax: tuple[int, int] | None
+    violations: int                 # real elements outside the bound
+    nan_rows: list[int] = field(default_factory=list)
+    bad: torch.Tensor | None = None  # bool [m, n]: out of bound or non-finite
+
+
+def compare(out: torch.Tensor, ref: Reference, bound: torch.Tensor, out_dtype: torch.dtype) -> Agreement:
+    """Compare a backend's real-region output [m, n] with the reference under ``bound``.
+
+    Where the exact result is beyond the output dtype's finite range, an infinity of the right sign
+    is also accepted (a correct rounding overflows there).
+    """
+    o = out.double()
+    r = ref.value.to(o.device)
+    b = bound.to(o.device)
+    _, _, fmax = _OUT[out_dtype]
+    err = (o - r).abs()
+    finite = torch.isfinite(o)
+    overflow_ok = (~finite) & ~torch.isnan(o) & (r.abs() >= fmax * (1 - _OUT[out_dtype][0])) & \
+        (torch.sign(o) == torch.sign(r))
+    within = finite & (err <= b)
+    good = within | overflow_ok
+    bad = ~good
+    units = torch.where(finite, err / b.clamp_min(torch.finfo(torch.float64).tiny),
+                        torch.full_like(err, float("inf")))
+    units = torch.where(overflow_ok, torch.zeros_like(units), units)
+    if units.numel():
+        flat = int(torch.argmax(torch.nan_to_num(units, nan=float("inf"), posinf=float("inf"))))
+        argmax = (flat // units.shape[1], flat % units.shape[1])
+        max_units = float(units.reshape(-1)[flat])
+        max_abs = float(torch.nan_to_num(err, nan=float("inf")).reshape(-1)[flat])
+    else:
+        argmax, max_units, max_abs = None, 0.0, 0.0
+    nan_rows = torch.nonzero((~torch.isfinite(o) & ~overflow_ok).any(dim=1)).reshape(-1).tolist()
+    return Agreement(ok=not bool(bad.any()), max_err_units=max_units, max_err_abs=max_abs, argmax=argmax,
+                     violations=int(bad.sum()), nan_rows=nan_rows, bad=bad.cpu())

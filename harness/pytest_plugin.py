@@ -1,0 +1,241 @@
+"""pytest plugin of nvfp4-harness (loaded through the ``pytest11`` entry point).
+
+* ``-n auto`` on a GPU node starts one xdist worker per visible GPU (``--nvfp4-workers-per-gpu``
+  more), and each worker is pinned to its GPU (CUDA_VISIBLE_DEVICES) before CUDA initialises; on a
+  CPU machine it starts one worker per core and the Triton interpreter is used.
+* Options choose backends, properties, the Hypothesis profile, a time budget and the results dir.
+* Every executed case is appended to the worker's result stream; each minimized failure is saved as
+  a case file; the controller aggregates the streams at the end (see docs/results-format.md).
+
+This module imports neither torch nor harness at import time: a worker must set
+CUDA_VISIBLE_DEVICES before anything initialises CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+_GPU_LIST_ENV = "NVFP4_HARNESS_GPUS"
+_WPG_ENV = "NVFP4_HARNESS_WORKERS_PER_GPU"
+_RESULTS_ENV = "NVFP4_HARNESS_RESULTS"
+_START_ENV = "NVFP4_HARNESS_START"
+
+
+def _pin_worker_to_gpu() -> str | None:
+    """In an xdist worker, restrict CUDA to this worker's GPU (controller set the GPU list)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    gpus = os.environ.get(_GPU_LIST_ENV)
+    if not worker or not gpus:
+        return None
+    ids = [g for g in gpus.split(",") if g != ""]
+    wpg = max(1, int(os.environ.get(_WPG_ENV, "1")))
+    idx = int(worker.lstrip("gw") or 0)
+    gpu = ids[(idx // wpg) % len(ids)]
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    return gpu
+
+
+_PINNED_GPU = _pin_worker_to_gpu()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("nvfp4-harness", "NVFP4 GEMM correctness harness")
+    g.addoption("--nvfp4-backends", default="all",
+                help="comma-separated backend names, 'all' (default) or 'mutants' (the planted-bug backends)")
+    g.addoption("--nvfp4-properties", default="all", help="comma-separated property names or 'all'")
+    g.addoption("--nvfp4-profile", default=None, choices=("ci", "fuzz", "replay"),
+                help="Hypothesis profile: ci (derandomized, small), fuzz (random, example database, many "
+                     "examples), replay (only stored examples). Default: ci")
+    g.addoption("--nvfp4-examples", type=int, default=None, help="override max_examples per test")
+    g.addoption("--nvfp4-budget", type=float, default=None,
+                help="time budget in seconds for the whole session; tests starting later are skipped")
+    g.addoption("--nvfp4-results", default=None, help="results directory (default: results/)")
+    g.addoption("--nvfp4-plugin", action="append", default=[],
+                help="extra backend plugin: a module name or a path to a .py file (repeatable)")
+    g.addoption("--nvfp4-workers-per-gpu", type=int, default=1, help="xdist workers per GPU with -n auto")
+
+
+def _visible_gpus() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() != ""]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    gpus = _visible_gpus()
+    if gpus:
+        return len(gpus) * max(1, config.getoption("--nvfp4-workers-per-gpu"))
+    return os.cpu_count() or 1
+
+
+def _register_profiles() -> None:
+    from hypothesis import HealthCheck, Phase, settings
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    common = dict(deadline=None, print_blob=True,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                         HealthCheck.filter_too_much, HealthCheck.differing_executors])
+    db_path = Path(os.environ.get("NVFP4_HARNESS_DB", ".hypothesis/nvfp4-examples"))
+    settings.register_profile("ci", derandomize=True, max_examples=4, database=None, **common)
+    settings.register_profile("fuzz", max_examples=60, database=DirectoryBasedExampleDatabase(db_path), **common)
+    settings.register_profile("replay", max_examples=1, phases=[Phase.explicit, Phase.reuse],
+                              database=DirectoryBasedExampleDatabase(db_path), **common)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "nvfp4: a property-suite case of nvfp4-harness")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        # controller (or plain run): decide the GPU list and the results dir for the workers
+        gpus = _visible_gpus()
+        os.environ[_GPU_LIST_ENV] = ",".join(gpus)
+        os.environ[_WPG_ENV] = str(config.getoption("--nvfp4-workers-per-gpu"))
+        os.environ.setdefault(_START_ENV, str(time.time()))
+        res = config.getoption("--nvfp4-results") or os.environ.get(_RESULTS_ENV) or "results"
+        os.environ[_RESULTS_ENV] = str(Path(res).resolve())
+    else:
+        _pin_worker_to_gpu()
+    _register_profiles()
+    from hypothesis import settings
+
+    profile = config.getoption("--nvfp4-profile") or "ci"
+    settings.load_profile(profile)
+    if config.getoption("--nvfp4-examples"):
+        settings.register_profile("nvfp4-override", settings(settings.default,
+                                                             max_examples=config.getoption("--nvfp4-examples")))
+        settings.load_profile("nvfp4-override")
+    config._nvfp4_profile = profile  # type: ignore[attr-defined]
+    for spec in config.getoption("--nvfp4-plugin"):
+        from harness.backends import registry
+
+        registry.load_plugin(spec)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and _is_property_run(session.config):
+        from harness import env, records
+
+        records.write_session(os.environ[_RESULTS_ENV], {
+            "started": records.now(), "argv": list(session.config.invocation_params.args),
+            "profile": session.config._nvfp4_profile,  # type: ignore[attr-defined]
+            "environment": env.current().to_dict()})
+
+
+def _is_property_run(config: pytest.Config) -> bool:
+    return any("properties" in str(a) or "regressions" in str(a) for a in config.invocation_params.args) \
+        or bool(config.getoption("--nvfp4-results"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") is not None:
+        return
+    res = os.environ.get(_RESULTS_ENV)
+    if res and Path(res).is_dir() and any(Path(res).glob("results-*.jsonl")):
+        from harness import records
+
+        tot = records.finalize(res)
+        session.config._nvfp4_totals = tot  # type: ignore[attr-defined]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    tot = getattr(config, "_nvfp4_totals", None)
+    if tot:
+        res = os.environ.get(_RESULTS_ENV)
+        terminalreporter.write_sep("=", "nvfp4-harness")
+        terminalreporter.write_line(
+            f"cases: {tot['pass']} passed, {tot['fail']} failed, {tot['skip']} skipped, {tot['crash']} crashed; "
+            f"results in {res} (report: nvfp4-harness report {res} -o reports/index.html)")
+
+
+# ----------------------------------------------------------------------------------------------
+# The session object the property tests use
+# ----------------------------------------------------------------------------------------------
+class HarnessSession:
+    """Runs trials, records every one, saves minimized failures, enforces the time budget."""
+
+    def __init__(self, config: pytest.Config):
+        from harness import env
+
+        self.config = config
+        self.worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self.results_dir = Path(os.environ.get(_RESULTS_ENV, "results"))
+        self.env = env.current()
+        self.start = float(os.environ.get(_START_ENV, time.time()))
+        self.budget = config.getoption("--nvfp4-budget")
+        self._stream = None
+        self.gpu = _PINNED_GPU
+
+    @property
+    def stream(self):
+        if self._stream is None:
+            import json
+
+            from harness.records import ResultStream
+
+            self._stream = ResultStream(self.results_dir, self.worker)
+            info = {"worker": self.worker, "gpu": self.gpu, "pid": os.getpid(),
+                    "environment": self.env.to_dict()}
+            (self.results_dir / f"worker-{self.worker}.json").write_text(json.dumps(info, indent=2))
+        return self._stream
+
+    def over_budget(self) -> bool:
+        return self.budget is not None and time.time() - self.start > self.budget
+
+    def selected(self, kind: str) -> list[str] | None:
+        value = self.config.getoption(f"--nvfp4-{kind}")
+        return None if value in ("all", None) else [v.strip() for v in value.split(",") if v.strip()]
+
+    def record(self, trial, outcome, test: str, level: str, final: bool) -> None:
+        from harness.records import make_record, save_failure_case
+
+        case_file = None
+        if outcome.status in ("fail", "crash") and final:
+            case_file = save_failure_case(self.results_dir, trial, outcome, level, self.env.to_dict())
+        extra = {"gpu": self.gpu, "final": final}
+        self.stream.write(make_record(trial, outcome, worker=self.worker, test=test, level=level,
+                                      case_file=case_file, extra=extra))
+
+    def record_skip(self, backend, prop: str, reason: str, test: str) -> None:
+        """Record a whole test skipped before any case ran (backend unavailable, budget spent)."""
+        from harness.pipeline import GemmProblem
+        from harness.runner import Outcome, Trial
+
+        trial = Trial(backend.name, prop, GemmProblem(1, 16, 16))
+        self.record(trial, Outcome("skip", reason), test, backend.level, True)
+
+    def run(self, trial, test: str):
+        """Execute a trial inside a Hypothesis test; record it; end the process on a lost context."""
+        from hypothesis.control import current_build_context
+
+        from harness.backends import registry
+        from harness.runner import ContextLost, Outcome, execute
+
+        try:
+            final = current_build_context().is_final
+        except Exception:
+            final = True
+        level = registry.get(trial.backend).level
+        try:
+            outcome = execute(trial)
+        except ContextLost as exc:
+            self.record(trial, Outcome("crash", str(exc)), test, level, True)
+            os._exit(3)  # the CUDA context is gone: xdist restarts a fresh worker for the next tests
+        if outcome.status != "fail" or final:
+            self.record(trial, outcome, test, level, final)
+        return outcome
+
+
+@pytest.fixture(scope="session")
+def nvfp4_session(request: pytest.FixtureRequest) -> HarnessSession:
+    return HarnessSession(request.config)

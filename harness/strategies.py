@@ -1,0 +1,335 @@
+"""Hypothesis strategies for the property suite: shapes, poison, data kinds, problems, cases.
+
+Design rules.
+
+* Strategies draw only ints and strings (no tensors): a problem's data is built later from its
+  seed by :mod:`harness.data`, so generation stays fast and a case replays from its repr.
+* Every size is capped by a parameter, so the CPU profile can ask for tiny shapes
+  (``max_m=40, max_nk_blocks=12``) and the GPU profile for large ones.
+* Boundaries are drawn on purpose, and every strategy shrinks to a readable minimum:
+  ``st.one_of`` shrinks towards its *first* branch and ``st.sampled_from`` towards its *first*
+  element, so the first branch / element is always the smallest, most boring value (m=1,
+  16-element K, the "normal" distribution, the clean pipeline, NaN poison in one region).
+
+The boundaries worth hitting come from the layouts (NVFP4-NOTES.md): m <= 32 takes TRT-LLM's 8x4
+activation-scale path (8-row tiles), the 128x4 layout pads rows to 128 and k-blocks to 4, and
+TP splits give per-rank K block counts that are odd or not multiples of 4 or 8 (464 = 29 blocks).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+
+from hypothesis import assume
+from hypothesis import strategies as st
+from hypothesis.strategies import SearchStrategy
+
+from harness.data import DISTRIBUTIONS
+from harness.format import BLOCK_SIZE
+from harness.pipeline import GemmProblem, Poison, TPShard
+from harness.tp_catalog import CATALOG, DEFAULT_DEGREES, LayerShape, origin_label, tp_cases
+
+# ----------------------------------------------------------------------------------------------
+# Shapes
+# ----------------------------------------------------------------------------------------------
+
+SMALL_M: tuple[int, ...] = tuple(range(1, 34))
+"""1..33: every m of TRT-LLM's 8x4 small-m path (m <= 32) and the first m past it."""
+
+TILE_BOUNDARY_M: tuple[int, ...] = (63, 64, 65, 127, 128, 129, 255, 256, 257, 511, 512, 513,
+                                    1023, 1024, 1025, 2047, 2048, 2049, 4095, 4096)
+"""m on either side of the 128-row tile of the 128x4 layout and of power-of-two M buckets."""
+
+
+def m_values(max_m: int = 4096) -> SearchStrategy[int]:
+    """m in [1, max_m], heavily weighted to layout boundaries; shrinks to m=1.
+
+    One third each: 1..33, the tile/power-of-two boundaries (63..65, 127..129, ..., 1023..1025),
+    and any m in range.
+    """
+    if max_m < 1:
+        raise ValueError(f"m_values: max_m={max_m} must be >= 1")
+    small = [m for m in SMALL_M if m <= max_m]
+    tiles = [m for m in TILE_BOUNDARY_M if m <= max_m]
+    branches: list[SearchStrategy[int]] = [st.sampled_from(small)]
+    if tiles:
+        branches.append(st.sampled_from(tiles))
+    branches.append(st.integers(1, max_m))
+    return st.one_of(branches)
+
+
+@functools.lru_cache(maxsize=None)
+def _catalog_block_counts(degrees: tuple[int, ...]) -> tuple[int, ...]:
+    counts = set()
+    for _, _, s in tp_cases(degrees):
+        if isinstance(s, TPShard):
+            counts.update(v // BLOCK_SIZE for v in (s.n, s.k) if v % BLOCK_SIZE == 0)
+    return tuple(sorted(counts))
+
+
+def catalog_block_counts(max_blocks: int, degrees: Iterable[int] = DEFAULT_DEGREES) -> list[int]:
+    """Block counts (n/16 or k/16) of the catalog's per-rank shapes that fit in ``max_blocks``."""
+    return [c for c in _catalog_block_counts(tuple(degrees)) if c <= max_blocks]
+
+
+def block_counts(max_blocks: int) -> SearchStrategy[int]:
+    """A count of 16-element blocks in [1, max_blocks], mostly awkward; shrinks to 1.
+
+    Branches (equal weight): odd counts, counts = 2 mod 4 (not a multiple of the 4-block swizzle
+    group), counts = 4 mod 8, multiples of 8 (aligned), any count, and the block counts of the TP
+    catalog's per-rank shapes that fit.
+    """
+    if max_blocks < 1:
+        raise ValueError(f"block_counts: max_blocks={max_blocks} must be >= 1")
+    branches: list[SearchStrategy[int]] = [st.integers(0, (max_blocks - 1) // 2).map(lambda i: 2 * i + 1)]
+    if max_blocks >= 2:
+        branches.append(st.integers(0, (max_blocks - 2) // 4).map(lambda i: 4 * i + 2))
+    if max_blocks >= 4:
+        branches.append(st.integers(0, (max_blocks - 4) // 8).map(lambda i: 8 * i + 4))
+    if max_blocks >= 8:
+        branches.append(st.integers(1, max_blocks // 8).map(lambda i: 8 * i))
+    branches.append(st.integers(1, max_blocks))
+    real = catalog_block_counts(max_blocks)
+    if real:
+        branches.append(st.sampled_from(real))
+    return st.one_of(branches)
+
+
+def kn_values(max_blocks: int) -> SearchStrategy[int]:
+    """n or k: a multiple of 16 up to ``16 * max_blocks`` (see :func:`block_counts`); shrinks to 16."""
+    return block_counts(max_blocks).map(lambda b: BLOCK_SIZE * b)
+
+
+def ragged_n_values(max_blocks: int) -> SearchStrategy[int]:
+    """n that need not be a multiple of 16 (per-rank Ns like 232 are multiples of 8 only); shrinks to 16."""
+    return st.one_of(kn_values(max_blocks), st.integers(1, BLOCK_SIZE * max_blocks))
+
+
+# ----------------------------------------------------------------------------------------------
+# Poison
+# ----------------------------------------------------------------------------------------------
+
+POISON_REGIONS: tuple[str, ...] = ("m_pad", "n_pad", "k_tail", "data")
+"""Byte-valued padding regions of :class:`harness.pipeline.Poison` (field order; m_pad is the shrink target)."""
+
+NAMED_POISON_BYTES: tuple[int, ...] = (0x7F, 0xFF, 0x7E, 0xFE, 0x38, 0x08, 0x01)
+"""e4m3 NaN, -NaN, 448, -448, 1.0, 2^-6 (smallest normal), 2^-9 (smallest subnormal).
+
+NaN comes first so a shrunk poison is NaN, the loudest and most readable value."""
+
+
+def poison_bytes() -> SearchStrategy[int]:
+    """A non-zero fill byte: a named e4m3 value (NaN, 448, small finite) or any other byte; shrinks to 0x7F."""
+    return st.one_of(st.sampled_from(NAMED_POISON_BYTES), st.integers(1, 255))
+
+
+def poisons(regions: Iterable[str] | None = None, *, allowed: Sequence[str] = POISON_REGIONS,
+            fill: SearchStrategy[int] | None = None, min_regions: int = 1,
+            max_regions: int | None = None, stale_memory: bool | None = False) -> SearchStrategy[Poison]:
+    """A :class:`Poison` with a fill byte per poisoned padding region and 0 everywhere else.
+
+    For each region the strategy draws whether it is poisoned (a boolean, which shrinks to "no")
+    and a non-zero fill byte from ``fill`` (default :func:`poison_bytes`, which shrinks to NaN
+    0x7F; a custom ``fill`` must not produce 0).  The byte is drawn even for a clean region,
+    so un-poisoning one region never shifts the other draws: the shrinker can drop regions one at
+    a time, and a failing case shrinks to the fewest poisoned regions (one, when one suffices),
+    each holding NaN unless the failure needs another byte, with 0 in every other region.
+    Draws with fewer than ``min_regions`` (or more than ``max_regions``) poisoned regions are
+    rejected.
+
+    ``regions``: force exactly this set of poisoned regions (their bytes are still drawn).
+    ``allowed``: the regions that may be poisoned.  ``min_regions=0`` admits the clean pipeline,
+    which is then the shrink target.  ``stale_memory``: False (default) never, True always, None
+    drawn (shrinks to False).
+    """
+    allowed_set = frozenset(allowed)
+    unknown = allowed_set - set(POISON_REGIONS)
+    if regions is not None:
+        forced: frozenset[str] | None = frozenset(regions)
+        unknown |= forced - set(POISON_REGIONS)
+    else:
+        forced = None
+        if len(allowed_set) < min_regions:
+            raise ValueError(f"poisons: min_regions={min_regions} but only {sorted(allowed_set)} allowed")
+    if unknown:
+        raise ValueError(f"poisons: unknown regions {sorted(unknown)}; expected some of {POISON_REGIONS}")
+    fill = poison_bytes() if fill is None else fill
+    stale = st.booleans() if stale_memory is None else st.just(bool(stale_memory))
+
+    @st.composite
+    def build(draw) -> Poison:
+        fills = {}
+        # drawn last-region-first: when any single region triggers a failure, the shrinker's
+        # lexicographically smallest choice poisons the *last* drawn region, i.e. m_pad
+        # (regions excluded statically, by ``regions`` or ``allowed``, draw nothing at all)
+        for name in reversed(POISON_REGIONS):
+            if name not in (allowed_set if forced is None else forced):
+                fills[name] = 0
+                continue
+            poisoned = True if forced is not None else draw(st.booleans())
+            byte = draw(fill)
+            fills[name] = byte if poisoned else 0
+        if forced is None:
+            count = sum(1 for v in fills.values() if v)
+            assume(count >= min_regions and (max_regions is None or count <= max_regions))
+        return Poison(**{name: fills[name] for name in POISON_REGIONS}, stale_memory=draw(stale))
+
+    return build()
+
+
+# ----------------------------------------------------------------------------------------------
+# Data kinds and problems
+# ----------------------------------------------------------------------------------------------
+
+def distributions(names: Sequence[str] | None = None) -> SearchStrategy[str]:
+    """A data distribution of :data:`harness.data.DISTRIBUTIONS`; shrinks to "normal"."""
+    names = tuple(DISTRIBUTIONS if names is None else names)
+    unknown = [n for n in names if n not in DISTRIBUTIONS]
+    if unknown or not names:
+        raise ValueError(f"distributions: {unknown or names!r} not among {DISTRIBUTIONS}")
+    ordered = tuple(sorted(names, key=lambda n: n != "normal"))  # "normal" first: the shrink target
+    return st.sampled_from(ordered)
+
+
+def _ordered_choice(values: Sequence[str], what: str) -> SearchStrategy[str]:
+    if not values:
+        raise ValueError(f"{what}: expected at least one value")
+    return st.sampled_from(tuple(values))
+
+
+def gemm_problems(*, max_m: int = 4096, max_nk_blocks: int = 256,
+                  out_dtypes: Sequence[str] = ("bfloat16", "float16"),
+                  in_dtypes: Sequence[str] = ("bfloat16",),
+                  distribution_names: Sequence[str] | None = None,
+                  max_seed: int = 15, ragged_n: bool = False) -> SearchStrategy[GemmProblem]:
+    """Synthetic :class:`GemmProblem` s (origin None); shrinks to m=1, n=16, k=16, first dtypes, normal, seed 0.
+
+    ``max_nk_blocks`` caps n and k at ``16 * max_nk_blocks``; ``ragged_n`` also draws n that are
+    not multiples of 16; seeds come from ``[0, max_seed]`` so a replayed case stays readable.
+    """
+    n = ragged_n_values(max_nk_blocks) if ragged_n else kn_values(max_nk_blocks)
+    return st.builds(
+        GemmProblem,
+        m=m_values(max_m), n=n, k=kn_values(max_nk_blocks),
+        out_dtype=_ordered_choice(out_dtypes, "gemm_problems(out_dtypes)"),
+        in_dtype=_ordered_choice(in_dtypes, "gemm_problems(in_dtypes)"),
+        distribution=distributions(distribution_names),
+        seed=st.integers(0, max_seed),
+        origin=st.none(),
+    )
+
+
+def tp_entries(*, degrees: Iterable[int] = DEFAULT_DEGREES, catalog: Iterable[LayerShape] = CATALOG,
+               max_unsplit_dim: int | None = None,
+               max_weight_elements: int | None = None) -> list[tuple[LayerShape, int, int, int, str]]:
+    """The runnable per-rank shapes of the catalog as ``(layer, tp, n, k, origin)``, smallest first.
+
+    Shards that raise :class:`ShardError` are skipped (they are reported by the catalog tests, not
+    run).  ``max_unsplit_dim`` caps the dimension TP does NOT split (N of a row-parallel layer, K
+    of a column-parallel one; K rounded down to a multiple of 16): the split dimension, where the
+    alignment bugs live, is kept exact and the origin says what was cut.  ``max_weight_elements``
+    then drops entries whose per-rank n*k is still larger.
+    """
+    out = []
+    for layer, tp, s in tp_cases(degrees, catalog):
+        if not isinstance(s, TPShard):
+            continue
+        n, k, note = s.n, s.k, ""
+        if max_unsplit_dim is not None:
+            if layer.parallel == "row" and n > max_unsplit_dim:
+                n, note = max_unsplit_dim, f" [n {s.n} cut to {max_unsplit_dim}]"
+            elif layer.parallel == "column" and k > max_unsplit_dim:
+                k = max(BLOCK_SIZE, max_unsplit_dim // BLOCK_SIZE * BLOCK_SIZE)
+                note = f" [k {s.k} cut to {k}]"
+        if max_weight_elements is not None and n * k > max_weight_elements:
+            continue
+        out.append((layer, tp, n, k, origin_label(layer, tp) + note))
+    out.sort(key=lambda e: (e[2] * e[3], e[4]))
+    return out
+
+
+def tp_problems(*, max_m: int = 4096, degrees: Iterable[int] = DEFAULT_DEGREES,
+                catalog: Iterable[LayerShape] = CATALOG, max_unsplit_dim: int | None = None,
+                max_weight_elements: int | None = None,
+                out_dtypes: Sequence[str] = ("bfloat16", "float16"),
+                distribution_names: Sequence[str] | None = None,
+                max_seed: int = 15) -> SearchStrategy[GemmProblem]:
+    """:class:`GemmProblem` s with the per-rank (n, k) of a real model's TP shard and its origin label.
+
+    See :func:`tp_entries` for the caps; m comes from :func:`m_values`.  Shrinks to the smallest
+    runnable per-rank shape, m=1.
+    """
+    entries = tp_entries(degrees=degrees, catalog=catalog, max_unsplit_dim=max_unsplit_dim,
+                         max_weight_elements=max_weight_elements)
+    if not entries:
+        raise ValueError("tp_problems: no catalog shard fits the caps "
+                         f"(max_unsplit_dim={max_unsplit_dim}, max_weight_elements={max_weight_elements})")
+
+    shapes = st.sampled_from(entries)
+    ms = m_values(max_m)
+    outs = _ordered_choice(out_dtypes, "tp_problems(out_dtypes)")
+    dists = distributions(distribution_names)
+    seeds = st.integers(0, max_seed)
+
+    @st.composite
+    def build(draw) -> GemmProblem:
+        _, _, n, k, origin = draw(shapes)
+        return GemmProblem(m=draw(ms), n=n, k=k, out_dtype=draw(outs), distribution=draw(dists),
+                           seed=draw(seeds), origin=origin)
+
+    return build()
+
+
+def divisors(m: int) -> list[int]:
+    """Divisors of ``m`` in increasing order."""
+    small = [d for d in range(1, int(m ** 0.5) + 1) if m % d == 0]
+    return sorted(set(small + [m // d for d in small]))
+
+
+def with_batch_dims(problems: SearchStrategy[GemmProblem]) -> SearchStrategy[GemmProblem]:
+    """``problems`` where half the draws get leading dims [batch, seq] with batch*seq = m.
+
+    Shrinks to 2-D activations (batch None); a 3-D case shrinks to batch=1, seq=m.
+    """
+    @st.composite
+    def build(draw) -> GemmProblem:
+        problem = draw(problems)
+        if draw(st.booleans()):
+            b = draw(st.sampled_from(divisors(problem.m)))
+            problem = problem.with_(batch=(b, problem.m // b))
+        return problem
+
+    return build()
+
+
+def linear_problems(*, from_catalog: bool = False, **kwargs) -> SearchStrategy[GemmProblem]:
+    """Problems for the linear-layer level: like :func:`gemm_problems` (or :func:`tp_problems` when
+    ``from_catalog``), sometimes with a 3-D input ``[batch, seq, k]`` (``GemmProblem.batch``).
+
+    Keyword arguments go to the underlying problem strategy.
+    """
+    base = tp_problems(**kwargs) if from_catalog else gemm_problems(**kwargs)
+    return with_batch_dims(base)
+
+
+def gemm_cases(problems: SearchStrategy[GemmProblem] | None = None,
+               poison: SearchStrategy[Poison] | None = None,
+               **problem_kwargs) -> SearchStrategy[tuple[GemmProblem, Poison]]:
+    """``(problem, poison)`` pairs; defaults: :func:`gemm_problems` (``problem_kwargs``) and
+    ``poisons(min_regions=0)``, so a case shrinks to the clean pipeline unless the failure needs
+    poison, and then to one NaN-poisoned region.
+    """
+    if problems is not None and problem_kwargs:
+        raise ValueError("gemm_cases: pass either a problems strategy or problem keyword arguments")
+    problems = gemm_problems(**problem_kwargs) if problems is None else problems
+    poison = poisons(min_regions=0) if poison is None else poison
+    return st.tuples(problems, poison)
+
+
+__all__ = [
+    "NAMED_POISON_BYTES", "POISON_REGIONS", "SMALL_M", "TILE_BOUNDARY_M",
+    "block_counts", "catalog_block_counts", "distributions", "divisors", "gemm_cases", "gemm_problems",
+    "kn_values", "linear_problems", "m_values", "poison_bytes", "poisons", "ragged_n_values",
+    "tp_entries", "tp_problems", "with_batch_dims",
+]

@@ -1,0 +1,106 @@
+"""The property suite's plan: which trials each (backend, property) pair draws, per size profile.
+
+Used by the pytest property suite (properties/), the self-test and the fuzz command, so that a
+mutant is hunted with exactly the strategies the real suite uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import strategies as st
+from hypothesis.strategies import SearchStrategy
+
+from harness import strategies as hs
+from harness.backends.protocol import Backend
+from harness.pipeline import CLEAN, GemmProblem, Poison
+from harness.runner import Trial, properties_for
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Caps on generated shapes: tiny under the CPU interpreter, larger on a GPU."""
+    max_m: int
+    max_nk_blocks: int
+    tp_max_unsplit: int
+    tp_max_weight: int
+    tp_max_degree: int
+
+
+CPU_SIZES = Sizes(max_m=40, max_nk_blocks=8, tp_max_unsplit=32, tp_max_weight=32 * 1024, tp_max_degree=2)
+GPU_SIZES = Sizes(max_m=1100, max_nk_blocks=96, tp_max_unsplit=1024, tp_max_weight=4096 * 1024, tp_max_degree=8)
+
+
+def sizes_for(device: str) -> Sizes:
+    return GPU_SIZES if device == "cuda" else CPU_SIZES
+
+
+def _dtypes(backend: Backend) -> tuple[str, ...]:
+    return tuple(str(d).replace("torch.", "") for d in backend.requirements.out_dtypes) or ("bfloat16",)
+
+
+def _problems(backend: Backend, sz: Sizes, *, ragged_n: bool = False, catalog: bool = True,
+              cap_m: bool = True) -> SearchStrategy[GemmProblem]:
+    req = backend.requirements
+    max_m = min(sz.max_m, req.m_max) if (cap_m and req.m_max) else sz.max_m
+    base = hs.gemm_problems(max_m=max_m, max_nk_blocks=sz.max_nk_blocks, out_dtypes=_dtypes(backend),
+                            ragged_n=ragged_n)
+    if not catalog:
+        return base
+    tp = hs.tp_problems(max_m=max_m, max_unsplit_dim=sz.tp_max_unsplit, max_weight_elements=sz.tp_max_weight,
+                        out_dtypes=_dtypes(backend))
+    return st.one_of(base, tp)
+
+
+def _layouts(backend: Backend) -> SearchStrategy[str | None]:
+    lays = backend.requirements.a_layouts
+    return st.sampled_from([lay.value for lay in lays]) if len(lays) > 1 else st.just(lays[0].value)
+
+
+def trials(backend: Backend, prop: str, sz: Sizes) -> SearchStrategy[Trial]:
+    """Trials for ``backend`` under property ``prop``; every one shrinks to m=1 and a single
+    poisoned region (when the property poisons one)."""
+    if prop not in properties_for(backend):
+        raise ValueError(f"property={prop!r} does not apply to {backend.level}-level backend {backend.name!r}")
+    name = backend.name
+
+    def build(problem, poison=CLEAN, layout=None, tp=1, parallel="column"):
+        return Trial(name, prop, problem, poison, layout, tp, parallel)
+
+    if backend.level == "quantizer":
+        return st.builds(build, hs.gemm_problems(max_m=sz.max_m, max_nk_blocks=sz.max_nk_blocks,
+                                                 in_dtypes=("bfloat16", "float16", "float32")))
+    if backend.level == "linear":
+        probs = hs.linear_problems(max_m=sz.max_m, max_nk_blocks=sz.max_nk_blocks,
+                                   in_dtypes=("bfloat16", "float16")).map(lambda p: p.with_(out_dtype=p.in_dtype))
+        return st.builds(build, probs, hs.poisons(min_regions=0, allowed=(), stale_memory=None))
+    layout = _layouts(backend)
+    if prop == "reference_agreement":
+        return st.builds(build, _problems(backend, sz), hs.poisons(min_regions=0), layout)
+    if prop == "row_isolation":
+        return st.builds(build, _problems(backend, sz), hs.poisons(regions={"m_pad"}), layout)
+    if prop == "column_isolation":
+        return st.builds(build, _problems(backend, sz, ragged_n=True, catalog=False),
+                         hs.poisons(regions={"n_pad"}), layout)
+    if prop == "k_tail":
+        return st.builds(build, _problems(backend, sz), hs.poisons(regions={"k_tail"}), layout)
+    if prop == "clean_rejection":
+        return st.builds(build, _problems(backend, sz, catalog=False), st.just(CLEAN), layout)
+    if prop == "tp_consistency":
+        entries = hs.tp_entries(degrees=(2, 4, 8), max_unsplit_dim=sz.tp_max_unsplit,
+                                max_weight_elements=sz.tp_max_weight)
+        req = backend.requirements
+        max_m = min(sz.max_m, req.m_max) if req.m_max else sz.max_m
+
+        @st.composite
+        def tp_trial(draw) -> Trial:
+            layer, tp, n, k, origin = draw(st.sampled_from(entries))
+            problem = GemmProblem(m=draw(hs.m_values(max_m)), n=n, k=k,
+                                  out_dtype=draw(st.sampled_from(_dtypes(backend))),
+                                  distribution=draw(hs.distributions()), seed=draw(st.integers(0, 15)),
+                                  origin=origin)
+            return build(problem, CLEAN, draw(layout), min(tp, sz.tp_max_degree), layer.parallel)
+
+        return tp_trial()
+    # output_coverage, determinism, batch_invariance
+    return st.builds(build, _problems(backend, sz), st.just(CLEAN), layout)

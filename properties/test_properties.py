@@ -1,0 +1,57 @@
+"""The property suite: every selected backend x every property of its level, fuzzed by Hypothesis.
+
+Run ``pytest -n auto properties/`` (one xdist worker per GPU on a GPU node).  Options:
+``--nvfp4-backends``, ``--nvfp4-properties``, ``--nvfp4-profile {ci,fuzz,replay}``,
+``--nvfp4-budget SECONDS``, ``--nvfp4-results DIR``, ``--nvfp4-plugin MODULE_OR_FILE``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness import env, suite
+from harness.backends import registry
+from harness.runner import properties_for
+
+
+def _pairs(config: pytest.Config) -> list:
+    names = config.getoption("--nvfp4-backends")
+    if names == "mutants":
+        backends = [b for b in registry.all_backends(include_mutants=True) if b.mutant]
+    elif names in ("all", None):
+        backends = registry.all_backends()
+    else:
+        backends = [registry.get(n.strip()) for n in names.split(",") if n.strip()]
+    props = config.getoption("--nvfp4-properties")
+    wanted = None if props in ("all", None) else {p.strip() for p in props.split(",")}
+    pairs = []
+    for b in backends:
+        for p in properties_for(b):
+            if wanted is None or p in wanted:
+                pairs.append(pytest.param(b.name, p, id=f"{b.name}::{p}"))
+    return pairs
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if {"backend_name", "property_name"} <= set(metafunc.fixturenames):
+        metafunc.parametrize(("backend_name", "property_name"), _pairs(metafunc.config))
+
+
+@given(data=st.data())
+def test_property(nvfp4_session, backend_name: str, property_name: str, request, data) -> None:
+    backend = registry.get(backend_name)
+    support = backend.support(nvfp4_session.env)
+    if not support:
+        nvfp4_session.record_skip(backend, property_name, support.reason, request.node.nodeid)
+        pytest.skip(f"{backend_name}: {support.reason}")
+    if nvfp4_session.over_budget():
+        nvfp4_session.record_skip(backend, property_name, "time budget (--nvfp4-budget) exhausted",
+                                  request.node.nodeid)
+        pytest.skip("time budget (--nvfp4-budget) exhausted")
+    trial = data.draw(suite.trials(backend, property_name, suite.sizes_for(env.current().device)), label="trial")
+    outcome = nvfp4_session.run(trial, request.node.nodeid)
+    if outcome.status == "skip":
+        pytest.skip(outcome.reason)
+    assert outcome.status == "pass", f"{backend_name} {property_name}: {outcome.reason}"

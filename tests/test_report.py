@@ -1,0 +1,470 @@
+"""The HTML report: loading a results directory, the rendered content, and a headless-browser check
+that the page renders and loads nothing from the network."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.cases import Case, save_case
+from harness.pipeline import GemmProblem, Poison
+from harness.report import load_results, load_run, render_report
+from harness.report.svg import GridError, parse_grid
+
+CHROMIUM = Path(os.environ.get("NVFP4_CHROMIUM", "/usr/bin/chromium"))
+REPO = Path(__file__).resolve().parents[1]
+
+ENV_H200 = {"device": "cuda", "gpu_name": "NVIDIA H200", "compute_capability": 90, "gpu_count": 2,
+            "driver": "580.65.06", "cuda": "13.0", "torch": "2.11.0+cu130", "triton": "3.6.0",
+            "flashinfer": "0.7.2.post1", "hypothesis": "6.140.0", "python": "3.12.3", "interpreter": False}
+HOSTILE = '<img src="https://evil.example/x.png" onerror="alert(1)">'
+"""A skip reason carrying markup: the report must show it as text."""
+
+
+# ----------------------------------------------------------------------------------------------
+# A small synthetic results directory
+# ----------------------------------------------------------------------------------------------
+
+def _record(worker: str, n: int, backend: str, prop: str, outcome: str, *, m: int = 7, n_: int = 48, k: int = 464,
+            poison: dict | None = None, measure: dict | None = None, reason: str = "", level: str = "gemm",
+            a_layout: str | None = "128x4", case_file: str | None = None) -> dict:
+    rec = {
+        "schema": "nvfp4-harness/result/1", "time": f"2026-11-21T20:{n // 60:02d}:{n % 60:02d}Z", "worker": worker,
+        "test": f"properties/test_gemm.py::test_{prop}[{backend}-{n}]", "backend": backend, "level": level,
+        "property": prop, "outcome": outcome, "reason": reason,
+        "problem": {"m": m, "n": n_, "k": k, "out_dtype": "bfloat16", "in_dtype": "bfloat16",
+                    "distribution": "normal", "seed": n, "origin": None, "batch": None},
+        "poison": {"m_pad": 0, "n_pad": 0, "k_tail": 0, "data": 0, "stale_memory": False, **(poison or {})},
+        "a_layout": a_layout, "measure": measure or {}, "duration_s": 0.05 + n * 0.001,
+    }
+    if case_file:
+        rec["case_file"] = case_file
+    return rec
+
+
+def _nan_rows_grid() -> dict:
+    """m=7 real rows + 1 padding row (8x4 layout), n=48 real columns + 16 padding columns: rows 0-3 NaN."""
+    cells = []
+    for i in range(8):
+        row = []
+        for j in range(64):
+            row.append(3 if i >= 7 or j >= 48 else 2 if i < 4 else 1 if (i == 5 and j % 7 == 0) else 0)
+        cells.append(row)
+    return {"rows": 8, "cols": 64, "real_rows": 7, "real_cols": 48, "row_step": 1, "col_step": 1, "cells": cells}
+
+
+def build_results_dir(root: Path) -> dict:
+    """Write a results directory as two xdist workers would (gw1 dies mid-line) and return facts about it."""
+    root.mkdir(parents=True, exist_ok=True)
+    session = {"schema": "nvfp4-harness/session/1", "started": "2026-11-21T20:00:00Z",
+               "finished": "2026-11-21T20:12:34Z", "argv": ["nvfp4-harness", "fuzz", "--profile", "ci", "-n", "2"],
+               "profile": "ci", "environment": ENV_H200,
+               "workers": {"gw0": {"gpu": 0, "environment": ENV_H200}, "gw1": {"gpu": 1, "environment": ENV_H200}},
+               "totals": {"pass": 0, "fail": 0, "skip": 0, "crash": 0}}
+
+    case = Case.create(
+        backend="triton-emu-8x4", level="gemm", property="row_isolation",
+        problem=GemmProblem(m=7, n=48, k=464, seed=3, origin="Nemotron-3-Nano-30B-A3B moe 1856 / TP4 row"),
+        poison=Poison(m_pad=0x7F), a_layout="8x4", environment=ENV_H200,
+        observed={"summary": "real rows 0-3 NaN when the m-padding scales are NaN (8x4 layout)",
+                  "max_err_units": float("inf"), "nan_rows": [0, 1, 2, 3], "changed_rows": [0, 1, 2, 3, 5],
+                  "changed_cols": [], "region": "m_pad"},
+        digest="c0" * 32, expect="xfail",
+        tracks="vLLM #37563 (https://github.com/vllm-project/vllm/issues/37563)")
+    case_path = save_case(case, root / "cases" / f"{case.id}.json")
+    case_ref = f"cases/{case_path.name}"
+
+    gw0, gw1 = [], []
+    n = 0
+    errs = [2e-3, 8e-3, 0.03, 0.11, 0.4, 0.02, 5e-3, 0.07]
+    for i, (m, k) in enumerate([(1, 16), (2, 64), (7, 464), (16, 1024), (33, 4096), (128, 256), (1000, 928)]):
+        for b, scale in (("triton-emu-128x4", 1.0), ("torch-emu", 0.5)):
+            n += 1
+            gw0.append(_record("gw0", n, b, "reference_agreement", "pass", m=m, k=k,
+                               measure={"max_err_units": errs[i] * scale, "max_err_abs": errs[i] * 1e-2}))
+    n += 1
+    gw0.append(_record("gw0", n, "triton-emu-8x4", "reference_agreement", "fail", m=5, k=2048, a_layout="8x4",
+                       reason="max error 3.2 bound units at (3, 17)",
+                       measure={"max_err_units": 3.2, "argmax": [3, 17]}))
+    n += 1
+    gw0.append(_record("gw0", n, "triton-emu-8x4", "reference_agreement", "fail", m=3, k=64, a_layout="8x4",
+                       reason="NaN in real rows", measure={"max_err_units": "Infinity", "nan_rows": [0]}))
+    # isolation: the 128x4 backend is clean; the 8x4 one leaks m-padding scales into real rows
+    for b in ("triton-emu-128x4", "triton-emu-8x4"):
+        for byte, kind in ((0x7F, "nan"), (0x7E, "max"), (0x00, "zero"), (0x38, "finite")):
+            n += 1
+            leaky = b == "triton-emu-8x4" and kind in ("nan", "max")
+            if leaky and kind == "nan":
+                gw0.append(_record("gw0", n, b, "row_isolation", "fail", a_layout="8x4", poison={"m_pad": byte},
+                                   reason="real rows 0-3 NaN when the m-padding scales are NaN (8x4 layout)",
+                                   measure={"region": "m_pad", "poison_kind": kind, "nan_rows": [0, 1, 2, 3],
+                                            "changed_rows": [0, 1, 2, 3, 5], "grid": _nan_rows_grid()},
+                                   case_file=case_ref))
+            else:
+                gw0.append(_record("gw0", n, b, "row_isolation", "fail" if leaky else "pass", poison={"m_pad": byte},
+                                   reason="rows 0-3 changed by 612 units" if leaky else "",
+                                   measure={"region": "m_pad", "poison_kind": kind,
+                                            "changed_rows": [0, 1, 2, 3] if leaky else []}))
+            n += 1
+            gw1.append(_record("gw1", n, b, "column_isolation", "pass", poison={"n_pad": byte},
+                               measure={"region": "n_pad", "poison_kind": kind}))
+        n += 1
+        gw1.append(_record("gw1", n, b, "k_tail", "pass", k=464, poison={"k_tail": 0x7F},
+                           measure={"region": "k_tail", "poison_kind": "nan", "classification": "masks_tail"}))
+    n += 1
+    gw1.append(_record("gw1", n, "vllm-linear", "row_isolation", "pass", level="linear", a_layout=None,
+                       poison={"stale_memory": True}, measure={"region": "stale_memory", "poison_kind": "stale"}))
+    # skips and a crash
+    for prop in ("reference_agreement", "row_isolation", "k_tail"):
+        n += 1
+        gw1.append(_record("gw1", n, "flashinfer-cutlass", prop, "skip",
+                           reason="needs SM100, SM103, SM110, SM120, SM121; this GPU (NVIDIA H200) is SM90"))
+    n += 1
+    gw1.append(_record("gw1", n, "flashinfer-cutlass", "determinism", "skip", reason=HOSTILE))
+    n += 1
+    gw1.append(_record("gw1", n, "scaled-mm", "reference_agreement", "crash",
+                       reason="RuntimeError: CUBLAS_STATUS_NOT_SUPPORTED when calling cublasLtMatmul"))
+
+    lines0 = "".join(json.dumps(r) + "\n" for r in gw0)
+    lines1 = "".join(json.dumps(r) + "\n" for r in gw1)
+    (root / "results-gw0.jsonl").write_text(lines0)
+    # gw1 died while writing its last record: half a line, no newline
+    partial = json.dumps(_record("gw1", n + 1, "scaled-mm", "row_isolation", "fail"))[:90]
+    (root / "results-gw1.jsonl").write_text(lines1 + partial)
+
+    records = gw0 + gw1
+    totals = {k: sum(r["outcome"] == k for r in records) for k in ("pass", "fail", "skip", "crash")}
+    session["totals"] = totals
+    (root / "session.json").write_text(json.dumps(session, indent=2))
+    (root / "hypothesis.json").write_text(json.dumps({"tests": [
+        {"test": "properties/test_gemm.py::test_reference_agreement", "examples": 200, "passing": 187,
+         "failing": 2, "invalid": 11, "runtime_s": 41.3, "stop_reason": "max_examples"},
+        {"test": "properties/test_gemm.py::test_row_isolation", "examples": 120, "passing": 118, "failing": 2,
+         "invalid": 0, "runtime_s": 12.75, "stop_reason": "shrunk failure"},
+    ]}))
+    return {"records": records, "totals": totals, "case": case, "case_ref": case_ref,
+            "truncated_line": len(gw1) + 1}
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> tuple[Path, dict]:
+    root = tmp_path / "results"
+    return root, build_results_dir(root)
+
+
+@pytest.fixture
+def report(results, tmp_path: Path) -> tuple[Path, str, dict]:
+    root, facts = results
+    out = render_report(root, tmp_path / "out" / "report.html")
+    return out, out.read_text(encoding="utf-8"), facts
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+def test_load_results_skips_the_truncated_line(results) -> None:
+    root, facts = results
+    records, warnings = load_results(root)
+    assert len(records) == len(facts["records"])
+    assert [r["test"] for r in records] == [r["test"] for r in facts["records"]]
+    assert records[0]["_source"] == "results-gw0.jsonl:1"
+    line = facts["truncated_line"]
+    assert any(f"results-gw1.jsonl: line {line} is truncated" in w and "skipped" in w for w in warnings), warnings
+
+
+def test_load_results_reports_corrupt_middle_lines(tmp_path: Path) -> None:
+    good = json.dumps(_record("main", 1, "b", "determinism", "pass"))
+    (tmp_path / "results-main.jsonl").write_text(f"{good}\nnot json\n[1, 2]\n{{\"schema\": \"other\"}}\n{good}\n")
+    records, warnings = load_results(tmp_path)
+    assert len(records) == 2
+    assert any("line 2 is not valid JSON" in w for w in warnings)
+    assert any("results-main.jsonl:3: not a JSON object" in w for w in warnings)
+    assert any("results-main.jsonl:4: schema 'other'" in w for w in warnings)
+
+
+def test_load_results_missing_dir(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_results(tmp_path / "nope")
+
+
+def test_load_run_joins_cases_and_hypothesis(results) -> None:
+    root, facts = results
+    run = load_run(root)
+    assert set(run.cases) == {facts["case_ref"]}
+    assert run.cases[facts["case_ref"]].replay.startswith("nvfp4-harness replay ")
+    assert [h["examples"] for h in run.hypothesis] == [200, 120]
+    assert run.session["profile"] == "ci"
+
+
+# ----------------------------------------------------------------------------------------------
+# The rendered HTML
+# ----------------------------------------------------------------------------------------------
+
+def _section(html: str, sid: str) -> str:
+    m = re.search(rf'<section id="{sid}"[^>]*>(.*?)</section>', html, re.S)
+    assert m, f"section #{sid} missing"
+    return m.group(1)
+
+
+def test_report_summary_and_environment(report) -> None:
+    _, html, facts = report
+    summary = _section(html, "summary")
+    for k, v in facts["totals"].items():
+        assert f'<div class="card {k}"><div class="big">{v}</div>{k}</div>' in summary
+    assert "2026-11-21 20:00:00 UTC" in summary and "12 min 34 s" in summary
+    env = _section(html, "environment")
+    for text in ("NVIDIA H200", "SM90 (9.0)", "580.65.06", "2.11.0+cu130", "3.6.0", "0.7.2.post1"):
+        assert text in env
+    assert re.search(r'<td class="mono">gw1</td><td class="num">1</td><td>NVIDIA H200</td><td>SM90</td>', env)
+
+
+def test_report_outcome_matrix(report) -> None:
+    _, html, _ = report
+    matrix = _section(html, "matrix")
+    table = re.search(r'<table class="matrix" id="outcome-matrix">(.*?)</table>', matrix, re.S).group(1)
+    rows = {re.search(r'</span>([^<]+?) <span class="level">', r).group(1): r
+            for r in re.findall(r"<tr>\s*<td class=\"backend\">.*?</tr>", table, re.S)}
+    assert set(rows) == {"flashinfer-cutlass", "scaled-mm", "torch-emu", "triton-emu-128x4", "triton-emu-8x4",
+                         "vllm-linear"}
+    headers = re.findall(r'<th class="prop">(.*?)</th>', table)
+    assert headers[:4] == ["reference_<wbr>agreement", "row_<wbr>isolation", "column_<wbr>isolation", "k_<wbr>tail"]
+    # 8x4 row_isolation: 2 pass, 2 fail, linked to the first failing case
+    cells = re.findall(r"<td class=\"cell[^\"]*\"[^>]*>.*?</td>", rows["triton-emu-8x4"], re.S)
+    row_iso = cells[headers.index("row_<wbr>isolation")]
+    assert 'class="cell fail"' in row_iso and 'href="#f' in row_iso
+    assert '<span class="n pass">2</span><span class="n fail">2</span>' in row_iso
+    assert 'class="cell crash"' in rows["scaled-mm"]
+    assert 'class="cell skip"' in rows["flashinfer-cutlass"]
+    # skip reasons, deduplicated with a count, and hostile text escaped
+    assert "this GPU (NVIDIA H200) is SM90 <span class=\"count\">× 3</span>" in matrix
+    assert HOSTILE not in html
+    assert "&lt;img src=&#34;https://evil.example/x.png&#34;" in matrix
+
+
+def test_report_isolation_matrix(report) -> None:
+    _, html, _ = report
+    iso = _section(html, "isolation")
+    table = re.search(r'<table class="isolation" id="iso-triton-emu-8x4">(.*?)</table>', iso, re.S).group(1)
+    assert [h for h in re.findall(r"<th>(\w+)</th>", table)] == ["nan", "max", "zero", "finite", "stale"]
+    rows = dict(re.findall(r'<tr><td class="mono">(\w+)</td>(.*?)</tr>', table, re.S))
+    assert list(rows) == ["m_pad", "n_pad", "k_tail", "data", "stale_memory"]
+    m_pad = re.findall(r"<td class=\"cell (\w+)\"", rows["m_pad"])
+    assert m_pad == ["fail", "fail", "pass", "pass", "empty"]
+    assert re.findall(r"<td class=\"cell (\w+)\"", rows["n_pad"]) == ["pass"] * 4 + ["empty"]
+    assert 'id="iso-vllm-linear"' in iso  # stale-memory poisoning of the linear-level backend
+    stale = re.search(r'id="iso-vllm-linear">(.*?)</table>', iso, re.S).group(1)
+    assert re.search(r'stale_memory</td>(?:<td class="cell empty"[^>]*>·</td>\s*){4}<td class="cell pass"',
+                     re.sub(r"\n\s*", "", stale))
+
+
+def test_report_failures_with_replay_and_grid(report) -> None:
+    _, html, facts = report
+    failures = _section(html, "failures")
+    cards = re.findall(r'<details class="failure (\w+)" id="(f\d+)"', failures)
+    # 4 failing records (2 reference, 2 row isolation) and 1 crash; the case file is referenced
+    assert sorted(o for o, _ in cards) == ["crash", "fail", "fail", "fail", "fail"]
+    card = re.search(r'<details class="failure fail" id="f\d+"[^>]*>((?:(?!</details>).)*?'
+                     r'real rows 0-3 NaN(?:(?!</details>).)*)</details>', failures, re.S).group(1)
+    replay = facts["case"].replay
+    assert replay.startswith("nvfp4-harness replay ") and facts["case_ref"].split("/")[1] in replay
+    assert f'<pre class="cmd replay">{replay}</pre>' in card
+    assert "known: xfail" in card and "vLLM #37563" in card
+    assert "m=7 n=48 k=464" in card and "m_pad=0x7F (nan)" in card
+    assert '<svg class="grid"' in card and 'fill="url(#hatch-f' in card  # padding hatched
+    assert "stroke-dasharray" in card  # the real/padding separator
+    assert "output 7 × 48 real + 1 padding row(s) + 16 padding column(s)" in card
+    nan_path = re.search(r'<path d="([^"]*)" fill="#dc2626"/>', card).group(1)
+    assert nan_path.count("M") == 4 and "h48v1" in nan_path  # one run of NaN cells per NaN row
+    # a failure without a case file offers the test re-run instead
+    assert '<pre class="cmd rerun">python -m pytest &#39;properties/test_gemm.py::test_reference_agreement' in failures
+    assert "CUBLAS_STATUS_NOT_SUPPORTED" in failures
+    assert '<svg class="legend"' in failures
+
+
+def test_report_error_plots(report) -> None:
+    _, html, _ = report
+    errors = _section(html, "errors")
+    plots = re.findall(r'<svg class="plot".*?</svg>', errors, re.S)
+    assert len(plots) == 2
+    for svg in plots:
+        assert "bound = 1" in svg and 'stroke-dasharray="6 4"' in svg
+        assert svg.count("<circle") == 15  # 14 passing points and the failing 3.2
+        assert "NaN / Inf" in svg  # the infinite error sits in the band above
+    assert "(log2)" in plots[0] and "m (rows)" in plots[0] and ">K (log2)" in plots[1]
+    for backend in ("torch-emu", "triton-emu-128x4", "triton-emu-8x4"):
+        assert backend in errors
+
+
+def test_report_hypothesis_and_warnings(report, results) -> None:
+    _, html, facts = report
+    hyp = _section(html, "hypothesis")
+    assert "properties/test_gemm.py::test_row_isolation" in hyp and "shrunk failure" in hyp and "12.75" in hyp
+    warn = _section(html, "warnings")
+    assert f"results-gw1.jsonl: line {facts['truncated_line']} is truncated" in warn
+
+
+def test_report_without_hypothesis_or_session(tmp_path: Path) -> None:
+    (tmp_path / "results-main.jsonl").write_text(json.dumps(_record("main", 1, "b", "determinism", "pass")) + "\n")
+    html = render_report(tmp_path, tmp_path / "r.html").read_text()
+    assert "hypothesis.json is absent" in html
+    assert "session.json is missing" in html
+    assert "No failures." in html and "No isolation records" in html
+
+
+def test_bad_grid_is_a_warning_not_a_crash(tmp_path: Path) -> None:
+    rec = _record("main", 1, "b", "row_isolation", "fail", measure={"grid": {"cells": [[0, 9]]}})
+    (tmp_path / "results-main.jsonl").write_text(json.dumps(rec) + "\n")
+    html = render_report(tmp_path, tmp_path / "r.html").read_text()
+    assert "measure.grid not drawn: grid.cells holds a value that is not a cell code" in html
+    with pytest.raises(GridError, match="same, non-zero length"):
+        parse_grid({"cells": [[0, 0], [0]]})
+
+
+def test_large_grids_are_pooled_keeping_nan() -> None:
+    cells = [[0] * 1024 for _ in range(512)]
+    cells[300][700] = 2
+    g = parse_grid({"cells": cells, "real_rows": 500, "real_cols": 1000})
+    assert g.rows * g.cols <= 60_000
+    assert any(2 in row for row in g.cells)
+    assert g.real_rows < g.rows and g.real_cols < g.cols  # padding still drawn apart
+
+
+_REMOTE_REF = re.compile(r"""(?:\b(?:src|href|xlink:href|action|poster|srcset|data|formaction)\s*=\s*["']?\s*"""
+                         r"""(?:https?:)?//)|(?:url\(\s*["']?\s*(?:https?:)?//)|@import""", re.I)
+
+
+def test_report_is_self_contained(report) -> None:
+    _, html, _ = report
+    assert not _REMOTE_REF.findall(html)
+    assert "<script" not in html.lower()
+    assert "<link" not in html.lower()
+    assert "default-src 'none'" in html  # the CSP forbids any fetch even if something slipped in
+    assert _REMOTE_REF.findall('<img src="https://x.org/a.png"><div style="background:url(//x.org/b)">')
+
+
+# ----------------------------------------------------------------------------------------------
+# Headless Chromium
+# ----------------------------------------------------------------------------------------------
+
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (the CI script "
+                                                                  f"installs it: apt-get install chromium)")
+
+
+def _chromium(tmp: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run headless Chromium with a fresh profile, every host name unresolvable, and a net log."""
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-default-apps", "--disable-extensions", "--disable-dev-shm-usage", "--hide-scrollbars",
+           f"--user-data-dir={tmp / 'profile'}", "--host-resolver-rules=MAP * ~NOTFOUND", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # Chromium's own helper processes share its new session
+        proc.communicate()
+        pytest.fail(f"chromium did not finish in {timeout} s: {' '.join(cmd)}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def page_requests(netlog: Path) -> list[str]:
+    """URLs the page itself asked for, from a Chromium net log (--log-net-log).
+
+    Chromium's own background traffic (update checks, time queries) runs under a null or Google
+    network isolation key; requests made on behalf of a file:// page carry the ``file://`` key, so
+    those are the page's.  Host resolutions under the page's key count as requests too.
+    """
+    text = netlog.read_text(encoding="utf-8", errors="replace")
+    try:
+        log = json.loads(text)
+    except json.JSONDecodeError:  # Chromium killed before closing the array
+        log = json.loads(text.rstrip().rstrip(",") + "]}")
+    names = {v: k for k, v in log["constants"]["logEventTypes"].items()}
+    found = []
+    for ev in log.get("events", []):
+        params = ev.get("params") or {}
+        kind = names.get(ev.get("type"))
+        key = str(params.get("network_isolation_key", "")) + str(params.get("network_anonymization_key", ""))
+        if "file://" not in key:
+            continue
+        if kind == "URL_REQUEST_START_JOB" and not str(params.get("url", "")).startswith("file:"):
+            found.append(str(params.get("url")))
+        elif kind == "HOST_RESOLVER_MANAGER_REQUEST":
+            found.append(f"dns:{params.get('host')}")
+    return found
+
+
+def _load_in_chromium(tmp: Path, page: Path) -> tuple[str, list[str], list[str]]:
+    """Open ``page``: its DOM after loading, the network requests it made, and the browser console
+    lines that report a load blocked by the Content-Security-Policy."""
+    netlog = tmp / f"{page.stem}.netlog.json"
+    proc = _chromium(tmp, f"--log-net-log={netlog}", "--net-log-capture-mode=Everything", "--enable-logging=stderr",
+                     "--v=0", "--dump-dom", page.resolve().as_uri())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert netlog.exists(), "chromium wrote no net log"
+    blocked = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line and "Content Security Policy" in line]
+    return proc.stdout, page_requests(netlog), blocked
+
+
+REMOTE_PAGE = ('<!DOCTYPE html><html><head>{csp}<link rel="stylesheet" href="https://fonts.example.invalid/a.css">'
+               '<style>@font-face{{font-family:x;src:url(http://fonts.example.invalid/x.woff2)}}p{{font-family:x}}'
+               '</style></head><body><p>x</p><img src="http://images.example.invalid/a.png"></body></html>')
+CSP_META = """<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">"""
+
+
+@needs_chromium
+def test_browser_checks_catch_remote_loads(tmp_path: Path) -> None:
+    """Positive controls: the net-log check sees a page's remote loads, and the console check sees the
+    loads a Content-Security-Policy blocked."""
+    page = tmp_path / "remote.html"
+    page.write_text(REMOTE_PAGE.format(csp=""))
+    dom, requests, _ = _load_in_chromium(tmp_path, page)
+    assert "images.example.invalid" in dom
+    assert any("images.example.invalid/a.png" in r for r in requests), requests
+    assert any("fonts.example.invalid/a.css" in r for r in requests), requests
+
+    page = tmp_path / "remote-csp.html"
+    page.write_text(REMOTE_PAGE.format(csp=CSP_META))
+    _, requests, blocked = _load_in_chromium(tmp_path, page)
+    assert requests == []
+    assert any("images.example.invalid/a.png" in line for line in blocked), blocked
+
+
+@needs_chromium
+def test_report_renders_in_chromium_without_network(report, tmp_path: Path) -> None:
+    path, html, facts = report
+    dom, requests, blocked = _load_in_chromium(tmp_path, path)
+    assert requests == [], f"the report made network requests: {requests}"
+    assert blocked == [], f"the report tried loads its Content-Security-Policy blocked: {blocked}"
+    # without its CSP the page still asks for nothing: the content itself is self-contained
+    bare = tmp_path / "report-without-csp.html"
+    bare.write_text(re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html, count=1))
+    assert "Content-Security-Policy" not in bare.read_text()
+    _, requests_bare, _ = _load_in_chromium(tmp_path, bare)
+    assert requests_bare == [], f"the report without its CSP made network requests: {requests_bare}"
+
+    # the browser parsed the document into the expected elements
+    assert 'id="outcome-matrix"' in dom and 'id="iso-triton-emu-8x4"' in dom
+    assert dom.count('<svg class="grid"') == html.count('<svg class="grid"') >= 1
+    assert dom.count('<svg class="plot"') == 2
+    assert facts["case"].replay in dom
+    assert f"results-gw1.jsonl: line {facts['truncated_line']} is truncated" in dom
+    assert dom.count("<details") == html.count("<details") == 5
+    assert 'id="hypothesis-table"' in dom
+
+    shot = tmp_path / "screenshot.png"
+    proc = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,2400", path.resolve().as_uri())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a rendered page, not a blank one
+    if os.environ.get("NVFP4_SCREENSHOT"):
+        dest = REPO / "reports" / "screenshot.png"
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, dest)
