@@ -25,7 +25,7 @@ Keys marked ``?`` may be left out (they read as null, or [] for the row/column l
 other key is required, and unknown top-level, problem or poison keys are errors (a misspelt key
 must not be silently ignored).  ``environment`` and ``observed`` may carry extra keys.
 Non-finite numbers in ``observed`` are written as the strings "NaN", "Infinity", "-Infinity" so
-the file stays standard JSON; ``max_err_units`` reads them back as floats.
+the file stays standard JSON; ``max_err_units`` reads them (and "nan", "inf", "-inf") back as floats.
 
 :func:`load_case` validates every field and raises :class:`CaseFileError` naming the file, the
 field path (``problem.k``), the bad value and what was expected.
@@ -75,7 +75,8 @@ _OBSERVED_INT_LISTS = ("nan_rows", "changed_rows", "changed_cols")
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf,
+              "nan": math.nan, "inf": math.inf, "-inf": -math.inf}  # JSON-style and Python str(float) spellings
 
 
 def properties() -> tuple[str, ...]:
@@ -397,7 +398,7 @@ class _Checker:
         if isinstance(v, str) and v in _NONFINITE:
             return _NONFINITE[v]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise self.fail(path, v, 'a number, "NaN", "Infinity" or null')
+            raise self.fail(path, v, 'a number, "NaN", "Infinity", "-Infinity" or null')
         return float(v)
 
     def int_list(self, v: Any, path: str) -> list[int]:
@@ -533,7 +534,7 @@ def _parse_environment(c: _Checker, d: Any) -> dict[str, Any]:
 
 def _parse_observed(c: _Checker, d: Any) -> dict[str, Any]:
     obs = dict(c.obj(d, "observed", ("summary",), None))
-    c.string(obs["summary"], "observed.summary")
+    c.string(obs["summary"], "observed.summary", nonempty=False)
     if "max_err_units" in obs:
         obs["max_err_units"] = c.number(obs["max_err_units"], "observed.max_err_units")
     for name in _OBSERVED_INT_LISTS:

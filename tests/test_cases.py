@@ -93,6 +93,15 @@ def test_optional_keys_may_be_left_out(tmp_path: Path) -> None:
     assert case.problem.origin is None and case.observed == {"summary": "wrong sums"}
 
 
+@pytest.mark.parametrize("spelling, value", [("Infinity", math.inf), ("inf", math.inf), ("-inf", -math.inf),
+                                             ("NaN", math.nan), ("nan", math.nan), (2.5, 2.5), (None, None)])
+def test_max_err_units_spellings(tmp_path: Path, spelling, value) -> None:
+    doc = valid_doc()
+    doc["observed"]["max_err_units"] = spelling
+    got = load_case(write_doc(tmp_path, doc)).observed["max_err_units"]
+    assert got == value or (value is not None and math.isnan(value) and math.isnan(got))
+
+
 def test_case_id_is_stable_and_content_addressed() -> None:
     p, q = GemmProblem(m=7, n=48, k=464), Poison(m_pad=0x7F)
     a = case_id("triton-emu-8x4", "row_isolation", p, q, "8x4")

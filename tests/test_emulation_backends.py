@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import pytest
 import torch
@@ -24,6 +25,9 @@ TRITON_NVFP4 = ("triton-emu-128x4", "triton-emu-8x4", "triton-emu-linear")
 ALL = TRITON_NVFP4 + ("torch-emu", "triton-w4a16")
 READS_K_TAIL = TRITON_NVFP4 + ("triton-w4a16",)
 """Backends that run over every k-block of the allocated K without masking the tail (like hardware)."""
+
+DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+"""The interpreter on a CPU machine; on a GPU machine the same checks run the compiled kernels."""
 
 NAN_BYTE = 0x7F
 MAX_BYTE = 0x7E
@@ -60,7 +64,7 @@ class Built:
 def _build(problem: GemmProblem, poison: Poison, a_layout: ScaleLayout, w_layout: ScaleLayout, n_align: int,
            k_align: int, activation: str) -> Built:
     ops = build_gemm_operands(problem, a_layout=a_layout, w_layout=w_layout, n_align=n_align, k_align=k_align,
-                              poison=poison, activation=activation)  # type: ignore[arg-type]
+                              poison=poison, activation=activation, device=DEVICE)  # type: ignore[arg-type]
     return Built(ops, reference_gemm(ops))
 
 
@@ -128,7 +132,7 @@ def zero_k_tail(ops: GemmOperands) -> GemmOperands:
     """A copy of ``ops`` whose K-tail scale bytes (both operands) are 0, as a correct pipeline leaves them."""
     def clean(t):
         scales = t.scales.clone()
-        scales[t.padding_map().mask(Region.K_TAIL)] = 0
+        scales[t.padding_map().mask(Region.K_TAIL).to(scales.device)] = 0
         return dataclasses.replace(t, scales=scales)
     return dataclasses.replace(ops, a=clean(ops.a), w=clean(ops.w), poison=Poison())
 
@@ -155,12 +159,12 @@ def test_out_buffer(name: str) -> None:
     """A provided output buffer is written (every element, padding columns included) and returned."""
     ops = build(name, ISOLATION).ops
     fresh = backend(name).run(ops)
-    out = torch.full((ops.m, ops.w.rows_alloc), float("nan"), dtype=ops.out_dtype)
+    out = torch.full((ops.m, ops.w.rows_alloc), float("nan"), dtype=ops.out_dtype, device=DEVICE)
     got = backend(name).run(ops, out=out)
     assert got is out
     assert torch.equal(out, fresh)
     with pytest.raises(ValueError):
-        backend(name).run(ops, out=torch.empty((ops.m, ops.w.rows_alloc + 1), dtype=ops.out_dtype))
+        backend(name).run(ops, out=torch.empty((ops.m, ops.w.rows_alloc + 1), dtype=ops.out_dtype, device=DEVICE))
 
 
 def test_undeclared_layout_is_unsupported() -> None:

@@ -311,6 +311,25 @@ def test_report_hypothesis_and_warnings(report, results) -> None:
     assert f"results-gw1.jsonl: line {facts['truncated_line']} is truncated" in warn
 
 
+def test_case_files_without_a_record_are_shown(results, tmp_path: Path) -> None:
+    """A case whose record was lost (e.g. in the truncated line) still gets a card; a broken case
+    file becomes a warning."""
+    root, facts = results
+    lost = Case.create(backend="scaled-mm", level="gemm", property="k_tail", problem=GemmProblem(m=4, n=32, k=464),
+                       poison=Poison(k_tail=0x7F), environment=ENV_H200,
+                       observed={"summary": "NaN from the K-tail scales of the padded k-block"})
+    lost_path = save_case(lost, root / "cases" / f"{lost.id}.json")
+    (root / "cases" / "broken.json").write_text('{"schema": "nvfp4-harness/case/1", "id": ')
+    html = render_report(root, tmp_path / "r.html").read_text()
+    failures = _section(html, "failures")
+    card = re.search(r'<details class="failure fail" id="f6"[^>]*>(.*?)</details>', failures, re.S).group(1)
+    assert "case file only" in card and "scaled-mm · k_tail" in card
+    assert "NaN from the K-tail scales" in card and "k_tail=0x7F (nan)" in card
+    assert f'<pre class="cmd replay">{lost.replay}</pre>' in card and lost_path.name in lost.replay
+    warnings = _section(html, "warnings")
+    assert "broken.json: invalid JSON at line 1" in warnings and "not shown" in warnings
+
+
 def test_report_without_hypothesis_or_session(tmp_path: Path) -> None:
     (tmp_path / "results-main.jsonl").write_text(json.dumps(_record("main", 1, "b", "determinism", "pass")) + "\n")
     html = render_report(tmp_path, tmp_path / "r.html").read_text()
@@ -460,7 +479,8 @@ def test_report_renders_in_chromium_without_network(report, tmp_path: Path) -> N
     assert 'id="hypothesis-table"' in dom
 
     shot = tmp_path / "screenshot.png"
-    proc = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,2400", path.resolve().as_uri())
+    # tall enough for the whole synthetic report (headless screenshots capture the window only)
+    proc = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,4800", path.resolve().as_uri())
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a rendered page, not a blank one

@@ -8,6 +8,8 @@ NVIDIA GPUs), and every step follows :mod:`harness.format`'s reference order.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -17,6 +19,18 @@ from harness.layouts import ScaleLayout, ceil_div, padded_shape
 LAYOUT_ID = {ScaleLayout.LINEAR: 0, ScaleLayout.SWIZZLED_128x4: 1, ScaleLayout.SWIZZLED_8x4: 2}
 LEAVE = -1
 """Fill value meaning: do not write this padding region (keep what the buffer held)."""
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _tiles(rows: int) -> tuple[int, int]:
+    """(rows, k-blocks) per program: small tiles on a GPU; under the interpreter each program costs
+    Python overhead, so fewer, larger programs run faster there."""
+    if _interpreted():
+        return min(128, max(8, triton.next_power_of_2(rows))), 16
+    return 32, 4
 
 
 @triton.jit
@@ -195,7 +209,7 @@ def quantize_into(
         raise ValueError(f"quantize_into: buffers {tuple(packed.shape)}, {tuple(scales.shape)} do not match "
                          f"({data_rows}, {data_k // 2}) and ({sf_rows}, {sf_kb})")
     gs = global_scale.reshape(1).to(device=dev, dtype=torch.float32)
-    block_r, block_kb = 32, 4
+    block_r, block_kb = _tiles(max(sf_rows, data_rows))
     grid = (ceil_div(max(sf_rows, data_rows), block_r), ceil_div(max(sf_kb, data_k // 16), block_kb))
     _quantize_kernel[grid](
         x, x.stride(0), x.stride(1), gs, packed, packed.stride(0), scales,
@@ -247,7 +261,7 @@ def dequantize_from(packed: torch.Tensor, scales: torch.Tensor, layout: ScaleLay
     layout = ScaleLayout.parse(layout)
     out = torch.empty((rows, k), dtype=torch.float32, device=packed.device)
     inv = 1.0 if global_scale is None else float(1.0 / torch.as_tensor(global_scale, dtype=torch.float32))
-    block_r, block_kb = 32, 4
+    block_r, block_kb = _tiles(rows)
     grid = (ceil_div(rows, block_r), ceil_div(k // 16, block_kb))
     _dequantize_kernel[grid](
         packed, packed.stride(0), scales, out, out.stride(0), inv, rows, k // 16, scales.shape[1],

@@ -15,17 +15,21 @@ import datetime as _dt
 import json
 import math
 import re
+import shlex
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jinja2
 from markupsafe import Markup, escape
 
 from harness.report.svg import (OUTCOME_COLORS, PALETTE, GridError, Point, grid_legend_svg, grid_svg,
                                 outcome_bar_svg, parse_grid, scatter_svg)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.cases import Case
 
 __all__ = ["LoadedResults", "RunData", "load_results", "load_run", "render_report"]
 
@@ -55,7 +59,7 @@ class RunData:
     results_dir: Path
     session: dict[str, Any] | None
     records: list[dict[str, Any]]
-    cases: dict[str, Any]                      # "cases/<name>.json" -> harness.cases.Case
+    cases: dict[str, "Case"]                   # "cases/<name>.json" -> its Case
     hypothesis: list[dict[str, Any]] | None
     warnings: list[str] = field(default_factory=list)
 
@@ -143,7 +147,7 @@ def _hypothesis_rows(doc: Any) -> list[dict[str, Any]] | None:
 
 def load_run(results_dir: str | Path) -> RunData:
     """Parse a results directory: session.json, results-*.jsonl, cases/*.json and hypothesis.json."""
-    from harness.cases import CaseFileError, load_case
+    from harness.cases import CaseFileError, load_case  # imports torch: only when a run is loaded
 
     root = Path(results_dir)
     records, warnings = load_results(root)
@@ -156,7 +160,7 @@ def load_run(results_dir: str | Path) -> RunData:
         session = None
     elif session is not None and session.get("schema") not in (None, SESSION_SCHEMA):
         warnings.append(f"session.json: schema {session.get('schema')!r} is not {SESSION_SCHEMA!r}; read anyway")
-    cases: dict[str, Any] = {}
+    cases: dict[str, Case] = {}
     for path in sorted((root / "cases").glob("*.json")):
         try:
             cases[f"cases/{path.name}"] = load_case(path, check_backend=False)
@@ -198,7 +202,7 @@ def _number(v: Any) -> float | None:
         return None
     if isinstance(v, (int, float)):
         return float(v)
-    if isinstance(v, str) and v in ("NaN", "Infinity", "-Infinity", "inf", "nan"):
+    if isinstance(v, str) and v in ("NaN", "Infinity", "-Infinity", "nan", "inf", "-inf"):
         return float(v.replace("Infinity", "inf"))
     return None
 
@@ -334,7 +338,8 @@ def _worker_rows(session: Mapping | None, records: list[dict]) -> list[dict[str,
     return rows
 
 
-def _failure_view(idx: int, rec: Mapping | None, case: Any, case_ref: str | None, warnings: list[str]) -> dict:
+def _failure_view(idx: int, rec: Mapping | None, case: "Case | None", case_ref: str | None,
+                  warnings: list[str]) -> dict[str, Any]:
     """What the template shows of one failure (a record, its case file, or both)."""
     rec = rec or {}
     measure = rec.get("measure") if isinstance(rec.get("measure"), Mapping) else {}
@@ -373,7 +378,7 @@ def _failure_view(idx: int, rec: Mapping | None, case: Any, case_ref: str | None
     replay = case.replay if case is not None else None
     rerun = None
     if replay is None and rec.get("test"):
-        rerun = f"python -m pytest '{rec['test']}'"
+        rerun = f"python -m pytest {shlex.quote(str(rec['test']))}"
     summary = rec.get("reason") or (observed.get("summary") if observed else "") or "(no summary recorded)"
     return {
         "idx": idx, "anchor": f"f{idx}",
@@ -427,7 +432,8 @@ def _build_context(run: RunData) -> dict[str, Any]:
     referenced: set[str] = set()
     first_failure: dict[tuple[str, str], str] = {}
     failing = [r for r in records if r.get("outcome") in ("fail", "crash")]
-    failing.sort(key=lambda r: (str(r.get("backend")), props.index(str(r.get("property", "?"))), str(r.get("time"))))
+    failing.sort(key=lambda r: (r.get("outcome") == "crash", str(r.get("backend")),
+                                props.index(str(r.get("property", "?"))), str(r.get("time"))))
     for r in failing:
         ref = r.get("case_file")
         case = run.cases.get(ref) if isinstance(ref, str) else None

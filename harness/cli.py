@@ -1,0 +1,226 @@
+"""The ``nvfp4-harness`` command line.
+
+  nvfp4-harness backends [--mutants] [--json]       every backend, available or not, and why
+  nvfp4-harness fuzz [options]                      the main job: property suite + HTML report
+  nvfp4-harness replay CASE.json [--backend NAME]   rebuild a case bit for bit and diagnose it
+  nvfp4-harness promote CASE.json --name N          copy a case into regressions/
+  nvfp4-harness report RESULTS_DIR -o FILE          render the HTML report
+  nvfp4-harness selftest                            prove the oracle against planted bugs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class UsageError(Exception):
+    """A bad argument: printed as ``nvfp4-harness: error: ...`` with exit status 2."""
+
+
+def _load_plugins(specs: list[str]) -> None:
+    from harness.backends import registry
+
+    for spec in specs or []:
+        registry.load_plugin(spec)
+
+
+# ----------------------------------------------------------------------------------------------
+def cmd_backends(args) -> int:
+    from harness import env
+    from harness.backends import registry
+
+    _load_plugins(args.plugin)
+    e = env.current()
+    rows = []
+    for b in registry.all_backends(include_mutants=args.mutants):
+        s = b.support(e)
+        rows.append({**b.describe(), "available": bool(s), "reason": s.reason})
+    if args.json:
+        print(json.dumps({"environment": e.to_dict(), "backends": rows,
+                          "load_errors": registry.load_errors()}, indent=2))
+        return 0
+    print(f"environment: {e.summary()}")
+    w = max(len(r["name"]) for r in rows) if rows else 10
+    for level in ("gemm", "linear", "quantizer"):
+        sel = [r for r in rows if r["level"] == level]
+        if not sel:
+            continue
+        print(f"\n{level}-level backends")
+        for r in sel:
+            mark = "yes" if r["available"] else "no "
+            lay = f"A {'/'.join(r['a_layouts'])}, W {r['w_layout']}" if level != "quantizer" else \
+                f"layout {'/'.join(r['a_layouts'])}"
+            align = f"N%{r['n_align']} K%{r['k_align']}" + (f" m<={r['m_max']}" if r['m_max'] else "")
+            print(f"  {r['name']:<{w}}  {mark}  {lay:<24} {align:<18} {r['reason']}")
+    errs = registry.load_errors()
+    for mod, err in errs.items():
+        print(f"\nwarning: {mod}: {err}", file=sys.stderr)
+    return 0
+
+
+def _properties_dir() -> Path:
+    d = REPO_ROOT / "properties"
+    if not d.is_dir():
+        raise UsageError(f"the property suite folder {d} is missing: run the fuzz job from a checkout of "
+                         f"nvfp4-harness (pip install -e .)")
+    return d
+
+
+def cmd_fuzz(args) -> int:
+    from harness.backends import registry
+
+    _load_plugins(args.plugin)
+    if args.backends not in ("all", "mutants"):
+        for name in args.backends.split(","):
+            registry.get(name.strip())
+    if args.properties != "all":
+        from harness.checks import PROPERTIES
+
+        for p in args.properties.split(","):
+            if p.strip() not in PROPERTIES:
+                raise UsageError(f"--properties: unknown property {p.strip()!r}; expected some of {list(PROPERTIES)}")
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pytest", str(_properties_dir()), "-p", "no:cacheprovider", "-q",
+           "--nvfp4-results", str(results), "--nvfp4-profile", args.profile,
+           "--nvfp4-backends", args.backends, "--nvfp4-properties", args.properties]
+    if args.workers != "0":
+        cmd += ["-n", args.workers]
+    if args.budget:
+        cmd += ["--nvfp4-budget", str(args.budget)]
+    if args.examples:
+        cmd += ["--nvfp4-examples", str(args.examples)]
+    for spec in args.plugin or []:
+        cmd += ["--nvfp4-plugin", spec]
+    print("running:", " ".join(cmd), flush=True)
+    rc = subprocess.call(cmd, cwd=str(REPO_ROOT))
+    from harness import records
+    from harness.report import render_report
+
+    if any(results.glob("results-*.jsonl")):
+        records.finalize(results)
+        out = render_report(results, Path(args.report))
+        print(f"report: {out}")
+    else:
+        print("no results were recorded", file=sys.stderr)
+    # pytest: 0 all passed, 1 some failed; both mean the job ran. Anything else is an error.
+    return rc
+
+
+def cmd_replay(args) -> int:
+    from harness.replay import replay
+
+    _load_plugins(args.plugin)
+    r = replay(args.case, backend=args.backend)
+    print(r.diagnosis())
+    return r.exit_code
+
+
+def cmd_promote(args) -> int:
+    from harness.replay import promote
+
+    path = promote(args.case, name=args.name, note=args.note, expect=args.expect, tracks=args.tracks,
+                   dest=Path(args.dest) if args.dest else None)
+    print(f"promoted to {path}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from harness.report import render_report
+
+    d = Path(args.results_dir)
+    if not d.is_dir():
+        raise UsageError(f"RESULTS_DIR {str(d)!r}: no such directory (expected the folder a fuzz run wrote)")
+    out = render_report(d, Path(args.output))
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_selftest(args) -> int:
+    from harness.selftest import main as selftest_main
+
+    return selftest_main(budget_s=args.budget, examples=args.examples, mutants=args.mutant,
+                         json_out=Path(args.json) if args.json else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nvfp4-harness", description=(
+        "Correctness fuzzing and regression harness for NVFP4 GEMM backends: odd shapes, TP splits and "
+        "poisoned padding against an exact reference."))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    b = sub.add_parser("backends", help="list every backend: available or not, and why")
+    b.add_argument("--mutants", action="store_true", help="include the planted-bug backends")
+    b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.add_argument("--plugin", action="append", default=[], help="backend plugin module or .py file")
+    b.set_defaults(func=cmd_backends)
+
+    f = sub.add_parser("fuzz", help="run the property suite (pytest -n) and write the HTML report")
+    f.add_argument("--backends", default="all", help="comma-separated names, 'all' or 'mutants'")
+    f.add_argument("--properties", default="all", help="comma-separated property names or 'all'")
+    f.add_argument("--profile", default="fuzz", choices=("ci", "fuzz", "replay"))
+    f.add_argument("--examples", type=int, default=None, help="max Hypothesis examples per test")
+    f.add_argument("--budget", type=float, default=None, help="time budget in seconds")
+    f.add_argument("--results", default="results", help="results directory (default: results)")
+    f.add_argument("--report", default="reports/index.html", help="HTML report path")
+    f.add_argument("-n", "--workers", default="auto", help="xdist workers: auto (one per GPU / core), N, or 0")
+    f.add_argument("--plugin", action="append", default=[], help="backend plugin module or .py file")
+    f.set_defaults(func=cmd_fuzz)
+
+    r = sub.add_parser("replay", help="rebuild a case bit for bit, rerun it and diagnose")
+    r.add_argument("case", help="case file (JSON)")
+    r.add_argument("--backend", default=None, help="run the case on another backend")
+    r.add_argument("--plugin", action="append", default=[], help="backend plugin module or .py file")
+    r.set_defaults(func=cmd_replay)
+
+    pr = sub.add_parser("promote", help="copy a case into the regression corpus")
+    pr.add_argument("case")
+    pr.add_argument("--name", default=None, help="file name in regressions/cases (default: the case id)")
+    pr.add_argument("--note", default=None)
+    pr.add_argument("--expect", default="xfail", choices=("pass", "xfail"),
+                    help="xfail: known failing (tracks an upstream issue); pass: must pass")
+    pr.add_argument("--tracks", default=None, help="upstream issue the known failure tracks")
+    pr.add_argument("--dest", default=None, help=argparse.SUPPRESS)
+    pr.set_defaults(func=cmd_promote)
+
+    rep = sub.add_parser("report", help="render the HTML report of a results directory")
+    rep.add_argument("results_dir")
+    rep.add_argument("-o", "--output", default="reports/index.html")
+    rep.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("selftest", help="run the property suite against every planted-bug backend")
+    s.add_argument("--budget", type=float, default=60.0, help="seconds allowed per mutant (default 60)")
+    s.add_argument("--examples", type=int, default=200, help="max examples per mutant and property")
+    s.add_argument("--mutant", action="append", default=None, help="only this mutant (repeatable)")
+    s.add_argument("--json", default=None, help="also write the scoreboard as JSON here")
+    s.set_defaults(func=cmd_selftest)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        parser.exit(2, f"nvfp4-harness: error: {exc}\n")
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+        from harness.backends.registry import PluginError, UnknownBackendError
+        from harness.cases import CaseFileError
+
+        if isinstance(exc, (CaseFileError, UnknownBackendError, PluginError, ValueError, FileNotFoundError)):
+            parser.exit(2, f"nvfp4-harness: error: {exc}\n")
+        raise
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
