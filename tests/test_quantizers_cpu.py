@@ -22,8 +22,8 @@ from harness import data
 from harness import env as env_mod
 from harness.backends import quantizers
 from harness.backends.protocol import Unsupported
-from harness.format import (BLOCK_SIZE, e2m1_encode, e4m3_decode, global_scale_encode_divisor, reference_quantize,
-                            unpack_e2m1)
+from harness.format import (BLOCK_SIZE, E2M1_MAGNITUDES, block_scale_and_inverse, e2m1_encode, e4m3_decode,
+                            global_scale_encode_divisor, reference_quantize, unpack_e2m1)
 from harness.layouts import OperandRole, ScaleLayout, padded_shape, padding_map, swizzle, unswizzle
 
 L = ScaleLayout
@@ -126,8 +126,6 @@ def test_torchao_quantizer_differences_are_named_and_explained(dist):
     in_clamped = clamped.repeat_interleave(BLOCK_SIZE, dim=1)
     # 3. other code differences: adjacent codes of the same sign at an e2m1 tie (the two orders of
     #    computing the element scale put the value within one ulp on either side of the threshold)
-    ref_scaled = (xf * (gs / e4m3_decode(sf).float()).reciprocal().reciprocal().unsqueeze(-1)).reshape(rows, k)
-    from harness.format import block_scale_and_inverse
     _, inv = block_scale_and_inverse(xf.abs().amax(-1), gs)
     ref_scaled = (xf * inv.unsqueeze(-1)).reshape(rows, k)
     tie = (tc != codes) & ~in_clamped
@@ -138,8 +136,8 @@ def test_torchao_quantizer_differences_are_named_and_explained(dist):
         vt, vr = tao_scaled[tie].abs(), ref_scaled[tie].abs()
         ulp = torch.finfo(torch.float32).eps * torch.maximum(vt, vr)
         assert torch.all((vt - vr).abs() <= ulp)
-        lo = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])[torch.minimum(mag_t, mag_r).long()]
-        hi = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])[torch.maximum(mag_t, mag_r).long()]
+        mags = torch.tensor(E2M1_MAGNITUDES)
+        lo, hi = mags[torch.minimum(mag_t, mag_r).long()], mags[torch.maximum(mag_t, mag_r).long()]
         threshold = (lo + hi) / 2
         assert torch.all((torch.minimum(vt, vr) <= threshold) & (threshold <= torch.maximum(vt, vr)))
     counts = (int((ts != sf).sum()), int(((tc != codes) & in_clamped).sum()), int(tie.sum()))
@@ -154,11 +152,14 @@ def test_torchao_per_tensor_scale_is_the_decode_multiplier():
     ours = quantizers.TorchaoQuantizer.per_tensor_scale(gs)
     theirs = nvfp4.per_tensor_amax_to_scale(amax)  # amax / (448 * 6)
     assert abs(float(ours) - float(theirs)) <= 2 * torch.finfo(torch.float32).eps * float(theirs)
-    # the classic bug, passing the encode divisor where torchao wants the decode multiplier:
-    right, _ = reference_quantize(x, gs)
+    # with it, torchao's scale bytes are the reference's on this data ...
+    ref_sf = reference_quantize(x, gs)[1]
+    good_sf, _ = nvfp4.nvfp4_quantize(x, 16, ours)
+    assert torch.equal(good_sf.view(torch.uint8), ref_sf)
+    # ... and the classic bug, the encode divisor passed where torchao wants the decode multiplier,
+    # changes almost all of them
     wrong_sf, _ = nvfp4.nvfp4_quantize(x, 16, gs.reshape(()))
-    assert (wrong_sf.view(torch.uint8) != reference_quantize(x, gs)[1]).float().mean() > 0.9
-    assert right.shape == (32, 64)
+    assert (wrong_sf.view(torch.uint8) != ref_sf).float().mean() > 0.9
 
 
 def test_torchao_scales_are_torchaos_linear_scales_swizzled():

@@ -14,13 +14,15 @@ by constexpr layout ids for the activation (A) and weight (W) scale buffers.  Ti
   multiplies bf16 dot operands as their raw uint16 bit patterns (``InterpreterBuilder.create_dot``
   passes the uint16 storage straight to ``np.matmul``), and fp32 holds the same exact values.
 
-The result is multiplied by alpha in fp32 and rounded to nearest into the output dtype (bf16 by
-integer arithmetic, see ``_bf16_bits_rne``).  bf16 operands are exact: an e2m1 magnitude has at most 2 significant bits and an e4m3 value at
-most 4, so ``code * sf`` has at most 6 (bf16 keeps 8), and its range (2^-10 .. 2688) is far inside
-bf16's.  The products of two such values are exact in fp32, so the only roundings are the fp32
+The sum is multiplied by alpha in fp32 and rounded to nearest into the output dtype (bf16 through
+integer arithmetic, see ``_bf16_bits_rne``).
+
+bf16 operands are exact: an e2m1 magnitude has at most 2 significant bits and an e4m3 value at most
+4, so ``code * sf`` has at most 6 (bf16 keeps 8), and its range (2^-10 .. 2688) is far inside
+bf16's.  Products of two such values are exact in fp32, so the only roundings are the fp32
 additions, the final ``* alpha`` (fp32) and the cast to the output dtype: ``Precision(24, None)``.
-(On Hopper the bf16 tensor-core MMA accumulates in fp32; its internal summation order is not IEEE
-sequential, which the order-independent fp32 bound of :mod:`harness.oracle` covers.)
+The tensor-core MMA accumulates in fp32 in its own order (and its adders may truncate); the bound
+of :mod:`harness.oracle` holds for any order and takes u = 2^-23 for a 24-bit accumulator.
 
 Padding behaviour, which is the point of these backends:
 
@@ -59,12 +61,13 @@ def interpreting() -> bool:
 
 @triton.jit
 def _nvfp4_tile(packed_ptr, stride_r, scale_ptr, padded_kb, r, row_ok, kb0, kb_alloc,
-                LAYOUT: tl.constexpr, ROWS: tl.constexpr, KB_STEP: tl.constexpr, DOT_FP32: tl.constexpr):
+                LAYOUT: tl.constexpr, ROWS: tl.constexpr, KB_STEP: tl.constexpr, AS_FP32: tl.constexpr):
     """Dequantize rows ``r`` [ROWS] x k-blocks [kb0, kb0 + KB_STEP) of a packed NVFP4 operand.
 
     Returns (even, odd): ``code * sf`` of the even and of the odd K elements, each [ROWS, KB_STEP*8]
-    in bf16, or fp32 when DOT_FP32 (exact either way).  Column j of both holds the elements of byte ``kb0*8 + j`` (K index
-    ``kb0*16 + 2j`` and ``+1``), so even and odd tiles of A and W line up for ``tl.dot``.
+    in bf16, or in fp32 when AS_FP32 (exact either way).  Column j of both holds the elements of
+    byte ``kb0*8 + j`` (K index ``kb0*16 + 2j`` and ``+1``), so even and odd tiles of A and W line
+    up for ``tl.dot``.
     Rows with ``row_ok`` False and k-blocks >= ``kb_alloc`` are not read (they give 0).
     """
     j = tl.arange(0, KB_STEP * 8)
@@ -79,7 +82,7 @@ def _nvfp4_tile(packed_ptr, stride_r, scale_ptr, padded_kb, r, row_ok, kb0, kb_a
     s = tl.reshape(tl.broadcast_to(s[:, :, None], (ROWS, KB_STEP, 8)), (ROWS, KB_STEP * 8))
     even = _e2m1_decode(byte & 0xF) * s
     odd = _e2m1_decode(byte >> 4) * s
-    if not DOT_FP32:
+    if not AS_FP32:
         even = even.to(tl.bfloat16)
         odd = odd.to(tl.bfloat16)
     return even, odd

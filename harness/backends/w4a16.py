@@ -70,8 +70,8 @@ def _w4a16_kernel(
 
 class TritonW4A16Gemm(GemmBackend):
     name = "triton-w4a16"
-    description = ("Triton W4A16 GEMM (Marlin-like): bf16/fp16 activations x NVFP4 weights decoded exactly per "
-                   "tile, fp32 accumulation, alpha = 1/gs_w; reads the weight's K tail")
+    description = ("Triton W4A16 GEMM (Marlin-like): bf16/fp16 activations x NVFP4 weights decoded exactly "
+                   "per tile, fp32 accumulation, alpha = 1/gs_w; reads the weight's K tail")
     requirements = Requirements(
         compute_capabilities=None, runs_on_cpu=True,
         a_layouts=(ScaleLayout.SWIZZLED_128x4,),  # the NVFP4 activation is built but not used

@@ -333,7 +333,8 @@ def _worker_rows(session: Mapping | None, records: list[dict]) -> list[dict[str,
         info = workers.get(name) if isinstance(workers.get(name), Mapping) else {}
         env = info.get("environment") if isinstance(info.get("environment"), Mapping) else {}
         cc = env.get("compute_capability")
-        rows.append({"name": name, "gpu": info.get("gpu", "–"), "gpu_name": env.get("gpu_name") or env.get("device")
+        gpu = info.get("gpu")
+        rows.append({"name": name, "gpu": "–" if gpu is None else gpu, "gpu_name": env.get("gpu_name") or env.get("device")
                      or "–", "sm": f"SM{cc}" if cc else "–", "counts": _counts(by_worker.get(name, []))})
     return rows
 

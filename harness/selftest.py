@@ -1,0 +1,175 @@
+"""Prove the oracle: hunt every planted-bug backend with the property suite's own strategies.
+
+For each mutant (harness.mutants) the self-test searches each property of the mutant's level, the
+one expected to catch it first, with Hypothesis (generate, then shrink) over
+:func:`harness.suite.trials`.  It records which property caught the mutant, how many examples and
+seconds it took to the first failure, and the minimized case.  The mutant's correct parent is then
+run on that same minimized case and must pass (no false alarm).  A mutant no property catches
+within its budget *survives*, and the self-test exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hypothesis import HealthCheck, Phase, find, settings
+from hypothesis.errors import NoSuchExample, Unsatisfiable
+
+from harness import env, suite
+from harness.backends import registry
+from harness.runner import Trial, execute, properties_for
+
+
+@dataclass
+class Score:
+    mutant: str
+    planted: str
+    expected: str
+    caught_by: str | None = None
+    examples: int = 0                  # examples until the first failure
+    seconds: float = 0.0               # seconds until the first failure
+    total_seconds: float = 0.0         # including shrinking
+    minimized: dict | None = None
+    failure: str = ""
+    parent: str | None = None
+    parent_outcome: str | None = None  # the parent backend on the minimized case
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.caught_by is not None and self.parent_outcome in (None, "pass", "skip")
+
+
+class _Hunt:
+    def __init__(self):
+        self.examples = 0
+        self.first_fail_s: float | None = None
+        self.first_fail_examples = 0
+        self.t0 = time.perf_counter()
+        self.last_reason = ""
+
+    def __call__(self, trial: Trial) -> bool:
+        self.examples += 1
+        out = execute(trial)
+        failed = out.status in ("fail", "crash")
+        if failed and self.first_fail_s is None:
+            self.first_fail_s = time.perf_counter() - self.t0
+            self.first_fail_examples = self.examples
+        if failed:
+            self.last_reason = out.reason
+        return failed
+
+
+def hunt(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Score:
+    m = registry.get(mutant_name)
+    sizes = suite.sizes_for(env.current().device)
+    expected = getattr(m, "expected_property", None)
+    score = Score(mutant_name, getattr(m, "planted", ""), expected or "?", parent=getattr(m, "parent", None))
+    sup = m.support(env.current())
+    if not sup:
+        score.notes.append(f"cannot run here: {sup.reason}")
+        return score
+    props = list(properties_for(m))
+    if expected in props:
+        props.remove(expected)
+        props.insert(0, expected)
+    t_all = time.perf_counter()
+    for prop in props:
+        remaining = budget_s - (time.perf_counter() - t_all)
+        if remaining <= 0:
+            break
+        h = _Hunt()
+        cfg = settings(max_examples=examples, derandomize=True, database=None, deadline=None,
+                       phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck),
+                       report_multiple_bugs=False)
+        try:
+            minimal = find(suite.trials(m, prop, sizes), h, settings=cfg)
+        except (NoSuchExample, Unsatisfiable):
+            continue
+        score.caught_by = prop
+        score.examples = h.first_fail_examples
+        score.seconds = round((h.t0 - t_all) + (h.first_fail_s or 0.0), 3)  # from the start of this mutant's hunt
+        score.total_seconds = round(time.perf_counter() - t_all, 3)
+        score.minimized = minimal.to_dict()
+        final = execute(minimal)
+        score.failure = final.reason
+        if score.parent:
+            parent_trial = Trial(score.parent, minimal.property, minimal.problem, minimal.poison,
+                                 minimal.a_layout, minimal.tp, minimal.parallel)
+            try:
+                score.parent_outcome = execute(parent_trial).status
+            except Exception as exc:  # noqa: BLE001
+                score.parent_outcome = f"error: {exc}"
+        break
+    score.total_seconds = round(time.perf_counter() - t_all, 3)
+    if score.caught_by and score.seconds > budget_s:
+        score.notes.append(f"first failure after {score.seconds:.1f} s, over the {budget_s:.0f} s budget")
+    return score
+
+
+def run(mutants: list[str] | None = None, *, budget_s: float = 60.0, examples: int = 200,
+        progress=None) -> list[Score]:
+    names = mutants or [b.name for b in registry.all_backends(include_mutants=True) if b.mutant]
+    scores = []
+    for name in names:
+        s = hunt(name, budget_s=budget_s, examples=examples)
+        scores.append(s)
+        if progress:
+            progress(s)
+    return scores
+
+
+def _minimized_text(s: Score) -> str:
+    if not s.minimized:
+        return "-"
+    p = s.minimized["problem"]
+    poison = {k: v for k, v in s.minimized["poison"].items() if v}
+    extra = f" batch={p['batch']}" if p.get("batch") else ""
+    pz = ",".join(f"{k}=0x{v:02X}" if isinstance(v, int) and not isinstance(v, bool) else k
+                  for k, v in poison.items()) or "clean"
+    return f"m={p['m']} n={p['n']} k={p['k']}{extra} {p['out_dtype']} {pz}"
+
+
+def scoreboard(scores: list[Score]) -> str:
+    head = f"{'mutant':<34} {'caught by':<20} {'examples':>8} {'seconds':>8}  {'parent':<6}  minimized case"
+    lines = [head, "-" * len(head)]
+    for s in scores:
+        caught = s.caught_by or "SURVIVED"
+        parent = (s.parent_outcome or "-")[:6]
+        lines.append(f"{s.mutant:<34} {caught:<20} {s.examples:>8} {s.seconds:>8.2f}  {parent:<6}  {_minimized_text(s)}")
+        for n in s.notes:
+            lines.append(f"{'':<34} note: {n}")
+    survived = [s.mutant for s in scores if not s.caught_by]
+    alarms = [s.mutant for s in scores if s.caught_by and not s.ok]
+    lines.append("")
+    lines.append(f"{len(scores) - len(survived)}/{len(scores)} mutants caught"
+                 + (f"; SURVIVED: {', '.join(survived)}" if survived else "")
+                 + (f"; parent backend failed the minimized case (false alarm): {', '.join(alarms)}" if alarms else ""))
+    return "\n".join(lines)
+
+
+def main(budget_s: float = 60.0, examples: int = 200, mutants: list[str] | None = None,
+         json_out: Path | None = None) -> int:
+    e = env.current()
+    print(f"self-test on {e.summary()}; budget {budget_s:.0f} s per mutant", flush=True)
+    if mutants:
+        for name in mutants:
+            if not registry.get(name).mutant:
+                print(f"nvfp4-harness: error: --mutant {name!r} is not a planted-bug backend", file=sys.stderr)
+                return 2
+    scores = run(mutants, budget_s=budget_s, examples=examples,
+                 progress=lambda s: print(f"  {s.mutant}: {s.caught_by or 'SURVIVED'} "
+                                          f"({s.examples} examples, {s.seconds:.2f} s)", flush=True))
+    print()
+    print(scoreboard(scores))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"environment": e.to_dict(), "budget_s": budget_s,
+                                        "scores": [asdict(s) for s in scores]}, indent=2))
+    runnable = [s for s in scores if not any(n.startswith("cannot run here") for n in s.notes)]
+    bad = [s for s in runnable if not s.ok or s.seconds > budget_s]
+    return 1 if bad or not runnable else 0
