@@ -1,0 +1,508 @@
+"""Planted-bug backends: the harness's own check that its properties catch real bug classes.
+
+Each mutant is a small, named copy of a correct backend (its ``parent``) with ONE bug planted,
+taken from a public bug report or a bug class of NVFP4-NOTES.md ("Known bug classes").  A mutant
+says what it plants (``planted``, with the public origin), which property should catch it
+(``expected_property``) and which backend it was copied from (``parent``); ``mutant = True`` keeps
+it out of normal runs (``--nvfp4-backends mutants`` selects them).  tests/test_mutants.py hunts
+every mutant with the suite's own strategies and checks that the expected property fails while the
+parent passes the same minimized case.
+
+How the bugs are planted, so that every mutant runs wherever its parent runs (GPU or CPU
+interpreter) and differs from it only by the bug:
+
+* GEMM mutants wrap the parent's ``run``: they rewrite the operands the way the buggy kernel would
+  read them (e.g. copying padding-row scale bytes into the slots of the real rows that read them),
+  or post-process what the parent computed the way the buggy epilogue would; a few compute the
+  product themselves (split-K, partial grid).
+* Linear mutants subclass :class:`~harness.backends.linear.EngineLinear` and override one step
+  (``quantize_input``, ``prepare_weight``, ``finish``, ``output_shape``) or flip one field of the
+  padding policy.
+* Quantizer mutants are short torch quantizers following :mod:`harness.format`'s reference steps
+  with the bug in one step.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from harness.backends import registry
+from harness.backends.linear import EngineLinear
+from harness.backends.protocol import Backend, GemmBackend, QuantizerBackend, Requirements
+from harness.format import (
+    BLOCK_SIZE,
+    e2m1_encode,
+    e4m3_decode,
+    e4m3_encode,
+    pack_e2m1,
+)
+from harness.kernels.nvfp4 import LEAVE, dequantize_from, quantize_into
+from harness.layouts import OperandRole, ScaleLayout, offset_grid, padded_shape, swizzle, unswizzle
+from harness.pipeline import VLLM_POLICY, CheckpointWeight, QuantizedTensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.env import Environment
+    from harness.pipeline import GemmOperands
+
+L = ScaleLayout
+EMU_128x4 = "triton-emu-128x4"
+EMU_8x4 = "triton-emu-8x4"
+W4A16 = "triton-w4a16"
+LINEAR_PARENT = "linear-vllm[triton-emu-128x4]"
+QUANT_PARENT = "quant-triton-128x4"
+
+
+class PlantedBug:
+    """What every mutant declares (mixed into a Backend subclass)."""
+
+    mutant: ClassVar[bool] = True
+    #: the planted bug and its public origin
+    planted: ClassVar[str] = ""
+    #: the property that should fail on it
+    expected_property: ClassVar[str] = ""
+    #: the correct backend this mutant was copied from
+    parent: ClassVar[str] = ""
+
+    def describe(self) -> dict:
+        d = super().describe()  # type: ignore[misc]
+        d.update(planted=self.planted, expected_property=self.expected_property, parent=self.parent)
+        return d
+
+
+# ----------------------------------------------------------------------------------------------
+# Scale-buffer surgery shared by the GEMM mutants
+# ----------------------------------------------------------------------------------------------
+def _logical(t: QuantizedTensor) -> torch.Tensor:
+    """The scale buffer as logical [padded_rows, padded_kblocks] bytes (a copy, padding included)."""
+    return unswizzle(t.scales, t.layout).clone()
+
+
+def _with_scales(t: QuantizedTensor, logical: torch.Tensor) -> QuantizedTensor:
+    """``t`` with its scale buffer replaced by ``logical`` laid out back in ``t.layout``."""
+    return replace(t, scales=swizzle(logical, t.layout).reshape(t.scales.shape))
+
+
+def _larger_scale(own: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Per byte, the e4m3 scale of larger magnitude, NaN winning (how a scale that leaks in mixes)."""
+    vo, vp = e4m3_decode(own), e4m3_decode(other)
+    take = torch.isnan(vp) | (vp.abs() > vo.abs())
+    return torch.where(take, other, own)
+
+
+# ----------------------------------------------------------------------------------------------
+# GEMM level
+# ----------------------------------------------------------------------------------------------
+class GemmMutant(PlantedBug, GemmBackend):
+    """A GEMM backend that runs its parent on operands (or with an epilogue) the bug changes."""
+
+    @property
+    def base(self) -> GemmBackend:
+        b = registry.get(self.parent)
+        assert isinstance(b, GemmBackend)
+        return b
+
+    @property
+    def requirements(self) -> Requirements:  # type: ignore[override]
+        return self.base.requirements
+
+    def support(self, env: "Environment"):
+        return self.base.support(env)
+
+    def tamper(self, ops: "GemmOperands") -> "GemmOperands":
+        """The operands as the buggy kernel effectively reads them."""
+        return ops
+
+    def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.base.run(self.tamper(ops), out)
+
+
+class PadRowScales(GemmMutant):
+    name = "mutant-pad-row-scales"
+    parent = EMU_8x4
+    expected_property = "row_isolation"
+    planted = ("TRT-LLM small-m path (8x4 activation scales, m <= 32) lets padding-row scales leak into real "
+               "rows (vLLM #37563 / FlashInfer #2861). Modelled on the symptoms reported there: every real row of "
+               "the last, partial 8-row tile uses, per k-block, the larger-magnitude of its own scale and the "
+               "scale of the tile's last (padding) row, NaN winning. Zeroed padding is harmless; finite padding "
+               "shifts real outputs by hundreds; NaN padding turns real rows NaN.")
+    description = "triton-emu-8x4 with padding-row activation scales leaking into real rows for m <= 32"
+    SMALL_M_MAX = 32
+    TILE = 8
+
+    def tamper(self, ops: "GemmOperands") -> "GemmOperands":
+        m = ops.m
+        if m > self.SMALL_M_MAX or m % self.TILE == 0 or ops.a.layout is not L.SWIZZLED_8x4:
+            return ops
+        lg = _logical(ops.a)
+        first = m - m % self.TILE
+        pad_row = first + self.TILE - 1
+        lg[first:m] = _larger_scale(lg[first:m], lg[pad_row].expand(m - first, -1))
+        return replace(ops, a=_with_scales(ops.a, lg))
+
+
+class PadColScales(GemmMutant):
+    name = "mutant-pad-col-scales"
+    parent = EMU_128x4
+    expected_property = "column_isolation"
+    planted = ("N-padding analogue of FlashInfer #2861 (weights padded in N: vLLM PR #31099, SGLang PR #17300): "
+               "in the 128x4 weight-scale layout a real weight row whose partner 32 rows further in the same "
+               "128-row tile is N padding uses the larger-magnitude of the two scales (NaN winning), as if the "
+               "kernel's 4-byte scale word straddled into the neighbouring 32-row group. Zeroed padding is "
+               "harmless; poisoned N padding changes real columns.")
+    description = "triton-emu-128x4 with N-padding weight scales leaking into real columns"
+
+    def tamper(self, ops: "GemmOperands") -> "GemmOperands":
+        lg = _logical(ops.w)
+        n = ops.n
+        r = torch.arange(n, device=lg.device)
+        partner = r + 32
+        hit = ((r % 128) < 96) & (partner >= n) & (partner < lg.shape[0])
+        if not bool(hit.any()):
+            return ops
+        rows, prt = r[hit], partner[hit]
+        lg[rows] = _larger_scale(lg[rows], lg[prt])
+        return replace(ops, w=_with_scales(ops.w, lg))
+
+
+class Bf16GlobalScale(GemmMutant):
+    name = "mutant-bf16-global-scale"
+    parent = EMU_128x4
+    expected_property = "reference_agreement"
+    planted = ("A global scale passed as bf16 and read as fp32 (FlashInfer #3398, fixed by #3497: the quantize "
+               "kernel read a bf16 global scale as float32 and mm_fp4 returned all-zero or magnitude-wrong "
+               "outputs for some M). Planted on the GEMM's alpha: alpha is stored as bf16 in a 2-element buffer "
+               "[alpha, 0] and the kernel loads 4 bytes as one fp32, so the bf16 bits land in the low half and "
+               "alpha becomes a denormal (~1e-41): outputs collapse to ~0.")
+    description = "triton-emu-128x4 reading a bf16 alpha as fp32"
+
+    def tamper(self, ops: "GemmOperands") -> "GemmOperands":
+        buf = torch.zeros(2, dtype=torch.bfloat16, device=ops.alpha.device)
+        buf[0] = ops.alpha.reshape(-1)[0].to(torch.bfloat16)
+        return replace(ops, alpha=buf.view(torch.float32).reshape(1))
+
+
+class NibbleSwap(GemmMutant):
+    name = "mutant-nibble-swap"
+    parent = EMU_128x4
+    expected_property = "reference_agreement"
+    planted = ("Nibble order mismatch between packer and kernel: the weight's codes are decoded high nibble "
+               "first, while NVFP4 stores the even element in the LOW nibble (NVFP4-NOTES 'The format'; "
+               "compressed-tensors pack_fp4_to_uint8 / ModelOpt order). Swapping both operands would only permute "
+               "K and cancel out, so only the weight is decoded swapped: even and odd K elements trade places.")
+    description = "triton-emu-128x4 decoding the weight's nibbles in the wrong order"
+
+    def tamper(self, ops: "GemmOperands") -> "GemmOperands":
+        p = ops.w.packed
+        swapped = ((p >> 4) | (p << 4)).to(torch.uint8)
+        return replace(ops, w=replace(ops.w, packed=swapped))
+
+
+def _wrong_128x4_offsets(padded_rows: int, padded_kb: int, device) -> torch.Tensor:
+    """Offsets of the 128x4 layout with the 32-row group index off by one (``+ 1`` mod 4)."""
+    r = torch.arange(padded_rows, device=device).unsqueeze(1)
+    kb = torch.arange(padded_kb, device=device).unsqueeze(0)
+    nk = padded_kb // 4
+    return (r // 128) * nk * 512 + (kb // 4) * 512 + (r % 32) * 16 + (((r % 128) // 32 + 1) % 4) * 4 + kb % 4
+
+
+class SwizzleOffByOne(GemmMutant):
+    name = "mutant-swizzle-off-by-one"
+    parent = EMU_128x4
+    expected_property = "reference_agreement"
+    planted = ("Off-by-one in the 128x4 scale swizzle offset (NVFP4-NOTES 'Scale-factor layouts'): the kernel "
+               "reads scale (r, kb) at (r%32)*16 + (((r%128)//32 + 1) % 4)*4 + ... instead of "
+               "(r%32)*16 + ((r%128)//32)*4 + ..., i.e. every row uses the scales of the row 32 further on in "
+               "its 128-row tile (padding or another row), for both operands.")
+    description = "triton-emu-128x4 with the 32-row group of the 128x4 scale offset off by one"
+
+    @staticmethod
+    def _misread(t: QuantizedTensor) -> QuantizedTensor:
+        if t.layout is not L.SWIZZLED_128x4:
+            return t
+        pr, pk = t.scales.shape
+        right = offset_grid(L.SWIZZLED_128x4, pr, pk, t.scales.device).reshape(-1)
+        wrong = _wrong_128x4_offsets(pr, pk, t.scales.device).reshape(-1)
+        flat = t.scales.reshape(-1)
+        seen = torch.empty_like(flat)
+        seen[right] = flat[wrong]  # what the kernel's correct offset now finds: the byte it misreads
+        return replace(t, scales=seen.reshape(pr, pk))
+
+    def tamper(self, ops: "GemmOperands") -> "GemmOperands":
+        return replace(ops, a=self._misread(ops.a), w=self._misread(ops.w))
+
+
+class RowsUnwritten(GemmMutant):
+    name = "mutant-rows-unwritten"
+    parent = EMU_128x4
+    expected_property = "output_coverage"
+    planted = ("Grid computed as m // BLOCK_M (floor) instead of cdiv(m, BLOCK_M), BLOCK_M = 16: output rows past "
+               "the last full 16-row tile are never written (the tensor keeps whatever the buffer held). The "
+               "classic partial-tile launch bug; output_coverage prefills the buffer with NaN to see it.")
+    description = "triton-emu-128x4 launching floor(m / 16) row tiles"
+    BLOCK_M = 16
+
+    def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
+        shape = (ops.m, ops.w.rows_alloc)
+        dev = ops.a.packed.device
+        if out is None:
+            out = torch.empty(shape, dtype=ops.out_dtype, device=dev)
+        elif tuple(out.shape) != shape or out.dtype != ops.out_dtype:
+            raise ValueError(f"out buffer is {tuple(out.shape)} {out.dtype}; expected {shape} {ops.out_dtype}")
+        covered = ops.m // self.BLOCK_M * self.BLOCK_M
+        if covered:
+            self.base.run(replace(ops, a=replace(ops.a, rows=covered)), out[:covered])
+        return out
+
+
+class Nondeterministic(GemmMutant):
+    name = "mutant-nondeterministic"
+    parent = EMU_128x4
+    expected_property = "determinism"
+    planted = ("Split-K reduced by atomic adds straight into the bf16/fp16 output (each split's alpha-scaled partial "
+               "sum is rounded to the output dtype and added in arrival order, rounding again): the arrival order "
+               "of atomics differs between calls, so the bits do. Modelled reproducibly: 4 K splits whose order "
+               "is rotated by a per-call counter, so two consecutive calls never share an order. With fewer than "
+               "3 non-empty splits (K < 48) addition order cannot change the result. (A split-K that reduces in "
+               "fp32 would change bf16 outputs only rarely; the output-dtype atomics make it visible.)")
+    description = "split-K GEMM with atomics into the output dtype, arrival order varying per call"
+    SPLITS = 4
+
+    def __init__(self) -> None:
+        self._calls = itertools.count()
+
+    def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
+        a, w = ops.a, ops.w
+        if a.k_alloc != w.k_alloc:
+            raise ValueError(f"A and W are allocated with different K ({a.k_alloc} vs {w.k_alloc})")
+        # code * sf over the K the kernel reads (tail included), exact in fp32
+        a_deq = dequantize_from(a.packed, a.scales, a.layout, a.rows, a.k_alloc)
+        w_deq = dequantize_from(w.packed, w.scales, w.layout, w.rows_alloc, w.k_alloc)
+        kb = a.k_alloc // BLOCK_SIZE
+        chunks = [c for c in torch.arange(kb).tensor_split(self.SPLITS) if c.numel()]
+        alpha = ops.alpha.reshape(()).to(device=a_deq.device, dtype=torch.float32)
+        partials = []
+        for c in chunks:
+            cols = slice(int(c[0]) * BLOCK_SIZE, (int(c[-1]) + 1) * BLOCK_SIZE)
+            partials.append((alpha * (a_deq[:, cols] @ w_deq[:, cols].T)).to(ops.out_dtype))
+        turn = next(self._calls) % len(partials)
+        acc = torch.zeros((ops.m, w.rows_alloc), dtype=ops.out_dtype, device=a_deq.device)
+        for i in range(len(partials)):
+            acc = (acc.float() + partials[(i + turn) % len(partials)].float()).to(ops.out_dtype)
+        if out is None:
+            return acc
+        out.copy_(acc)
+        return out
+
+
+class Fp16Epilogue(GemmMutant):
+    name = "mutant-w4a16-fp16-epilogue"
+    parent = W4A16
+    expected_property = "reference_agreement"
+    planted = ("Marlin NVFP4 epilogue order (vLLM #37135, root cause A): the fp32 accumulator is cast to fp16 "
+               "before the global scale (alpha = 1/gs_w, typically 1e-3..1e-1) is applied, so raw sums beyond "
+               "65504 overflow to inf and every output is rounded twice.")
+    description = "triton-w4a16 casting the accumulator to fp16 before applying alpha"
+
+    def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
+        one = torch.ones(1, dtype=torch.float32, device=ops.alpha.device)
+        raw = self.base.run(replace(ops, alpha=one, out_dtype=torch.float16))
+        alpha = ops.alpha.reshape(()).to(device=raw.device, dtype=torch.float32)
+        res = (raw.float() * alpha).to(ops.out_dtype)
+        if out is None:
+            return res
+        out.copy_(res)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear level (EngineLinear with the vLLM policy over triton-emu-128x4)
+# ----------------------------------------------------------------------------------------------
+class LinearMutant(PlantedBug, EngineLinear):
+    parent = LINEAR_PARENT
+    policy_changes: ClassVar[dict] = {}
+    gemm_backend: ClassVar[str] = EMU_128x4
+
+    def __init__(self) -> None:
+        policy = replace(VLLM_POLICY, **self.policy_changes) if self.policy_changes else VLLM_POLICY
+        super().__init__(policy, self.gemm_backend, name=self.name)
+        self.description = self.summary
+
+    summary: ClassVar[str] = ""
+
+
+class KTailUninit(LinearMutant):
+    name = "mutant-ktail-uninit"
+    expected_property = "reference_agreement"
+    planted = ("Activation scale buffer from torch.empty with its K tail never written (quantize with "
+               "ktail_fill=LEAVE): TP4 K=464 padded to 480 reads the padded k-block's scale from uninitialized "
+               "memory -> NaN (vLLM PR #31099; torch.empty vs zeros flips #27439, #45741, #53568). The zero data "
+               "of the tail makes a finite stale byte harmless (0 * sf = 0); it bites when the byte is NaN, as it "
+               "is under CUDA graphs. To be deterministic on the CPU and the GPU the buffer starts as PyTorch's "
+               "fill_uninitialized_memory leaves a fresh uint8 torch.empty under deterministic mode: 0xFF (e4m3 "
+               "NaN). Caught whenever K is not a multiple of the policy's k_align (32).")
+    summary = "linear-vllm over triton-emu-128x4 whose activation scale buffer's K tail is uninitialized"
+
+    @staticmethod
+    def _uninitialized(shape: tuple[int, int], device) -> torch.Tensor:
+        return torch.empty(shape, dtype=torch.uint8, device=device).fill_(0xFF)
+
+    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int):
+        from harness.format import global_scale_encode_divisor
+
+        m, k = x2d.shape
+        gs = global_scale_encode_divisor(x2d.float().abs().amax()).reshape(1).to(x2d.device)
+        scales = self._uninitialized(padded_shape(layout, m, k_alloc // BLOCK_SIZE), x2d.device)
+        packed, scales = quantize_into(x2d, gs, layout, data_rows=m, data_k=k_alloc, row_fill=0,
+                                       ktail_fill=LEAVE, data_fill=0, scales=scales)
+        return QuantizedTensor(packed, scales, layout, OperandRole.ACTIVATION, m, k, gs)
+
+
+class NoSlice(LinearMutant):
+    name = "mutant-no-slice"
+    expected_property = "reference_agreement"
+    planted = ("Weights padded in N but the output not sliced back to the logical N (NVFP4-NOTES bug class 3; "
+               "vLLM PR #31099 slices after the GEMM). The bias was padded with zeros at load time along with the "
+               "weight, so nothing raises: the layer returns [..., n_padded] and breaks the backend contract.")
+    summary = "linear-vllm over triton-emu-128x4 that never slices the padded N off"
+
+    def finish(self, out: torch.Tensor, n: int, bias: torch.Tensor | None) -> torch.Tensor:
+        if bias is not None:
+            out = out + F.pad(bias, (0, out.shape[-1] - n)).to(out.dtype)
+        return out
+
+
+class BiasBeforeSlice(LinearMutant):
+    name = "mutant-bias-before-slice"
+    expected_property = "reference_agreement"
+    planted = ("Bias added before slicing off the padded N columns (NVFP4-NOTES bug class 5; caught in review of "
+               "vLLM PR #31099). To broadcast over [m, n_padded] the bias is padded with "
+               "F.pad(bias, (n_padded - n, 0)), whose (left, right) order puts the zeros on the left: real "
+               "column j gets bias[j - (n_padded - n)].")
+    summary = "linear-vllm over triton-emu-128x4 adding a misaligned padded bias before the slice"
+
+    def finish(self, out: torch.Tensor, n: int, bias: torch.Tensor | None) -> torch.Tensor:
+        if bias is not None:
+            out = out + F.pad(bias, (out.shape[-1] - n, 0)).to(out.dtype)
+        return out[:, :n]
+
+
+class ActNotKPadded(LinearMutant):
+    name = "mutant-act-not-k-padded"
+    expected_property = "reference_agreement"
+    planted = ("Weights padded in K (to 32) but the activations not (NVFP4-NOTES bug class 4; vLLM PR #31099 pads "
+               "the packed activation in K): the GEMM gets A with K=k and W with K=k_padded and raises a shape "
+               "mismatch on a call the layer declared supported. The policy's pad_activation_k is off.")
+    summary = "linear-vllm over triton-emu-128x4 that does not pad the activations in K"
+    policy_changes = {"pad_activation_k": False}
+
+
+class ThreeDShape(LinearMutant):
+    name = "mutant-3d-shape"
+    expected_property = "reference_agreement"
+    planted = ("Output shape computed as [x.shape[0], n] instead of [*x.shape[:-1], n] (NVFP4-NOTES bug class 6): "
+               "right for 2-D inputs; a 3-D input [batch, seq, k] gets a reshape error (seq > 1) or a "
+               "[batch, n] result (seq = 1).")
+    summary = "linear-vllm over triton-emu-128x4 that shapes the output [x.shape[0], n]"
+
+    def output_shape(self, x: torch.Tensor, n: int) -> tuple[int, ...]:
+        return (x.shape[0], n)
+
+
+class StaticActScale(LinearMutant):
+    name = "mutant-w4a16-static-act-scale"
+    expected_property = "reference_agreement"
+    planted = ("A static activation global scale derived from the weight's, 1/weight_gs (= weight_scale_2, "
+               "amax_w/2688), instead of the dynamic 2688/amax(x) (NVFP4-NOTES bug class 7), on the W4A4 "
+               "emulation path: activations are quantized with a tiny encode divisor, block scales underflow "
+               "e4m3 and outputs collapse towards 0. alpha is computed consistently from the wrong scale.")
+    summary = "linear-vllm over triton-emu-128x4 quantizing activations with 1/weight_gs"
+
+    def prepare_weight(self, weight: CheckpointWeight, gemm: GemmBackend):
+        self._static_gs = (1.0 / weight.global_scale).to(torch.float32).reshape(1)
+        return super().prepare_weight(weight, gemm)
+
+    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int):
+        m, k = x2d.shape
+        gs = self._static_gs.to(x2d.device)
+        packed, scales = quantize_into(x2d, gs, layout, data_rows=m, data_k=k_alloc)
+        return QuantizedTensor(packed, scales, layout, OperandRole.ACTIVATION, m, k, gs)
+
+
+class GlobalScaleConvention(LinearMutant):
+    name = "mutant-global-scale-convention"
+    expected_property = "reference_agreement"
+    planted = ("The two global-scale conventions mixed (NVFP4-NOTES 'The format'): the checkpoint's "
+               "weight_scale_2 (ModelOpt / torchao decode multiplier, amax/2688) is handed to the GEMM where the "
+               "encode divisor 2688/amax is expected, so alpha is off by a factor gs_w^2.")
+    summary = "linear-vllm over triton-emu-128x4 treating weight_scale_2 as the encode divisor"
+
+    def prepare_weight(self, weight: CheckpointWeight, gemm: GemmBackend):
+        w = super().prepare_weight(weight, gemm)
+        return replace(w, global_scale=weight.weight_scale_2.to(torch.float32).reshape(1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantizer level
+# ----------------------------------------------------------------------------------------------
+class QuantizerMutant(PlantedBug, QuantizerBackend):
+    parent = QUANT_PARENT
+    expected_property = "quantizer_agreement"
+    layout = L.SWIZZLED_128x4
+    requirements = Requirements(runs_on_cpu=True, a_layouts=(L.SWIZZLED_128x4,), w_layout=L.SWIZZLED_128x4)
+
+
+def _bf16_truncate(x: torch.Tensor) -> torch.Tensor:
+    """fp32 values cut to bf16's 8 significant bits (round toward zero), kept as fp32."""
+    return (x.float().contiguous().view(torch.int32) & -65536).view(torch.float32)
+
+
+class FastMathQuantizer(QuantizerMutant):
+    name = "mutant-fast-math-quantizer"
+    planted = ("Approximate reciprocal in the quantizer's element scale, x * rcp(sf / gs) (TransformerEngine "
+               "NVTE_USE_FAST_MATH; NVFP4-NOTES bug class 10). The real rcp.approx.ftz is within about one fp32 "
+               "ulp and only flips codes at exact e2m1 ties, which quantizer_agreement accepts as legitimate; "
+               "this mutant plants a coarser approximation (the reciprocal truncated to bf16, relative error up "
+               "to 2^-8, as a bf16 fast path would give) so that non-tie codes near a rounding threshold flip.")
+    description = "torch NVFP4 quantizer with a bf16-precision reciprocal for the element scale"
+
+    def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, k = x.shape
+        xf = x.float().reshape(rows, k // BLOCK_SIZE, BLOCK_SIZE)
+        gs = global_scale.reshape(()).to(device=x.device, dtype=torch.float32)
+        sf_byte = e4m3_encode((gs * xf.abs().amax(dim=-1)) / 6.0)
+        sf = e4m3_decode(sf_byte)
+        inv = torch.where(sf == 0, torch.zeros_like(sf), _bf16_truncate(1.0 / (sf / gs)))
+        codes = e2m1_encode(xf * inv.unsqueeze(-1)).reshape(rows, k)
+        return pack_e2m1(codes), swizzle(sf_byte, self.layout, fill=0)
+
+
+class CompiledOutQuantizer(QuantizerMutant):
+    name = "mutant-quantizer-compiled-out"
+    planted = ("A quantizer kernel compiled out on an unsupported architecture returns its torch.empty outputs "
+               "unwritten, without an error (flashinfer.fp4_quantize on SM90, seen on this project's H200; "
+               "NVFP4-NOTES bug class 12): codes and scales are whatever memory held.")
+    description = "a quantizer that allocates its outputs and never launches the kernel"
+
+    def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, k = x.shape
+        packed = torch.empty((rows, k // 2), dtype=torch.uint8, device=x.device)
+        scales = torch.empty(padded_shape(self.layout, rows, k // BLOCK_SIZE), dtype=torch.uint8, device=x.device)
+        return packed, scales
+
+
+# ----------------------------------------------------------------------------------------------
+MUTANT_CLASSES: tuple[type[Backend], ...] = (
+    PadRowScales, PadColScales, KTailUninit, NoSlice, BiasBeforeSlice, ActNotKPadded, ThreeDShape,
+    StaticActScale, Bf16GlobalScale, NibbleSwap, SwizzleOffByOne, FastMathQuantizer, RowsUnwritten,
+    Nondeterministic, GlobalScaleConvention, Fp16Epilogue, CompiledOutQuantizer,
+)
+
+
+def backends() -> list[Backend]:
+    """Every planted-bug backend (registered hidden: ``mutant = True``)."""
+    return [cls() for cls in MUTANT_CLASSES]
