@@ -1,7 +1,9 @@
-"""Deterministic test data: the same (distribution, shape, seed) gives the same bits everywhere.
+"""Deterministic test data: the same (distribution, shape, seed) gives the same bits on every device.
 
-Values are drawn on the CPU with a seeded generator and then moved to the target device, so a case
-recorded on a GPU replays bit for bit on a CPU and the other way round.
+Values are made on the target device from a counter-based integer hash of (seed, element index)
+followed only by exactly-rounded float operations (int -> float conversion, +, -, *), so a case
+recorded on a GPU replays bit for bit on a CPU and the other way round, and no host-to-device copy
+sits in the fuzzing loop.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import torch
 from harness.format import E2M1_MAGNITUDES
 
 DISTRIBUTIONS = ("normal", "heavy_tailed", "zero_blocks", "tiny", "saturating", "on_grid")
-"""normal: N(0,1).  heavy_tailed: N(0,1) with rare outliers up to 1e3.  zero_blocks: N(0,1) with
-whole 16-blocks set to zero.  tiny: blocks far below the tensor's amax, so their scales fall into
-e4m3's subnormal range.  saturating: many blocks reach the tensor's amax (block scale 448).
-on_grid: exact e2m1 values times powers of two (quantization is lossless)."""
+"""normal: approximately N(0,1) (sum of four uniforms).  heavy_tailed: normal with 1% outliers
+scaled by up to 2^10.  zero_blocks: normal with ~30% of 16-blocks all zero.  tiny: most blocks
+2^-20..2^-12 of the peak, so their e4m3 block scales fall into the subnormal range.  saturating:
+every block holds a value at the tensor's amax (block scale 448).  on_grid: exact e2m1 values times
+powers of two (quantization is lossless)."""
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_MASK32 = 0xFFFFFFFF
 
 
 def parse_dtype(name: str, field: str = "dtype") -> torch.dtype:
@@ -30,37 +34,59 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def _hash32(idx: torch.Tensor, seed: int, stream: int) -> torch.Tensor:
+    """A 32-bit integer hash of (seed, stream, idx) in int64 (only the low 32 bits of each product
+    are kept, so wrap-around in int64 multiplication does not matter)."""
+    x = (idx * 0x9E3779B1 + ((seed * 0x85EBCA77 + stream * 0xC2B2AE3D) & _MASK32)) & _MASK32
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def _uniform(idx: torch.Tensor, seed: int, stream: int) -> torch.Tensor:
+    """Uniform in [0, 1) on a 2^-24 grid (exact in fp32)."""
+    return (_hash32(idx, seed, stream) >> 8).to(torch.float32) * (2.0 ** -24)
+
+
+def _normal(idx: torch.Tensor, seed: int, stream: int) -> torch.Tensor:
+    s = _uniform(idx, seed, stream) + _uniform(idx, seed, stream + 1)
+    s = s + _uniform(idx, seed, stream + 2) + _uniform(idx, seed, stream + 3)
+    return (s - 2.0) * 1.7320508  # Irwin-Hall(4), unit variance
+
+
 def generate(distribution: str, shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.bfloat16,
              device: torch.device | str = "cpu") -> torch.Tensor:
-    """A tensor of ``shape`` (last dim a multiple of 16 for the block-wise kinds) from ``distribution``."""
+    """A tensor of ``shape`` from ``distribution`` (block-wise kinds act on consecutive 16-element blocks)."""
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution={distribution!r}: expected one of {list(DISTRIBUTIONS)}")
-    g = torch.Generator().manual_seed(int(seed))
     numel = 1
     for s in shape:
-        numel *= s
-    x = torch.randn(numel, generator=g, dtype=torch.float32)
-    blocks = x.view(-1, 16) if numel % 16 == 0 and numel else None
+        numel *= int(s)
+    seed = int(seed) & _MASK32
+    idx = torch.arange(numel, device=device, dtype=torch.int64)
+    blk = idx // 16  # block index of each element
+    x = _normal(idx, seed, 0)
     if distribution == "heavy_tailed":
-        pick = torch.rand(numel, generator=g) < 0.01
-        x = torch.where(pick, x * torch.exp(torch.rand(numel, generator=g) * 7.0), x)
-    elif distribution == "zero_blocks" and blocks is not None:
-        zero = torch.rand(blocks.shape[0], generator=g) < 0.3
-        blocks[zero] = 0.0
-    elif distribution == "tiny" and blocks is not None:
-        # most blocks 2^-20..2^-12 of the peak: their e4m3 block scales land near/below 2^-6
-        factor = torch.exp2(-12.0 - 8.0 * torch.rand(blocks.shape[0], generator=g))
-        factor[torch.rand(blocks.shape[0], generator=g) < 0.05] = 1.0
-        blocks.mul_(factor.unsqueeze(1))
-        x.view(-1)[0] = 4.0  # one full-size value sets the global scale
-    elif distribution == "saturating" and blocks is not None:
-        idx = torch.randint(0, 16, (blocks.shape[0],), generator=g)
-        peak = torch.where(torch.rand(blocks.shape[0], generator=g) < 0.5, 8.0, -8.0)
-        blocks[torch.arange(blocks.shape[0]), idx] = peak
+        outlier = _uniform(idx, seed, 10) < 0.01
+        power = (_hash32(idx, seed, 11) % 11).to(torch.float32)  # 0..10
+        x = torch.where(outlier, x * torch.exp2(power), x)
+    elif distribution == "zero_blocks":
+        x = torch.where(_uniform(blk, seed, 20) < 0.3, torch.zeros_like(x), x)
+    elif distribution == "tiny":
+        keep = _uniform(blk, seed, 30) < 0.05
+        power = (_hash32(blk, seed, 31) % 9).to(torch.float32) + 12.0  # 2^-12 .. 2^-20
+        x = torch.where(keep, x, x * torch.exp2(-power))
+        x = torch.where(idx == 0, torch.full_like(x, 4.0), x)  # one full-size value sets the global scale
+    elif distribution == "saturating":
+        pos = _hash32(blk, seed, 40) % 16
+        sign = torch.where(_uniform(blk, seed, 41) < 0.5, -8.0, 8.0)
+        x = torch.where(idx % 16 == pos, sign, x)
     elif distribution == "on_grid":
-        mags = torch.tensor(E2M1_MAGNITUDES)[torch.randint(0, 8, (numel,), generator=g)]
-        sign = torch.where(torch.rand(numel, generator=g) < 0.5, -1.0, 1.0)
-        x = mags * sign
-        if blocks is not None:
-            x.view(-1, 16).mul_(torch.exp2(torch.randint(-4, 3, (numel // 16, 1), generator=g).float()))
-    return x.reshape(shape).to(dtype).to(device)
+        table = torch.tensor(E2M1_MAGNITUDES, device=device)
+        mag = table[_hash32(idx, seed, 50) % 8]
+        sign = torch.where(_uniform(idx, seed, 51) < 0.5, -1.0, 1.0)
+        power = (_hash32(blk, seed, 52) % 7).to(torch.float32) - 4.0  # 2^-4 .. 2^2
+        x = mag * sign * torch.exp2(power)
+    return x.reshape(shape).to(dtype)

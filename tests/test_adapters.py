@@ -13,6 +13,7 @@ under the interpreter against the interpreter's own (e8m0) reading of scale byte
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import pytest
@@ -417,6 +418,21 @@ def test_dot_scaled_interpreter_reads_e4m3_scales_as_e8m0():
     assert as_e4m3.abs().max() > 0
     assert torch.allclose(out.double(), as_e8m0, rtol=1e-6, atol=0)
     assert not torch.allclose(out.double(), as_e4m3, rtol=1e-2)
+
+
+def test_dot_scaled_compile_failure_summary():
+    # fd 2 is where Triton's C++ prints MLIR diagnostics; the capture must see a raw os.write
+    box: dict = {}
+    with dot_scaled.captured_stderr_fd(box):
+        os.write(2, b"loc: error: Failures have been detected while processing an MLIR pass pipeline\n")
+        os.write(2, b"dot_scaled.py:60:0: note: Pipeline failed while executing [`TritonGPUAccelerateMatmul` on "
+                    b"'builtin.module' operation]: reproducer generated at `std::errs, please share the reproducer "
+                    b"above with Triton project.`\n")
+    assert "MLIR pass pipeline" in box["text"]
+    # the line seen on this project's H200 (Triton 3.6, SM90)
+    assert dot_scaled.mlir_failure_summary(box["text"]) == \
+        "Pipeline failed while executing [`TritonGPUAccelerateMatmul` on 'builtin.module' operation]"
+    assert dot_scaled.mlir_failure_summary("RuntimeError: PassManager::run failed") == ""
 
 
 def test_dot_scaled_checks_operands():

@@ -27,7 +27,11 @@ Where it runs:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -116,6 +120,44 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
+@contextlib.contextmanager
+def captured_stderr_fd(box: dict) -> Iterator[dict]:
+    """Capture what C++ code writes to file descriptor 2 (Triton's MLIR diagnostics go there, not
+    into the exception) into ``box["text"]``, filled in on exit."""
+    box["text"] = ""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield box
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            box["text"] = tmp.read().decode(errors="replace")
+
+
+def mlir_failure_summary(diagnostics: str) -> str:
+    """The line naming the failing pass in an MLIR pipeline dump ("" if there is none)."""
+    for line in diagnostics.splitlines():
+        if "Pipeline failed while executing" in line:
+            text = line.split("note:", 1)[-1].strip()
+            return text.split(": reproducer generated", 1)[0].strip()
+    return ""
+
+
+def _reemit(text: str) -> None:
+    if text:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+
+_COMPILE_REFUSALS: dict[tuple, str] = {}
+"""Compile failures already seen in this process, by (cc, layouts, out dtype): not retried."""
+
+
 class TritonDotScaled(GemmBackend):
     name = "triton-dot-scaled"
     description = ("Triton tl.dot_scaled(a, sa, 'e2m1', w, sw, 'e2m1') with e4m3 scales (NVFP4, group 16); reads "
@@ -170,13 +212,23 @@ class TritonDotScaled(GemmBackend):
             raise Unsupported(f"{self.name}: {INTERPRETER_REASON.format(ver=triton.__version__)}")
         cc_major, cc_minor = torch.cuda.get_device_capability(res.device)
         cc = cc_major * 10 + cc_minor
+        key = (cc, ops.a.layout, ops.w.layout, ops.out_dtype)
+        if key in _COMPILE_REFUSALS:
+            raise Unsupported(_COMPILE_REFUSALS[key])
+        diag: dict = {"text": ""}
         try:
-            launch(ops, res, compile_only=True)
+            with captured_stderr_fd(diag):
+                launch(ops, res, compile_only=True)
         except Exception as exc:
             if cc < NATIVE_CC:
-                raise Unsupported(f"triton tl.dot_scaled with e2m1 x e2m1 and e4m3 scales failed to compile on "
-                                  f"SM{cc}: {_first_line(exc)}") from exc
+                detail = mlir_failure_summary(diag["text"])
+                msg = (f"triton tl.dot_scaled with e2m1 x e2m1 and e4m3 scales failed to compile on SM{cc}: "
+                       f"{_first_line(exc)}" + (f" ({detail})" if detail else ""))
+                _COMPILE_REFUSALS[key] = msg
+                raise Unsupported(msg) from exc
+            _reemit(diag["text"])
             raise
+        _reemit(diag["text"])
         launch(ops, res)
         return res
 
