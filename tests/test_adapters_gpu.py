@@ -23,7 +23,8 @@ import harness  # noqa: F401
 from harness import checks, data
 from harness.backends import dot_scaled, flashinfer_fp4, quantizers, scaled_mm
 from harness.backends.protocol import Unsupported
-from harness.format import BLOCK_SIZE, block_scale_and_inverse, global_scale_encode_divisor, reference_quantize, unpack_e2m1
+from harness.format import (BLOCK_SIZE, block_scale_and_inverse, global_scale_encode_divisor, reference_quantize,
+                            unpack_e2m1)
 from harness.layouts import ScaleLayout, unswizzle
 from harness.oracle import compare, error_bound, reference_gemm
 from harness.pipeline import GemmProblem, operands_for

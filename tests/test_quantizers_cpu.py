@@ -88,13 +88,14 @@ def test_triton_quantizer_rejects_bad_input():
 # ----------------------------------------------------------------------------------------------
 # torchao
 # ----------------------------------------------------------------------------------------------
-# Measured with torchao 0.18 on bf16 data of shape (64, 256), seed 3:
+# Measured with torchao 0.18 on bf16 data of shape (64, 256), seed 3, from harness.data.generate
+# (they change with the data generator; every difference is classified below either way):
 # (scale bytes clamped to 0x08, codes that differ inside clamped blocks, codes that differ at ties)
 TORCHAO_DIFFERENCES = {
     "normal": (0, 0, 0),
-    "heavy_tailed": (0, 0, 2),
-    "zero_blocks": (312, 0, 15),   # every all-zero block: reference scale 0x00, torchao 0x08
-    "tiny": (735, 6465, 1),        # blocks whose reference scale is e4m3-subnormal
+    "heavy_tailed": (0, 0, 18),
+    "zero_blocks": (301, 0, 0),    # every all-zero block: reference scale 0x00, torchao 0x08
+    "tiny": (705, 6071, 2),        # blocks whose reference scale is e4m3-subnormal
     "saturating": (0, 0, 0),
     "on_grid": (0, 0, 0),
 }

@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from harness.pipeline import GemmOperands
 
 NATIVE_CC = 100
-"""Block-scaled MMA (tcgen05) for e2m1 with e4m3 scales: Blackwell datacenter parts and newer."""
+"""First compute capability with block-scaled MMA for e2m1 x e2m1 with e4m3 scales (Blackwell)."""
 
 INTERPRETER_REASON = (
     "the Triton interpreter (TRITON_INTERPRET=1, triton {ver}) decodes tl.dot_scaled scale bytes as e8m0 "
@@ -189,7 +189,8 @@ class TritonDotScaled(GemmBackend):
         req = self.requirements
         a, w = ops.a, ops.w
         if ops.a_dense is not None:
-            raise ValueError(f"{self.name}: operands carry dense (W4A16) activations; tl.dot_scaled takes e2m1 on both sides")
+            raise ValueError(f"{self.name}: operands carry dense (W4A16) activations; tl.dot_scaled takes e2m1 "
+                             f"on both sides")
         if a.layout not in req.a_layouts or w.layout is not req.w_layout:
             raise ValueError(f"{self.name}: reads activation scales in {[x.value for x in req.a_layouts]} and weight "
                              f"scales in {req.w_layout.value!r}; got {a.layout.value!r} and {w.layout.value!r}")

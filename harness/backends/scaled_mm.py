@@ -82,7 +82,8 @@ class TorchScaledMm(GemmBackend):
     def _check_operands(self, ops: "GemmOperands", out: torch.Tensor | None) -> None:
         a, w = ops.a, ops.w
         if ops.a_dense is not None:
-            raise ValueError(f"{self.name}: operands carry dense (W4A16) activations; _scaled_mm takes NVFP4 on both sides")
+            raise ValueError(f"{self.name}: operands carry dense (W4A16) activations; _scaled_mm takes NVFP4 "
+                             f"on both sides")
         if a.layout is not ScaleLayout.SWIZZLED_128x4 or w.layout is not ScaleLayout.SWIZZLED_128x4:
             raise ValueError(f"{self.name}: scales must be 128x4-swizzled (cuBLASLt's VEC16_UE4M3 layout); got "
                              f"activation {a.layout.value!r}, weight {w.layout.value!r}")

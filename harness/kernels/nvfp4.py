@@ -25,12 +25,27 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _tiles(rows: int) -> tuple[int, int]:
-    """(rows, k-blocks) per program: small tiles on a GPU; under the interpreter each program costs
-    Python overhead, so fewer, larger programs run faster there."""
+def _kernel_device(t: torch.Tensor) -> torch.device:
+    """Where Triton can run on ``t``: the tensor's own device, except that CPU tensors go to the GPU
+    when kernels are compiled for it (results come back on the caller's device; the bytes are the
+    same on both, which tests/test_pipeline.py checks)."""
+    if t.device.type == "cpu" and not _interpreted():
+        if not torch.cuda.is_available():
+            raise RuntimeError("Triton kernels need a CUDA GPU or TRITON_INTERPRET=1; neither is available")
+        return torch.device("cuda")
+    return t.device
+
+
+QUANT_TILES_GPU = (16, 8, 4)
+"""(rows, k-blocks, warps) per quantizer program on a GPU (bench/quantizer_bandwidth.py sweeps it)."""
+
+
+def _tiles(rows: int) -> tuple[int, int, int]:
+    """(rows, k-blocks, warps) per program; under the interpreter each program costs Python
+    overhead, so fewer, larger programs run faster there."""
     if _interpreted():
-        return min(128, max(8, triton.next_power_of_2(rows))), 16
-    return 32, 4
+        return min(128, max(8, triton.next_power_of_2(rows))), 16, 4
+    return QUANT_TILES_GPU
 
 
 @triton.jit
@@ -117,33 +132,32 @@ def _quantize_kernel(
     pid_k = tl.program_id(1)
     r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     kb = pid_k * BLOCK_KB + tl.arange(0, BLOCK_KB)
-    j = tl.arange(0, 8)
-    r3 = r[:, None, None]
-    kb3 = kb[None, :, None]
-    j3 = j[None, None, :]
-    real3 = (r3 < rows) & (kb3 < kblocks)
-    k_even = kb3 * 16 + 2 * j3
-    xe = tl.load(x_ptr + r3 * stride_xr + k_even * stride_xk, mask=real3, other=0.0).to(tl.float32)
-    xo = tl.load(x_ptr + r3 * stride_xr + (k_even + 1) * stride_xk, mask=real3, other=0.0).to(tl.float32)
+    # one contiguous, coalesced load of the tile [BLOCK_R, BLOCK_KB * 16]
+    k = pid_k * BLOCK_KB * 16 + tl.arange(0, BLOCK_KB * 16)
+    real_x = (r[:, None] < rows) & (k[None, :] < kblocks * 16)
+    x = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xr + k[None, :] * stride_xk,
+                mask=real_x, other=0.0).to(tl.float32)
+    x3 = tl.reshape(x, (BLOCK_R, BLOCK_KB, 16))
     gs = tl.load(gs_ptr)
-    amax = tl.maximum(tl.max(tl.abs(xe), axis=2), tl.max(tl.abs(xo), axis=2))
+    amax = tl.max(tl.abs(x3), axis=2)
     sf_code = _e4m3_encode_nonneg(tl.div_rn(gs * amax, 6.0))
     sf_val = _e4m3_decode(sf_code)
     nonzero = sf_val != 0.0
     inv = tl.where(nonzero, tl.div_rn(1.0, tl.div_rn(tl.where(nonzero, sf_val, 1.0), gs)), 0.0)
-    ce = _e2m1_encode(xe * inv[:, :, None])
-    co = _e2m1_encode(xo * inv[:, :, None])
-    byte = ce | (co << 4)
+    q = tl.reshape(x3 * inv[:, :, None], (BLOCK_R, BLOCK_KB * 8, 2))
+    qe, qo = tl.split(q)
+    byte = _e2m1_encode(qe) | (_e2m1_encode(qo) << 4)  # [BLOCK_R, BLOCK_KB * 8]
 
     # packed data: real bytes, padding (rows >= rows or k-blocks >= kblocks) gets data_fill
-    col = kb3 * 8 + j3
-    in_data = (r3 < data_rows) & (col < data_kbytes)
-    dbyte = tl.where(real3, byte, data_fill)
+    col = pid_k * BLOCK_KB * 8 + tl.arange(0, BLOCK_KB * 8)
+    real_b = (r[:, None] < rows) & (col[None, :] < kblocks * 8)
+    in_data = (r[:, None] < data_rows) & (col[None, :] < data_kbytes)
+    dbyte = tl.where(real_b, byte, data_fill)
     if WRITE_DATA:
         dmask = in_data
     else:
-        dmask = in_data & real3
-    tl.store(packed_ptr + r3 * stride_pr + col, dbyte.to(tl.uint8), mask=dmask)
+        dmask = in_data & real_b
+    tl.store(packed_ptr + r[:, None].to(tl.int64) * stride_pr + col[None, :], dbyte.to(tl.uint8), mask=dmask)
 
     # scales: real, row padding, K tail; each padding region with its own fill
     r2 = r[:, None]
@@ -158,7 +172,7 @@ def _quantize_kernel(
         smask = smask | (in_sf & rowpad)
     if WRITE_KTAIL:
         smask = smask | (in_sf & ktail)
-    off = _scale_offset(r2, kb2, sf_kb, LAYOUT)
+    off = _scale_offset(r2.to(tl.int64), kb2, sf_kb, LAYOUT)
     tl.store(scale_ptr + off, sval.to(tl.uint8), mask=smask)
 
 
@@ -199,7 +213,18 @@ def quantize_into(
             raise ValueError(f"quantize_into: {name}={v} must be a byte 0..255 or LEAVE (-1)")
     layout = ScaleLayout.parse(layout)
     sf_rows, sf_kb = padded_shape(layout, data_rows, data_k // 16)
-    dev = x.device
+    home = x.device
+    dev = _kernel_device(x)
+    if dev != home:
+        res_p, res_s = quantize_into(
+            x.to(dev), global_scale.to(dev), layout, data_rows=data_rows, data_k=data_k, row_fill=row_fill,
+            ktail_fill=ktail_fill, data_fill=data_fill,
+            packed=None if packed is None else packed.to(dev), scales=None if scales is None else scales.to(dev))
+        if packed is not None:
+            packed.copy_(res_p)
+        if scales is not None:
+            scales.copy_(res_s)
+        return (packed if packed is not None else res_p.to(home)), (scales if scales is not None else res_s.to(home))
     if packed is None:
         packed = (torch.empty if data_fill == LEAVE else torch.zeros)(
             (data_rows, data_k // 2), dtype=torch.uint8, device=dev)
@@ -209,14 +234,14 @@ def quantize_into(
         raise ValueError(f"quantize_into: buffers {tuple(packed.shape)}, {tuple(scales.shape)} do not match "
                          f"({data_rows}, {data_k // 2}) and ({sf_rows}, {sf_kb})")
     gs = global_scale.reshape(1).to(device=dev, dtype=torch.float32)
-    block_r, block_kb = _tiles(max(sf_rows, data_rows))
+    block_r, block_kb, warps = _tiles(max(sf_rows, data_rows))
     grid = (ceil_div(max(sf_rows, data_rows), block_r), ceil_div(max(sf_kb, data_k // 16), block_kb))
     _quantize_kernel[grid](
         x, x.stride(0), x.stride(1), gs, packed, packed.stride(0), scales,
         rows, k // 16, data_rows, data_k // 2, sf_rows, sf_kb,
         max(row_fill, 0), max(ktail_fill, 0), max(data_fill, 0),
         WRITE_ROW=row_fill != LEAVE, WRITE_KTAIL=ktail_fill != LEAVE, WRITE_DATA=data_fill != LEAVE,
-        LAYOUT=LAYOUT_ID[layout], BLOCK_R=block_r, BLOCK_KB=block_kb,
+        LAYOUT=LAYOUT_ID[layout], BLOCK_R=block_r, BLOCK_KB=block_kb, num_warps=warps,
     )
     return packed, scales
 
@@ -259,9 +284,14 @@ def dequantize_from(packed: torch.Tensor, scales: torch.Tensor, layout: ScaleLay
     multiply by the reciprocal, so it is not exact).  Reads no padding byte.
     """
     layout = ScaleLayout.parse(layout)
+    dev = _kernel_device(packed)
+    if dev != packed.device:
+        return dequantize_from(packed.to(dev), scales.to(dev), layout, rows, k,
+                               global_scale if global_scale is None or isinstance(global_scale, float)
+                               else global_scale.to(dev)).to(packed.device)
     out = torch.empty((rows, k), dtype=torch.float32, device=packed.device)
     inv = 1.0 if global_scale is None else float(1.0 / torch.as_tensor(global_scale, dtype=torch.float32))
-    block_r, block_kb = _tiles(rows)
+    block_r, block_kb, _ = _tiles(rows)
     grid = (ceil_div(rows, block_r), ceil_div(k // 16, block_kb))
     _dequantize_kernel[grid](
         packed, packed.stride(0), scales, out, out.stride(0), inv, rows, k // 16, scales.shape[1],
@@ -290,6 +320,8 @@ def pad_bytes(src: torch.Tensor, rows: int, cols: int, fill: int = 0) -> torch.T
         raise ValueError(f"pad_bytes: target {rows}x{cols} is smaller than {tuple(src.shape)}")
     if not 0 <= fill <= 255:
         raise ValueError(f"pad_bytes: fill={fill} must be a byte 0..255")
+    if _kernel_device(src) != src.device:
+        return pad_bytes(src.to(_kernel_device(src)), rows, cols, fill).to(src.device)
     src = src.contiguous()
     dst = torch.empty((rows, cols), dtype=torch.uint8, device=src.device)
     grid = (ceil_div(rows, 32), ceil_div(cols, 64))

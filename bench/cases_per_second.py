@@ -1,0 +1,105 @@
+"""Benchmark: property-suite cases per second per GPU, and where the time of a case goes.
+
+A case = build operands clean + poisoned (Triton pipeline), run the backend on both, the fp64
+reference and error bound, the agreement and row-isolation checks.  Small shapes (m <= 256,
+n, k <= 4096) come from the suite's own strategies; a large shape shows the harness's share of the
+time next to the backend's.  Run on a GPU:  python bench/cases_per_second.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backend", default="triton-emu-128x4")
+    ap.add_argument("--cases", type=int, default=300)
+    ap.add_argument("--large", type=int, default=8192)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    from hypothesis import HealthCheck, given, settings
+
+    from harness import checks, env, strategies
+    from harness.backends import registry
+    from harness.oracle import compare, error_bound, reference_gemm
+    from harness.pipeline import CLEAN, GemmProblem, Poison
+    from harness.runner import Trial, _Gemm, _sync
+
+    e = env.current()
+    dev = e.torch_device
+    backend = registry.get(args.backend)
+    problems = []
+
+    @settings(max_examples=args.cases, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(strategies.gemm_problems(max_m=256, max_nk_blocks=256))
+    def collect(p):
+        problems.append(p)
+
+    collect()
+    phases = defaultdict(float)
+
+    def one_case(p: GemmProblem, timing: bool = False) -> None:
+        def mark(name, t0):
+            if timing:
+                _sync()
+            phases[name] += time.perf_counter() - t0
+            return time.perf_counter()
+
+        t = time.perf_counter()
+        g = _Gemm(backend, Trial(backend.name, "row_isolation", p), dev)
+        t = mark("data", t)
+        clean = g.ops(CLEAN)
+        dirty = g.ops(Poison(m_pad=0x7F))
+        t = mark("pipeline", t)
+        out_c = backend.run(clean)
+        out_d = backend.run(dirty)
+        t = mark("backend", t)
+        ref = reference_gemm(clean)
+        bound = error_bound(ref, backend.requirements.precision, clean.out_dtype)
+        t = mark("reference", t)
+        agr = compare(out_c[:, :p.n], ref, bound, clean.out_dtype)
+        iso = checks.row_isolation(out_c, out_d, p.m, p.n)
+        assert agr.ok and iso.ok, (p, agr.max_err_units, iso.summary)
+        mark("checks", t)
+
+    for p in problems[:10]:  # compile every kernel variant first
+        one_case(p)
+    _sync()
+    phases.clear()
+    t0 = time.perf_counter()
+    for p in problems:
+        one_case(p)
+    _sync()
+    wall = time.perf_counter() - t0
+    rate = len(problems) / wall
+
+    phases.clear()
+    big = GemmProblem(args.large, args.large, args.large)
+    one_case(big, timing=True)
+    phases.clear()
+    one_case(big, timing=True)
+    total = sum(phases.values())
+    out = {"device": e.gpu_name or "cpu", "date": datetime.date.today().isoformat(), "backend": backend.name,
+           "cases": len(problems), "wall_s": wall, "cases_per_s": rate,
+           "large_shape": args.large, "large_phases_ms": {k: v * 1e3 for k, v in phases.items()},
+           "large_backend_share": phases["backend"] / total,
+           "large_harness_share": 1 - phases["backend"] / total,
+           "large_harness_share_excluding_reference": (total - phases["backend"] - phases["reference"]) / total}
+    print(json.dumps(out, indent=2))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The GPU verification the project runs on a lent Hopper node (see bench/RESULTS.md).
+# Usage: bench/gpu_check.sh OUTDIR {tests|fuzz|bench|selftest|all}
+# Expects flashinfer importable (e.g. `source .device/device-env.sh` on the lent machine).
+set -uo pipefail
+out=${1:?OUTDIR}; what=${2:-all}
+mkdir -p "$out"
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1 || echo "editable install failed"
+export PYTHONUNBUFFERED=1
+{ date -u; nvidia-smi -L; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"; } | tee "$out/env.txt"
+nvfp4-harness backends 2>&1 | tee "$out/backends.txt"
+if [[ $what == tests || $what == all ]]; then
+  python3 -m pytest tests/ -q -p no:cacheprovider -n 4 -rs 2>&1 | tail -60 | tee "$out/tests.txt"
+fi
+if [[ $what == fuzz || $what == all ]]; then
+  rm -rf "$out/res"
+  timeout 420 python3 -m pytest -n auto properties/ regressions/ -q -p no:cacheprovider -rs \
+      --nvfp4-results "$out/res" 2>&1 | tail -40 | tee "$out/props.txt"
+  nvfp4-harness report "$out/res" -o "$out/report.html" >/dev/null
+  tar czf "$out/results.tgz" -C "$out" res && rm -rf "$out/res"
+fi
+if [[ $what == bench || $what == all ]]; then
+  python3 bench/quantizer_bandwidth.py --json "$out/bench_quantizer.json" 2>&1 | tail -30
+  python3 bench/cases_per_second.py --json "$out/bench_cases.json" 2>&1 | tail -30
+fi
+if [[ $what == selftest || $what == all ]]; then
+  nvfp4-harness selftest --budget 5 --json "$out/selftest.json" 2>&1 | tee "$out/selftest.txt"
+fi
