@@ -43,28 +43,30 @@ def _rows_list(mask_rows: torch.Tensor, limit: int = 64) -> list[int]:
 
 def status_grid(status: torch.Tensor, real_rows: int, real_cols: int) -> dict:
     """Downsample a per-element status matrix (codes OK/CHANGED/NONFINITE/PADDING) to at most
-    GRID_MAX x GRID_MAX cells, keeping the worst code of each bin (the report draws it)."""
+    GRID_MAX x GRID_MAX cells, keeping the worst code of each bin (the report draws it).  Pooled on
+    the tensor's device; only the small grid comes back."""
     rows, cols = status.shape
     rs = max(1, -(-rows // GRID_MAX))
     cs = max(1, -(-cols // GRID_MAX))
-    s = status.to(torch.int64).cpu()
+    dev = status.device
     # severity order: NONFINITE > CHANGED > OK > PADDING (a bin with any real element is real)
-    sev = torch.tensor([1, 2, 3, 0])[s]
+    sev = torch.tensor([1, 2, 3, 0], device=dev, dtype=torch.int8)[status.long()]
     gr, gc = -(-rows // rs), -(-cols // cs)
-    padded = torch.zeros((gr * rs, gc * cs), dtype=torch.int64)
+    padded = torch.zeros((gr * rs, gc * cs), dtype=torch.int8, device=dev)
     padded[:rows, :cols] = sev
     pooled = padded.reshape(gr, rs, gc, cs).amax(dim=(1, 3))
-    back = torch.tensor([PADDING, OK, CHANGED, NONFINITE])[pooled]
+    back = torch.tensor([PADDING, OK, CHANGED, NONFINITE], device=dev)[pooled.long()]
     return {"rows": rows, "cols": cols, "real_rows": real_rows, "real_cols": real_cols,
-            "row_step": rs, "col_step": cs, "cells": back.tolist()}
+            "row_step": rs, "col_step": cs, "cells": back.cpu().tolist()}
 
 
 def _grid_from(bad: torch.Tensor, nonfinite: torch.Tensor, rows: int, cols: int,
                real_rows: int, real_cols: int) -> dict:
-    status = torch.full((rows, cols), PADDING, dtype=torch.int64)
-    real = torch.zeros((real_rows, real_cols), dtype=torch.int64)
-    real[bad[:real_rows, :real_cols].cpu()] = CHANGED
-    real[nonfinite[:real_rows, :real_cols].cpu()] = NONFINITE
+    dev = bad.device
+    status = torch.full((rows, cols), PADDING, dtype=torch.int8, device=dev)
+    real = torch.zeros((real_rows, real_cols), dtype=torch.int8, device=dev)
+    real[bad[:real_rows, :real_cols].to(dev)] = CHANGED
+    real[nonfinite[:real_rows, :real_cols].to(dev)] = NONFINITE
     status[:real_rows, :real_cols] = real
     return status_grid(status, real_rows, real_cols)
 
@@ -77,7 +79,7 @@ def reference_agreement(out: torch.Tensor, ref: Reference, bound: torch.Tensor,
     real = out[..., :m, :n] if out.ndim == 2 else out.reshape(-1, out.shape[-1])[:m, :n]
     agr: Agreement = compare(real, ref, bound, out_dtype)
     rows, cols = padded_shape or (m, n)
-    nonfinite = ~torch.isfinite(real.cpu())
+    nonfinite = ~torch.isfinite(real)
     measure = {
         "max_err_units": agr.max_err_units, "max_err_abs": agr.max_err_abs,
         "argmax": list(agr.argmax) if agr.argmax else None, "violations": agr.violations,
@@ -114,7 +116,7 @@ def _isolation(prop: str, axis_name: str, clean: torch.Tensor, poisoned: torch.T
         "changed_rows": rows_changed, "changed_cols": cols_changed,
         "nan_rows": _rows_list(nonfinite.any(dim=1)), "max_change": max_change,
         "changed_elements": int(bad.sum()),
-        "grid": _grid_from(bad.cpu(), nonfinite.cpu(), poisoned.shape[0], poisoned.shape[1], m, n),
+        "grid": _grid_from(bad, nonfinite, poisoned.shape[0], poisoned.shape[1], m, n),
     }
     ok = not bool(bad.any())
     if ok:
@@ -172,7 +174,7 @@ def pipeline_zeroes_k_tail(scales: torch.Tensor, regions: torch.Tensor) -> Prope
 def output_coverage(out: torch.Tensor, m: int, n: int, ref_finite: torch.Tensor) -> PropertyResult:
     """5. An output buffer prefilled with NaN is fully written in the real region."""
     real = out[:m, :n]
-    unwritten = torch.isnan(real).cpu() & ref_finite.cpu()
+    unwritten = torch.isnan(real) & ref_finite.to(real.device)
     ok = not bool(unwritten.any())
     return PropertyResult(
         "output_coverage", ok,

@@ -216,7 +216,7 @@ class HarnessSession:
         trial = Trial(backend.name, prop, GemmProblem(1, 16, 16))
         self.record(trial, Outcome("skip", reason), test, backend.level, True)
 
-    def run(self, trial, test: str):
+    def run(self, trial, test: str, digest: bool = False):
         """Execute a trial inside a Hypothesis test; record it; end the process on a lost context."""
         from hypothesis.control import current_build_context
 
@@ -229,7 +229,7 @@ class HarnessSession:
             final = True
         level = registry.get(trial.backend).level
         try:
-            outcome = execute(trial)
+            outcome = execute(trial, digest=digest)
         except ContextLost as exc:
             self.record(trial, Outcome("crash", str(exc)), test, level, True)
             os._exit(3)  # the CUDA context is gone: xdist restarts a fresh worker for the next tests

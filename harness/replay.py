@@ -75,7 +75,7 @@ def replay(path: str | Path, backend: str | None = None) -> Replay:
 
         registry.get(backend)  # unknown names fail here, with the list of known ones
     trial = trial_of(case, backend)
-    outcome = execute(trial)
+    outcome = execute(trial, digest=True)
     digest_ok = None
     if case.digest and outcome.digest and (backend is None or backend == case.backend):
         digest_ok = outcome.digest == case.digest

@@ -14,6 +14,7 @@ the backend, evaluates the property with :mod:`harness.checks` and classifies wh
 
 from __future__ import annotations
 
+import hashlib
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
@@ -135,7 +136,11 @@ class _Gemm:
                              f"{[l.value for l in req.a_layouts]}")
         self.x = self.p.activations(device)
         self.w = self.p.weights(device)
-        self.digest: str | None = None
+        self.first_ops = None  # the digest is taken of the first operands built, when asked for
+
+    @property
+    def digest(self) -> str | None:
+        return self.first_ops.digest() if self.first_ops is not None else None
 
     def ops(self, poison: Poison, x=None, w=None, **kw):
         req = self.b.requirements
@@ -143,8 +148,8 @@ class _Gemm:
                     poison=poison, activation=req.activation)
         args.update(kw)
         ops = operands_from(self.x if x is None else x, self.w if w is None else w, self.p, **args)
-        if self.digest is None:
-            self.digest = ops.digest()
+        if self.first_ops is None:
+            self.first_ops = ops
         return ops
 
     def call(self, ops, out=None) -> torch.Tensor:
@@ -173,7 +178,6 @@ class _Gemm:
         byte = getattr(self.t.poison, region) or 0x7F
         pois = Poison(**{region: byte}, data=self.t.poison.data)
         clean = self.call(self.ops(CLEAN))
-        self.digest = None
         dirty = self.call(self.ops(pois))
         fn = checks.row_isolation if region == "m_pad" else checks.column_isolation
         return fn(clean, dirty, self.p.m, self.p.n, region, poison_kind(byte))
@@ -337,10 +341,13 @@ class _Linear:
     def __init__(self, backend: LinearBackend, trial: Trial, device):
         self.b, self.t, self.p, self.dev = backend, trial, trial.problem, device
         self.x, self.weight, self.bias = linear_inputs(self.p, device)
-        h = __import__("hashlib").sha256()
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
         for t in (self.x, self.weight.packed, self.weight.scales, self.weight.weight_scale_2, self.bias):
             h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
-        self.digest = h.hexdigest()
+        return h.hexdigest()
 
     def call(self, x=None) -> torch.Tensor:
         x = self.x if x is None else x
@@ -392,14 +399,17 @@ def _quantizer_agreement(backend: QuantizerBackend, trial: Trial, device) -> tup
     xf = x.cpu().float().reshape(p.m, p.k // 16, 16)
     _, inv = block_scale_and_inverse(xf.abs().amax(-1), gs.cpu())
     scaled = (xf * inv.unsqueeze(-1)).reshape(p.m, p.k)
-    h = __import__("hashlib").sha256(x.cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
-    return checks.quantizer_agreement(packed.view(torch.uint8).cpu(), logical, codes, sf, scaled), h
+    return checks.quantizer_agreement(packed.view(torch.uint8).cpu(), logical, codes, sf, scaled), \
+        (lambda: hashlib.sha256(x.cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest())
 
 
 # ----------------------------------------------------------------------------------------------
-def execute(trial: Trial, device: torch.device | None = None) -> Outcome:
+def execute(trial: Trial, device: torch.device | None = None, *, digest: bool = False) -> Outcome:
     """Run ``trial`` and classify the outcome; raises :class:`ContextLost` only after a sticky
-    CUDA error (the caller records the crash and ends the process)."""
+    CUDA error (the caller records the crash and ends the process).
+
+    The operands' sha256 digest (for case files and replay) is taken when ``digest`` is set or the
+    trial did not pass; hashing every byte of every passing case would dominate large shapes."""
     t0 = time.perf_counter()
     backend = registry.get(trial.backend)
     device = device or _device()
@@ -415,24 +425,31 @@ def execute(trial: Trial, device: torch.device | None = None) -> Outcome:
                                          trial.problem.torch_out_dtype)
         if not shape_ok and trial.property != "clean_rejection":
             return Outcome("skip", f"outside declared support: {shape_ok.reason}", duration_s=time.perf_counter() - t0)
-    digest = None
+    holder = None  # what can compute the digest
+
+    def take_digest(force: bool = False) -> str | None:
+        if holder is None or not (digest or force):
+            return None
+        try:
+            return holder() if callable(holder) else holder.digest
+        except Exception:  # noqa: BLE001 - a digest must never hide the outcome
+            return None
+
     a_layout = trial.a_layout
     try:
         if backend.level == "gemm":
-            runner = _Gemm(backend, trial, device)  # type: ignore[arg-type]
-            a_layout = runner.layout.value
-            result = getattr(runner, trial.property)()
-            digest = runner.digest
+            holder = _Gemm(backend, trial, device)  # type: ignore[arg-type]
+            a_layout = holder.layout.value
+            result = getattr(holder, trial.property)()
         elif backend.level == "linear":
-            runner_l = _Linear(backend, trial, device)  # type: ignore[arg-type]
-            digest = runner_l.digest
-            result = getattr(runner_l, trial.property)()
+            holder = _Linear(backend, trial, device)  # type: ignore[arg-type]
+            result = getattr(holder, trial.property)()
         else:
-            result, digest = _quantizer_agreement(backend, trial, device)  # type: ignore[arg-type]
+            result, holder = _quantizer_agreement(backend, trial, device)  # type: ignore[arg-type]
     except _NotApplicable as exc:
         return Outcome("skip", f"not applicable: {exc}", duration_s=time.perf_counter() - t0, a_layout=a_layout)
     except _ContractViolation as exc:
-        return Outcome("fail", f"broke the backend contract: {exc}", digest=digest,
+        return Outcome("fail", f"broke the backend contract: {exc}", digest=take_digest(True),
                        duration_s=time.perf_counter() - t0, a_layout=a_layout,
                        result=PropertyResult(trial.property, False, f"broke the backend contract: {exc}", {}))
     except Exception as exc:  # noqa: BLE001 - every backend failure is a result
@@ -443,7 +460,8 @@ def execute(trial: Trial, device: torch.device | None = None) -> Outcome:
             msg = f"raised on a call it declared supported: {msg}"
             tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
             return Outcome("fail", msg, PropertyResult(trial.property, False, msg, {"exception": tb[:500]}),
-                           digest, time.perf_counter() - t0, a_layout)
-        return Outcome(status, msg, None, digest, time.perf_counter() - t0, a_layout)
+                           take_digest(True), time.perf_counter() - t0, a_layout)
+        return Outcome(status, msg, None, take_digest(), time.perf_counter() - t0, a_layout)
     status = "pass" if result.ok else "fail"
-    return Outcome(status, "" if result.ok else result.summary, result, digest, time.perf_counter() - t0, a_layout)
+    return Outcome(status, "" if result.ok else result.summary, result, take_digest(not result.ok),
+                   time.perf_counter() - t0, a_layout)

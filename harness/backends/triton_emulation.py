@@ -122,7 +122,7 @@ def _store_out(out_ptr, stride_om, stride_on, rm, rn, mask, acc, OUT_BF16: tl.co
     tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :] * stride_on, val, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["a_sf_kb", "w_sf_kb", "m", "n_alloc", "kb_alloc"])
 def _nvfp4_gemm_kernel(
     a_ptr, stride_am, a_sf_ptr, a_sf_kb,
     w_ptr, stride_wn, w_sf_ptr, w_sf_kb,

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from harness.pipeline import GemmOperands
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["w_sf_kb", "m", "n_alloc", "kb_alloc"])
 def _w4a16_kernel(
     a_ptr, stride_am, stride_ak,
     w_ptr, stride_wn, w_sf_ptr, w_sf_kb,

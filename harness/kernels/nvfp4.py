@@ -116,7 +116,9 @@ def _e2m1_decode(c):
     return tl.where((c & 8) != 0, -v, v)
 
 
-@triton.jit
+# sizes and fills are not specialized: a fuzz run sees thousands of shapes and must not compile each
+@triton.jit(do_not_specialize=["rows", "kblocks", "data_rows", "data_kbytes", "sf_rows", "sf_kb",
+                               "row_fill", "ktail_fill", "data_fill"])
 def _quantize_kernel(
     x_ptr, stride_xr, stride_xk, gs_ptr,
     packed_ptr, stride_pr,
@@ -246,7 +248,7 @@ def quantize_into(
     return packed, scales
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows", "kblocks", "sf_kb", "inv_gs"])
 def _dequantize_kernel(
     packed_ptr, stride_pr, scale_ptr, out_ptr, stride_or, inv_gs,
     rows, kblocks, sf_kb,
@@ -301,7 +303,7 @@ def dequantize_from(packed: torch.Tensor, scales: torch.Tensor, layout: ScaleLay
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows", "cols", "drows", "dcols", "fill"])
 def _pad_kernel(src_ptr, stride_s, dst_ptr, stride_d, rows, cols, drows, dcols, fill,
                 BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
