@@ -10,7 +10,8 @@ export PYTHONUNBUFFERED=1
 { date -u; nvidia-smi -L; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"; } | tee "$out/env.txt"
 nvfp4-harness backends 2>&1 | tee "$out/backends.txt"
 if [[ $what == tests || $what == all ]]; then
-  python3 -m pytest tests/ -q -p no:cacheprovider -n 4 -rs 2>&1 | tail -60 | tee "$out/tests.txt"
+  python3 -m pytest tests/ -q -p no:cacheprovider -n 4 -rfEs > "$out/tests.txt" 2>&1
+  grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" "$out/tests.txt" | tail -40
 fi
 if [[ $what == fuzz || $what == all ]]; then
   rm -rf "$out/res"

@@ -128,27 +128,42 @@ def _quantize_kernel(
     sf_rows, sf_kb,                    # padded scale buffer (rows x k-blocks)
     row_fill, ktail_fill, data_fill,   # fill bytes for the padding regions
     WRITE_ROW: tl.constexpr, WRITE_KTAIL: tl.constexpr, WRITE_DATA: tl.constexpr,  # False: LEAVE
-    LAYOUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_KB: tl.constexpr,
+    LAYOUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_KB: tl.constexpr, BF16_PAIRS: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
     r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     kb = pid_k * BLOCK_KB + tl.arange(0, BLOCK_KB)
-    # one contiguous, coalesced load of the tile [BLOCK_R, BLOCK_KB * 16]
-    k = pid_k * BLOCK_KB * 16 + tl.arange(0, BLOCK_KB * 16)
-    real_x = (r[:, None] < rows) & (k[None, :] < kblocks * 16)
-    x = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xr + k[None, :] * stride_xk,
-                mask=real_x, other=0.0).to(tl.float32)
-    x3 = tl.reshape(x, (BLOCK_R, BLOCK_KB, 16))
     gs = tl.load(gs_ptr)
-    amax = tl.max(tl.abs(x3), axis=2)
+    if BF16_PAIRS:
+        # bf16 rows read as int32 words (element pairs): one coalesced load, and the even/odd
+        # split is two integer shifts (bf16 -> fp32 is exact: the high half of the fp32 bits)
+        wcol = pid_k * BLOCK_KB * 8 + tl.arange(0, BLOCK_KB * 8)
+        real_w = (r[:, None] < rows) & (wcol[None, :] < kblocks * 8)
+        word = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xr + wcol[None, :], mask=real_w, other=0)
+        xe = (word << 16).to(tl.float32, bitcast=True)
+        xo = (word & -65536).to(tl.float32, bitcast=True)
+        pair_max = tl.reshape(tl.maximum(tl.abs(xe), tl.abs(xo)), (BLOCK_R, BLOCK_KB, 8))
+        amax = tl.max(pair_max, axis=2)
+    else:
+        # one contiguous, coalesced load of the tile [BLOCK_R, BLOCK_KB * 16]
+        k = pid_k * BLOCK_KB * 16 + tl.arange(0, BLOCK_KB * 16)
+        real_x = (r[:, None] < rows) & (k[None, :] < kblocks * 16)
+        x = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xr + k[None, :] * stride_xk,
+                    mask=real_x, other=0.0).to(tl.float32)
+        x3 = tl.reshape(x, (BLOCK_R, BLOCK_KB, 16))
+        amax = tl.max(tl.abs(x3), axis=2)
     sf_code = _e4m3_encode_nonneg(tl.div_rn(gs * amax, 6.0))
     sf_val = _e4m3_decode(sf_code)
     nonzero = sf_val != 0.0
     inv = tl.where(nonzero, tl.div_rn(1.0, tl.div_rn(tl.where(nonzero, sf_val, 1.0), gs)), 0.0)
-    q = tl.reshape(x3 * inv[:, :, None], (BLOCK_R, BLOCK_KB * 8, 2))
-    qe, qo = tl.split(q)
-    byte = _e2m1_encode(qe) | (_e2m1_encode(qo) << 4)  # [BLOCK_R, BLOCK_KB * 8]
+    if BF16_PAIRS:
+        inv_w = tl.reshape(tl.broadcast_to(inv[:, :, None], (BLOCK_R, BLOCK_KB, 8)), (BLOCK_R, BLOCK_KB * 8))
+        byte = _e2m1_encode(xe * inv_w) | (_e2m1_encode(xo * inv_w) << 4)
+    else:
+        q = tl.reshape(x3 * inv[:, :, None], (BLOCK_R, BLOCK_KB * 8, 2))
+        qe, qo = tl.split(q)
+        byte = _e2m1_encode(qe) | (_e2m1_encode(qo) << 4)  # [BLOCK_R, BLOCK_KB * 8]
 
     # packed data: real bytes, padding (rows >= rows or k-blocks >= kblocks) gets data_fill
     col = pid_k * BLOCK_KB * 8 + tl.arange(0, BLOCK_KB * 8)
@@ -238,12 +253,14 @@ def quantize_into(
     gs = global_scale.reshape(1).to(device=dev, dtype=torch.float32)
     block_r, block_kb, warps = _tiles(max(sf_rows, data_rows))
     grid = (ceil_div(max(sf_rows, data_rows), block_r), ceil_div(max(sf_kb, data_k // 16), block_kb))
+    pairs = x.dtype == torch.bfloat16 and x.stride(1) == 1 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0
+    src = x.view(torch.int32) if pairs else x
     _quantize_kernel[grid](
-        x, x.stride(0), x.stride(1), gs, packed, packed.stride(0), scales,
+        src, src.stride(0), src.stride(1), gs, packed, packed.stride(0), scales,
         rows, k // 16, data_rows, data_k // 2, sf_rows, sf_kb,
         max(row_fill, 0), max(ktail_fill, 0), max(data_fill, 0),
         WRITE_ROW=row_fill != LEAVE, WRITE_KTAIL=ktail_fill != LEAVE, WRITE_DATA=data_fill != LEAVE,
-        LAYOUT=LAYOUT_ID[layout], BLOCK_R=block_r, BLOCK_KB=block_kb, num_warps=warps,
+        LAYOUT=LAYOUT_ID[layout], BLOCK_R=block_r, BLOCK_KB=block_kb, BF16_PAIRS=pairs, num_warps=warps,
     )
     return packed, scales
 
