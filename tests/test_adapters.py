@@ -11,6 +11,8 @@ are in ``test_adapters_scaled_mm_dot_scaled.py`` (they need no FlashInfer).
 
 from __future__ import annotations
 
+import importlib.util
+
 import dataclasses
 import sys
 
@@ -35,6 +37,15 @@ EXPECTED_FI_NAMES = {
     "flashinfer-trtllm-8x4": "trtllm", "flashinfer-cute-dsl": "cute-dsl",
     "flashinfer-cutedsl-low-latency": "cutedsl_low_latency", "flashinfer-b12x": "b12x", "flashinfer-auto": "auto",
 }
+
+
+def _cute_dsl_usable() -> bool:
+    try:
+        from flashinfer.cute_dsl.availability import is_cute_dsl_available
+
+        return bool(is_cute_dsl_available())
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _b12x_checks_run_here() -> bool:
@@ -269,6 +280,9 @@ def test_flashinfer_support_reasons(name):
             assert not verdict and f"does not support SM{cc}" in verdict.reason
         elif b.spec.needs == "cudnn" and not verdict:
             assert "cuDNN" in verdict.reason  # this CPU machine has the frontend but no usable libcudnn
+        elif not verdict and "CuTe-DSL" in verdict.reason:
+            # machines without nvidia-cutlass-dsl (the GPU image) say so instead of claiming support
+            assert importlib.util.find_spec("cutlass") is None or not _cute_dsl_usable()
         else:
             assert verdict, verdict.reason
             assert f"mm_fp4 backend {b.fi_backend!r} supports SM{cc}" in verdict.reason

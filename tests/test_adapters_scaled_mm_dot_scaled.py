@@ -120,6 +120,11 @@ def _deq_e8m0(t) -> torch.Tensor:
     return (codes.reshape(t.rows_alloc, -1, BLOCK_SIZE) * s.unsqueeze(-1)).reshape(t.rows_alloc, -1)
 
 
+INTERPRETER_ONLY = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                      reason="checks the Triton interpreter's own tl.dot_scaled behaviour")
+
+
+@INTERPRETER_ONLY
 @pytest.mark.parametrize("a_layout", [L.SWIZZLED_128x4, L.LINEAR, L.SWIZZLED_8x4])
 def test_dot_scaled_kernel_plumbing_under_the_interpreter(a_layout):
     """The kernel's indexing (in-kernel unswizzle, W transposition, K loop and masks, alpha) checked
@@ -137,6 +142,7 @@ def test_dot_scaled_kernel_plumbing_under_the_interpreter(a_layout):
     assert torch.all((out.double() - ref).abs() <= bound)
 
 
+@INTERPRETER_ONLY
 def test_dot_scaled_interpreter_reads_e4m3_scales_as_e8m0():
     """Why runs_on_cpu is False: e4m3 448 (0x7E) is read as 2**-1 by Triton 3.9's interpreter."""
     ops = operands_for(DOT, GemmProblem(m=4, n=16, k=64, out_dtype="float32"))
