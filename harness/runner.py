@@ -399,7 +399,10 @@ def _quantizer_agreement(backend: QuantizerBackend, trial: Trial, device) -> tup
     xf = x.cpu().float().reshape(p.m, p.k // 16, 16)
     _, inv = block_scale_and_inverse(xf.abs().amax(-1), gs.cpu())
     scaled = (xf * inv.unsqueeze(-1)).reshape(p.m, p.k)
-    return checks.quantizer_agreement(packed.view(torch.uint8).cpu(), logical, codes, sf, scaled), \
+    declared = tuple(getattr(backend, "known_differences", ()))
+    prerounding = (gs.cpu() * xf.abs().amax(-1)) / 6.0
+    return checks.quantizer_agreement(packed.view(torch.uint8).cpu(), logical, codes, sf, scaled, declared,
+                                      prerounding), \
         (lambda: hashlib.sha256(x.cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest())
 
 
