@@ -74,6 +74,14 @@ class PlantedBug:
         return d
 
 
+def _uninitialized(shape: tuple[int, ...], device) -> torch.Tensor:
+    """A fresh uint8 ``torch.empty`` as PyTorch leaves it under ``torch.use_deterministic_algorithms(True)``
+    with ``torch.utils.deterministic.fill_uninitialized_memory`` (the default): every byte 0xFF, the
+    integer maximum, which is an e4m3 NaN scale.  Uninitialized memory made reproducible, so a mutant
+    that forgets to write a buffer fails the same way on every run and device."""
+    return torch.empty(shape, dtype=torch.uint8, device=device).fill_(0xFF)
+
+
 # ----------------------------------------------------------------------------------------------
 # Scale-buffer surgery shared by the GEMM mutants
 # ----------------------------------------------------------------------------------------------
@@ -304,8 +312,9 @@ class Fp16Epilogue(GemmMutant):
     parent = W4A16
     expected_property = "reference_agreement"
     planted = ("Marlin NVFP4 epilogue order (vLLM #37135, root cause A): the fp32 accumulator is cast to fp16 "
-               "before the global scale (alpha = 1/gs_w, typically 1e-3..1e-1) is applied, so raw sums beyond "
-               "65504 overflow to inf and every output is rounded twice.")
+               "before the global scale (alpha = 1/gs_w, typically 1e-3..1e-1) is applied: raw sums beyond 65504 "
+               "overflow to inf, small ones lose bits in fp16's subnormal range, and every output is rounded "
+               "twice.")
     description = "triton-w4a16 casting the accumulator to fp16 before applying alpha"
 
     def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
@@ -347,16 +356,12 @@ class KTailUninit(LinearMutant):
                "NaN). Caught whenever K is not a multiple of the policy's k_align (32).")
     summary = "linear-vllm over triton-emu-128x4 whose activation scale buffer's K tail is uninitialized"
 
-    @staticmethod
-    def _uninitialized(shape: tuple[int, int], device) -> torch.Tensor:
-        return torch.empty(shape, dtype=torch.uint8, device=device).fill_(0xFF)
-
     def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int):
         from harness.format import global_scale_encode_divisor
 
         m, k = x2d.shape
         gs = global_scale_encode_divisor(x2d.float().abs().amax()).reshape(1).to(x2d.device)
-        scales = self._uninitialized(padded_shape(layout, m, k_alloc // BLOCK_SIZE), x2d.device)
+        scales = _uninitialized(padded_shape(layout, m, k_alloc // BLOCK_SIZE), x2d.device)
         packed, scales = quantize_into(x2d, gs, layout, data_rows=m, data_k=k_alloc, row_fill=0,
                                        ktail_fill=LEAVE, data_fill=0, scales=scales)
         return QuantizedTensor(packed, scales, layout, OperandRole.ACTIVATION, m, k, gs)
@@ -485,13 +490,16 @@ class CompiledOutQuantizer(QuantizerMutant):
     name = "mutant-quantizer-compiled-out"
     planted = ("A quantizer kernel compiled out on an unsupported architecture returns its torch.empty outputs "
                "unwritten, without an error (flashinfer.fp4_quantize on SM90, seen on this project's H200; "
-               "NVFP4-NOTES bug class 12): codes and scales are whatever memory held.")
+               "NVFP4-NOTES bug class 12): codes and scales are whatever memory held. On a real device that can "
+               "even be a previous call's correct bytes; to be deterministic the mutant's fresh buffers hold what "
+               "PyTorch's fill_uninitialized_memory writes into uint8 torch.empty under deterministic mode, 0xFF "
+               "(codes -6, scales e4m3 NaN).")
     description = "a quantizer that allocates its outputs and never launches the kernel"
 
     def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows, k = x.shape
-        packed = torch.empty((rows, k // 2), dtype=torch.uint8, device=x.device)
-        scales = torch.empty(padded_shape(self.layout, rows, k // BLOCK_SIZE), dtype=torch.uint8, device=x.device)
+        packed = _uninitialized((rows, k // 2), x.device)
+        scales = _uninitialized(padded_shape(self.layout, rows, k // BLOCK_SIZE), x.device)
         return packed, scales
 
 
