@@ -37,7 +37,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 def _hash32(idx: torch.Tensor, seed: int, stream: int) -> torch.Tensor:
     """A 32-bit integer hash of (seed, stream, idx) in int64 (only the low 32 bits of each product
     are kept, so wrap-around in int64 multiplication does not matter)."""
-    x = (idx * 0x9E3779B1 + ((seed * 0x85EBCA77 + stream * 0xC2B2AE3D) & _MASK32)) & _MASK32
+    x = (idx * 0x9E3779B1 + _stream_constant(seed, stream)) & _MASK32
     x = x ^ (x >> 16)
     x = (x * 0x7FEB352D) & _MASK32
     x = x ^ (x >> 15)
@@ -56,28 +56,64 @@ def _normal(idx: torch.Tensor, seed: int, stream: int) -> torch.Tensor:
     return (s - 2.0) * 1.7320508  # Irwin-Hall(4), unit variance
 
 
-def generate(distribution: str, shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.bfloat16,
-             device: torch.device | str = "cpu") -> torch.Tensor:
-    """A tensor of ``shape`` from ``distribution`` (block-wise kinds act on consecutive 16-element blocks)."""
+def _pow2(p: torch.Tensor) -> torch.Tensor:
+    """2^p for integer p, built from its bits (exact on every device)."""
+    return ((p.to(torch.int32) + 127) << 23).view(torch.float32)
+
+
+def _stream_constant(seed: int, stream: int) -> int:
+    return (seed * 0x85EBCA77 + stream * 0xC2B2AE3D) & _MASK32
+
+
+def _check(distribution: str, shape) -> int:
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution={distribution!r}: expected one of {list(DISTRIBUTIONS)}")
     numel = 1
     for s in shape:
         numel *= int(s)
+    if numel >= 2 ** 32:
+        raise ValueError(f"shape={tuple(shape)}: at most 2^32 elements can be generated")
+    return numel
+
+
+def generate(distribution: str, shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.bfloat16,
+             device: torch.device | str = "cpu") -> torch.Tensor:
+    """A tensor of ``shape`` from ``distribution`` (block-wise kinds act on consecutive 16-element
+    blocks).  On a GPU one Triton kernel makes it; on the CPU the pure-torch
+    :func:`generate_reference` does (faster than the interpreter); tests check both give the same
+    bits."""
+    from harness.kernels.data import generate_fp32
+    from harness.kernels.nvfp4 import _kernel_device
+
+    numel = _check(distribution, shape)
+    seed = int(seed) & _MASK32
+    dev = torch.device(device)
+    kdev = _kernel_device(torch.empty(0, device=dev))
+    if kdev.type == "cpu":
+        return generate_reference(distribution, shape, seed, dtype, dev)
+    consts = {s: _stream_constant(seed, s) for s in (0, 1, 2, 3, 10, 11, 20, 30, 31, 40, 41, 50, 51, 52)}
+    x = generate_fp32(distribution, numel, consts, kdev)
+    return x.reshape(shape).to(dtype).to(dev)
+
+
+def generate_reference(distribution: str, shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.bfloat16,
+                       device: torch.device | str = "cpu") -> torch.Tensor:
+    """Pure-torch definition of :func:`generate` (the Triton kernel must match it bit for bit)."""
+    numel = _check(distribution, shape)
     seed = int(seed) & _MASK32
     idx = torch.arange(numel, device=device, dtype=torch.int64)
     blk = idx // 16  # block index of each element
     x = _normal(idx, seed, 0)
     if distribution == "heavy_tailed":
         outlier = _uniform(idx, seed, 10) < 0.01
-        power = (_hash32(idx, seed, 11) % 11).to(torch.float32)  # 0..10
-        x = torch.where(outlier, x * torch.exp2(power), x)
+        power = _hash32(idx, seed, 11) % 11  # 0..10
+        x = torch.where(outlier, x * _pow2(power), x)
     elif distribution == "zero_blocks":
         x = torch.where(_uniform(blk, seed, 20) < 0.3, torch.zeros_like(x), x)
     elif distribution == "tiny":
         keep = _uniform(blk, seed, 30) < 0.05
-        power = (_hash32(blk, seed, 31) % 9).to(torch.float32) + 12.0  # 2^-12 .. 2^-20
-        x = torch.where(keep, x, x * torch.exp2(-power))
+        power = _hash32(blk, seed, 31) % 9 + 12  # 2^-12 .. 2^-20
+        x = torch.where(keep, x, x * _pow2(-power))
         x = torch.where(idx == 0, torch.full_like(x, 4.0), x)  # one full-size value sets the global scale
     elif distribution == "saturating":
         pos = _hash32(blk, seed, 40) % 16
@@ -87,6 +123,6 @@ def generate(distribution: str, shape: tuple[int, ...], seed: int, dtype: torch.
         table = torch.tensor(E2M1_MAGNITUDES, device=device)
         mag = table[_hash32(idx, seed, 50) % 8]
         sign = torch.where(_uniform(idx, seed, 51) < 0.5, -1.0, 1.0)
-        power = (_hash32(blk, seed, 52) % 7).to(torch.float32) - 4.0  # 2^-4 .. 2^2
-        x = mag * sign * torch.exp2(power)
+        power = _hash32(blk, seed, 52) % 7 - 4  # 2^-4 .. 2^2
+        x = mag * sign * _pow2(power)
     return x.reshape(shape).to(dtype)
