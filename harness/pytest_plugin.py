@@ -158,6 +158,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(
             f"cases: {tot['pass']} passed, {tot['fail']} failed, {tot['skip']} skipped, {tot['crash']} crashed; "
             f"results in {res} (report: nvfp4-harness report {res} -o reports/index.html)")
+        import json
+
+        start = float(os.environ.get(_START_ENV, "0"))
+        for path in sorted(Path(res).glob("worker-*.json")):
+            if path.stat().st_mtime < start:  # a worker of an earlier session in the same folder
+                continue
+            try:
+                w = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            e = w.get("environment", {})
+            where = (f"GPU {w.get('gpu')} ({e.get('gpu_name')}, uuid {w.get('gpu_uuid', '?')})"
+                     if e.get("device") == "cuda" else "CPU (Triton interpreter)")
+            terminalreporter.write_line(f"  worker {w.get('worker')}: pid {w.get('pid')} on {where}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,7 +201,12 @@ class HarnessSession:
 
             self._stream = ResultStream(self.results_dir, self.worker)
             info = {"worker": self.worker, "gpu": self.gpu, "pid": os.getpid(),
+                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                     "environment": self.env.to_dict()}
+            if self.env.device == "cuda":
+                import torch
+
+                info["gpu_uuid"] = str(getattr(torch.cuda.get_device_properties(0), "uuid", ""))
             (self.results_dir / f"worker-{self.worker}.json").write_text(json.dumps(info, indent=2))
         return self._stream
 
