@@ -137,7 +137,7 @@ class PadRowScales(GemmMutant):
                "rows (vLLM #37563 / FlashInfer #2861). Modelled on the symptoms reported there: every real row of "
                "the last, partial 8-row tile uses, per k-block, the larger-magnitude of its own scale and the "
                "scale of the tile's last (padding) row, NaN winning. Zeroed padding is harmless; finite padding "
-               "shifts real outputs by hundreds; NaN padding turns real rows NaN.")
+               "changes real outputs (the report measured max_diff ~500-700); NaN padding turns real rows NaN.")
     description = "triton-emu-8x4 with padding-row activation scales leaking into real rows for m <= 32"
     SMALL_M_MAX = 32
     TILE = 8
@@ -157,11 +157,12 @@ class PadColScales(GemmMutant):
     name = "mutant-pad-col-scales"
     parent = EMU_128x4
     expected_property = "column_isolation"
-    planted = ("N-padding analogue of FlashInfer #2861 (weights padded in N: vLLM PR #31099, SGLang PR #17300): "
-               "in the 128x4 weight-scale layout a real weight row whose partner 32 rows further in the same "
-               "128-row tile is N padding uses the larger-magnitude of the two scales (NaN winning), as if the "
-               "kernel's 4-byte scale word straddled into the neighbouring 32-row group. Zeroed padding is "
-               "harmless; poisoned N padding changes real columns.")
+    planted = ("N-padding analogue of FlashInfer #2861 (weights are padded in N by vLLM PR #31099 and SGLang PR "
+               "#17300, to 128 on the trtllm path): N-padding weight scales leak into real columns. The leak is "
+               "modelled like mutant-pad-row-scales (no public report names a mechanism): a real weight row whose "
+               "partner 32 rows further on in the same 128-row tile of the 128x4 layout is N padding uses the "
+               "larger-magnitude of the two scales, NaN winning. Zeroed padding is harmless; poisoned N padding "
+               "changes real columns.")
     description = "triton-emu-128x4 with N-padding weight scales leaking into real columns"
 
     def tamper(self, ops: "GemmOperands") -> "GemmOperands":

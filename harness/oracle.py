@@ -25,6 +25,13 @@ _OUT = {
 _FP64_SAFETY = 1.0 + 2.0 ** -30
 
 
+def output_max(dtype: torch.dtype) -> float:
+    """Magnitude from which a correctly computed result may round to infinity in ``dtype`` (as in
+    :func:`compare`)."""
+    u, _, fmax = _OUT[dtype]
+    return fmax * (1 - u)
+
+
 @dataclass
 class Reference:
     """The exact product over the real region and the magnitudes the bound needs."""

@@ -70,6 +70,10 @@ class Requirements:
     m_align: int = 1
     shuffled_weight: bool = False                        # TRT-LLM shuffle_matrix_a / _sf_a
     activation: Literal["nvfp4", "bf16"] = "nvfp4"       # W4A16 backends take dense activations
+    # Column-parallel TP shards reproduce the unsplit GEMM bit for bit: true for a fixed tiling
+    # whose per-column arithmetic does not depend on N; library GEMMs that pick kernels by shape
+    # (cuBLAS, autotuned CUTLASS) only promise agreement within the error bound.
+    column_bitwise: bool = False
     precision: Precision = field(default_factory=Precision)
 
 

@@ -223,6 +223,7 @@ class TritonEmulationGemm(GemmBackend):
             n_align=16, k_align=16,
             out_dtypes=(torch.bfloat16, torch.float16),
             precision=Precision(accumulator_bits=24, operand_bits=None),
+            column_bitwise=True,  # BLOCK_N is fixed on GPUs: a column's arithmetic does not depend on N
         )
 
     def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:

@@ -80,6 +80,7 @@ class TritonW4A16Gemm(GemmBackend):
         out_dtypes=(torch.bfloat16, torch.float16),
         activation="bf16",
         precision=Precision(accumulator_bits=24, operand_bits=None),
+        column_bitwise=True,
     )
 
     def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
