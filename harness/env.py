@@ -75,6 +75,28 @@ def _driver_version() -> str | None:
         return None
 
 
+def physical_gpu() -> dict | None:
+    """The physical GPU this process computes on, as NVML sees it (NVML ignores
+    CUDA_VISIBLE_DEVICES): the device whose running compute processes include this PID.  Call after
+    CUDA has been used in this process.  None when NVML is unavailable."""
+    try:
+        import pynvml  # type: ignore
+
+        pynvml.nvmlInit()
+        pid = os.getpid()
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            procs = pynvml.nvmlDeviceGetComputeRunningProcesses(h)
+            if any(p.pid == pid for p in procs):
+                uuid = pynvml.nvmlDeviceGetUUID(h)
+                bus = pynvml.nvmlDeviceGetPciInfo(h).busId
+                return {"nvml_index": i, "uuid": uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+                        "pci_bus_id": bus.decode() if isinstance(bus, bytes) else str(bus)}
+    except Exception:  # noqa: BLE001 - NVML missing or restricted: no claim is made
+        return None
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def current() -> Environment:
     """The environment of this process (cached: it does not change within a process)."""

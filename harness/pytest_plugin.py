@@ -169,7 +169,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
             except (OSError, json.JSONDecodeError):
                 continue
             e = w.get("environment", {})
-            where = (f"GPU {w.get('gpu')} ({e.get('gpu_name')}, uuid {w.get('gpu_uuid', '?')})"
+            phys = w.get("physical_gpu") or {}
+            where = (f"GPU {w.get('gpu')} of CUDA_VISIBLE_DEVICES ({e.get('gpu_name')}; NVML: physical GPU "
+                     f"{phys.get('nvml_index', '?')}, {phys.get('uuid', '?')}, bus {phys.get('pci_bus_id', '?')})"
                      if e.get("device") == "cuda" else "CPU (Triton interpreter)")
             terminalreporter.write_line(f"  worker {w.get('worker')}: pid {w.get('pid')} on {where}")
 
@@ -206,7 +208,12 @@ class HarnessSession:
             if self.env.device == "cuda":
                 import torch
 
-                info["gpu_uuid"] = str(getattr(torch.cuda.get_device_properties(0), "uuid", ""))
+                from harness.env import physical_gpu
+
+                keep = torch.ones(1, device="cuda")  # this process now holds a CUDA context
+                torch.cuda.synchronize()
+                info["physical_gpu"] = physical_gpu()
+                del keep
             (self.results_dir / f"worker-{self.worker}.json").write_text(json.dumps(info, indent=2))
         return self._stream
 
