@@ -26,7 +26,9 @@ _START_ENV = "NVFP4_HARNESS_START"
 
 
 def _pin_worker_to_gpu() -> str | None:
-    """In an xdist worker, restrict CUDA to this worker's GPU (controller set the GPU list)."""
+    """In an xdist worker, restrict CUDA to this worker's GPU (controller set the GPU list).  The
+    controller also passes it in the worker's spawn environment (see pytest_configure); this is the
+    fallback for workers started some other way."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     gpus = os.environ.get(_GPU_LIST_ENV)
     if not worker or not gpus:
@@ -87,8 +89,11 @@ def _register_profiles() -> None:
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                          HealthCheck.filter_too_much, HealthCheck.differing_executors])
     db_path = Path(os.environ.get("NVFP4_HARNESS_DB", ".hypothesis/nvfp4-examples"))
-    settings.register_profile("ci", derandomize=True, max_examples=4, database=None, **common)
-    settings.register_profile("fuzz", max_examples=60, database=DirectoryBasedExampleDatabase(db_path), **common)
+    # no explain phase: it re-runs a failing case under a tracer, which makes Triton kernels crawl
+    phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
+    settings.register_profile("ci", derandomize=True, max_examples=4, database=None, phases=phases, **common)
+    settings.register_profile("fuzz", max_examples=60, database=DirectoryBasedExampleDatabase(db_path),
+                              phases=phases, **common)
     settings.register_profile("replay", max_examples=1, phases=[Phase.explicit, Phase.reuse],
                               database=DirectoryBasedExampleDatabase(db_path), **common)
 
@@ -99,8 +104,16 @@ def pytest_configure(config: pytest.Config) -> None:
     if worker is None:
         # controller (or plain run): decide the GPU list and the results dir for the workers
         gpus = _visible_gpus()
+        wpg = max(1, config.getoption("--nvfp4-workers-per-gpu"))
         os.environ[_GPU_LIST_ENV] = ",".join(gpus)
-        os.environ[_WPG_ENV] = str(config.getoption("--nvfp4-workers-per-gpu"))
+        os.environ[_WPG_ENV] = str(wpg)
+        tx = getattr(config.option, "tx", None)
+        if gpus and tx and all(t == "popen" for t in tx):
+            # each xdist worker gets its GPU in its environment before its interpreter starts (a
+            # worker that sets CUDA_VISIBLE_DEVICES itself can be too late: anything that touches
+            # CUDA at start-up fixes the device list); a restarted worker reuses its spec
+            config.option.tx = [f"popen//env:CUDA_VISIBLE_DEVICES={gpus[(i // wpg) % len(gpus)]}"
+                                for i in range(len(tx))]
         os.environ.setdefault(_START_ENV, str(time.time()))
         res = config.getoption("--nvfp4-results") or os.environ.get(_RESULTS_ENV) or "results"
         os.environ[_RESULTS_ENV] = str(Path(res).resolve())
