@@ -19,7 +19,9 @@ from harness.cases import load_case
 from harness.replay import trial_of
 from harness.runner import execute
 
-CASES_DIR = Path(__file__).parent / "cases"
+import os
+
+CASES_DIR = Path(os.environ.get("NVFP4_REGRESSIONS_DIR", Path(__file__).parent / "cases"))
 CASE_FILES = sorted(CASES_DIR.glob("*.json"))
 NOW_PASSING: list[str] = []
 
