@@ -36,7 +36,7 @@ def _kernel_device(t: torch.Tensor) -> torch.device:
     return t.device
 
 
-QUANT_TILES_GPU = (16, 8, 4)
+QUANT_TILES_GPU = (16, 16, 8)
 """(rows, k-blocks, warps) per quantizer program on a GPU (bench/quantizer_bandwidth.py sweeps it)."""
 
 
@@ -179,17 +179,9 @@ def _quantize_kernel(
     # packed data: real bytes, padding (rows >= rows or k-blocks >= kblocks) gets data_fill
     col = pid_k * BLOCK_KB * 8 + tl.arange(0, BLOCK_KB * 8)
     if EVEN:
-        # word stores: 4 consecutive bytes OR-ed into one int32 (disjoint bit fields, so a sum);
-        # here packed_ptr / scale_ptr are int32 views and stride_pr counts int32 words
-        shifts = tl.arange(0, 4) * 8
-        words = tl.sum(tl.reshape(byte, (BLOCK_R, BLOCK_KB * 2, 4)) << shifts[None, None, :], axis=2)
-        wc = pid_k * BLOCK_KB * 2 + tl.arange(0, BLOCK_KB * 2)
-        tl.store(packed_ptr + r[:, None].to(tl.int64) * stride_pr + wc[None, :], words)
-        # 4 consecutive k-blocks of a row are 4 consecutive bytes in every layout
-        sfw = tl.sum(tl.reshape(sf_code, (BLOCK_R, BLOCK_KB // 4, 4)) << shifts[None, None, :], axis=2)
-        kb4 = pid_k * BLOCK_KB + tl.arange(0, BLOCK_KB // 4) * 4
-        off_e = _scale_offset(r[:, None].to(tl.int64), kb4[None, :], sf_kb, LAYOUT) // 4
-        tl.store(scale_ptr + off_e, sfw)
+        tl.store(packed_ptr + r[:, None].to(tl.int64) * stride_pr + col[None, :], byte.to(tl.uint8))
+        off_e = _scale_offset(r[:, None].to(tl.int64), kb[None, :], sf_kb, LAYOUT)
+        tl.store(scale_ptr + off_e, sf_code.to(tl.uint8))
         return
     real_b = (r[:, None] < rows) & (col[None, :] < kblocks * 8)
     in_data = (r[:, None] < data_rows) & (col[None, :] < data_kbytes)
@@ -280,12 +272,9 @@ def quantize_into(
     pairs = x.dtype == torch.bfloat16 and x.stride(1) == 1 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0
     even = (pairs and rows % block_r == 0 and (k // 16) % block_kb == 0 and data_rows == rows and data_k == k
             and (sf_rows, sf_kb) == (rows, k // 16))
-    even = even and block_kb % 4 == 0 and packed.is_contiguous() and scales.is_contiguous()
     src = x.view(torch.int32) if pairs else x
-    p_arg = packed.view(torch.int32) if even else packed
-    s_arg = scales.view(torch.int32) if even else scales
     _quantize_kernel[grid](
-        src, src.stride(0), src.stride(1), gs, p_arg, p_arg.stride(0), s_arg,
+        src, src.stride(0), src.stride(1), gs, packed, packed.stride(0), scales,
         rows, k // 16, data_rows, data_k // 2, sf_rows, sf_kb,
         max(row_fill, 0), max(ktail_fill, 0), max(data_fill, 0),
         WRITE_ROW=row_fill != LEAVE, WRITE_KTAIL=ktail_fill != LEAVE, WRITE_DATA=data_fill != LEAVE,
