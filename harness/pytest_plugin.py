@@ -98,10 +98,14 @@ def _register_profiles() -> None:
                               database=DirectoryBasedExampleDatabase(db_path), **common)
 
 
+def _is_worker(config: pytest.Config) -> bool:
+    """An xdist worker (not a pytest run that merely inherited a worker's environment)."""
+    return hasattr(config, "workerinput")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "nvfp4: a property-suite case of nvfp4-harness")
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker is None:
+    if not _is_worker(config):
         # controller (or plain run): decide the GPU list and the results dir for the workers
         gpus = _visible_gpus()
         wpg = max(1, config.getoption("--nvfp4-workers-per-gpu"))
@@ -114,8 +118,8 @@ def pytest_configure(config: pytest.Config) -> None:
             # CUDA at start-up fixes the device list); a restarted worker reuses its spec
             config.option.tx = [f"popen//env:CUDA_VISIBLE_DEVICES={gpus[(i // wpg) % len(gpus)]}"
                                 for i in range(len(tx))]
-        os.environ.setdefault(_START_ENV, str(time.time()))
-        res = config.getoption("--nvfp4-results") or os.environ.get(_RESULTS_ENV) or "results"
+        os.environ[_START_ENV] = str(time.time())
+        res = config.getoption("--nvfp4-results") or "results"
         os.environ[_RESULTS_ENV] = str(Path(res).resolve())
     else:
         _pin_worker_to_gpu()
@@ -136,7 +140,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER") is None and _is_property_run(session.config):
+    if not _is_worker(session.config) and _is_property_run(session.config):
         from harness import env, records
 
         records.write_session(os.environ[_RESULTS_ENV], {
@@ -151,7 +155,7 @@ def _is_property_run(config: pytest.Config) -> bool:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER") is not None:
+    if _is_worker(session.config):
         return
     res = os.environ.get(_RESULTS_ENV)
     start = float(os.environ.get(_START_ENV, "0"))
@@ -199,7 +203,7 @@ class HarnessSession:
         from harness import env
 
         self.config = config
-        self.worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self.worker = config.workerinput["workerid"] if _is_worker(config) else "main"  # type: ignore[attr-defined]
         self.results_dir = Path(os.environ.get(_RESULTS_ENV, "results"))
         self.env = env.current()
         self.start = float(os.environ.get(_START_ENV, time.time()))
