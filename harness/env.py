@@ -30,7 +30,26 @@ def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
+        pass
+    # a package copied without its metadata (e.g. a slimmed wheel on PYTHONPATH): read its version
+    # file rather than importing it (importing flashinfer takes seconds)
+    import importlib.util
+    import re
+
+    module = {"flashinfer-python": "flashinfer"}.get(dist, dist.replace("-", "_"))
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
         return None
+    for loc in spec.submodule_search_locations:
+        for name in ("version.py", "_build_meta.py", "__init__.py"):
+            try:
+                text = open(os.path.join(loc, name), encoding="utf-8").read()
+            except OSError:
+                continue
+            m = re.search(r"""__version__\s*=\s*["']([^"']+)["']""", text)
+            if m:
+                return m.group(1) + " (no package metadata)"
+    return None
 
 
 @dataclass(frozen=True)
