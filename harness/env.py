@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import importlib.util
 import os
+import re
 import platform
 from dataclasses import asdict, dataclass
 
@@ -33,9 +35,6 @@ def _version(dist: str) -> str | None:
         pass
     # a package copied without its metadata (e.g. a slimmed wheel on PYTHONPATH): read its version
     # file rather than importing it (importing flashinfer takes seconds)
-    import importlib.util
-    import re
-
     module = {"flashinfer-python": "flashinfer"}.get(dist, dist.replace("-", "_"))
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
