@@ -92,18 +92,11 @@ def save_failure_case(results_dir: Path | str, trial: Trial, outcome: Outcome, l
 
 def read_records(results_dir: Path | str) -> tuple[list[dict], list[str]]:
     """All records of all workers, and warnings for lines that could not be read (a worker that
-    died mid-line leaves a truncated last line)."""
-    records, warnings = [], []
-    for path in sorted(Path(results_dir).glob("results-*.jsonl")):
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                warnings.append(f"{path.name}: line {i} is not complete JSON (worker ended mid-write); skipped")
-    return records, warnings
+    died mid-line leaves a truncated last line); the report's reader, shared."""
+    from harness.report import load_results
+
+    loaded = load_results(results_dir)
+    return loaded.records, loaded.warnings
 
 
 def totals(records: list[dict]) -> dict:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jinja2
 from markupsafe import Markup, escape
 
+from harness.pipeline import poison_kind
 from harness.report.svg import (OUTCOME_COLORS, PALETTE, GridError, Point, grid_legend_svg, grid_svg,
                                 outcome_bar_svg, parse_grid, scatter_svg)
 
@@ -233,17 +234,6 @@ def _problem_text(p: Any) -> str:
     if p.get("origin"):
         parts.append(str(p["origin"]))
     return " · ".join(parts)
-
-
-def poison_kind(byte: int) -> str:
-    """nan / max / zero / finite for an e4m3 fill byte (harness.pipeline.poison_kind, without torch)."""
-    if byte in (0x7F, 0xFF):
-        return "nan"
-    if byte == 0:
-        return "zero"
-    if byte in (0x7E, 0xFE):
-        return "max"
-    return "finite"
 
 
 def _poison_text(p: Any) -> str:
