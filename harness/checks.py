@@ -78,6 +78,9 @@ def reference_agreement(out: torch.Tensor, ref: Reference, bound: torch.Tensor,
     m, n = ref.value.shape
     real = out[..., :m, :n] if out.ndim == 2 else out.reshape(-1, out.shape[-1])[:m, :n]
     agr: Agreement = compare(real, ref, bound, out_dtype)
+    if agr.ok:
+        return PropertyResult("reference_agreement", True, f"max error {agr.max_err_units:.3g} x bound",
+                              {"max_err_units": agr.max_err_units, "violations": 0})
     rows, cols = padded_shape or (m, n)
     nonfinite = ~torch.isfinite(real)
     measure = {
@@ -107,6 +110,10 @@ def _isolation(prop: str, axis_name: str, clean: torch.Tensor, poisoned: torch.T
     # compared bit for bit like any other value)
     nonfinite = ~torch.isfinite(p) & torch.isfinite(c)
     bad = changed | nonfinite
+    if not bool(bad.any()):  # one host sync on the common, passing path
+        return PropertyResult(prop, True, f"real {axis_name} bit-identical with {region} poisoned ({poison_kind})",
+                              {"region": region, "poison_kind": poison_kind, "changed_rows": [],
+                               "changed_cols": [], "nan_rows": [], "max_change": 0.0, "changed_elements": 0})
     rows_changed = _rows_list(bad.any(dim=1))
     cols_changed = _rows_list(bad.any(dim=0))
     diff = (p.double() - c.double()).abs()

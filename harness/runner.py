@@ -142,10 +142,21 @@ class _Gemm:
     def digest(self) -> str | None:
         return self.first_ops.digest() if self.first_ops is not None else None
 
+    def _gs(self, which: str, t: torch.Tensor) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_gs_cache", {})
+        if which not in cache:
+            cache[which] = global_scale_encode_divisor(t.float().abs().amax()).reshape(1).to(t.device)
+        return cache[which]
+
     def ops(self, poison: Poison, x=None, w=None, **kw):
         req = self.b.requirements
         args = dict(a_layout=self.layout, w_layout=req.w_layout, n_align=req.n_align, k_align=req.k_align,
                     poison=poison, activation=req.activation)
+        # the problem's own tensors: their global scales once per case, not per operand build
+        if x is None:
+            args["gs_a"] = self._gs("a", self.x)
+        if w is None:
+            args["gs_w"] = self._gs("w", self.w)
         args.update(kw)
         ops = operands_from(self.x if x is None else x, self.w if w is None else w, self.p, **args)
         if self.first_ops is None:

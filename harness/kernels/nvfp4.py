@@ -123,6 +123,56 @@ def _e2m1_decode(c):
     return tl.where((c & 8) != 0, -v, v)
 
 
+@triton.jit
+def _block_scales(amax, gs):
+    """Block-scale byte and element multiplier from the block amax (harness.format's order)."""
+    sf_code = _e4m3_encode_nonneg(tl.div_rn(gs * amax, 6.0))
+    sf_val = _e4m3_decode(sf_code)
+    nonzero = sf_val != 0.0
+    inv = tl.where(nonzero, tl.div_rn(1.0, tl.div_rn(tl.where(nonzero, sf_val, 1.0), gs)), 0.0)
+    return sf_code, inv
+
+
+@triton.jit
+def _store_bytes(packed_ptr, stride_pr, rr, cc, byte, real, data_rows, data_kbytes, data_fill,
+                 WRITE_DATA: tl.constexpr, EVEN: tl.constexpr):
+    """Store packed bytes at rows ``rr`` x byte columns ``cc`` (broadcastable index tensors); padding
+    (not ``real``) inside the allocation gets ``data_fill`` unless WRITE_DATA is off."""
+    ptr = packed_ptr + rr.to(tl.int64) * stride_pr + cc
+    if EVEN:
+        tl.store(ptr, byte.to(tl.uint8))
+    else:
+        in_data = (rr < data_rows) & (cc < data_kbytes)
+        if WRITE_DATA:
+            tl.store(ptr, tl.where(real, byte, data_fill).to(tl.uint8), mask=in_data)
+        else:
+            tl.store(ptr, byte.to(tl.uint8), mask=in_data & real)
+
+
+@triton.jit
+def _store_scales(scale_ptr, r, kb, sf_code, rows, kblocks, sf_rows, sf_kb, row_fill, ktail_fill,
+                  WRITE_ROW: tl.constexpr, WRITE_KTAIL: tl.constexpr, LAYOUT: tl.constexpr, EVEN: tl.constexpr):
+    """Scales of rows ``r`` x k-blocks ``kb`` at their layout offsets: real, row padding and K tail,
+    each padding region with its own fill (or left alone)."""
+    r2 = r[:, None]
+    kb2 = kb[None, :]
+    off = _scale_offset(r2.to(tl.int64), kb2, sf_kb, LAYOUT)
+    if EVEN:
+        tl.store(scale_ptr + off, sf_code.to(tl.uint8))
+    else:
+        in_sf = (r2 < sf_rows) & (kb2 < sf_kb)
+        real2 = (r2 < rows) & (kb2 < kblocks)
+        rowpad = r2 >= rows
+        ktail = (r2 < rows) & (kb2 >= kblocks)
+        sval = tl.where(real2, sf_code, tl.where(rowpad, row_fill, ktail_fill))
+        smask = in_sf & real2
+        if WRITE_ROW:
+            smask = smask | (in_sf & rowpad)
+        if WRITE_KTAIL:
+            smask = smask | (in_sf & ktail)
+        tl.store(scale_ptr + off, sval.to(tl.uint8), mask=smask)
+
+
 # sizes and fills are not specialized: a fuzz run sees thousands of shapes and must not compile each
 @triton.jit(do_not_specialize=["rows", "kblocks", "data_rows", "data_kbytes", "sf_rows", "sf_kb",
                                "row_fill", "ktail_fill", "data_fill"])
@@ -144,18 +194,25 @@ def _quantize_kernel(
     kb = pid_k * BLOCK_KB + tl.arange(0, BLOCK_KB)
     gs = tl.load(gs_ptr)
     if BF16_PAIRS:
-        # bf16 rows read as int32 words (element pairs): one coalesced load, and the even/odd
-        # split is two integer shifts (bf16 -> fp32 is exact: the high half of the fp32 bits)
-        wcol = pid_k * BLOCK_KB * 8 + tl.arange(0, BLOCK_KB * 8)
-        wptr = x_ptr + r[:, None].to(tl.int64) * stride_xr + wcol[None, :]
+        # bf16 rows read as int32 words (element pairs) in a [rows, k-blocks, 8 words] tile: the
+        # block max and the scale broadcast stay in one register layout, and the even/odd split
+        # is two integer shifts (bf16 -> fp32 is exact: the high half of the fp32 bits)
+        r3 = r[:, None, None]
+        kb3 = kb[None, :, None]
+        col3 = kb3 * 8 + tl.arange(0, 8)[None, None, :]
+        real3 = (r3 < rows) & (kb3 < kblocks)
+        wptr = x_ptr + r3.to(tl.int64) * stride_xr + col3
         if EVEN:
             word = tl.load(wptr)
         else:
-            word = tl.load(wptr, mask=(r[:, None] < rows) & (wcol[None, :] < kblocks * 8), other=0)
+            word = tl.load(wptr, mask=real3, other=0)
         xe = (word << 16).to(tl.float32, bitcast=True)
         xo = (word & -65536).to(tl.float32, bitcast=True)
-        pair_max = tl.reshape(tl.maximum(tl.abs(xe), tl.abs(xo)), (BLOCK_R, BLOCK_KB, 8))
-        amax = tl.max(pair_max, axis=2)
+        amax = tl.max(tl.maximum(tl.abs(xe), tl.abs(xo)), axis=2)
+        sf_code, inv = _block_scales(amax, gs)
+        byte = _e2m1_encode(xe * inv[:, :, None]) | (_e2m1_encode(xo * inv[:, :, None]) << 4)
+        _store_bytes(packed_ptr, stride_pr, r3, col3, byte, real3, data_rows, data_kbytes, data_fill,
+                     WRITE_DATA, EVEN)
     else:
         # one contiguous, coalesced load of the tile [BLOCK_R, BLOCK_KB * 16]
         k = pid_k * BLOCK_KB * 16 + tl.arange(0, BLOCK_KB * 16)
@@ -163,50 +220,15 @@ def _quantize_kernel(
         x = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xr + k[None, :] * stride_xk,
                     mask=real_x, other=0.0).to(tl.float32)
         x3 = tl.reshape(x, (BLOCK_R, BLOCK_KB, 16))
-        amax = tl.max(tl.abs(x3), axis=2)
-    sf_code = _e4m3_encode_nonneg(tl.div_rn(gs * amax, 6.0))
-    sf_val = _e4m3_decode(sf_code)
-    nonzero = sf_val != 0.0
-    inv = tl.where(nonzero, tl.div_rn(1.0, tl.div_rn(tl.where(nonzero, sf_val, 1.0), gs)), 0.0)
-    if BF16_PAIRS:
-        inv_w = tl.reshape(tl.broadcast_to(inv[:, :, None], (BLOCK_R, BLOCK_KB, 8)), (BLOCK_R, BLOCK_KB * 8))
-        byte = _e2m1_encode(xe * inv_w) | (_e2m1_encode(xo * inv_w) << 4)
-    else:
-        q = tl.reshape(x3 * inv[:, :, None], (BLOCK_R, BLOCK_KB * 8, 2))
-        qe, qo = tl.split(q)
+        sf_code, inv = _block_scales(tl.max(tl.abs(x3), axis=2), gs)
+        qe, qo = tl.split(tl.reshape(x3 * inv[:, :, None], (BLOCK_R, BLOCK_KB * 8, 2)))
         byte = _e2m1_encode(qe) | (_e2m1_encode(qo) << 4)  # [BLOCK_R, BLOCK_KB * 8]
-
-    # packed data: real bytes, padding (rows >= rows or k-blocks >= kblocks) gets data_fill
-    col = pid_k * BLOCK_KB * 8 + tl.arange(0, BLOCK_KB * 8)
-    if EVEN:
-        tl.store(packed_ptr + r[:, None].to(tl.int64) * stride_pr + col[None, :], byte.to(tl.uint8))
-        off_e = _scale_offset(r[:, None].to(tl.int64), kb[None, :], sf_kb, LAYOUT)
-        tl.store(scale_ptr + off_e, sf_code.to(tl.uint8))
-        return
-    real_b = (r[:, None] < rows) & (col[None, :] < kblocks * 8)
-    in_data = (r[:, None] < data_rows) & (col[None, :] < data_kbytes)
-    dbyte = tl.where(real_b, byte, data_fill)
-    if WRITE_DATA:
-        dmask = in_data
-    else:
-        dmask = in_data & real_b
-    tl.store(packed_ptr + r[:, None].to(tl.int64) * stride_pr + col[None, :], dbyte.to(tl.uint8), mask=dmask)
-
-    # scales: real, row padding, K tail; each padding region with its own fill
-    r2 = r[:, None]
-    kb2 = kb[None, :]
-    in_sf = (r2 < sf_rows) & (kb2 < sf_kb)
-    real2 = (r2 < rows) & (kb2 < kblocks)
-    rowpad = r2 >= rows
-    ktail = (r2 < rows) & (kb2 >= kblocks)
-    sval = tl.where(real2, sf_code, tl.where(rowpad, row_fill, ktail_fill))
-    smask = in_sf & real2
-    if WRITE_ROW:
-        smask = smask | (in_sf & rowpad)
-    if WRITE_KTAIL:
-        smask = smask | (in_sf & ktail)
-    off = _scale_offset(r2.to(tl.int64), kb2, sf_kb, LAYOUT)
-    tl.store(scale_ptr + off, sval.to(tl.uint8), mask=smask)
+        col = pid_k * BLOCK_KB * 8 + tl.arange(0, BLOCK_KB * 8)
+        real_b = (r[:, None] < rows) & (col[None, :] < kblocks * 8)
+        _store_bytes(packed_ptr, stride_pr, r[:, None], col[None, :], byte, real_b, data_rows, data_kbytes,
+                     data_fill, WRITE_DATA, EVEN)
+    _store_scales(scale_ptr, r, kb, sf_code, rows, kblocks, sf_rows, sf_kb, row_fill, ktail_fill,
+                  WRITE_ROW, WRITE_KTAIL, LAYOUT, EVEN)
 
 
 def quantize_into(
