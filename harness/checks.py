@@ -104,6 +104,11 @@ def _isolation(prop: str, axis_name: str, clean: torch.Tensor, poisoned: torch.T
                region: str, poison_kind: str) -> PropertyResult:
     c = clean[:m, :n]
     p = poisoned[:m, :n]
+    bits = torch.int16 if c.element_size() == 2 else torch.int32
+    if torch.equal(c.contiguous().view(bits), p.contiguous().view(bits)):  # the passing path: one op
+        return PropertyResult(prop, True, f"real {axis_name} bit-identical with {region} poisoned ({poison_kind})",
+                              {"region": region, "poison_kind": poison_kind, "changed_rows": [],
+                               "changed_cols": [], "nan_rows": [], "max_change": 0.0, "changed_elements": 0})
     changed = c.view(torch.int16 if c.element_size() == 2 else torch.int32) != \
         p.view(torch.int16 if p.element_size() == 2 else torch.int32)
     # NaN/Inf the poison introduced (a clean output that overflows to inf is legitimate and is

@@ -142,6 +142,13 @@ def compare(out: torch.Tensor, ref: Reference, bound: torch.Tensor, out_dtype: t
     o = out.double()
     r = ref.value.to(o.device)
     b = bound.to(o.device)
+    if o.numel():
+        # the common, passing path: two reductions and one host sync (NaN/Inf make it fall through)
+        quick = torch.nan_to_num((o - r).abs() / b.clamp_min(torch.finfo(torch.float64).tiny),
+                                 nan=float("inf")).max().item()
+        if quick <= 1.0:
+            return Agreement(ok=True, max_err_units=quick, max_err_abs=float("nan"), argmax=None,
+                             violations=0, nan_rows=[], bad=None)
     _, _, fmax = _OUT[out_dtype]
     err = (o - r).abs()
     finite = torch.isfinite(o)

@@ -194,25 +194,24 @@ def _quantize_kernel(
     kb = pid_k * BLOCK_KB + tl.arange(0, BLOCK_KB)
     gs = tl.load(gs_ptr)
     if BF16_PAIRS:
-        # bf16 rows read as int32 words (element pairs) in a [rows, k-blocks, 8 words] tile: the
-        # block max and the scale broadcast stay in one register layout, and the even/odd split
-        # is two integer shifts (bf16 -> fp32 is exact: the high half of the fp32 bits)
-        r3 = r[:, None, None]
-        kb3 = kb[None, :, None]
-        col3 = kb3 * 8 + tl.arange(0, 8)[None, None, :]
-        real3 = (r3 < rows) & (kb3 < kblocks)
-        wptr = x_ptr + r3.to(tl.int64) * stride_xr + col3
+        # bf16 rows read as int32 words (element pairs): one coalesced 2-D load (measured faster on
+        # H200 than a 3-D [rows, k-blocks, 8] tile), and the even/odd split is two integer shifts
+        # (bf16 -> fp32 is exact: the high half of the fp32 bits); word column == output byte column
+        wcol = pid_k * BLOCK_KB * 8 + tl.arange(0, BLOCK_KB * 8)
+        real_w = (r[:, None] < rows) & (wcol[None, :] < kblocks * 8)
+        wptr = x_ptr + r[:, None].to(tl.int64) * stride_xr + wcol[None, :]
         if EVEN:
             word = tl.load(wptr)
         else:
-            word = tl.load(wptr, mask=real3, other=0)
+            word = tl.load(wptr, mask=real_w, other=0)
         xe = (word << 16).to(tl.float32, bitcast=True)
         xo = (word & -65536).to(tl.float32, bitcast=True)
-        amax = tl.max(tl.maximum(tl.abs(xe), tl.abs(xo)), axis=2)
+        amax = tl.max(tl.reshape(tl.maximum(tl.abs(xe), tl.abs(xo)), (BLOCK_R, BLOCK_KB, 8)), axis=2)
         sf_code, inv = _block_scales(amax, gs)
-        byte = _e2m1_encode(xe * inv[:, :, None]) | (_e2m1_encode(xo * inv[:, :, None]) << 4)
-        _store_bytes(packed_ptr, stride_pr, r3, col3, byte, real3, data_rows, data_kbytes, data_fill,
-                     WRITE_DATA, EVEN)
+        inv_w = tl.reshape(tl.broadcast_to(inv[:, :, None], (BLOCK_R, BLOCK_KB, 8)), (BLOCK_R, BLOCK_KB * 8))
+        byte = _e2m1_encode(xe * inv_w) | (_e2m1_encode(xo * inv_w) << 4)
+        _store_bytes(packed_ptr, stride_pr, r[:, None], wcol[None, :], byte, real_w, data_rows, data_kbytes,
+                     data_fill, WRITE_DATA, EVEN)
     else:
         # one contiguous, coalesced load of the tile [BLOCK_R, BLOCK_KB * 16]
         k = pid_k * BLOCK_KB * 16 + tl.arange(0, BLOCK_KB * 16)
