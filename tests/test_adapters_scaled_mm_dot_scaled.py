@@ -175,7 +175,7 @@ def test_dot_scaled_compile_failure_summary():
 
 def test_dot_scaled_checks_operands():
     ops = build_gemm_operands(GemmProblem(m=3, n=16, k=32), a_layout=L.SWIZZLED_128x4, w_layout=L.LINEAR)
-    with pytest.raises(ValueError, match="weight scales in '128x4'; got '128x4' and 'linear'"):
+    with pytest.raises(ValueError, match="weight scales are in layout 'linear'; expected '128x4'"):
         DOT.run(ops)
 
 

@@ -186,18 +186,8 @@ class TritonDotScaled(GemmBackend):
         return Support(True, f"native block-scaled MMA on {env.gpu_name} (SM{cc}), Triton {triton.__version__}")
 
     def _check(self, ops: "GemmOperands", out: torch.Tensor | None) -> torch.Tensor:
-        req = self.requirements
+        self.check_operands(ops, out)
         a, w = ops.a, ops.w
-        if ops.a_dense is not None:
-            raise ValueError(f"{self.name}: operands carry dense (W4A16) activations; tl.dot_scaled takes e2m1 "
-                             f"on both sides")
-        if a.layout not in req.a_layouts or w.layout is not req.w_layout:
-            raise ValueError(f"{self.name}: reads activation scales in {[x.value for x in req.a_layouts]} and weight "
-                             f"scales in {req.w_layout.value!r}; got {a.layout.value!r} and {w.layout.value!r}")
-        if a.k_alloc != w.k_alloc:
-            raise ValueError(f"{self.name}: activation K ({a.k_alloc}) and weight K ({w.k_alloc}) allocations differ")
-        if ops.out_dtype not in req.out_dtypes:
-            raise ValueError(f"{self.name}: out_dtype={ops.out_dtype} not in {list(req.out_dtypes)}")
         dev = a.packed.device
         want = (ops.m, w.rows_alloc)
         if out is None:

@@ -268,25 +268,12 @@ class FlashInferMmFp4(GemmBackend):
 
     # -- prepare / run ---------------------------------------------------------------------------
     def _check_operands(self, ops: "GemmOperands", out: torch.Tensor | None) -> None:
-        req = self.requirements
+        # the output dtype is left to mm_fp4's own requirement checks, whose refusal the harness reports
+        self.check_operands(ops, out, check_out_dtype=False)
         a, w = ops.a, ops.w
-        if ops.a_dense is not None:
-            raise ValueError(f"{self.name}: operands carry dense (W4A16) activations; mm_fp4 takes NVFP4 activations")
-        if a.layout not in req.a_layouts:
-            raise ValueError(f"{self.name}: activation scales are in layout {a.layout.value!r}; this backend reads "
-                             f"{[x.value for x in req.a_layouts]} (use_8x4_sf_layout={self.use_8x4_sf_layout})")
-        if w.layout is not req.w_layout:
-            raise ValueError(f"{self.name}: weight scales are in layout {w.layout.value!r}; expected "
-                             f"{req.w_layout.value!r}")
-        if a.k_alloc != w.k_alloc:
-            raise ValueError(f"{self.name}: activation K ({a.k_alloc}) and weight K ({w.k_alloc}) allocations differ")
         if a.packed.dtype != torch.uint8 or w.packed.dtype != torch.uint8:
             raise ValueError(f"{self.name}: packed operands must be uint8, got {a.packed.dtype} and {w.packed.dtype}")
         if out is not None:
-            want = (ops.m, w.rows_alloc)
-            if tuple(out.shape) != want or out.dtype != ops.out_dtype or out.device != a.packed.device:
-                raise ValueError(f"{self.name}: out buffer is {tuple(out.shape)} {out.dtype} on {out.device}; "
-                                 f"expected {want} {ops.out_dtype} on {a.packed.device}")
             if not out.is_contiguous():
                 # gemm_base._cutlass_gemm_fp4_requirement; trtllm's CHECK_INPUT(out) likewise
                 raise ValueError(f"{self.name}: out buffer must be contiguous, got strides {tuple(out.stride())}")

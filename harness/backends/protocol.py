@@ -142,6 +142,33 @@ class Backend(abc.ABC):
 class GemmBackend(Backend):
     level: ClassVar[Level] = "gemm"
 
+    def check_operands(self, ops: "GemmOperands", out: torch.Tensor | None = None, *,
+                       check_out_dtype: bool = True) -> None:
+        """Raise ValueError, naming what differs, when ``ops`` (and ``out``) break what this backend
+        declared: activation kind, scale layouts, one K allocation for both operands, output dtype
+        (unless an adapter leaves that refusal to its library), output buffer [m, n_alloc] of that
+        dtype on the operands' device."""
+        req = self.requirements
+        a, w = ops.a, ops.w
+        if req.activation == "nvfp4" and ops.a_dense is not None:
+            raise ValueError(f"{self.name}: operands carry dense (W4A16) activations; this backend takes NVFP4 "
+                             f"activations")
+        if a.layout not in req.a_layouts:
+            raise ValueError(f"{self.name}: activation scales are in layout {a.layout.value!r}; this backend reads "
+                             f"{[x.value for x in req.a_layouts]}")
+        if w.layout is not req.w_layout:
+            raise ValueError(f"{self.name}: weight scales are in layout {w.layout.value!r}; expected "
+                             f"{req.w_layout.value!r}")
+        if a.k_alloc != w.k_alloc:
+            raise ValueError(f"{self.name}: activation K ({a.k_alloc}) and weight K ({w.k_alloc}) allocations differ")
+        if check_out_dtype and ops.out_dtype not in req.out_dtypes:
+            raise ValueError(f"{self.name}: out_dtype={ops.out_dtype} not in {list(req.out_dtypes)}")
+        if out is not None:
+            want, dev = (ops.m, w.rows_alloc), a.packed.device
+            if tuple(out.shape) != want or out.dtype != ops.out_dtype or out.device != dev:
+                raise ValueError(f"{self.name}: out buffer is {tuple(out.shape)} {out.dtype} on {out.device}; "
+                                 f"expected {want} {ops.out_dtype} on {dev}")
+
     @abc.abstractmethod
     def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
         """Compute ``alpha * A @ W^T`` over the padded operands.

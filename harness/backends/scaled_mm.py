@@ -80,22 +80,8 @@ class TorchScaledMm(GemmBackend):
         return Support(True, f"runs on {env.gpu_name} (SM{cc}) through cuBLASLt {torch.version.cuda}")
 
     def _check_operands(self, ops: "GemmOperands", out: torch.Tensor | None) -> None:
-        a, w = ops.a, ops.w
-        if ops.a_dense is not None:
-            raise ValueError(f"{self.name}: operands carry dense (W4A16) activations; _scaled_mm takes NVFP4 "
-                             f"on both sides")
-        if a.layout is not ScaleLayout.SWIZZLED_128x4 or w.layout is not ScaleLayout.SWIZZLED_128x4:
-            raise ValueError(f"{self.name}: scales must be 128x4-swizzled (cuBLASLt's VEC16_UE4M3 layout); got "
-                             f"activation {a.layout.value!r}, weight {w.layout.value!r}")
-        if a.k_alloc != w.k_alloc:
-            raise ValueError(f"{self.name}: activation K ({a.k_alloc}) and weight K ({w.k_alloc}) allocations differ")
-        if ops.out_dtype not in self.requirements.out_dtypes:
-            raise ValueError(f"{self.name}: out_dtype={ops.out_dtype} not in {list(self.requirements.out_dtypes)}")
-        if out is not None:
-            want = (ops.m, w.rows_alloc)
-            if tuple(out.shape) != want or out.dtype != ops.out_dtype or out.device != a.packed.device:
-                raise ValueError(f"{self.name}: out buffer is {tuple(out.shape)} {out.dtype} on {out.device}; "
-                                 f"expected {want} {ops.out_dtype} on {a.packed.device}")
+        # declared: 128x4-swizzled scales on both sides (cuBLASLt's VEC16_UE4M3 layout)
+        self.check_operands(ops, out)
 
     def prepare(self, ops: "GemmOperands") -> dict[str, Any]:
         """Keyword arguments of ``torch._scaled_mm`` for ``ops`` (views only; nothing is computed)."""
