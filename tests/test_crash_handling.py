@@ -1,0 +1,54 @@
+"""A sticky CUDA error (illegal address) inside a backend is recorded as a crash of that case, the
+worker process ends so no later case runs on a broken context, xdist replaces the worker, and the
+rest of the session still runs and is recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+PLUGIN = '''
+import torch
+from harness.backends.protocol import GemmBackend, Requirements
+
+class StickyErrorGemm(GemmBackend):
+    """Raises what PyTorch raises after a kernel touched an illegal address."""
+    name = "test-sticky-cuda-error"
+    requirements = Requirements(runs_on_cpu=True)
+
+    def run(self, ops, out=None):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\\n"
+                           "CUDA kernel errors might be asynchronously reported at some other API call")
+
+def backends():
+    return [StickyErrorGemm()]
+'''
+
+
+def test_sticky_cuda_error_is_a_crash_and_the_session_goes_on(tmp_path):
+    plugin = tmp_path / "sticky_plugin.py"
+    plugin.write_text(PLUGIN)
+    results = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "NVFP4_HARNESS"))}
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", str(REPO / "properties"), "-q", "-p", "no:cacheprovider", "-n", "1",
+         "--nvfp4-plugin", str(plugin), "--nvfp4-backends", "test-sticky-cuda-error,triton-emu-8x4",
+         "--nvfp4-properties", "determinism,output_coverage", "--nvfp4-results", str(results)],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-3000:]
+    assert "crashed" in out and ("replacing crashed worker" in out or "worker 'gw0' crashed" in out), out[-3000:]
+    records = [json.loads(line) for f in results.glob("results-*.jsonl") for line in f.read_text().splitlines()]
+    crashes = [r for r in records if r["outcome"] == "crash"]
+    assert crashes and all(r["backend"] == "test-sticky-cuda-error" for r in crashes)
+    assert "illegal memory access" in crashes[0]["reason"]
+    # the correct backend's tests ran too, on a replacement worker, and were recorded
+    passes = {r["property"] for r in records if r["backend"] == "triton-emu-8x4" and r["outcome"] == "pass"}
+    assert passes == {"determinism", "output_coverage"}
+    session = json.loads((results / "session.json").read_text())
+    assert session["totals"]["crash"] == len(crashes)
