@@ -39,19 +39,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize(("backend_name", "property_name"), _pairs(metafunc.config))
 
 
-@given(data=st.data())
-def test_property(nvfp4_session, backend_name: str, property_name: str, request, data) -> None:
-    backend = registry.get(backend_name)
-    support = backend.support(nvfp4_session.env)
+@pytest.fixture
+def backend(nvfp4_session, backend_name: str, property_name: str, request):
+    """The backend under test, or a recorded skip: checked once per test, before Hypothesis starts
+    (a skip in the middle of a Hypothesis run would make its data generation inconsistent).  The
+    time budget is checked here too, so a test that has started runs its examples to the end."""
+    b = registry.get(backend_name)
+    support = b.support(nvfp4_session.env)
     if not support:
-        nvfp4_session.record_skip(backend, property_name, support.reason, request.node.nodeid)
+        nvfp4_session.record_skip(b, property_name, support.reason, request.node.nodeid)
         pytest.skip(f"{backend_name}: {support.reason}")
     if nvfp4_session.over_budget():
-        nvfp4_session.record_skip(backend, property_name, "time budget (--nvfp4-budget) exhausted",
-                                  request.node.nodeid)
+        nvfp4_session.record_skip(b, property_name, "time budget (--nvfp4-budget) exhausted", request.node.nodeid)
         pytest.skip("time budget (--nvfp4-budget) exhausted")
+    return b
+
+
+@given(data=st.data())
+def test_property(nvfp4_session, backend, property_name: str, request, data) -> None:
     trial = data.draw(suite.trials(backend, property_name, suite.sizes_for(env.current().device)), label="trial")
     outcome = nvfp4_session.run(trial, request.node.nodeid)
     if outcome.status == "skip":
         pytest.skip(outcome.reason)
-    assert outcome.status == "pass", f"{backend_name} {property_name}: {outcome.reason}"
+    assert outcome.status == "pass", f"{backend.name} {property_name}: {outcome.reason}"
