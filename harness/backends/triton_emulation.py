@@ -183,6 +183,16 @@ def _check_kblocks(t: "QuantizedTensor", name: str) -> None:
         raise ValueError(f"{name}: scale buffer {tuple(t.scales.shape)} does not cover k_alloc={t.k_alloc}")
 
 
+def launch_setup(ops: "GemmOperands", out: torch.Tensor | None, device: torch.device):
+    """What every emulation GEMM launch needs: the output buffer, alpha as an fp32 device scalar,
+    the tiles and the grid over [m, n_alloc]."""
+    out = check_out(ops, out, device)
+    block_m, block_n, kb_step = gemm_tiles(ops.m, ops.w.rows_alloc)
+    alpha = ops.alpha.reshape(1).to(device=device, dtype=torch.float32)
+    grid = (triton.cdiv(ops.m, block_m), triton.cdiv(ops.w.rows_alloc, block_n))
+    return out, alpha, grid, block_m, block_n, kb_step
+
+
 def nvfp4_gemm(ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
     """Run the emulation kernel on ``ops`` with whatever scale layouts its operands carry."""
     a, w = ops.a, ops.w
@@ -190,12 +200,8 @@ def nvfp4_gemm(ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Te
         raise ValueError(f"A and W are allocated with different K ({a.k_alloc} vs {w.k_alloc})")
     _check_kblocks(a, "A")
     _check_kblocks(w, "W")
-    dev = a.packed.device
-    out = check_out(ops, out, dev)
+    out, alpha, grid, block_m, block_n, kb_step = launch_setup(ops, out, a.packed.device)
     m, n_alloc = ops.m, w.rows_alloc
-    block_m, block_n, kb_step = gemm_tiles(m, n_alloc)
-    alpha = ops.alpha.reshape(1).to(device=dev, dtype=torch.float32)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n_alloc, block_n))
     _nvfp4_gemm_kernel[grid](
         a.packed, a.packed.stride(0), a.scales, a.scales.shape[1],
         w.packed, w.packed.stride(0), w.scales, w.scales.shape[1],

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from harness.backends.protocol import GemmBackend, Precision, Requirements, Unsupported
-from harness.backends.triton_emulation import (_dot, _nvfp4_tile, _store_out, check_out, gemm_tiles, interpreting,
+from harness.backends.triton_emulation import (_dot, _nvfp4_tile, _store_out, interpreting, launch_setup,
                                                out_view)
 from harness.format import BLOCK_SIZE
 from harness.kernels.nvfp4 import LAYOUT_ID
@@ -98,12 +98,8 @@ class TritonW4A16Gemm(GemmBackend):
             raise ValueError(f"{self.name}: dense activations {tuple(x.shape)}, expected {(ops.m, w.k_alloc)}")
         if w.scales.shape[1] < w.k_alloc // BLOCK_SIZE:
             raise ValueError(f"{self.name}: W scale buffer {tuple(w.scales.shape)} does not cover k_alloc={w.k_alloc}")
-        dev = w.packed.device
-        out = check_out(ops, out, dev)
+        out, alpha, grid, block_m, block_n, kb_step = launch_setup(ops, out, w.packed.device)
         m, n_alloc = ops.m, w.rows_alloc
-        block_m, block_n, kb_step = gemm_tiles(m, n_alloc)
-        alpha = ops.alpha.reshape(1).to(device=dev, dtype=torch.float32)
-        grid = (triton.cdiv(m, block_m), triton.cdiv(n_alloc, block_n))
         _w4a16_kernel[grid](
             x, x.stride(0), x.stride(1),
             w.packed, w.packed.stride(0), w.scales, w.scales.shape[1],
