@@ -93,7 +93,6 @@ def hunt(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Sc
         score.caught_by = prop
         score.examples = h.first_fail_examples
         score.seconds = round((h.t0 - t_all) + (h.first_fail_s or 0.0), 3)  # from the start of this mutant's hunt
-        score.total_seconds = round(time.perf_counter() - t_all, 3)
         score.minimized = minimal.to_dict()
         final = execute(minimal)
         score.failure = final.reason
