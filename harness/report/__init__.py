@@ -351,6 +351,17 @@ def _failure_view(idx: int, rec: Mapping | None, case: "Case | None", case_ref: 
         v = measure.get(key, observed.get(key))
         if v is not None:
             details.append((key, str(v)))
+    findings = measure.get("findings") or (observed.get("sanitizer") or {}).get("findings") or []
+    if isinstance(findings, list) and findings:  # compute-sanitizer findings (harness.sanitizer)
+        from harness.sanitizer import Finding
+
+        for f in findings[:8]:
+            try:
+                details.append(("finding", Finding.from_dict(f).line()))
+            except (TypeError, ValueError, AttributeError):
+                warnings.append(f"{rec.get('_source', case_ref)}: an unreadable sanitizer finding was left out")
+        if len(findings) > 8:
+            details.append(("finding", f"… {len(findings) - 8} more"))
     grid_html: Markup | None = None
     grid_note = ""
     if "grid" in measure and idx > MAX_GRIDS:
