@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Capture compute-sanitizer output of harness runs as test data for harness/sanitizer.py's parser
+# Capture compute-sanitizer output of harness runs as test data for harness/sanitizer/findings.py's parser
 # (tests/data/sanitizer/): the text it prints and the XML it saves, for initcheck on the
 # unwritten-padding mutant, memcheck on the write-past and read-past mutants, a clean run of each
 # tool and racecheck on the emulation GEMM.  Usage: bench/sanitizer_capture.sh OUTDIR (on a GPU node)

@@ -32,10 +32,9 @@ def main() -> int:
     args = ap.parse_args()
 
     from harness import env
-    from harness import sanitizer as sz
     from harness.backends import registry
     from harness.cases import load_case
-    from harness.replay import trial_of
+    from harness.sanitizer import run as sz
 
     e = env.current()
     doc: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "environment": e.to_dict(),
@@ -52,7 +51,7 @@ def main() -> int:
         return 4
     doc["sanitizer"] = subprocess.run([path, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
 
-    chosen = [(trial_of(load_case(p)), f"corpus:{p.name}") for p in sz.cases_in([args.corpus])]
+    chosen = [(load_case(p).trial(), f"corpus:{p.name}") for p in sz.cases_in([args.corpus])]
     names = sz._backend_names(args.backends)
     chosen += [(t, "sample") for t in sz.sample_trials(names, args.sample, args.seed)]
     t_all = time.perf_counter()

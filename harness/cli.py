@@ -82,7 +82,7 @@ def cmd_fuzz(args) -> int:
         for name in args.backends.split(","):
             registry.get(name.strip())
     if args.properties != "all":
-        from harness.checks import PROPERTIES
+        from harness.trial import PROPERTIES
 
         for p in args.properties.split(","):
             if p.strip() not in PROPERTIES:
@@ -102,11 +102,11 @@ def cmd_fuzz(args) -> int:
         cmd += ["--nvfp4-plugin", spec]
     print("running:", " ".join(cmd), flush=True)
     rc = subprocess.call(cmd, cwd=str(REPO_ROOT))
-    from harness import records
     from harness.report import render_report
+    from harness.results import finalize
 
     if any(results.glob("results-*.jsonl")):
-        records.finalize(results)
+        finalize(results)
         out = render_report(results, Path(args.report))
         print(f"report: {out}")
     else:
@@ -120,7 +120,7 @@ def cmd_replay(args) -> int:
 
     _load_plugins(args.plugin)
     if args.sanitize:
-        from harness.sanitizer import replay_command_line
+        from harness.sanitizer.run import replay_command_line
 
         return replay_command_line(args.case, backend=args.backend, tool=args.tool, sanitizer=args.sanitizer)
     r = replay(args.case, backend=args.backend)
@@ -149,7 +149,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_sanitize(args) -> int:
-    from harness.sanitizer import command
+    from harness.sanitizer.run import command
 
     _load_plugins(args.plugin)
     return command(args.targets, sample=args.sample, backends=args.backends, seed=args.seed,

@@ -82,7 +82,7 @@ class PlantedBug:
     #: the correct backend this mutant was copied from
     parent: ClassVar[str] = ""
     #: which oracle must catch it: "properties" (harness.selftest) or "sanitizer" (the mutants whose
-    #: bug changes no result, caught only by compute-sanitizer: harness.sanitizer.selftest)
+    #: bug changes no result, caught only by compute-sanitizer: harness.sanitizer.run.selftest)
     oracle: ClassVar[str] = "properties"
 
     def describe(self) -> dict:
@@ -526,7 +526,7 @@ class CompiledOutQuantizer(QuantizerMutant):
 # ----------------------------------------------------------------------------------------------
 # Their bugs change no output byte a property looks at (a value read and discarded, a product
 # masked away, a store outside every buffer the harness reads back), so the poison properties
-# cannot see them; harness.sanitizer.selftest runs each one's declared case under its tool.  They
+# cannot see them; harness.sanitizer.run.selftest runs each one's declared case under its tool.  They
 # are real Triton kernels and run on a CUDA GPU only: under the CPU interpreter an access outside
 # a buffer touches host memory, and there is nothing to sanitize.
 @triton.jit
@@ -601,8 +601,8 @@ class SanitizerOnly:
     case_shape: ClassVar[tuple[int, int, int]] = (5, 40, 96)
 
     def sanitizer_trial(self):
-        from harness.pipeline import GemmProblem
-        from harness.runner import Trial
+        from harness.problem import GemmProblem
+        from harness.trial import Trial
 
         m, n, k = self.case_shape
         prop = "quantizer_agreement" if self.level == "quantizer" else "reference_agreement"  # type: ignore[attr-defined]

@@ -21,7 +21,8 @@ from hypothesis.errors import NoSuchExample, Unsatisfiable
 
 from harness import env, suite
 from harness.backends import registry
-from harness.runner import Trial, execute, properties_for
+from harness.runner import execute
+from harness.trial import Trial, properties_for
 
 
 @dataclass
@@ -112,7 +113,7 @@ def hunt(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Sc
 
 def run(mutants: list[str] | None = None, *, budget_s: float = 60.0, examples: int = 200,
         progress=None) -> list[Score]:
-    # mutants whose bug changes no result are the sanitizer's (harness.sanitizer.selftest), not the properties'
+    # mutants whose bug changes no result are the sanitizer's (harness.sanitizer.run.selftest), not the properties'
     names = mutants or [b.name for b in registry.all_backends(include_mutants=True)
                         if b.mutant and getattr(b, "oracle", "properties") == "properties"]
     scores = []

@@ -1,4 +1,4 @@
-"""compute-sanitizer as a second oracle (harness/sanitizer.py), on the CPU.
+"""compute-sanitizer as a second oracle (harness/sanitizer/), on the CPU.
 
 The parser and the address-to-region mapping are tested on real sanitizer output recorded on an
 H200 (tests/data/sanitizer/README.md says how); the operand map, the unwritten-padding pipeline
@@ -16,10 +16,13 @@ import pytest
 import torch
 
 from harness import sanitizer as sz
+from harness.sanitizer import run as sr
+from harness.sanitizer.child import run_child
 from harness.kernels.nvfp4 import LEAVE, quantize_into
 from harness.layouts import OperandRole, Region, ScaleLayout, offset_grid, padded_shape, padding_map
-from harness.pipeline import GemmProblem, Poison, build_gemm_operands, fill_read_padding
-from harness.runner import Trial
+from harness.pipeline import build_gemm_operands, fill_read_padding
+from harness.problem import GemmProblem, Poison
+from harness.trial import Trial
 
 DATA = Path(__file__).parent / "data" / "sanitizer"
 REPO = Path(__file__).resolve().parents[1]
@@ -209,7 +212,7 @@ def test_unwritten_padding_operands_match_the_pipeline_where_written() -> None:
 def test_child_writes_the_operand_map(tmp_path: Path, backend: str, prop: str) -> None:
     trial = Trial(backend, prop, GemmProblem(m=5, n=40, k=96, seed=1))
     (tmp_path / "spec.json").write_text(json.dumps({"trial": trial.to_dict()}))
-    assert sz.run_child(tmp_path / "spec.json", tmp_path / "map.json") == 0
+    assert run_child(tmp_path / "spec.json", tmp_path / "map.json") == 0
     doc = json.loads((tmp_path / "map.json").read_text())
     assert doc["schema"] == sz.MAP_SCHEMA and doc["status"] == "done" and doc["error"] is None
     bufs = {b["name"]: b for b in doc["buffers"]}
@@ -239,25 +242,25 @@ def test_classify_recorded_runs_with_an_operand_map() -> None:
     text = recorded("memcheck-write-past-xml-run.txt")
     amap = {"status": "raised", "error": "AcceleratorError: CUDA error: unspecified launch failure",
             "buffers": [script_buffer(text)]}
-    res = sz.classify("memcheck", text, recorded("memcheck-write-past.xml"), amap)
+    res = sr.classify("memcheck", text, recorded("memcheck-write-past.xml"), amap)
     assert res.status == "fail" and res.error_count == 3
     (f,) = res.findings
     assert (f.buffer, f.region, f.inside, f.distance, f.kernel) == ("out", "beyond", False, 1, "write_past")
     assert "write_past" in res.reason and "out" in res.reason
     # the same run with the child's map lost still fails on the finding: a finding is never a pass
-    assert sz.classify("memcheck", text, None, None).status == "fail"
+    assert sr.classify("memcheck", text, None, None).status == "fail"
 
 
 def test_classify_never_passes_without_a_complete_clean_run() -> None:
     clean = "========= COMPUTE-SANITIZER\n========= ERROR SUMMARY: 0 errors\n"
-    assert sz.classify("memcheck", clean, None, {"status": "done", "buffers": []}).status == "pass"
-    assert sz.classify("memcheck", clean, None, {"status": "raised", "error": "boom", "buffers": []}).status == "crash"
-    assert sz.classify("memcheck", clean, None, None).status == "crash"
-    assert sz.classify("memcheck", "", None, {"status": "done", "buffers": []}).status == "crash"
-    assert sz.classify("memcheck", clean, None, {"status": "unsupported", "error": "no", "buffers": []}).status == "skip"
+    assert sr.classify("memcheck", clean, None, {"status": "done", "buffers": []}).status == "pass"
+    assert sr.classify("memcheck", clean, None, {"status": "raised", "error": "boom", "buffers": []}).status == "crash"
+    assert sr.classify("memcheck", clean, None, None).status == "crash"
+    assert sr.classify("memcheck", "", None, {"status": "done", "buffers": []}).status == "crash"
+    assert sr.classify("memcheck", clean, None, {"status": "unsupported", "error": "no", "buffers": []}).status == "skip"
     # the tool refusing to run: its own line is the skip reason (this line is constructed, not recorded)
     refused = "========= COMPUTE-SANITIZER\n========= Error: the tool could not attach\n"
-    res = sz.classify("initcheck", refused, None, None)
+    res = sr.classify("initcheck", refused, None, None)
     assert res.status == "skip" and "the tool could not attach" in res.reason
 
 
@@ -265,16 +268,16 @@ def test_classify_never_passes_without_a_complete_clean_run() -> None:
 # Case files, records, report, command line
 # ----------------------------------------------------------------------------------------------
 def test_finding_case_replays_with_sanitize_and_shows_in_the_report(tmp_path: Path) -> None:
-    from harness import records
+    from harness import results as records
     from harness.cases import load_case
     from harness.cli import build_parser
     from harness.report import render_report
 
     text = recorded("memcheck-write-past-xml-run.txt")
-    res = sz.classify("memcheck", text, recorded("memcheck-write-past.xml"),
+    res = sr.classify("memcheck", text, recorded("memcheck-write-past.xml"),
                       {"status": "raised", "buffers": [script_buffer(text)]})
     res.trial = Trial("triton-emu-128x4", "reference_agreement", GemmProblem(m=5, n=40, k=96, seed=1))
-    ref = sz.save_finding_case(tmp_path, res, "gemm")
+    ref = sr.save_finding_case(tmp_path, res, "gemm")
     case = load_case(tmp_path / ref)
     assert case.observed["sanitizer"]["findings"][0]["buffer"] == "out"
     argv = case.replay.split()
@@ -282,7 +285,7 @@ def test_finding_case_replays_with_sanitize_and_shows_in_the_report(tmp_path: Pa
     assert args.command == "replay" and args.sanitize and args.tool == "memcheck"
     assert Path(args.case).resolve() == (tmp_path / ref).resolve()
     stream = records.ResultStream(tmp_path, "sanitizer")
-    stream.write(sz.record_of(res, level="gemm", case_file=ref, test="sanitize test"))
+    stream.write(sr.record_of(res, level="gemm", case_file=ref, test="sanitize test"))
     stream.close()
     records.finalize(tmp_path)
     html = render_report(tmp_path, tmp_path / "index.html").read_text()
@@ -309,7 +312,7 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
 def test_cli_cannot_sanitize_here_is_one_line_and_exit_4(capsys, monkeypatch, tmp_path, args) -> None:
     monkeypatch.chdir(REPO)
     rc, out, err = _cli(capsys, *args, *(["--results", str(tmp_path)] if args[0] == "sanitize" else []))
-    assert rc == sz.EXIT_CANNOT_RUN, err
+    assert rc == sr.EXIT_CANNOT_RUN, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("nvfp4-harness: cannot sanitize:"), err
     assert not out.strip() and not any(tmp_path.iterdir()), "nothing ran, nothing is recorded"
@@ -330,7 +333,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(capsys, monkeypatch, args, field: 
 
 
 def test_sample_is_reproducible_per_seed() -> None:
-    a = sz.sample_trials(["triton-emu-128x4", "quant-triton-8x4"], 2, seed=7)
-    b = sz.sample_trials(["triton-emu-128x4", "quant-triton-8x4"], 2, seed=7)
+    a = sr.sample_trials(["triton-emu-128x4", "quant-triton-8x4"], 2, seed=7)
+    b = sr.sample_trials(["triton-emu-128x4", "quant-triton-8x4"], 2, seed=7)
     assert a == b and len(a) == 4
     assert [t.backend for t in a] == ["triton-emu-128x4"] * 2 + ["quant-triton-8x4"] * 2

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import sanitizer as sz
+from harness.sanitizer import run as sz
 from harness.backends import registry
-from harness.pipeline import GemmProblem
-from harness.runner import Trial
+from harness.problem import GemmProblem
+from harness.trial import Trial
 
 
 def _unavailable() -> str | None:
@@ -55,8 +55,8 @@ def test_sanitizer_mutant_results_are_correct(name: str) -> None:
     m = registry.get(name)
     trial = m.sanitizer_trial()  # type: ignore[attr-defined]
     props = ["reference_agreement", "row_isolation"] if m.level == "gemm" else ["quantizer_agreement"]
-    code = ("import json, sys; from harness.runner import Trial, execute; from harness.pipeline import GemmProblem, "
-            "Poison; t = json.loads(sys.argv[1]); p = GemmProblem(**t['problem']); "
+    code = ("import json, sys; from harness.runner import execute; from harness.trial import Trial; "
+            "from harness.problem import GemmProblem, Poison; t = json.loads(sys.argv[1]); p = GemmProblem(**t['problem']); "
             "print(json.dumps([execute(Trial(t['backend'], q, p, Poison(m_pad=0x7F) if q == 'row_isolation' "
             "else Poison())).status for q in sys.argv[2:]]))")
     p = subprocess.run([sys.executable, "-c", code, json.dumps(trial.to_dict()), *props], capture_output=True,
