@@ -262,6 +262,9 @@ def test_classify_never_passes_without_a_complete_clean_run() -> None:
     refused = "========= COMPUTE-SANITIZER\n========= Error: the tool could not attach\n"
     res = sr.classify("initcheck", refused, None, None)
     assert res.status == "skip" and "the tool could not attach" in res.reason
+    # a child that never started because Python failed is a crash, not a refusal
+    broken = "Traceback (most recent call last):\nModuleNotFoundError: No module named 'harness'\n"
+    assert sr.classify("memcheck", broken, None, None).status == "crash"
 
 
 # ----------------------------------------------------------------------------------------------

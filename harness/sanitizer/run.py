@@ -130,6 +130,22 @@ def sanitize_trial(trial, tool: str = "memcheck", *, sanitizer: str | None = Non
     return result
 
 
+def _refusal(rep, output: str, operand_map: dict | None) -> str | None:
+    """The tool's own words when it refused to run the case: an ``Error:`` line of the sanitizer
+    while the child did not finish, or, when the child never started (no operand map and no Python
+    traceback), the sanitizer's last line naming an error."""
+    if operand_map is not None and operand_map.get("status") == "done":
+        return None
+    if rep.refusals:
+        return rep.refusals[0]
+    if operand_map is None and "Traceback" not in output:
+        said = [ln.removeprefix(LINE_PREFIX).strip() for ln in output.splitlines() if "error" in ln.lower()
+                and "ERROR SUMMARY" not in ln]
+        if said:
+            return said[-1]
+    return None
+
+
 def classify(tool: str, output: str, xml_text: str | None, operand_map: dict | None) -> SanitizeResult:
     """Classify one sanitizer run from what it printed, the XML it saved and the child's map."""
     text_rep = parse_text(output, tool)
@@ -152,8 +168,8 @@ def classify(tool: str, output: str, xml_text: str | None, operand_map: dict | N
         res.status = "fail"
         res.reason = f"{tool}: ERROR SUMMARY {rep.error_count} errors, none printed as an access error: " + \
             "; ".join(rep.api_errors[:2])
-    elif rep.refusals and child != "done":
-        res.status, res.reason = "skip", f"compute-sanitizer refused: {rep.refusals[0]}"
+    elif (refusal := _refusal(rep, output, operand_map)) is not None:
+        res.status, res.reason = "skip", f"compute-sanitizer refused: {refusal}"
     elif child == "unsupported":
         res.status, res.reason = "skip", f"unsupported: {child_error}"
     elif child != "done":
