@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,8 @@ def check_available(sanitizer: str | None = None) -> str:
 
 @dataclass
 class SanitizeResult:
+    """One trial under one tool: the outcome (``pass``/``fail``/``skip``/``crash``) and its reason,
+    the grouped findings, the tool's error count, seconds, the child's last status and output."""
     trial: Any                      # harness.trial.Trial
     tool: str
     status: Literal["pass", "fail", "skip", "crash"]
@@ -104,29 +107,35 @@ def sanitize_trial(trial, tool: str = "memcheck", *, sanitizer: str | None = Non
         return done("skip", sup.reason)
     work = Path(keep_dir) if keep_dir else Path(tempfile.mkdtemp(prefix="nvfp4-sanitize-"))
     work.mkdir(parents=True, exist_ok=True)
-    spec, amap, xml = work / "trial.json", work / "operands.json", work / f"{tool}.xml"
-    spec.write_text(json.dumps({"trial": trial.to_dict(), "plugins": list(plugins)}))
-    cmd = [path, "--tool", tool, "--print-limit", str(PRINT_LIMIT), "--show-backtrace", "no",
-           "--xml", "--save", str(xml), sys.executable, "-m", "harness.sanitizer", "child", str(spec), str(amap)]
-    child_env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
-    child_env.pop("TRITON_INTERPRET", None)
-    child_env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in
-                                               child_env.get("PYTHONPATH", "").split(os.pathsep) if p])
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=child_env,
-                              cwd=str(REPO_ROOT))
-        out = proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        tail = ((exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or ""))
-        return done("crash", f"timed out after {timeout_s:.0f} s under compute-sanitizer --tool {tool}",
-                    output_tail=tail[-4000:])
-    result = classify(tool, out, xml.read_text(errors="replace") if xml.exists() else None,
-                      json.loads(amap.read_text()) if amap.exists() else None)
+        spec, amap, xml = work / "trial.json", work / "operands.json", work / f"{tool}.xml"
+        # the child runs from the repository root: plugin files are passed by absolute path
+        plugins = [str(Path(p).resolve()) if Path(p).is_file() else p for p in plugins]
+        spec.write_text(json.dumps({"trial": trial.to_dict(), "plugins": plugins}))
+        cmd = [path, "--tool", tool, "--print-limit", str(PRINT_LIMIT), "--show-backtrace", "no",
+               "--xml", "--save", str(xml), sys.executable, "-m", "harness.sanitizer", "child", str(spec), str(amap)]
+        child_env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
+        child_env.pop("TRITON_INTERPRET", None)
+        child_env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in
+                                                   child_env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        # its own process group: on a timeout the sanitizer and the process it runs end together
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env,
+                                cwd=str(REPO_ROOT), start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            return done("crash", f"timed out after {timeout_s:.0f} s under compute-sanitizer --tool {tool}",
+                        output_tail=(out or "")[-4000:])
+        result = classify(tool, out, xml.read_text(errors="replace") if xml.exists() else None,
+                          json.loads(amap.read_text()) if amap.exists() else None)
+    finally:
+        if keep_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
     result.trial = trial
     result.duration_s = round(time.perf_counter() - t0, 3)
     result.output_tail = out[-4000:]
-    if keep_dir is None:
-        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
