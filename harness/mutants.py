@@ -374,11 +374,13 @@ class KTailUninit(LinearMutant):
                "NaN). Caught whenever K is not a multiple of the policy's k_align (32).")
     summary = "linear-vllm over triton-emu-128x4 whose activation scale buffer's K tail is uninitialized"
 
-    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int):
+    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int,
+                       global_scale: torch.Tensor | None = None):
         from harness.format import global_scale_encode_divisor
 
         m, k = x2d.shape
-        gs = global_scale_encode_divisor(x2d.float().abs().amax()).reshape(1).to(x2d.device)
+        gs = global_scale_encode_divisor(x2d.float().abs().amax()).reshape(1).to(x2d.device) \
+            if global_scale is None else global_scale.reshape(1).to(x2d.device)
         scales = _uninitialized(padded_shape(layout, m, k_alloc // BLOCK_SIZE), x2d.device)
         packed, scales = quantize_into(x2d, gs, layout, data_rows=m, data_k=k_alloc, row_fill=0,
                                        ktail_fill=LEAVE, data_fill=0, scales=scales)
@@ -449,7 +451,8 @@ class StaticActScale(LinearMutant):
         self._static_gs = (1.0 / weight.global_scale).to(torch.float32).reshape(1)
         return super().prepare_weight(weight, gemm)
 
-    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int):
+    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int,
+                       global_scale: torch.Tensor | None = None):
         m, k = x2d.shape
         gs = self._static_gs.to(x2d.device)
         packed, scales = quantize_into(x2d, gs, layout, data_rows=m, data_k=k_alloc)
@@ -467,6 +470,25 @@ class GlobalScaleConvention(LinearMutant):
     def prepare_weight(self, weight: CheckpointWeight, gemm: GemmBackend):
         w = super().prepare_weight(weight, gemm)
         return replace(w, global_scale=weight.weight_scale_2.to(torch.float32).reshape(1))
+
+
+class InputScaleMismatch(LinearMutant):
+    name = "mutant-input-scale-mismatch"
+    expected_property = "reference_agreement"
+    planted = ("The activations are quantized with a static scale that is not the one alpha is computed from (TRT-LLM "
+               "PR #11322: one expert's static input_scale used for every expert; the dense analogue is another "
+               "layer's input_scale). Modelled on a ModelOpt checkpoint with a static input_scale: the layer "
+               "quantizes x with its own dynamic amax (the scale of another tensor, here the one every batch "
+               "happens to have) while alpha = input_scale * weight_scale_2 as the checkpoint says, so every "
+               "output is off by the calibration ratio. Invisible with dynamic scales; at ratio exactly 1 the "
+               "two scales still differ by the rounding of 1/input_scale, which moves block scales and codes "
+               "across rounding points.")
+    summary = "linear-vllm over triton-emu-128x4 quantizing x with one scale and computing alpha from another"
+
+    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int,
+                       global_scale: torch.Tensor | None = None):
+        a = super().quantize_input(x2d, layout, k_alloc)  # dynamic: not the scale alpha will use
+        return a if global_scale is None else replace(a, global_scale=global_scale.reshape(1).to(x2d.device))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -500,6 +522,29 @@ class FastMathQuantizer(QuantizerMutant):
         sf_byte = e4m3_encode(ieee_div(gs * xf.abs().amax(dim=-1), 6.0))
         sf = e4m3_decode(sf_byte)
         inv = torch.where(sf == 0, torch.zeros_like(sf), _bf16_truncate(1.0 / (sf / gs)))
+        codes = e2m1_encode(xf * inv.unsqueeze(-1)).reshape(rows, k)
+        return pack_e2m1(codes), swizzle(sf_byte, self.layout, fill=0)
+
+
+class NonSaturatingQuantizer(QuantizerMutant):
+    name = "mutant-quantizer-no-satfinite"
+    planted = ("Block scale converted to e4m3 without saturation (cvt.rn.e4m3x2.f32 without .satfinite, or a "
+               "hand-written encoder without the clamp): where the activations exceed a static (calibrated) "
+               "scale, gs*amax_block/6 rounds past 448 and the scale byte becomes 0x7F, e4m3's NaN, instead of "
+               "saturating at 448 (0x7E); the block's codes follow the NaN scale. Correct for every dynamic "
+               "scale (block scales never exceed 448 there), so only the calibration dimension shows it "
+               "(TRT-LLM PR #11322 is the static-scale bug class; NVFP4-NOTES 'The format').")
+    description = "torch NVFP4 quantizer whose block scales overflow to e4m3 NaN instead of saturating at 448"
+
+    def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, k = x.shape
+        xf = x.float().reshape(rows, k // BLOCK_SIZE, BLOCK_SIZE)
+        gs = global_scale.reshape(()).to(device=x.device, dtype=torch.float32)
+        v = ieee_div(gs * xf.abs().amax(dim=-1), 6.0)
+        # round-to-nearest-even past 448: [464, inf) rounds to 480, whose e4m3fn encoding is 0x7F (NaN)
+        sf_byte = torch.where(v >= 464.0, torch.full_like(v, 0x7F, dtype=torch.uint8), e4m3_encode(v))
+        sf = e4m3_decode(sf_byte)
+        inv = torch.where(sf == 0, torch.zeros_like(sf), ieee_div(1.0, ieee_div(sf, gs)))
         codes = e2m1_encode(xf * inv.unsqueeze(-1)).reshape(rows, k)
         return pack_e2m1(codes), swizzle(sf_byte, self.layout, fill=0)
 
@@ -706,6 +751,7 @@ MUTANT_CLASSES: tuple[type[Backend], ...] = (
     PadRowScales, PadColScales, KTailUninit, NoSlice, BiasBeforeSlice, ActNotKPadded, ThreeDShape,
     StaticActScale, Bf16GlobalScale, NibbleSwap, SwizzleOffByOne, FastMathQuantizer, RowsUnwritten,
     Nondeterministic, GlobalScaleConvention, Fp16Epilogue, CompiledOutQuantizer,
+    NonSaturatingQuantizer, InputScaleMismatch,
     ReadsUnwrittenPadScales, WritesRowPastOutput, QuantizerReadsPastRows,
 )
 

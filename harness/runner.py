@@ -96,7 +96,8 @@ class _Gemm:
     def _gs(self, which: str, t: torch.Tensor) -> torch.Tensor:
         cache = self.__dict__.setdefault("_gs_cache", {})
         if which not in cache:
-            cache[which] = global_scale_encode_divisor(t.float().abs().amax()).reshape(1).to(t.device)
+            cache[which] = self.p.activation_global_scale(t) if which == "a" else \
+                global_scale_encode_divisor(t.float().abs().amax()).reshape(1).to(t.device)
         return cache[which]
 
     def ops(self, poison: Poison, x=None, w=None, **kw):
@@ -104,8 +105,8 @@ class _Gemm:
         args = dict(a_layout=self.layout, w_layout=req.w_layout, n_align=req.n_align, k_align=req.k_align,
                     poison=poison, activation=req.activation)
         # the problem's own tensors: their global scales once per case, not per operand build
-        if x is None:
-            args["gs_a"] = self._gs("a", self.x)
+        # activations: dynamic, or the problem's static (calibrated) scale
+        args["gs_a"] = self._gs("a", self.x) if x is None else self.p.activation_global_scale(x)
         if w is None:
             args["gs_w"] = self._gs("w", self.w)
         args.update(kw)
@@ -233,7 +234,7 @@ class _Gemm:
         if self.t.parallel == "column":
             w_full = generate(p.distribution, (p.n * tp, p.k), 2 * p.seed + 1, p.torch_in_dtype, self.dev)
             gs_w = global_scale_encode_divisor(w_full.float().abs().amax()).reshape(1).to(self.dev)
-            gs_a = global_scale_encode_divisor(self.x.float().abs().amax()).reshape(1).to(self.dev)
+            gs_a = self._gs("a", self.x)
             full = self.call(self.ops(CLEAN, w=w_full, gs_a=gs_a, gs_w=gs_w))[:, :p.n * tp]
             shard_ops = [self.ops(CLEAN, w=w_full[i * p.n:(i + 1) * p.n], gs_a=gs_a, gs_w=gs_w) for i in range(tp)]
             shards = [self.call(o)[:, :p.n] for o in shard_ops]
@@ -263,7 +264,7 @@ class _Gemm:
     def batch_invariance(self) -> PropertyResult:
         p = self.p
         extra = generate(p.distribution, (1 + p.seed % 97, p.k), 2 * p.seed + 2, p.torch_in_dtype, self.dev)
-        gs_a = global_scale_encode_divisor(self.x.float().abs().amax()).reshape(1).to(self.dev)
+        gs_a = self._gs("a", self.x)
         small = self.call(self.ops(CLEAN, gs_a=gs_a))
         large = self.call(self.ops(CLEAN, x=torch.cat([self.x, extra]), gs_a=gs_a))
         return checks.batch_invariance(small[:, :p.n], large[:, :p.n], p.m)
@@ -284,6 +285,9 @@ def linear_inputs(problem: GemmProblem, device) -> tuple[torch.Tensor, Checkpoin
     shape = tuple(problem.batch) if problem.batch else (problem.m,)
     x = generate(problem.distribution, (*shape, problem.k), 2 * problem.seed, problem.torch_in_dtype, device)
     weight = CheckpointWeight.from_dense(problem.weights(device))
+    if problem.calibration is not None:
+        # ModelOpt's static activation scale: the decode multiplier calibrated amax / 2688
+        weight = replace(weight, input_scale=(1.0 / problem.activation_global_scale(x)).to(torch.float32))
     bias = problem.bias(device).to(problem.torch_in_dtype)
     return x, weight, bias
 
@@ -296,7 +300,8 @@ class _Linear:
     @property
     def digest(self) -> str:
         h = hashlib.sha256()
-        for t in (self.x, self.weight.packed, self.weight.scales, self.weight.weight_scale_2, self.bias):
+        extra = (self.weight.input_scale,) if self.weight.input_scale is not None else ()
+        for t in (self.x, self.weight.packed, self.weight.scales, self.weight.weight_scale_2, *extra, self.bias):
             h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
@@ -339,7 +344,7 @@ class _Linear:
 def _quantizer_agreement(backend: QuantizerBackend, trial: Trial, device) -> tuple[PropertyResult, str]:
     p = trial.problem
     x = p.activations(device)
-    gs = global_scale_encode_divisor(x.float().abs().amax()).reshape(1).to(device)
+    gs = p.activation_global_scale(x)
     packed, scales = backend.quantize(x, gs)
     _sync()
     codes, sf = reference_quantize(x.cpu(), gs.cpu())
@@ -352,9 +357,19 @@ def _quantizer_agreement(backend: QuantizerBackend, trial: Trial, device) -> tup
     scaled = (xf * inv.unsqueeze(-1)).reshape(p.m, p.k)
     declared = tuple(getattr(backend, "known_differences", ()))
     prerounding = (gs.cpu() * xf.abs().amax(-1)) / 6.0
-    return checks.quantizer_agreement(packed.view(torch.uint8).cpu(), logical, codes, sf, scaled, declared,
-                                      prerounding), \
-        (lambda: hashlib.sha256(x.cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest())
+    result = checks.quantizer_agreement(packed.view(torch.uint8).cpu(), logical, codes, sf, scaled, declared,
+                                        prerounding)
+    # the saturating path: reference block scales at 448 (e4m3 satfinite), under a static scale
+    result.measure["saturated_scales"] = int((sf == 0x7E).sum())
+    if p.calibration is not None:
+        result.measure["calibration"] = p.calibration
+
+    def digest() -> str:
+        h = hashlib.sha256(x.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(gs.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    return result, digest
 
 
 # ----------------------------------------------------------------------------------------------

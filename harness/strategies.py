@@ -300,6 +300,28 @@ def with_batch_dims(problems: SearchStrategy[GemmProblem]) -> SearchStrategy[Gem
     return build()
 
 
+CALIBRATION_RATIOS: tuple[float, ...] = (1.0, 0.5, 1.0 + 2.0 ** -7, 1.0 + 2.0 ** -4, 2.0, 2.0 ** 10)
+"""Calibration ratios (runtime amax / calibrated amax) of a static activation scale: exactly the
+calibration, below it, just above it (1 + 2^-7: the largest block scale, 451.5, rounds back to 448;
+1 + 2^-4: 476, past the 464 midpoint where a non-saturating conversion gives e4m3 NaN), above it (block scales saturate at 448 in the blocks near the amax) and far above it (2^10: most
+block scales and codes saturate).  Exact binary fractions, so a case file replays them exactly."""
+
+
+def calibrations(ratios: Sequence[float] = CALIBRATION_RATIOS) -> SearchStrategy[float | None]:
+    """A calibration ratio for :attr:`GemmProblem.calibration`, or None (the dynamic scale, the
+    shrink target); half the draws are static."""
+    if not ratios or any(not 0 < r < float("inf") for r in ratios):
+        raise ValueError(f"calibrations: ratios={ratios!r}: expected positive finite numbers")
+    return st.one_of(st.none(), st.sampled_from(tuple(ratios)))
+
+
+def with_calibration(problems: SearchStrategy[GemmProblem],
+                     ratios: Sequence[float] = CALIBRATION_RATIOS) -> SearchStrategy[GemmProblem]:
+    """``problems`` whose activations are sometimes quantized with a static (calibrated) global
+    scale (:func:`calibrations`); shrinks to the dynamic scale."""
+    return st.tuples(problems, calibrations(ratios)).map(lambda pc: pc[0].with_(calibration=pc[1]))
+
+
 def linear_problems(*, from_catalog: bool = False, **kwargs) -> SearchStrategy[GemmProblem]:
     """Problems for the linear-layer level: like :func:`gemm_problems` (or :func:`tp_problems` when
     ``from_catalog``), sometimes with a 3-D input ``[batch, seq, k]`` (``GemmProblem.batch``).
@@ -326,7 +348,7 @@ def gemm_cases(problems: SearchStrategy[GemmProblem] | None = None,
 
 __all__ = [
     "NAMED_POISON_BYTES", "POISON_REGIONS", "SMALL_M", "TILE_BOUNDARY_M",
-    "block_counts", "catalog_block_counts", "distributions", "divisors", "gemm_cases", "gemm_problems",
+    "CALIBRATION_RATIOS", "block_counts", "calibrations", "catalog_block_counts", "distributions", "divisors", "gemm_cases", "gemm_problems",
     "kn_values", "linear_problems", "m_values", "poison_bytes", "poisons", "ragged_n_values",
-    "tp_entries", "tp_problems", "with_batch_dims",
+    "tp_entries", "tp_problems", "with_batch_dims", "with_calibration",
 ]

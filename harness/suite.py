@@ -67,16 +67,18 @@ def trials(backend: Backend, prop: str, sz: Sizes) -> SearchStrategy[Trial]:
     def build(problem, poison=CLEAN, layout=None, tp=1, parallel="column"):
         return Trial(name, prop, problem, poison, layout, tp, parallel)
 
+    # static (calibrated) activation scales: the quantizer, the linear layer and the GEMM's reference
+    # agreement (the other GEMM properties compare a backend with itself, the scale changes nothing there)
     if backend.level == "quantizer":
-        return st.builds(build, hs.gemm_problems(max_m=sz.max_m, max_nk_blocks=sz.max_nk_blocks,
-                                                 in_dtypes=("bfloat16", "float16", "float32")))
+        return st.builds(build, hs.with_calibration(hs.gemm_problems(
+            max_m=sz.max_m, max_nk_blocks=sz.max_nk_blocks, in_dtypes=("bfloat16", "float16", "float32"))))
     if backend.level == "linear":
         probs = hs.linear_problems(max_m=sz.max_m, max_nk_blocks=sz.max_nk_blocks,
                                    in_dtypes=("bfloat16", "float16")).map(lambda p: p.with_(out_dtype=p.in_dtype))
-        return st.builds(build, probs, hs.poisons(min_regions=0, allowed=(), stale_memory=None))
+        return st.builds(build, hs.with_calibration(probs), hs.poisons(min_regions=0, allowed=(), stale_memory=None))
     layout = _layouts(backend)
     if prop == "reference_agreement":
-        return st.builds(build, _problems(backend, sz), hs.poisons(min_regions=0), layout)
+        return st.builds(build, hs.with_calibration(_problems(backend, sz)), hs.poisons(min_regions=0), layout)
     if prop == "row_isolation":
         return st.builds(build, _problems(backend, sz), hs.poisons(regions={"m_pad"}), layout)
     if prop == "column_isolation":
