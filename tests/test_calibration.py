@@ -155,3 +155,11 @@ def test_a_bad_calibration_in_a_case_file_names_the_field(tmp_path) -> None:
         with pytest.raises(CaseFileError) as err:
             load_case(tmp_path / "c.json")
         assert err.value.field == "problem.calibration"
+
+
+def test_the_report_names_the_calibration_ratio() -> None:
+    from harness.report.view import _problem_text
+
+    p = GemmProblem(m=1, n=16, k=16, calibration=2.0 ** 10).to_dict()
+    assert "calibration ratio 1024" in _problem_text(p)
+    assert "calibration" not in _problem_text(GemmProblem(m=1, n=16, k=16).to_dict())
