@@ -342,6 +342,10 @@ def _failure_view(idx: int, rec: Mapping | None, case: "Case | None", case_ref: 
         v = measure.get(key, observed.get(key))
         if v is not None:
             details.append((key, _fmt_num(v)))
+    for key in ("violations", "nonfinite_violations", "accepted_overflow"):
+        v = measure.get(key, observed.get(key))
+        if isinstance(v, int) and not isinstance(v, bool) and (v or key == "violations"):
+            details.append((key, str(v)))
     for key in ("nan_rows", "changed_rows", "changed_cols"):
         v = measure.get(key, observed.get(key))
         if v:
@@ -520,6 +524,12 @@ def _build_context(run: RunData) -> dict[str, Any]:
     if run.hypothesis is not None:
         hypothesis = [[_fmt_cell(row.get(c), c) for c in hyp_cols] for row in run.hypothesis]
 
+    # infinities the oracle accepted (within the bound: reference ± bound reaches the overflow threshold)
+    overflow_counts = [v for v in ((r.get("measure") or {}).get("accepted_overflow") for r in records
+                                   if isinstance(r.get("measure"), Mapping))
+                       if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    accepted_overflow = {"outputs": sum(overflow_counts), "results": len(overflow_counts)}
+
     env = session.get("environment") if isinstance(session.get("environment"), Mapping) else None
     total_time = sum(_number(r.get("duration_s")) or 0.0 for r in records)
     return {
@@ -536,6 +546,7 @@ def _build_context(run: RunData) -> dict[str, Any]:
         "properties": props, "matrix": matrix,
         "isolation": isolation, "regions": REGIONS,
         "failures": failures, "grid_legend": grid_legend_svg("legend"),
+        "accepted_overflow": accepted_overflow,
         "plots": plots,
         "hypothesis": hypothesis, "hypothesis_cols": hyp_cols,
         "n_cases": len(run.cases),
