@@ -137,9 +137,13 @@ def write_session(results_dir: Path | str, data: dict) -> Path:
 
 
 def finalize(results_dir: Path | str) -> dict:
-    """Aggregate the workers' streams: totals into session.json, statistics into hypothesis.json."""
+    """Aggregate the workers' streams: totals (and accepted overflow) into session.json, statistics
+    into hypothesis.json.  Returns the outcome totals plus ``accepted_overflow`` (:func:`harness.report.accepted_overflow`)."""
+    from harness.report import accepted_overflow
+
     records, warnings = read_records(results_dir)
     tot = totals(records)
+    overflow = accepted_overflow(records)
     workers = {}
     for path in sorted(Path(results_dir).glob("worker-*.json")):
         try:
@@ -147,9 +151,10 @@ def finalize(results_dir: Path | str) -> dict:
             workers[info.get("worker", path.stem)] = info
         except (json.JSONDecodeError, OSError) as exc:
             warnings.append(f"{path.name}: unreadable ({exc})")
-    write_session(results_dir, {"finished": now(), "totals": tot, "warnings": warnings, "workers": workers})
+    write_session(results_dir, {"finished": now(), "totals": tot, "accepted_overflow": overflow,
+                                "warnings": warnings, "workers": workers})
     stats = hypothesis_statistics(records)
     tmp = Path(results_dir) / "hypothesis.json.tmp"
     tmp.write_text(json.dumps(stats, indent=2))
     os.replace(tmp, Path(results_dir) / "hypothesis.json")
-    return tot
+    return {**tot, "accepted_overflow": overflow}

@@ -108,3 +108,28 @@ def test_row_parallel_shard_infinity_outside_its_bound_fails():
     # opposite sign
     res = _row(_shard(FP16_T, 1, float("-inf")), _shard(1.0, 1, 1.0))
     assert not res.ok
+
+
+def test_a_real_overflow_bug_is_still_caught():
+    """The planted Marlin fp16-epilogue bug (mutant-w4a16-fp16-epilogue: the accumulator cast to fp16
+    before alpha) overflows where the true result is far below fp16's range: every such infinity
+    fails, none is accepted, and the parent on the same operands passes."""
+    from harness.pipeline import CLEAN
+    from harness.runner import Trial, _Gemm
+
+    problem = GemmProblem(m=4, n=32, k=1024, out_dtype="float16", in_dtype="bfloat16", distribution="normal", seed=0)
+    results = {}
+    for name in ("mutant-w4a16-fp16-epilogue", "triton-w4a16"):
+        g = _Gemm(registry.get(name), Trial(name, "reference_agreement", problem), torch.device("cpu"))
+        ops = g.ops(CLEAN)
+        out = g.call(ops)[:, :ops.n]
+        ref, bound = g.reference(ops)
+        results[name] = (out, ref, bound, checks.reference_agreement(out, ref, bound, torch.float16))
+    out, ref, bound, res = results["mutant-w4a16-fp16-epilogue"]
+    inf = torch.isinf(out)
+    assert inf.any() and bool((ref.value.abs() + bound)[inf].max() < FP16_T / 100)
+    assert not res.ok and res.measure["accepted_overflow"] == 0
+    assert res.measure["nonfinite_violations"] == int(inf.sum())
+    grid = res.measure["grid"]["cells"]
+    assert all(grid[i][j] == NONFINITE for i, j in torch.nonzero(inf).tolist())
+    assert results["triton-w4a16"][3].ok

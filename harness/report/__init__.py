@@ -32,7 +32,7 @@ from harness.report.svg import (OUTCOME_COLORS, PALETTE, GridError, Point, grid_
 if TYPE_CHECKING:  # pragma: no cover
     from harness.cases import Case
 
-__all__ = ["LoadedResults", "RunData", "load_results", "load_run", "render_report"]
+__all__ = ["LoadedResults", "RunData", "accepted_overflow", "load_results", "load_run", "render_report"]
 
 RESULT_SCHEMA = "nvfp4-harness/result/1"
 SESSION_SCHEMA = "nvfp4-harness/session/1"
@@ -393,6 +393,16 @@ def _failure_view(idx: int, rec: Mapping | None, case: "Case | None", case_ref: 
     }
 
 
+def accepted_overflow(records: Iterable[Mapping]) -> dict[str, int]:
+    """The infinities the oracle accepted as overflow (``measure.accepted_overflow``: ±inf where the
+    reference ± its error bound reaches the output format's overflow threshold), summed over
+    ``records``: ``{"outputs": total, "results": records holding any}``."""
+    counts = [v for v in ((r.get("measure") or {}).get("accepted_overflow") for r in records
+                          if isinstance(r.get("measure"), Mapping))
+              if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    return {"outputs": sum(counts), "results": len(counts)}
+
+
 def _build_context(run: RunData) -> dict[str, Any]:
     records = run.records
     warnings = list(run.warnings)
@@ -524,12 +534,6 @@ def _build_context(run: RunData) -> dict[str, Any]:
     if run.hypothesis is not None:
         hypothesis = [[_fmt_cell(row.get(c), c) for c in hyp_cols] for row in run.hypothesis]
 
-    # infinities the oracle accepted (within the bound: reference ± bound reaches the overflow threshold)
-    overflow_counts = [v for v in ((r.get("measure") or {}).get("accepted_overflow") for r in records
-                                   if isinstance(r.get("measure"), Mapping))
-                       if isinstance(v, int) and not isinstance(v, bool) and v > 0]
-    accepted_overflow = {"outputs": sum(overflow_counts), "results": len(overflow_counts)}
-
     env = session.get("environment") if isinstance(session.get("environment"), Mapping) else None
     total_time = sum(_number(r.get("duration_s")) or 0.0 for r in records)
     return {
@@ -546,7 +550,7 @@ def _build_context(run: RunData) -> dict[str, Any]:
         "properties": props, "matrix": matrix,
         "isolation": isolation, "regions": REGIONS,
         "failures": failures, "grid_legend": grid_legend_svg("legend"),
-        "accepted_overflow": accepted_overflow,
+        "accepted_overflow": accepted_overflow(records),
         "plots": plots,
         "hypothesis": hypothesis, "hypothesis_cols": hyp_cols,
         "n_cases": len(run.cases),
