@@ -6,38 +6,12 @@ functions serve the pytest property suite (properties/), replay and the self-tes
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from harness.oracle import Agreement, Reference, compare
+from harness.trial import ACCEPTED, CHANGED, NONFINITE, OK, PADDING, PropertyResult
 
-PROPERTIES = (
-    "reference_agreement",
-    "row_isolation",
-    "column_isolation",
-    "k_tail",
-    "output_coverage",
-    "determinism",
-    "clean_rejection",
-    "tp_consistency",
-    "quantizer_agreement",
-    "batch_invariance",
-)
-
-OK, CHANGED, NONFINITE, PADDING, ACCEPTED = 0, 1, 2, 3, 4
-"""Grid cell codes (docs/results-format.md): what the property judged of each output element.
-CHANGED: outside the bound (reference agreement) or changed bits (isolation); NONFINITE: NaN/Inf
-judged wrong; ACCEPTED: an infinity accepted by the overflow rule (:func:`harness.oracle.compare`)."""
 GRID_MAX = 64
-
-
-@dataclass
-class PropertyResult:
-    property: str
-    ok: bool
-    summary: str
-    measure: dict = field(default_factory=dict)
 
 
 def _rows_list(mask_rows: torch.Tensor, limit: int = 64) -> list[int]:

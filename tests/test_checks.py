@@ -10,7 +10,8 @@ from harness.backends import registry
 from harness.checks import ACCEPTED, CHANGED, NONFINITE, OK, PADDING
 from harness.layouts import ScaleLayout
 from harness.oracle import Reference, error_bound, overflow_threshold, reference_gemm
-from harness.pipeline import GemmProblem, build_gemm_operands
+from harness.pipeline import build_gemm_operands
+from harness.problem import GemmProblem
 
 FP16_T = overflow_threshold(torch.float16)
 

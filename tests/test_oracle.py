@@ -3,15 +3,15 @@ accumulation in any order, tight enough to catch one-ulp-scale corruption, blind
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from harness.backends.protocol import Precision
 from harness.layouts import ScaleLayout
-import pytest
-
 from harness.oracle import (Reference, compare, error_bound, overflow_threshold, reference_from_dequantized,
                            reference_gemm)
-from harness.pipeline import GemmProblem, Poison, build_gemm_operands
+from harness.pipeline import build_gemm_operands
+from harness.problem import GemmProblem, Poison
 
 
 def _ops(poison=Poison(), **kw):

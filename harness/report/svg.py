@@ -14,9 +14,7 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-OK, CHANGED, NONFINITE, PADDING, ACCEPTED = 0, 1, 2, 3, 4
-"""Grid cell codes of ``measure.grid`` (docs/results-format.md; the same as ``harness.checks``): what
-the property judged of each output element."""
+from harness.trial import ACCEPTED, CHANGED, NONFINITE, OK, OUTCOMES, PADDING
 
 GRID_COLORS = {OK: "#d9f2df", CHANGED: "#f59e0b", NONFINITE: "#dc2626", PADDING: "#d1d5db", ACCEPTED: "#60a5fa"}
 GRID_LABELS = {OK: "ok", CHANGED: "outside the bound / bits changed", NONFINITE: "NaN / Inf, wrong",
@@ -317,7 +315,7 @@ def outcome_bar_svg(counts: Mapping[str, int], *, width: float = 640, height: fl
         out.append(f'<rect width="{_f(width)}" height="{_f(height)}" fill="#e5e7eb"/>')
     else:
         xpos = 0.0
-        for key in ("pass", "fail", "crash", "skip"):
+        for key in OUTCOMES:
             w = counts.get(key, 0) / total * width
             if w > 0:
                 out.append(f'<rect x="{_f(xpos)}" width="{_f(w)}" height="{_f(height)}" '
