@@ -69,7 +69,7 @@ _PROBLEM_REQUIRED = ("m", "n", "k", "out_dtype", "in_dtype", "distribution", "se
 _PROBLEM_OPTIONAL = ("origin", "batch")
 _POISON_FIELDS = ("m_pad", "n_pad", "k_tail", "data", "stale_memory")
 _ENV_STR_FIELDS = ("device", "gpu_name", "driver", "cuda", "torch", "triton", "flashinfer", "hypothesis",
-                   "python")
+                   "python", "torchao", "compressed_tensors")
 _ENV_INT_FIELDS = ("compute_capability", "gpu_count")
 _OBSERVED_INT_LISTS = ("nan_rows", "changed_rows", "changed_cols")
 
