@@ -24,13 +24,14 @@ from harness import env as env_mod
 from harness.backends import flashinfer_fp4
 from harness.backends.protocol import Unsupported
 from harness.format import BLOCK_SIZE
+from harness.optional import import_optional
 from harness.layouts import ScaleLayout, padded_shape, round_up, unswizzle
 from harness.pipeline import GemmProblem, Poison, build_gemm_operands, operands_for
 from refusals import assert_library_refuses
 
 L = ScaleLayout
-fi = pytest.importorskip("flashinfer", reason="flashinfer-python is not installed")
-gb = pytest.importorskip("flashinfer.gemm.gemm_base")
+fi = import_optional("flashinfer", "the library whose mm_fp4 these adapters call")
+gb = import_optional("flashinfer.gemm.gemm_base")
 
 FI_BACKENDS = {b.name: b for b in flashinfer_fp4.backends()}
 EXPECTED_FI_NAMES = {
@@ -254,7 +255,7 @@ def test_trtllm_weight_is_row_shuffled_with_its_scales(name):
     logical = unswizzle(ops.w.scales, L.SWIZZLED_128x4)
     assert torch.equal(unswizzle(sw, L.SWIZZLED_128x4), logical[perm])
     # independent 128x4 oracle: torchao's to_blocked of the shuffled logical scales
-    to_blocked = pytest.importorskip("torchao.prototype.mx_formats.utils").to_blocked
+    to_blocked = import_optional("torchao.prototype.mx_formats.utils", "the 128x4 oracle").to_blocked
     assert torch.equal(sw.reshape(-1), to_blocked(logical[perm]).reshape(-1))
     # same bytes, only moved: padding poison included
     assert torch.equal(torch.sort(sw.reshape(-1)).values, torch.sort(ops.w.scales.reshape(-1)).values)

@@ -26,6 +26,7 @@ from harness.backends.protocol import Unsupported
 from harness.format import (BLOCK_SIZE, block_scale_and_inverse, global_scale_encode_divisor, reference_quantize,
                             unpack_e2m1)
 from harness.layouts import ScaleLayout, unswizzle
+from harness.optional import import_optional
 from harness.oracle import compare, error_bound, reference_gemm
 from harness.pipeline import GemmProblem, operands_for
 
@@ -60,7 +61,7 @@ def problem_for(backend) -> GemmProblem:
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", [b.name for b in flashinfer_fp4.backends()])
 def test_mm_fp4_adapter_on_this_gpu(name, record_property):
-    fi = pytest.importorskip("flashinfer")
+    fi = import_optional("flashinfer")
     b = {x.name: x for x in flashinfer_fp4.backends()}[name]
     ops = operands_for(b, problem_for(b), device="cuda")
     verdict = b.support(gpu_env())
@@ -84,7 +85,7 @@ def test_mm_fp4_adapter_on_this_gpu(name, record_property):
 
 
 def test_trtllm_scale_shuffle_matches_flashinfer_on_gpu():
-    fi = pytest.importorskip("flashinfer")
+    fi = import_optional("flashinfer")
     b = {x.name: x for x in flashinfer_fp4.backends()}["flashinfer-trtllm"]
     ops = operands_for(b, GemmProblem(m=3, n=200, k=192), device="cuda")
     kw = b.prepare(ops)
@@ -151,7 +152,7 @@ def test_flashinfer_quantizer_on_this_gpu(layout, record_property):
     """Either observed behaviour of the installed FlashInfer is accepted (below SM100 0.7.2.post1
     returned garbage without raising, 0.7.4 refuses), but garbage is never a pass: bytes that are
     mostly wrong must fail quantizer_agreement, and a refusal must come from the library."""
-    pytest.importorskip("flashinfer")
+    import_optional("flashinfer")
     q = quantizers.FlashInferQuantizer(layout)
     verdict = q.support(gpu_env())
     if cc() not in quantizers.FLASHINFER_QUANT_CCS:
