@@ -82,9 +82,14 @@ def save_failure_case(results_dir: Path | str, trial: Trial, outcome: Outcome, l
     observed["grid"] = _jsonable(outcome.measure.get("grid")) if outcome.measure.get("grid") else None
     if trial.property == "tp_consistency":
         observed.update(tp=trial.tp, parallel=trial.parallel)
+    from harness import env, tracking
+    from harness.backends import registry
+
+    # where it reproduced: this process's architecture and the versions of the libraries involved
+    seen = tracking.sighting_now(env.current(), registry.get(trial.backend))
     case = Case.create(backend=trial.backend, level=level, property=trial.property, problem=trial.problem,
                        poison=trial.poison, observed=observed, a_layout=outcome.a_layout or trial.a_layout,
-                       environment=environment, digest=outcome.digest)
+                       environment=environment, digest=outcome.digest, reproduced=[seen.to_dict()])
     path = Path(results_dir) / "cases" / f"{case.id}.json"
     written = save_case(case, path)
     return str(Path(written).relative_to(Path(results_dir)))

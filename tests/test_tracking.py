@@ -97,6 +97,20 @@ def test_garbage_is_never_a_pass_and_guards_regress(use_library):
     assert run_and_classify(make_case("float32", expect="pass"), backend).state == tracking.REGRESSED
 
 
+def test_a_recorded_failure_records_where_it_reproduced(use_library, tmp_path):
+    from harness import records
+
+    use_library("1.0")
+    case = make_case()
+    trial = trial_of(case)
+    outcome = execute(trial)
+    assert outcome.status == "fail"
+    rel = records.save_failure_case(tmp_path, trial, outcome, "quantizer", env_mod.current().to_dict())
+    (seen,) = load_case(tmp_path / rel, check_backend=False).reproduced
+    assert seen["arch"] == HERE and seen["versions"]["nvfp4_tracking_lib"] == "1.0"
+    assert seen["versions"]["torch"] == env_mod.bare_version(env_mod.current().torch)
+
+
 def test_sightings_round_trip_and_old_files_read_from_their_environment(tmp_path):
     case = make_case()
     path = save_case(case, tmp_path / "c.json")

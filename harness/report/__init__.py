@@ -63,6 +63,7 @@ class RunData:
     cases: dict[str, "Case"]                   # "cases/<name>.json" -> its Case
     hypothesis: list[dict[str, Any]] | None
     warnings: list[str] = field(default_factory=list)
+    tracking: list[dict[str, Any]] = field(default_factory=list)   # tracking-*.jsonl, see harness.tracking
 
 
 def _natural_key(path: Path) -> list:
@@ -173,7 +174,10 @@ def load_run(results_dir: str | Path) -> RunData:
         hypothesis = _hypothesis_rows(_read_json(hyp_path, warnings))
         if hypothesis is None:
             warnings.append("hypothesis.json holds no list of per-test statistics; ignored")
-    return RunData(root, session, records, cases, hypothesis, warnings)
+    from harness import tracking as tracking_mod
+
+    tracked = tracking_mod.load(root, warnings)
+    return RunData(root, session, records, cases, hypothesis, warnings, tracked)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -539,8 +543,21 @@ def _build_context(run: RunData) -> dict[str, Any]:
         "plots": plots,
         "hypothesis": hypothesis, "hypothesis_cols": hyp_cols,
         "n_cases": len(run.cases),
+        "tracking": _tracking_view(run.tracking),
         "warnings": warnings,
     }
+
+
+def _tracking_view(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The regression cases' upstream-tracking verdicts, transitions first (None: no regression run)."""
+    from harness import tracking as tracking_mod
+
+    if not rows:
+        return None
+    counts = [(s, sum(1 for r in rows if r.get("state") == s)) for s in tracking_mod.STATES]
+    return {"counts": [(s, n) for s, n in counts if n],
+            "transitions": [r for r in rows if r.get("state") in tracking_mod.TRANSITIONS],
+            "rows": rows, "loud": tracking_mod.TRANSITIONS}
 
 
 def _fmt_cell(v: Any, col: str) -> str:
