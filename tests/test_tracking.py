@@ -56,6 +56,7 @@ def use_library(tmp_path, monkeypatch):
 
     yield install
     sys.modules.pop(tracking_demo.LIBRARY, None)
+    registry._REGISTRY.pop("tracking-demo-quant", None)  # other tests in this worker see the built-ins only
 
 
 def run_and_classify(case: Case, backend) -> tracking.Transition:
