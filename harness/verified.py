@@ -158,7 +158,7 @@ def entries_from_results(results_dir: str | os.PathLike[str], source: str | None
     every case was skipped is not entered (a skip is not evidence of anything).  Raises
     VerifiedFileError when the directory has no session environment or no records."""
     from harness.env import bare_version
-    from harness.report import load_results
+    from harness.results import load_results
 
     root = Path(results_dir)
     try:

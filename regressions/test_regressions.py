@@ -20,7 +20,6 @@ import pytest
 from harness import env, tracking
 from harness.backends import registry
 from harness.cases import load_case
-from harness.replay import trial_of
 
 CASES_DIR = Path(os.environ.get("NVFP4_REGRESSIONS_DIR", Path(__file__).parent / "cases"))
 CASE_FILES = sorted(CASES_DIR.glob("*.json"))
@@ -50,7 +49,7 @@ def test_regression(path: Path, nvfp4_session, request) -> None:
     if not support:
         t = _track(request, nvfp4_session, case, path, now, "unsupported", support.reason)
         pytest.skip(f"{t.state}: {case.backend}: {support.reason}")
-    trial = trial_of(case)
+    trial = case.trial()
     outcome = nvfp4_session.run(trial, request.node.nodeid, digest=bool(case.digest))
     if case.digest and outcome.digest and outcome.digest != case.digest:
         pytest.fail(f"operands rebuilt differently from the recorded case (digest {outcome.digest[:12]} != "

@@ -8,10 +8,12 @@ import pytest
 
 from harness.backends import registry
 from harness.backends._refusal import as_unsupported
-from harness.backends.protocol import GemmBackend, Precision, Requirements
+from harness.backends.protocol import GemmBackend, Requirements
+from harness.oracle import Precision
 from harness.layouts import ScaleLayout
-from harness.pipeline import GemmProblem
-from harness.runner import Trial, execute
+from harness.problem import GemmProblem
+from harness.runner import execute
+from harness.trial import Trial
 
 
 class LibraryRefusal(Exception):

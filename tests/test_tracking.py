@@ -21,8 +21,7 @@ from harness import env as env_mod
 from harness import tracking
 from harness.backends import registry
 from harness.cases import Case, load_case, save_case
-from harness.pipeline import CLEAN, GemmProblem
-from harness.replay import trial_of
+from harness.problem import CLEAN, GemmProblem
 from harness.runner import execute
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +59,7 @@ def use_library(tmp_path, monkeypatch):
 
 
 def run_and_classify(case: Case, backend) -> tracking.Transition:
-    outcome = execute(trial_of(case))
+    outcome = execute(case.trial())
     now = tracking.sighting_now(env_mod.current(), backend)
     return tracking.classify(case, "demo.json", now, outcome=outcome.status, reason=outcome.reason)
 
@@ -99,11 +98,11 @@ def test_garbage_is_never_a_pass_and_guards_regress(use_library):
 
 
 def test_a_recorded_failure_records_where_it_reproduced(use_library, tmp_path):
-    from harness import records
+    from harness import results as records
 
     use_library("1.0")
     case = make_case()
-    trial = trial_of(case)
+    trial = case.trial()
     outcome = execute(trial)
     assert outcome.status == "fail"
     rel = records.save_failure_case(tmp_path, trial, outcome, "quantizer", env_mod.current().to_dict())

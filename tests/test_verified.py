@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, records, verified
+from harness import cli, verified
+from harness import results as records
 from harness.backends import registry
 from harness.env import current
-from harness.pipeline import GemmProblem
-from harness.runner import Outcome, Trial
+from harness.problem import GemmProblem
+from harness.trial import Outcome, Trial
 
 REPO = Path(__file__).resolve().parents[1]
 NEVER_COMPUTED_ON_ANY_GPU = ["flashinfer-cutlass", "flashinfer-trtllm", "flashinfer-auto", "torch-scaled-mm",
