@@ -393,8 +393,36 @@ def build_context(run: RunData) -> dict[str, Any]:
         "plots": plots,
         "hypothesis": hypothesis, "hypothesis_cols": hyp_cols,
         "n_cases": len(run.cases),
+        "tracking": _tracking_view(run.tracking),
+        "verified": _verified_view(records, warnings),
         "warnings": warnings,
     }
+
+
+def _tracking_view(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The regression cases' upstream-tracking verdicts, transitions first (None: no regression run)."""
+    from harness import tracking
+
+    if not rows:
+        return None
+    counts = [(s, sum(1 for r in rows if r.get("state") == s)) for s in tracking.STATES]
+    return {"counts": [(s, n) for s, n in counts if n],
+            "transitions": [r for r in rows if r.get("state") in tracking.TRANSITIONS],
+            "rows": rows, "loud": tracking.TRANSITIONS}
+
+
+def _verified_view(records: list[dict], warnings: list[str]) -> list[dict[str, Any]]:
+    """For each backend of the run: where the project last saw it compute (bench/verified.json)."""
+    from harness import verified
+
+    try:
+        record = verified.load()
+    except verified.VerifiedFileError as exc:
+        warnings.append(f"verification record: {exc}")
+        record = {}
+    names = sorted({str(r.get("backend")) for r in records if r.get("backend")})
+    return [{"backend": n, "computed": verified.ever_computed(n, record), "text": verified.describe(n, record)}
+            for n in names]
 
 
 def _fmt_cell(v: Any, col: str) -> str:
