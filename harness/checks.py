@@ -357,6 +357,60 @@ def quantizer_agreement(packed: torch.Tensor, scales_logical: torch.Tensor, ref_
                            "changed_rows": _rows_list(bad_sf.any(1) | real_diffs.any(1))})
 
 
+PADDING_CONSUMERS: dict[str, tuple[str, ...]] = {
+    "m_pad": ("flashinfer-trtllm-8x4 / linear-sglang-trtllm for m <= 32 (TRT-LLM's 8x4 path reads padding-row "
+              "scales into real rows: vLLM #37563, FlashInfer #2861)",),
+    "k_tail": ("every GEMM classified needs_zeroed_tail by the k_tail property (hardware block-scaled GEMMs "
+               "read the K tail: vLLM PR #31099)",),
+    "data": ("GEMMs that read whole packed tiles past K (the K-tail codes multiply the K-tail scales)",),
+}
+"""Consumer kernels for which a quantizer's non-zero padding in a region is unsafe (report text)."""
+
+QUANTIZER_PADDING_REGIONS: tuple[str, ...] = ("m_pad", "k_tail", "data")
+"""Padding regions of a quantizer's output: scale rows past the real rows, scale k-blocks past K of
+the real rows, packed bytes past [rows, k/2]."""
+
+
+def quantizer_padding(scales: torch.Tensor, regions: torch.Tensor, packed: torch.Tensor, rows: int, k: int,
+                      declared: tuple[str, ...] = ()) -> PropertyResult:
+    """9b. The padding contract of a quantizer: every padding byte it returns is zero.
+
+    ``scales`` is the scale buffer in storage order, ``regions`` its :class:`~harness.layouts.PaddingMap`
+    regions (same number of bytes); ``packed`` the packed codes, real region [rows, k/2].  Counts
+    the padding bytes and the non-zero ones per region (:data:`QUANTIZER_PADDING_REGIONS`).  Non-zero
+    bytes fail, except in a region the backend ``declared`` it leaves (``leaves_padding``): those
+    pass and the measure names the consumer kernels for which that is unsafe (:data:`PADDING_CONSUMERS`).
+    """
+    from harness.layouts import Region
+
+    flat = scales.reshape(-1).cpu()
+    reg = regions.reshape(-1).cpu()
+    total: dict[str, int] = {}
+    nonzero: dict[str, int] = {}
+    for name, code in (("m_pad", int(Region.M_PAD)), ("k_tail", int(Region.K_TAIL))):
+        sel = reg == code
+        total[name] = int(sel.sum())
+        nonzero[name] = int((flat[sel] != 0).sum())
+    pk = packed.cpu()
+    data_mask = torch.ones(pk.shape, dtype=torch.bool)
+    data_mask[:rows, :k // 2] = False
+    total["data"] = int(data_mask.sum())
+    nonzero["data"] = int((pk[data_mask] != 0).sum())
+    bad = [r for r in QUANTIZER_PADDING_REGIONS if nonzero[r] and r not in declared]
+    left = [r for r in QUANTIZER_PADDING_REGIONS if nonzero[r] and r in declared]
+    measure = {"padding_bytes": total, "padding_nonzero": nonzero, "padding_declared_left": list(declared)}
+    if left:
+        measure["padding_unsafe_for"] = [c for r in left for c in PADDING_CONSUMERS[r]]
+    counts = ", ".join(f"{r} {nonzero[r]}/{total[r]}" for r in QUANTIZER_PADDING_REGIONS)
+    if bad:
+        return PropertyResult("quantizer_agreement", False,
+                              f"non-zero padding bytes the quantizer does not declare ({counts} non-zero); "
+                              f"unsafe for {'; '.join(c for r in bad for c in PADDING_CONSUMERS[r])}", measure)
+    summary = "padding zero" if not left else \
+        f"padding left as declared ({counts} non-zero; unsafe for {'; '.join(measure['padding_unsafe_for'])})"
+    return PropertyResult("quantizer_agreement", True, summary, measure)
+
+
 def batch_invariance(small: torch.Tensor, large: torch.Tensor, m: int) -> PropertyResult:
     """10. (reported, not required) Row r's output is the same with m rows as with more rows."""
     a = small[:m].contiguous()

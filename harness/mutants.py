@@ -549,6 +549,22 @@ class NonSaturatingQuantizer(QuantizerMutant):
         return pack_e2m1(codes), swizzle(sf_byte, self.layout, fill=0)
 
 
+class NanPaddingQuantizer(QuantizerMutant):
+    name = "mutant-quantizer-nan-padding"
+    parent = QUANT_PARENT
+    planted = ("A quantizer that writes every real byte right but leaves NaN (0x7F) in the scale buffer's padding "
+               "rows, as a torch.empty buffer holding a previous NaN does (vLLM #37563: the padding rows of "
+               "the swizzled activation scales were never zeroed, and TRT-LLM's 8x4 GEMM path reads them into "
+               "real rows; vLLM's fix zeroes them). Its real bytes equal the parent's; only the padding "
+               "contract sees it (any m that is not a multiple of the layout's 128-row tile).")
+    description = "quant-triton-128x4 filling the scale buffer's padding rows with e4m3 NaN"
+
+    def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, k = x.shape
+        return quantize_into(x, global_scale.reshape(1).to(device=x.device, dtype=torch.float32), self.layout,
+                             data_rows=rows, data_k=k, row_fill=0x7F, ktail_fill=0, data_fill=0)
+
+
 class CompiledOutQuantizer(QuantizerMutant):
     name = "mutant-quantizer-compiled-out"
     planted = ("A quantizer kernel compiled out on an unsupported architecture returns its torch.empty outputs "
@@ -751,7 +767,7 @@ MUTANT_CLASSES: tuple[type[Backend], ...] = (
     PadRowScales, PadColScales, KTailUninit, NoSlice, BiasBeforeSlice, ActNotKPadded, ThreeDShape,
     StaticActScale, Bf16GlobalScale, NibbleSwap, SwizzleOffByOne, FastMathQuantizer, RowsUnwritten,
     Nondeterministic, GlobalScaleConvention, Fp16Epilogue, CompiledOutQuantizer,
-    NonSaturatingQuantizer, InputScaleMismatch,
+    NonSaturatingQuantizer, InputScaleMismatch, NanPaddingQuantizer,
     ReadsUnwrittenPadScales, WritesRowPastOutput, QuantizerReadsPastRows,
 )
 

@@ -27,7 +27,7 @@ from harness.backends.protocol import GemmBackend, LinearBackend, QuantizerBacke
 from harness import checks
 from harness.data import generate
 from harness.format import BLOCK_SIZE, block_scale_and_inverse, global_scale_encode_divisor, reference_quantize
-from harness.layouts import ScaleLayout, round_up, unswizzle
+from harness.layouts import OperandRole, ScaleLayout, padding_map, round_up, unswizzle
 from harness.oracle import error_bound, reference_gemm, reference_linear
 from harness.pipeline import CheckpointWeight, operands_from
 from harness.problem import CLEAN, GemmProblem, Poison, poison_kind
@@ -361,6 +361,19 @@ def _quantizer_agreement(backend: QuantizerBackend, trial: Trial, device) -> tup
     prerounding = (gs.cpu() * xf.abs().amax(-1)) / 6.0
     result = checks.quantizer_agreement(packed.view(torch.uint8).cpu(), logical, codes, sf, scaled, declared,
                                         prerounding)
+    # the padding contract: padding bytes per region, zero unless the backend declares it leaves them
+    pm = padding_map(backend.layout, OperandRole.ACTIVATION, p.m, p.k // BLOCK_SIZE)
+    if scales.numel() != pm.regions.numel():
+        raise _ContractViolation(f"scale buffer has {scales.numel()} bytes; layout {backend.layout.value!r} for "
+                                 f"{p.m} x {p.k // BLOCK_SIZE} scales needs {tuple(pm.regions.shape)}")
+    pad = checks.quantizer_padding(scales.view(torch.uint8), pm.regions, packed.view(torch.uint8), p.m, p.k,
+                                   tuple(getattr(backend, "leaves_padding", ())))
+    result.measure.update(pad.measure)
+    if not pad.ok:
+        result.summary = pad.summary if result.ok else f"{result.summary}; {pad.summary}"
+        result.ok = False
+    elif "padding_unsafe_for" in pad.measure:
+        result.summary = f"{result.summary}; {pad.summary}"
     # the saturating path: reference block scales at 448 (e4m3 satfinite), under a static scale
     result.measure["saturated_scales"] = int((sf == 0x7E).sum())
     if p.calibration is not None:
