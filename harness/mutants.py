@@ -285,6 +285,34 @@ class RowsUnwritten(GemmMutant):
         return out
 
 
+class WritesPastOutput(GemmMutant):
+    name = "mutant-writes-past-output"
+    parent = EMU_128x4
+    expected_property = "output_coverage"
+    planted = ("An epilogue that stores one row past the output it was handed (store mask rows < m + 1; the "
+               "under-allocated-buffer write class of vLLM PR #55456): the real rows are right and nothing "
+               "raises, but the bytes after the buffer are overwritten. Planted at the torch level: after the "
+               "parent's GEMM, row m is written through the output's storage, only where that storage has room "
+               "for it (so the process's own memory is never corrupted; the harness's guarded buffers always "
+               "have room). With an output it allocates itself, the mutant allocates m + 1 rows and returns the "
+               "first m, as such a kernel's wrapper would.")
+    description = "triton-emu-128x4 writing one row past the end of the output buffer it is handed"
+
+    def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
+        shape = (ops.m, ops.w.rows_alloc)
+        if out is None:
+            own = torch.empty((ops.m + 1, shape[1]), dtype=ops.out_dtype, device=ops.a.packed.device)
+            out = own[:ops.m]
+        res = self.base.run(ops, out)
+        row = res.numel()
+        esize = res.element_size()
+        if res.is_contiguous() and res.untyped_storage().nbytes() >= (res.storage_offset() + row + shape[1]) * esize:
+            past = torch.empty(0, dtype=res.dtype, device=res.device).set_(
+                res.untyped_storage(), res.storage_offset() + row, (1, shape[1]))
+            past.copy_(res[-1:] if ops.m else torch.zeros_like(past))
+        return res
+
+
 class Nondeterministic(GemmMutant):
     name = "mutant-nondeterministic"
     parent = EMU_128x4
@@ -729,7 +757,8 @@ class WritesRowPastOutput(GemmMaskedLate):
     planted = ("An epilogue whose store mask is off by one row (rows < m + 1): it writes one row past an output "
                "allocated for exactly m rows. Under PyTorch's caching allocator the stray row lands in whatever "
                "block follows and no output the harness reads changes; the under-allocated-buffer write class of "
-               "vLLM PR #55456.")
+               "vLLM PR #55456. (Where the harness hands the output, output_coverage, the guard bytes around it "
+               "see the write too: harness.guard; its CPU twin is mutant-writes-past-output.)")
     description = "triton-emu-128x4 storing one row past the end of an exact-size output"
 
 
@@ -767,7 +796,7 @@ MUTANT_CLASSES: tuple[type[Backend], ...] = (
     PadRowScales, PadColScales, KTailUninit, NoSlice, BiasBeforeSlice, ActNotKPadded, ThreeDShape,
     StaticActScale, Bf16GlobalScale, NibbleSwap, SwizzleOffByOne, FastMathQuantizer, RowsUnwritten,
     Nondeterministic, GlobalScaleConvention, Fp16Epilogue, CompiledOutQuantizer,
-    NonSaturatingQuantizer, InputScaleMismatch, NanPaddingQuantizer,
+    NonSaturatingQuantizer, InputScaleMismatch, NanPaddingQuantizer, WritesPastOutput,
     ReadsUnwrittenPadScales, WritesRowPastOutput, QuantizerReadsPastRows,
 )
 

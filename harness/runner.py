@@ -24,12 +24,12 @@ import torch
 from harness import env as env_mod
 from harness.backends import registry
 from harness.backends.protocol import GemmBackend, LinearBackend, QuantizerBackend, Unsupported
-from harness import checks
+from harness import checks, guard
 from harness.data import generate
 from harness.format import BLOCK_SIZE, block_scale_and_inverse, global_scale_encode_divisor, reference_quantize
 from harness.layouts import OperandRole, ScaleLayout, padding_map, round_up, unswizzle
 from harness.oracle import error_bound, reference_gemm, reference_linear
-from harness.pipeline import CheckpointWeight, operands_from
+from harness.pipeline import CheckpointWeight, GemmOperands, operands_from
 from harness.problem import CLEAN, GemmProblem, Poison, poison_kind
 from harness.trial import Outcome, PropertyResult, Trial, properties_for
 
@@ -116,8 +116,12 @@ class _Gemm:
         return ops
 
     def call(self, ops, out=None) -> torch.Tensor:
+        ops, handed = _guard_operands(ops)
+        if out is not None:
+            handed["out"] = out
         res = self.b.run(ops, out=out) if out is not None else self.b.run(ops)
         _sync()
+        _check_guards(handed)
         want = (ops.m, ops.w.rows_alloc)
         if not isinstance(res, torch.Tensor) or tuple(res.shape) != want or res.dtype != ops.out_dtype:
             got = (tuple(res.shape), res.dtype) if isinstance(res, torch.Tensor) else type(res).__name__
@@ -169,7 +173,8 @@ class _Gemm:
 
     def output_coverage(self) -> PropertyResult:
         ops = self.ops(CLEAN)
-        out = torch.full((ops.m, ops.w.rows_alloc), float("nan"), dtype=ops.out_dtype, device=self.dev)
+        out = guard.guarded(torch.empty((ops.m, ops.w.rows_alloc), dtype=ops.out_dtype, device=self.dev),
+                            fill=float("nan"))
         res = self.call(ops, out=out)
         ref, _ = self.reference(ops)
         if res.data_ptr() != out.data_ptr():
@@ -276,6 +281,29 @@ class _ContractViolation(Exception):
     pass
 
 
+def _guard_operands(ops: GemmOperands) -> tuple[GemmOperands, dict[str, torch.Tensor]]:
+    """``ops`` with every tensor a backend receives copied inside guard bytes, and those tensors by name."""
+    a = replace(ops.a, packed=guard.guarded(ops.a.packed), scales=guard.guarded(ops.a.scales),
+                global_scale=guard.guarded(ops.a.global_scale))
+    w = replace(ops.w, packed=guard.guarded(ops.w.packed), scales=guard.guarded(ops.w.scales),
+                global_scale=guard.guarded(ops.w.global_scale))
+    dense = guard.guarded(ops.a_dense) if ops.a_dense is not None else None
+    guarded = replace(ops, a=a, w=w, alpha=guard.guarded(ops.alpha), a_dense=dense)
+    handed = {"a.packed": a.packed, "a.scales": a.scales, "a.global_scale": a.global_scale,
+              "w.packed": w.packed, "w.scales": w.scales, "w.global_scale": w.global_scale,
+              "alpha": guarded.alpha}
+    if dense is not None:
+        handed["a_dense"] = dense
+    return guarded, handed
+
+
+def _check_guards(handed: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`_ContractViolation` when the backend wrote outside a buffer it was handed."""
+    bad = guard.check(handed)
+    if bad:
+        raise _ContractViolation("wrote outside the buffers it was handed (guard bytes changed): " + "; ".join(bad))
+
+
 class _NotApplicable(Exception):
     pass
 
@@ -309,10 +337,21 @@ class _Linear:
 
     def call(self, x=None) -> torch.Tensor:
         x = self.x if x is None else x
+        x = guard.guarded(x)
+        weight = replace(self.weight, packed=guard.guarded(self.weight.packed),
+                         scales=guard.guarded(self.weight.scales),
+                         weight_scale_2=guard.guarded(self.weight.weight_scale_2),
+                         input_scale=None if self.weight.input_scale is None else guard.guarded(self.weight.input_scale))
+        bias = guard.guarded(self.bias)
+        handed = {"x": x, "weight.packed": weight.packed, "weight.scales": weight.scales,
+                  "weight.weight_scale_2": weight.weight_scale_2, "bias": bias}
+        if weight.input_scale is not None:
+            handed["weight.input_scale"] = weight.input_scale
         if self.t.poison.stale_memory:
             poison_allocator(self.dev)
-        out = self.b.run(x, self.weight, self.bias)
+        out = self.b.run(x, weight, bias)
         _sync()
+        _check_guards(handed)
         want = (*x.shape[:-1], self.weight.n)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -347,8 +386,10 @@ def _quantizer_agreement(backend: QuantizerBackend, trial: Trial, device) -> tup
     p = trial.problem
     x = p.activations(device)
     gs = p.activation_global_scale(x)
-    packed, scales = backend.quantize(x, gs)
+    handed = {"x": guard.guarded(x), "global_scale": guard.guarded(gs)}
+    packed, scales = backend.quantize(handed["x"], handed["global_scale"])
     _sync()
+    _check_guards(handed)
     codes, sf = reference_quantize(x.cpu(), gs.cpu())
     if packed.shape[0] < p.m or packed.shape[1] < p.k // 2:
         raise _ContractViolation(f"packed output {tuple(packed.shape)} smaller than ({p.m}, {p.k // 2})")
