@@ -357,6 +357,42 @@ def quantizer_agreement(packed: torch.Tensor, scales_logical: torch.Tensor, ref_
                            "changed_rows": _rows_list(bad_sf.any(1) | real_diffs.any(1))})
 
 
+def input_isolation(clean: torch.Tensor, dirty: torch.Tensor, bad_row: int, kind: str,
+                    static_scale: bool) -> PropertyResult:
+    """11. One real input row holding NaN/Inf (``kind``) leaves every other row bit-identical.
+
+    ``clean``/``dirty``: outputs [rows, n] without and with the bad row.  With a static activation
+    scale (``static_scale``: a checkpoint's input_scale) the scale does not depend on the data, so a
+    bad row must stay in its row: any other row that changes fails.  With a dynamic per-tensor scale
+    the bad value sets the tensor's amax and so every row's scale: the spread is a property of the
+    design, reported (``classification`` ``per_tensor_spread``), not failed.
+    """
+    bits = torch.int16 if clean.element_size() == 2 else torch.int32
+    c, d = clean.contiguous().view(bits), dirty.contiguous().view(bits)
+    others = torch.ones(clean.shape[0], dtype=torch.bool, device=clean.device)
+    others[bad_row] = False
+    changed = (c != d).any(dim=1) & others
+    changed_rows = _rows_list(changed)
+    n_changed = int(changed.sum())
+    nan_rows = _rows_list((~torch.isfinite(dirty)).any(dim=1) & others)
+    scale = "static" if static_scale else "dynamic"
+    measure = {"bad_row": bad_row, "bad_value": kind, "scale": scale, "changed_rows": changed_rows,
+               "nan_rows": nan_rows, "rows_affected": n_changed}
+    if n_changed == 0:
+        measure["classification"] = "isolated"
+        return PropertyResult("input_isolation", True,
+                              f"{kind} in row {bad_row} stays in its row ({scale} activation scale)", measure)
+    if not static_scale:
+        measure["classification"] = "per_tensor_spread"
+        return PropertyResult("input_isolation", True,
+                              f"{kind} in row {bad_row} reaches {n_changed} other rows through the dynamic "
+                              f"per-tensor scale (a property of the design, reported)", measure)
+    measure["classification"] = "spread"
+    return PropertyResult("input_isolation", False,
+                          f"{kind} in row {bad_row} changed {n_changed} other rows ({len(nan_rows)} NaN/Inf) "
+                          f"although the activation scale is static", measure)
+
+
 PADDING_CONSUMERS: dict[str, tuple[str, ...]] = {
     "m_pad": ("flashinfer-trtllm-8x4 / linear-sglang-trtllm for m <= 32 (TRT-LLM's 8x4 path reads padding-row "
               "scales into real rows: vLLM #37563, FlashInfer #2861)",),

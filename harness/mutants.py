@@ -519,6 +519,21 @@ class InputScaleMismatch(LinearMutant):
         return a if global_scale is None else replace(a, global_scale=global_scale.reshape(1).to(x2d.device))
 
 
+class StaticScaleIgnored(LinearMutant):
+    name = "mutant-static-scale-ignored"
+    expected_property = "input_isolation"
+    planted = ("A layer that ignores the checkpoint's static input_scale and quantizes every batch with its own "
+               "dynamic amax, computing alpha consistently from it: finite batches come out within quantization "
+               "noise of the static path, but one NaN/Inf token sets the batch's amax and so every row's scale, "
+               "and the whole batch turns NaN (what static scales exist to prevent; the calibrated-scale "
+               "class of TRT-LLM PR #11322).")
+    summary = "linear-vllm over triton-emu-128x4 quantizing activations dynamically despite a static input_scale"
+
+    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int,
+                       global_scale: torch.Tensor | None = None):
+        return super().quantize_input(x2d, layout, k_alloc)
+
+
 # ----------------------------------------------------------------------------------------------
 # Quantizer level
 # ----------------------------------------------------------------------------------------------
@@ -796,7 +811,7 @@ MUTANT_CLASSES: tuple[type[Backend], ...] = (
     PadRowScales, PadColScales, KTailUninit, NoSlice, BiasBeforeSlice, ActNotKPadded, ThreeDShape,
     StaticActScale, Bf16GlobalScale, NibbleSwap, SwizzleOffByOne, FastMathQuantizer, RowsUnwritten,
     Nondeterministic, GlobalScaleConvention, Fp16Epilogue, CompiledOutQuantizer,
-    NonSaturatingQuantizer, InputScaleMismatch, NanPaddingQuantizer, WritesPastOutput,
+    NonSaturatingQuantizer, InputScaleMismatch, NanPaddingQuantizer, WritesPastOutput, StaticScaleIgnored,
     ReadsUnwrittenPadScales, WritesRowPastOutput, QuantizerReadsPastRows,
 )
 

@@ -379,6 +379,20 @@ class _Linear:
         return checks.batch_invariance(small, large, x2.shape[0])
 
 
+    def input_isolation(self) -> PropertyResult:
+        x2 = self.x.reshape(-1, self.p.k)
+        m = x2.shape[0]
+        if m < 2:
+            raise _NotApplicable("one row: no other row to isolate")
+        bad_row, col = self.p.seed % m, (self.p.seed * 7) % self.p.k
+        kind = ("nan", "inf")[(self.p.seed // m) % 2]
+        dirty_x = x2.clone()
+        dirty_x[bad_row, col] = float("nan") if kind == "nan" else float("inf")
+        clean = self.call(x2)
+        dirty = self.call(dirty_x)
+        return checks.input_isolation(clean, dirty, bad_row, kind, self.weight.input_scale is not None)
+
+
 # ----------------------------------------------------------------------------------------------
 # Quantizer level
 # ----------------------------------------------------------------------------------------------
