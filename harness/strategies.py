@@ -217,6 +217,42 @@ def gemm_problems(*, max_m: int = 4096, max_nk_blocks: int = 256,
     )
 
 
+REAL_SHARD_K: tuple[int, ...] = (176, 464, 3696)
+"""Per-rank K of real TP shards (row-parallel down projections, :mod:`harness.tp_catalog`): 176 (11
+k-blocks: GLM-4.5-Air MoE intermediate 1408 / TP8), 464 (29 k-blocks: Nemotron-3-Nano MoE intermediate
+1856 / TP4), 3696 (231 k-blocks: Qwen2.5-72B intermediate 29568 / TP8)."""
+
+REAL_SHARD_N: tuple[int, ...] = (232, 464, 3696)
+"""Per-rank N of real TP shards (232 = 1856/8 is a multiple of 8, not of 16)."""
+
+LARGE_M: tuple[int, ...] = (4097, 8191, 8192, 16384)
+"""Large M, where persistent-kernel scheduling bugs appear (more tiles than SMs, wave tails)."""
+
+
+def large_problems(*, max_m: int = 16384, max_nk_blocks: int = 96,
+                   out_dtypes: Sequence[str] = ("bfloat16", "float16"), ragged_n: bool = False,
+                   max_seed: int = 15) -> SearchStrategy[GemmProblem]:
+    """Large GEMM problems: m from :data:`LARGE_M` (capped at ``max_m``), K of a real TP shard
+    (:data:`REAL_SHARD_K`), n from the usual strategy or a real shard's N (232 with ``ragged_n``).
+    For GPU profiles only; shrinks to the smallest m and K."""
+    ms = [m for m in LARGE_M if m <= max_m] or [max_m]
+    ns = [n for n in REAL_SHARD_N if ragged_n or n % BLOCK_SIZE == 0]
+    return st.builds(
+        GemmProblem,
+        m=st.sampled_from(ms), n=st.one_of(st.sampled_from(ns), kn_values(max_nk_blocks)),
+        k=st.sampled_from(REAL_SHARD_K),
+        out_dtype=_ordered_choice(out_dtypes, "large_problems(out_dtypes)"),
+        distribution=distributions(), seed=st.integers(0, max_seed), origin=st.none())
+
+
+def rarely(rare: SearchStrategy, usual: SearchStrategy, share: float) -> SearchStrategy:
+    """``rare`` in about ``share`` of the draws (0 < share <= 1), ``usual`` otherwise; shrinks to ``usual``."""
+    if not 0 < share <= 1:
+        raise ValueError(f"rarely: share={share!r}: expected a probability in (0, 1]")
+    slots = max(1, round(1 / share))
+    return st.integers(0, slots - 1).flatmap(lambda i: rare if i == slots - 1 else usual)
+
+
 def tp_entries(*, degrees: Iterable[int] = DEFAULT_DEGREES, catalog: Iterable[LayerShape] = CATALOG,
                max_unsplit_dim: int | None = None,
                max_weight_elements: int | None = None) -> list[tuple[LayerShape, int, int, int, str]]:
@@ -348,7 +384,9 @@ def gemm_cases(problems: SearchStrategy[GemmProblem] | None = None,
 
 __all__ = [
     "NAMED_POISON_BYTES", "POISON_REGIONS", "SMALL_M", "TILE_BOUNDARY_M",
-    "CALIBRATION_RATIOS", "block_counts", "calibrations", "catalog_block_counts", "distributions", "divisors", "gemm_cases", "gemm_problems",
-    "kn_values", "linear_problems", "m_values", "poison_bytes", "poisons", "ragged_n_values",
+    "CALIBRATION_RATIOS", "LARGE_M", "REAL_SHARD_K", "REAL_SHARD_N",
+    "block_counts", "calibrations", "catalog_block_counts", "distributions", "divisors", "gemm_cases",
+    "gemm_problems", "kn_values", "large_problems", "linear_problems", "m_values", "poison_bytes", "poisons",
+    "ragged_n_values", "rarely",
     "tp_entries", "tp_problems", "with_batch_dims", "with_calibration",
 ]

@@ -25,10 +25,14 @@ class Sizes:
     tp_max_unsplit: int
     tp_max_weight: int
     tp_max_degree: int
+    #: chance of a large problem (M up to 16384, K of real TP shards such as 3696 = 29568/8) per GEMM
+    #: draw; 0 never (the CPU interpreter: CI's 2-core machine could not afford one)
+    large_share: float = 0.0
 
 
 CPU_SIZES = Sizes(max_m=40, max_nk_blocks=8, tp_max_unsplit=32, tp_max_weight=32 * 1024, tp_max_degree=2)
-GPU_SIZES = Sizes(max_m=1100, max_nk_blocks=96, tp_max_unsplit=1024, tp_max_weight=4096 * 1024, tp_max_degree=8)
+GPU_SIZES = Sizes(max_m=1100, max_nk_blocks=96, tp_max_unsplit=1024, tp_max_weight=4096 * 1024, tp_max_degree=8,
+                  large_share=0.05)
 
 
 def sizes_for(device: str) -> Sizes:
@@ -45,6 +49,10 @@ def _problems(backend: Backend, sz: Sizes, *, ragged_n: bool = False, catalog: b
     max_m = min(sz.max_m, req.m_max) if (cap_m and req.m_max) else sz.max_m
     base = hs.gemm_problems(max_m=max_m, max_nk_blocks=sz.max_nk_blocks, out_dtypes=_dtypes(backend),
                             ragged_n=ragged_n)
+    if sz.large_share > 0:
+        large = hs.large_problems(max_m=max_m if (cap_m and req.m_max) else hs.LARGE_M[-1],
+                                  max_nk_blocks=sz.max_nk_blocks, out_dtypes=_dtypes(backend), ragged_n=ragged_n)
+        base = hs.rarely(large, base, sz.large_share)
     if not catalog:
         return base
     tp = hs.tp_problems(max_m=max_m, max_unsplit_dim=sz.tp_max_unsplit, max_weight_elements=sz.tp_max_weight,
