@@ -73,13 +73,14 @@ def reference_from_dequantized(a: torch.Tensor, w: torch.Tensor, alpha: torch.Te
     the exact int8 method (:mod:`harness.exact_reference`), which :func:`reference_method` selects;
     operands it cannot represent exactly go to the fp64 GEMM.
     """
-    al = float(torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)[0])
+    # alpha stays on the device (fp32 -> fp64 is exact): a Python float would cost a host sync
+    al = torch.as_tensor(alpha, dtype=torch.float32, device=a.device).reshape(-1)[:1].double()
     exact = None
     if reference_method(a.shape[0], w.shape[0], a.shape[1], a.device) == "int8":
         exact = exact_products(a, w, a_bits, w_bits)
     if exact is not None:
         value = al * exact[0]
-        abs_sum = abs(al) * exact[1]
+        abs_sum = al.abs() * exact[1]
     else:
         a64 = a.double()
         w64 = w.double()
@@ -96,7 +97,7 @@ def reference_from_dequantized(a: torch.Tensor, w: torch.Tensor, alpha: torch.Te
             abs32 = a.float().abs() @ w.float().abs().T
         finally:
             torch.backends.cuda.matmul.allow_tf32 = tf32
-        abs_sum = abs(al) * abs32.double() / (1 - gamma)
+        abs_sum = al.abs() * abs32.double() / (1 - gamma)
     if bias is not None:
         value = value + bias.double().reshape(1, -1)
     return Reference(value, abs_sum, k if k is not None else a.shape[1], bias)
