@@ -33,9 +33,9 @@ Construction (proof of exactness).
    exact there (:math:`|\cdot| < 2^{53}`), and the fp64 sum of T terms errs by at most
    :math:`\gamma_T P` (:func:`diagonal_error`; T <= 7 in practice, so :math:`\le 7 \cdot 2^{-53} P`).
 4. One rounding.  The int64 -> fp64 conversion rounds once (relative error :math:`\le 2^{-53}`), and
-   the scaling by :math:`2^{q_i + q_j}` is exact.  ``P`` is then multiplied by :math:`1 + 2^{-52}`
-   (and by :math:`1 + \gamma_T` on the diagonal path) so it is an upper bound (the error bound
-   needs one).
+   the scaling by :math:`2^{q_i + q_j}` is exact.  ``P`` is then multiplied by :math:`1 + 2^{-51}`
+   (and by :math:`1 + 2\gamma_T` on the diagonal path), which outweighs its roundings (at most
+   three of :math:`2^{-53}`, and :math:`\gamma_T`), so it is an upper bound (the error bound needs one).
 
 Error left.  ``value`` is :math:`\alpha \cdot \mathrm{fl}_{64}(S)`: at most :math:`2^{-53}|S|` from
 the exact sum (:math:`\gamma_T P` on the diagonal path), then the fp64 multiply by alpha (as in the fp64 GEMM reference).  The fp64 GEMM
@@ -60,6 +60,9 @@ DIGIT_BITS = 7
 """Bits per int8 digit (sign-magnitude: 0..127 times the element's sign)."""
 K_CHUNK = 1 << 17
 """Longest K per integer GEMM: K * 127^2 < 2^31 keeps the int32 accumulator exact."""
+ROW_CHUNK_ELEMENTS = 1 << 26
+"""Elements per row chunk of the fp64/int64 temporaries (operand splitting and output
+accumulation), so that the method's memory is a fixed multiple of its operands' and output's."""
 _BIG = 1 << 20
 
 
@@ -74,27 +77,55 @@ class IntegerRows:
 def integer_rows(x: torch.Tensor, significand_bits: int) -> IntegerRows | None:
     """Split the rows of ``x`` [rows, K] (float) into int8 digit planes; ``None`` when an element has
     more than ``significand_bits`` significant bits or is not finite (the caller must then use
-    another method)."""
+    another method).  Works on row chunks of at most :data:`ROW_CHUNK_ELEMENTS` elements, so its
+    fp64/int64 temporaries stay bounded."""
+    rows, k = x.shape
+    step = max(1, ROW_CHUNK_ELEMENTS // max(1, k))
+    parts = []
+    for r0 in range(0, rows, step):
+        part = _integer_rows_chunk(x[r0:r0 + step], significand_bits)
+        if part is None:
+            return None
+        parts.append(part)
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return IntegerRows([torch.zeros((0, k), dtype=torch.int8, device=x.device)],
+                           torch.zeros(0, dtype=torch.int64, device=x.device), 0)
+    ndig = max(len(p.digits) for p in parts)
+    digits = [torch.cat([p.digits[d] if d < len(p.digits) else torch.zeros_like(p.digits[0]) for p in parts])
+              for d in range(ndig)]
+    return IntegerRows(digits, torch.cat([p.q for p in parts]), max(p.bits for p in parts))
+
+
+def _integer_rows_chunk(x: torch.Tensor, significand_bits: int) -> IntegerRows | None:
     x64 = x.double()
     if not bool(torch.isfinite(x64).all()):
         return None
     f, e = torch.frexp(x64)
-    e = e.to(torch.int64)
-    nz = x64 != 0
     mant = torch.ldexp(f, torch.tensor(significand_bits, dtype=torch.int64, device=x.device))
+    del f
     if not bool((mant == mant.round()).all()):
         return None
-    q = torch.where(nz, e - significand_bits, torch.full_like(e, _BIG))
-    q_row = q.amin(dim=1) if x.shape[1] else torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
-    q_row = torch.where(q_row == _BIG, torch.zeros_like(q_row), q_row)
-    e_row = torch.where(nz, e, torch.full_like(e, -_BIG)).amax(dim=1) if x.shape[1] else q_row
+    del mant
+    e = e.to(torch.int64)
+    nz = x64 != 0
+    if x.shape[1]:
+        q_row = torch.where(nz, e - significand_bits, torch.full_like(e, _BIG)).amin(dim=1)
+        q_row = torch.where(q_row == _BIG, torch.zeros_like(q_row), q_row)
+        e_row = torch.where(nz, e, torch.full_like(e, -_BIG)).amax(dim=1)
+    else:
+        q_row = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        e_row = q_row
+    del e, nz
     spread = (e_row - q_row).clamp_min(0)
     bits = int(spread.max()) if spread.numel() else 0
     if bits > 62:
         return None
     r = torch.ldexp(x64, -q_row[:, None]).to(torch.int64)  # exact integers (step 1)
+    del x64
     sign = torch.sign(r).to(torch.int8)
-    mag = r.abs()
+    mag = r.abs_()
     ndig = max(1, math.ceil(bits / DIGIT_BITS))
     digits = [((mag >> (DIGIT_BITS * d)) & 127).to(torch.int8) * sign for d in range(ndig)]
     return IntegerRows(digits, q_row, bits)
@@ -121,7 +152,7 @@ def _int_gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def exact_products(a: torch.Tensor, w: torch.Tensor, a_bits: int = 6, w_bits: int = 6
                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(S, P) as fp64 [m, n]: ``S = a @ w^T`` rounded once, ``P >= |a| @ |w|^T`` (within 2^-52
+    """(S, P) as fp64 [m, n]: ``S = a @ w^T`` rounded once, ``P >= |a| @ |w|^T`` (within 2^-50
     relative), for ``a`` [m, K], ``w`` [n, K] with at most ``a_bits`` / ``w_bits`` significant
     bits per element.  ``None`` when the operands do not qualify (more bits, non-finite values, or
     a row spread beyond 62 bits): use the fp64 GEMM then.  ``S`` is exact to one rounding when
@@ -137,25 +168,34 @@ def exact_products(a: torch.Tensor, w: torch.Tensor, a_bits: int = 6, w_bits: in
         return None
     m, n = a.shape[0], w.shape[0]
     exact_int64 = ra.bits + rw.bits + max(1, math.ceil(math.log2(max(k, 1)))) <= 62
-    da_abs = [d.abs() for d in ra.digits]
     dw_abs = [d.abs() for d in rw.digits]
-    out = []
-    for a_dig, w_dig in ((ra.digits, rw.digits), (da_abs, dw_abs)):
-        total = torch.zeros((m, n), dtype=torch.int64 if exact_int64 else torch.float64, device=a.device)
-        for t in reversed(range(len(a_dig) + len(w_dig) - 1)):  # diagonals d + l = t, largest first
-            diag = torch.zeros((m, n), dtype=torch.int64, device=a.device)
-            for d in range(max(0, t - len(w_dig) + 1), min(t, len(a_dig) - 1) + 1):
-                for k0 in range(0, max(k, 1), K_CHUNK):
-                    sl = slice(k0, k0 + K_CHUNK)
-                    diag += _int_gemm(a_dig[d][:, sl], w_dig[t - d][:, sl])
-            if exact_int64:
-                total += diag << (DIGIT_BITS * t)
-            else:  # |diag| < 4 * 2^31 * ceil(K / 2^17) is exact in fp64; the sum of diagonals rounds
-                total += torch.ldexp(diag.double(), torch.tensor(DIGIT_BITS * t, device=a.device))
-        out.append(torch.ldexp(total.double(), ra.q[:, None] + rw.q[None, :]))
-    s, p = out
+    s_out = torch.empty((m, n), dtype=torch.float64, device=a.device)
+    p_out = torch.empty((m, n), dtype=torch.float64, device=a.device)
+    step = max(1, ROW_CHUNK_ELEMENTS // max(1, n))
+    for r0 in range(0, m, step):
+        rs = slice(r0, r0 + step)
+        a_sig = [d[rs] for d in ra.digits]
+        a_abs = [d[rs].abs() for d in ra.digits]
+        for a_dig, w_dig, dest in ((a_sig, rw.digits, s_out), (a_abs, dw_abs, p_out)):
+            rows = a_dig[0].shape[0]
+            total = torch.zeros((rows, n), dtype=torch.int64 if exact_int64 else torch.float64, device=a.device)
+            for t in reversed(range(len(a_dig) + len(w_dig) - 1)):  # diagonals d + l = t, largest first
+                diag = torch.zeros((rows, n), dtype=torch.int64, device=a.device)
+                for d in range(max(0, t - len(w_dig) + 1), min(t, len(a_dig) - 1) + 1):
+                    for k0 in range(0, max(k, 1), K_CHUNK):
+                        sl = slice(k0, k0 + K_CHUNK)
+                        diag += _int_gemm(a_dig[d][:, sl], w_dig[t - d][:, sl])
+                if exact_int64:
+                    total += diag << (DIGIT_BITS * t)
+                else:  # |diag| < 4 * 2^31 * ceil(K / 2^17) is exact in fp64; the sum of diagonals rounds
+                    total += torch.ldexp(diag.double(), torch.tensor(DIGIT_BITS * t, device=a.device))
+                del diag
+            dest[rs] = torch.ldexp(total.double(), ra.q[rs, None] + rw.q[None, :])
+            del total
     gamma = 0.0 if exact_int64 else diagonal_error(len(ra.digits), len(rw.digits))
-    return s, p * (1 + 2.0 ** -52) * (1 + gamma)
+    # P's roundings (int64 -> fp64, this multiply, the factor itself; the diagonals' sum) are each
+    # <= 2^-53 relative (gamma_T for the sum): lifting by (1 + 2^-51)(1 + 2 gamma_T) keeps P above
+    return s_out, p_out.mul_((1 + 2.0 ** -51) * (1 + 2 * gamma))
 
 
 def diagonal_error(da: int, dw: int) -> float:

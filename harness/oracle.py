@@ -79,12 +79,13 @@ def reference_from_dequantized(a: torch.Tensor, w: torch.Tensor, alpha: torch.Te
     if reference_method(a.shape[0], w.shape[0], a.shape[1], a.device) == "int8":
         exact = exact_products(a, w, a_bits, w_bits)
     if exact is not None:
-        value = al * exact[0]
-        abs_sum = al.abs() * exact[1]
+        value = exact[0].mul_(al)
+        abs_sum = exact[1].mul_(al.abs())
     else:
         a64 = a.double()
         w64 = w.double()
-        value = al * (a64 @ w64.T)
+        value = (a64 @ w64.T).mul_(al)
+        del a64, w64
         # sum |a_k w_k| only feeds the bound, so an upper bound suffices: the products are exact in
         # fp32 (<= 13 significant bits for NVFP4, <= 14 with bf16 activations) and a fp32 sum of K
         # non-negative terms in any order is at least (1 - gamma_K) times the exact sum, so dividing
@@ -97,7 +98,7 @@ def reference_from_dequantized(a: torch.Tensor, w: torch.Tensor, alpha: torch.Te
             abs32 = a.float().abs() @ w.float().abs().T
         finally:
             torch.backends.cuda.matmul.allow_tf32 = tf32
-        abs_sum = al.abs() * abs32.double() / (1 - gamma)
+        abs_sum = abs32.double().mul_(al.abs()).div_(1 - gamma)
     if bias is not None:
         value = value + bias.double().reshape(1, -1)
     return Reference(value, abs_sum, k if k is not None else a.shape[1], bias)
@@ -152,15 +153,17 @@ def error_bound(ref: Reference, precision: Precision, out_dtype: torch.dtype,
     if k * u_a >= 1:
         raise ValueError(f"error_bound: K={k} is too long for a {precision.accumulator_bits}-bit accumulator")
     gamma = k * u_a / (1 - k * u_a)
+    # in-place steps, in the order of the formula: the same values with two [m, n] fp64 buffers
     e = gamma * ref.abs_sum
     if precision.operand_bits is not None:
         u_o = 2.0 ** -precision.operand_bits
-        e = e + ((1 + u_o + U32) ** 2 - 1 + 3 * U32) * ref.abs_sum
+        e.add_(((1 + u_o + U32) ** 2 - 1 + 3 * U32) * ref.abs_sum)
     product = ref.value if ref.bias is None else ref.value - ref.bias.double().reshape(1, -1)
-    bound = e * (1 + U32) * (1 + u_out) + (U32 + u_out + U32 * u_out) * product.abs() + eta
+    bound = e.mul_(1 + U32).mul_(1 + u_out)
+    bound.add_(product.abs().mul_(U32 + u_out + U32 * u_out)).add_(eta)
     if ref.bias is not None and bias_in_out_dtype:
-        bound = bound + u_out * (ref.value.abs() + bound) + eta
-    return bound * _FP64_SAFETY
+        bound.add_(ref.value.abs().add_(bound).mul_(u_out)).add_(eta)
+    return bound.mul_(_FP64_SAFETY)
 
 
 @dataclass
@@ -185,8 +188,9 @@ def compare(out: torch.Tensor, ref: Reference, bound: torch.Tensor, out_dtype: t
     b = bound.to(o.device)
     if o.numel():
         # the common, passing path: two reductions and one host sync (NaN/Inf make it fall through)
-        quick = torch.nan_to_num((o - r).abs() / b.clamp_min(torch.finfo(torch.float64).tiny),
-                                 nan=float("inf")).max().item()
+        d = (o - r).abs_().div_(b.clamp_min(torch.finfo(torch.float64).tiny))  # in place: fewer [m, n] buffers
+        quick = torch.nan_to_num(d, nan=float("inf"), out=d).max().item()
+        del d
         if quick <= 1.0:
             return Agreement(ok=True, max_err_units=quick, max_err_abs=float("nan"), argmax=None,
                              violations=0, nan_rows=[], bad=None)

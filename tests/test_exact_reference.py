@@ -68,7 +68,7 @@ def _assert_exact_or_within(a, w, s, p, s_ref, p_ref):
         gamma = diagonal_error(len(ra.digits), len(rw.digits))
         assert bool(((s - s_ref).abs() <= gamma * p_ref).all())
     # P is rounded to nearest, then lifted into an upper bound
-    assert bool((p >= p_ref).all()) and bool((p <= p_ref * (1 + 2.0 ** -51) * (1 + 2 * gamma)).all())
+    assert bool((p >= p_ref).all()) and bool((p <= p_ref * (1 + 2.0 ** -50) * (1 + 3 * gamma)).all())
 
 
 @pytest.mark.parametrize("m,n,k,seed", [(4, 6, 16, 0), (9, 5, 64, 1), (3, 17, 256, 2), (33, 2, 128, 3),
@@ -150,3 +150,14 @@ def test_method_selection(monkeypatch):
     monkeypatch.setenv("NVFP4_REFERENCE", "fp32")
     with pytest.raises(ValueError):
         reference_method(16, 16, 16, torch.device("cpu"))
+
+
+def test_row_chunks_give_the_same_result(monkeypatch):
+    import harness.exact_reference as exact_reference
+
+    a = _nvfp4("heavy_tailed", 37, 96, seed=1)
+    w = _nvfp4("tiny", 29, 96, seed=2)
+    whole = exact_products(a, w)
+    monkeypatch.setattr(exact_reference, "ROW_CHUNK_ELEMENTS", 100)  # 1-row chunks of a and w, 3-row of out
+    chunked = exact_products(a, w)
+    assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
