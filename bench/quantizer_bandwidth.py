@@ -82,6 +82,11 @@ def main() -> int:
                 sweep[key] = f"{type(exc).__name__}"
         return sweep[key]
 
+    def dump(obj):  # after each stage, so that a run cut short keeps what it measured
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(obj, fh, indent=2)
+
     # stage 1: tile shapes with the plain code (128x4); stage 2: every variant on the 2 best tiles
     tile_list = [(8, 8, 4), (16, 8, 4), (16, 8, 8), (32, 8, 8), (16, 16, 8), (32, 4, 4), (64, 4, 8), (8, 16, 4),
                  (32, 16, 8), (16, 32, 8), (8, 32, 4), (64, 8, 8)]
@@ -91,10 +96,14 @@ def main() -> int:
     variants = [{"evict": e, "scale_words": w, "persistent": p} for e in (False, True) for w in (False, True)
                 for p in (0, 4)]
     candidates = [(t, o) for _, t in ranked[:2] for o in variants] + [default]
+    stage2 = sorted((v, i) for i, v in enumerate(time_cfg(lay0, t, o) for t, o in candidates) if isinstance(v, float))
+    top = [candidates[i] for _, i in stage2[:3]]
     out["default_config"] = {"tiles": default[0], "options": default[1]}
     out["best_config_per_layout"] = {}
-    for layout in ScaleLayout:
-        timed_c = [(time_cfg(layout, t, o), t, o) for t, o in candidates]
+    out["sweep_ms"] = sweep
+    dump(out)
+    for layout in ScaleLayout:  # the three best of the 128x4 sweep, and the default, in each layout
+        timed_c = [(time_cfg(layout, t, o), t, o) for t, o in top + [default]]
         best_ms, tiles, options = min((c for c in timed_c if isinstance(c[0], float)), key=lambda c: c[0])
         packed, scales = buffers[layout]
         moved = x.numel() * 2 + packed.numel() + scales.numel()
@@ -107,6 +116,7 @@ def main() -> int:
             "ms": t_q * 1e3, "GBps": moved / t_q / 1e9, "fraction_of_copy": moved / t_q / copy_bw,
             "default_ms": t_def * 1e3, "default_fraction_of_copy": moved / t_def / copy_bw,
             "bytes_equal_default": bool(torch.equal(p_best, p_def) and torch.equal(s_best, s_def))}
+        dump(out)
     out["sweep_ms"] = sweep
     nvfp4.QUANT_TILES_GPU, nvfp4.QUANT_OPTIONS = default
     t_ref = timed(lambda: F.reference_quantize(x, gs), max(3, args.iters // 4))

@@ -165,6 +165,33 @@ def worker(root: str, cases: int, large: int, quant: bool, max_nk_blocks: int) -
     return res
 
 
+def report(runs: dict, commit: str, how: str, args) -> dict:
+    metrics = sorted({k for r in runs["new"] + runs["base"] for k, v in r.items() if isinstance(v, (int, float))})
+    summary = {}
+    for k in metrics:
+        vals = {t: [r[k] for r in runs[t] if k in r] for t in ("base", "new")}
+        entry = {t: (statistics.median(v) if v else None) for t, v in vals.items()}
+        if entry["base"] and entry["new"]:
+            if k.endswith("_ms"):
+                entry["speedup"] = entry["base"] / entry["new"]
+            else:
+                entry["ratio_new_over_base"] = entry["new"] / entry["base"]
+        summary[k] = entry
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True) \
+        if shutil.which("git") and os.path.exists(os.path.join(REPO, ".git")) else None
+    first = (runs["new"] or runs["base"])[0]
+    out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "device": first["device"], "torch": first["torch"],
+           "python": platform.python_version(), "base_commit": commit, "base_source": how,
+           "new_commit": head.stdout.strip() if head and head.returncode == 0 else "working tree (no git)",
+           "rounds_done": {t: len(v) for t, v in runs.items()}, "order": "base,new then new,base alternating",
+           "summary": summary, "runs": runs}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default=None, help="commit to compare against (default: the carried copy's)")
@@ -189,7 +216,8 @@ def main() -> int:
         for rnd in range(args.rounds):
             for name in ("base", "new") if rnd % 2 == 0 else ("new", "base"):
                 cmd = [sys.executable, os.path.abspath(__file__), "--worker", trees[name], "--cases", str(args.cases),
-                       "--large", str(args.large), "--max-nk-blocks", str(args.max_nk_blocks)] + (["--no-quantizer"] if args.no_quantizer else [])
+                       "--large", str(args.large), "--max-nk-blocks", str(args.max_nk_blocks)]
+                cmd += ["--no-quantizer"] if args.no_quantizer else []
                 env = dict(os.environ, PYTHONPATH=trees[name])
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=trees[name])
                 line = [ln for ln in proc.stdout.splitlines() if ln.startswith("SIDE_BY_SIDE ")]
@@ -198,28 +226,10 @@ def main() -> int:
                     raise SystemExit(f"side_by_side: the {name} worker failed (exit {proc.returncode})")
                 runs[name].append(json.loads(line[0][len("SIDE_BY_SIDE "):]))
                 print(name, json.dumps(runs[name][-1]), flush=True)
+                out = report(runs, commit, how, args)  # after every worker: a run cut short keeps its data
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    metrics = sorted({k for r in runs["new"] + runs["base"] for k, v in r.items() if isinstance(v, (int, float))})
-    summary = {}
-    for k in metrics:
-        b = statistics.median(r[k] for r in runs["base"] if k in r) if any(k in r for r in runs["base"]) else None
-        n = statistics.median(r[k] for r in runs["new"] if k in r) if any(k in r for r in runs["new"]) else None
-        entry = {"base": b, "new": n}
-        if b and n:
-            entry["speedup" if k.endswith("_ms") else "ratio_new_over_base"] = b / n if k.endswith("_ms") else n / b
-        summary[k] = entry
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True) \
-        if shutil.which("git") else None
-    out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "device": runs["new"][0]["device"], "torch": runs["new"][0]["torch"],
-           "python": platform.python_version(), "base_commit": commit, "base_source": how,
-           "new_commit": head.stdout.strip() if head and head.returncode == 0 else "working tree (no git)",
-           "rounds": args.rounds, "order": "base,new then new,base alternating", "summary": summary, "runs": runs}
     print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=2))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
     return 0
 
 
