@@ -23,8 +23,14 @@ def make_case(backend_name: str, dev: torch.device):
     from harness import checks
     from harness.backends import registry
     from harness.oracle import compare, error_bound, reference_gemm
-    from harness.pipeline import CLEAN, GemmProblem, Poison
-    from harness.runner import Trial, _Gemm, _sync
+    from harness.runner import _Gemm, _sync
+
+    try:
+        from harness.problem import CLEAN, GemmProblem, Poison
+        from harness.trial import Trial
+    except ImportError:  # trees before harness/problem.py (bench/side_by_side.py runs older commits)
+        from harness.pipeline import CLEAN, GemmProblem, Poison
+        from harness.runner import Trial
 
     backend = registry.get(backend_name)
     phases = defaultdict(float)
@@ -68,7 +74,7 @@ def main() -> int:
     from harness import env, strategies
     from harness.backends import registry
     from harness.oracle import reference_method
-    from harness.pipeline import GemmProblem
+    from harness.problem import GemmProblem
     from harness.runner import _sync
 
     e = env.current()

@@ -12,10 +12,10 @@ import torch
 from harness.data import DISTRIBUTIONS, generate
 from harness.exact_reference import diagonal_error, exact_products, integer_rows
 from harness.format import global_scale_encode_divisor, reference_dequantize, reference_quantize
-from harness.oracle import error_bound, reference_from_dequantized, reference_gemm, reference_method
-from harness.backends.protocol import Precision
+from harness.oracle import Precision, error_bound, reference_from_dequantized, reference_gemm, reference_method
 from harness.layouts import ScaleLayout
-from harness.pipeline import GemmProblem, build_gemm_operands
+from harness.pipeline import build_gemm_operands
+from harness.problem import GemmProblem
 
 U64 = 2.0 ** -53
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from harness.memory import CASE_MEMORY_MULTIPLE, operand_bytes, peak_bytes
-from harness.pipeline import GemmProblem
-from harness.runner import Trial, execute
+from harness.problem import GemmProblem
+from harness.runner import execute
+from harness.trial import Trial
 
 
 def test_the_meter_sees_what_is_allocated_and_freed():
