@@ -10,6 +10,8 @@ set -uo pipefail
 out=${1:-${OUT:?usage: bench/gpu_perf.sh OUTDIR}}
 mkdir -p "$out/data"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+# the offline GPU machine's extra packages when they were carried (bench/device-pack.sh)
+if [ -d .device ]; then source bench/device-env.sh; fi
 TOTAL=${GPU_PERF_SECONDS:-470}
 log=$out/gpu_perf.log
 { date -u; nvidia-smi -L 2>&1; git rev-parse HEAD 2>&1 || echo "no git"
