@@ -258,7 +258,7 @@ def test_trtllm_shuffle_needs_n_multiple_of_128():
     assert ops.w.rows_alloc == 96
     with pytest.raises(ValueError, match=r"weight rows_alloc=96 \(scale rows 128\) must be a multiple of 128"):
         FI_BACKENDS["flashinfer-trtllm"].prepare(ops)
-    with pytest.raises(AssertionError, match="multiples of 32"):  # the library's own shuffle refuses too
+    with pytest.raises(AssertionError):  # the library's own shuffle refuses too (its wording varies by release)
         fi.shuffle_matrix_a(ops.w.packed[:90], 128)
 
 
