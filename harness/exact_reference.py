@@ -144,7 +144,8 @@ def _int_gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             a = torch.nn.functional.pad(a, (0, kp - k, 0, mp - m))
         if (np_, kp) != (n, k):
             b = torch.nn.functional.pad(b, (0, kp - k, 0, np_ - n))
-        return torch._int_mm(a, b.t())[:m, :n]
+        # cuBLASLt takes a row-major a and a column-major b (b^T of a row-major [n, K])
+        return torch._int_mm(a.contiguous(), b.contiguous().t())[:m, :n]
     if m == 0 or n == 0 or k == 0:
         return torch.zeros((m, n), dtype=torch.int32, device=a.device)
     return torch._int_mm(a.contiguous(), b.t())

@@ -161,3 +161,17 @@ def test_row_chunks_give_the_same_result(monkeypatch):
     monkeypatch.setattr(exact_reference, "ROW_CHUNK_ELEMENTS", 100)  # 1-row chunks of a and w, 3-row of out
     chunked = exact_products(a, w)
     assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
+
+
+def test_extreme_exponents_per_row_are_exact():
+    """bf16 activations far from 1 (subnormal-adjacent and huge rows) keep their own row exponent."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(4, 64, generator=g)
+    a = (base * torch.tensor([2.0 ** -125, 2.0 ** -60, 1.0, 2.0 ** 100])[:, None]).to(torch.bfloat16)
+    w = _nvfp4("normal", 5, 64, seed=9)
+    got = exact_products(a.float(), w, a_bits=8)
+    assert got is not None
+    s_ref, p_ref = _fsum_reference(a.float(), w)
+    assert torch.equal(got[0], s_ref) and bool((got[1] >= p_ref).all())
+    wide = torch.cat([a[:1], a[3:]], dim=1).float()  # one row spanning 2^-125 .. 2^100: refused
+    assert integer_rows(wide, 8) is None
