@@ -557,8 +557,8 @@ def _gemm_masked_late_kernel(
     alpha_ptr, out_ptr, stride_om, stride_on,
     m, n_alloc, kb_alloc,
     A_LAYOUT: tl.constexpr, W_LAYOUT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KB_STEP: tl.constexpr, OUT_BF16: tl.constexpr,
-    READ_PAD_SCALES: tl.constexpr, EXTRA_ROWS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KB_STEP: tl.constexpr, DOT_FP32: tl.constexpr,
+    OUT_BF16: tl.constexpr, READ_PAD_SCALES: tl.constexpr, EXTRA_ROWS: tl.constexpr,
 ):
     """The emulation GEMM (harness.backends.triton_emulation) with one of two planted bugs:
     READ_PAD_SCALES loads activation scales of every row of the tile that the scale buffer holds
@@ -579,12 +579,15 @@ def _gemm_masked_late_kernel(
         sf = tl.load(a_sf_ptr + _scale_offset(rm[:, None], kb[None, :], a_sf_kb, A_LAYOUT),
                      mask=sf_rows_ok[:, None] & (kb < kb_alloc)[None, :], other=0).to(tl.int32)
         s = tl.reshape(tl.broadcast_to(_e4m3_decode(sf)[:, :, None], (BLOCK_M, KB_STEP, 8)), (BLOCK_M, KB_STEP * 8))
-        a_even = (_e2m1_decode(byte & 0xF) * s).to(tl.bfloat16)
-        a_odd = (_e2m1_decode(byte >> 4) * s).to(tl.bfloat16)
+        a_even = _e2m1_decode(byte & 0xF) * s
+        a_odd = _e2m1_decode(byte >> 4) * s
+        if not DOT_FP32:
+            a_even = a_even.to(tl.bfloat16)
+            a_odd = a_odd.to(tl.bfloat16)
         w_even, w_odd = _nvfp4_tile(w_ptr, stride_wn, w_sf_ptr, w_sf_kb, rn, n_ok, kb0, kb_alloc,
-                                    W_LAYOUT, BLOCK_N, KB_STEP, False)
-        acc = _dot(a_even, tl.trans(w_even), acc, False)
-        acc = _dot(a_odd, tl.trans(w_odd), acc, False)
+                                    W_LAYOUT, BLOCK_N, KB_STEP, DOT_FP32)
+        acc = _dot(a_even, tl.trans(w_even), acc, DOT_FP32)
+        acc = _dot(a_odd, tl.trans(w_odd), acc, DOT_FP32)
     acc = acc * tl.load(alpha_ptr)
     _store_out(out_ptr, stride_om, stride_on, rm, rn, (rm < m + EXTRA_ROWS)[:, None] & n_ok[None, :], acc, OUT_BF16)
 
@@ -623,7 +626,7 @@ class GemmMaskedLate(SanitizerOnly, GemmMutant):
         return replace(self.base.requirements, runs_on_cpu=False)
 
     def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
-        from harness.backends.triton_emulation import launch_setup, out_view
+        from harness.backends.triton_emulation import interpreting, launch_setup, out_view
 
         a, w = ops.a, ops.w
         out, alpha, _, block_m, block_n, kb_step = launch_setup(ops, out, a.packed.device)
@@ -634,7 +637,7 @@ class GemmMaskedLate(SanitizerOnly, GemmMutant):
             alpha, out_view(out), out.stride(0), out.stride(1),
             ops.m, w.rows_alloc, a.k_alloc // BLOCK_SIZE,
             A_LAYOUT=LAYOUT_ID[a.layout], W_LAYOUT=LAYOUT_ID[w.layout], BLOCK_M=block_m, BLOCK_N=block_n,
-            KB_STEP=kb_step, OUT_BF16=out.dtype == torch.bfloat16,
+            KB_STEP=kb_step, DOT_FP32=interpreting(), OUT_BF16=out.dtype == torch.bfloat16,
             READ_PAD_SCALES=self.READ_PAD_SCALES, EXTRA_ROWS=self.EXTRA_ROWS)
         return out
 
