@@ -28,16 +28,18 @@ def test_the_cpu_profile_never_draws_a_large_problem(data) -> None:
         assert t.problem.k != 3696 and t.problem.n * t.problem.k <= suite.CPU_SIZES.tp_max_weight
 
 
-def _find(pred, prop="reference_agreement"):
+def _find(strategy, pred):
     cfg = settings(max_examples=2000, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
-    return find(suite.trials(registry.get(EMU), prop, suite.GPU_SIZES), pred, settings=cfg)
+    return find(strategy, pred, settings=cfg)
 
 
 def test_the_gpu_profile_draws_large_m_and_real_shard_k() -> None:
-    big = _find(lambda t: t.problem.m == 16384)
-    assert big.problem.k in hs.REAL_SHARD_K
-    assert _find(lambda t: t.problem.k == 3696).problem.m in hs.LARGE_M
-    assert _find(lambda t: t.problem.n == 232, "column_isolation").problem.m in hs.LARGE_M
+    big = _find(suite.trials(registry.get(EMU), "reference_agreement", suite.GPU_SIZES),
+                lambda t: t.problem.m > 4096)
+    assert big.problem.m in hs.LARGE_M and big.problem.k in hs.REAL_SHARD_K
+    assert _find(hs.large_problems(), lambda p: p.m == 16384 and p.k == 3696)
+    assert _find(hs.large_problems(ragged_n=True), lambda p: p.n == 232)
+    assert _find(hs.large_problems(max_m=8192), lambda p: p.m > 0).m <= 8192
 
 
 def test_large_problems_are_rare_in_the_gpu_profile() -> None:
