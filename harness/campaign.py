@@ -26,7 +26,7 @@ Schedule (docs/campaigns.md):
 Interruption: the first SIGINT/SIGTERM stops every worker at the next example (the running example
 finishes and is recorded; a failure being shrunk is shrunk to the end and written); the report is
 rendered from what exists.  A second signal aborts.  Records are appended and fsynced one by one
-(harness/records.py), so a worker killed by the OS loses nothing recorded.
+(harness/results.py), so a worker killed by the OS loses nothing recorded.
 
 Shared state lives in ``RESULTS_DIR/campaign/``: ``plan.json`` (controller: deadline, workers),
 ``worker-<id>.json`` (each worker: pid, pairs started, the running pair and its slice end, cases,
@@ -664,7 +664,7 @@ def merge_results(dirs: list[str | Path], dest: str | Path) -> Path:
         nodes.append({"node": node, "results_dir": str(d.resolve()), "started": session.get("started"),
                       "finished": session.get("finished"), "argv": session.get("argv"),
                       "environment": session.get("environment")})
-    from harness.records import write_session
+    from harness.results import write_session
 
     write_session(dest, {"started": min(started) if started else None, "finished": max(finished) if finished else None,
                          "environment": env or {}, "nodes": nodes, "workers": workers,

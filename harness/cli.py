@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -81,7 +80,7 @@ def cmd_fuzz(args) -> int:
         for name in args.backends.split(","):
             registry.get(name.strip())
     if args.properties != "all":
-        from harness.checks import PROPERTIES
+        from harness.trial import PROPERTIES
 
         for p in args.properties.split(","):
             if p.strip() not in PROPERTIES:
@@ -106,11 +105,11 @@ def cmd_fuzz(args) -> int:
 
     # Ctrl-C / SIGTERM: the campaign stops after the running examples, then the report is rendered
     rc, interrupted = call_interruptible(cmd, cwd=str(REPO_ROOT))
-    from harness import records
     from harness.report import render_report
+    from harness.results import finalize
 
     if any(results.glob("results-*.jsonl")):
-        records.finalize(results)
+        finalize(results)
         out = render_report(results, Path(args.report))
         print(f"report: {out}")
     else:
@@ -148,7 +147,7 @@ def cmd_report(args) -> int:
             raise UsageError(f"RESULTS_DIR {str(d)!r}: no such directory (expected the folder a fuzz run wrote)")
     if len(dirs) > 1:  # several nodes of one campaign: one report of their merged results
         from harness.campaign import merge_results
-        from harness.records import finalize
+        from harness.results import finalize
 
         merged = Path(args.merged) if args.merged else Path(args.output).with_suffix(".results")
         d = merge_results(dirs, merged)
