@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/campaign-out}
 mkdir -p "$OUT"
 MODE=${1:-scaling}
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 BACKENDS=${BACKENDS:-all}
 PROPERTIES=${PROPERTIES:-all}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -194,6 +194,11 @@ class Progress:
         self.results_dir = Path(results_dir)
         self.stream = stream if stream is not None else sys.stderr
         self.live = self.stream.isatty() if live is None else live
+        if self.live:
+            try:
+                import rich  # noqa: F401
+            except ImportError:  # a declared dependency; lines rather than nothing without it
+                self.live = False
         self.interval = interval if not self.live else 0.5
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -306,6 +311,11 @@ class Controller:
     def stop(self) -> None:
         self.progress.stop()
         self.interruption.restore()
+        if self.progress.stream is not sys.stderr:
+            try:
+                self.progress.stream.close()
+            except OSError:
+                pass
 
 
 _STOP = threading.Event()  # set by the first SIGINT/SIGTERM of this process
@@ -339,6 +349,18 @@ def runnable_pairs(items, environment) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # the worker's side: slices, the example gate, the loop of Hypothesis runs
 # ----------------------------------------------------------------------------------------------
+def _skip_exceptions() -> tuple[type[BaseException], ...]:
+    """pytest's skip (a BaseException, not an Exception) and unittest's, but not RunStopped."""
+    out: list[type[BaseException]] = []
+    try:
+        import pytest
+
+        out.append(pytest.skip.Exception)
+    except ImportError:  # pragma: no cover - outside pytest
+        pass
+    return tuple(out)
+
+
 class RunStopped(unittest.SkipTest):
     """Ends the current Hypothesis run of a campaign at once (Hypothesis re-raises a skip without
     running further examples); the campaign loop catches it.  Never raised while a failure of the
@@ -470,10 +492,10 @@ class WorkerCampaign:
                     call()
                 except RunStopped:
                     break
-                except Unsatisfiable:
-                    # every example of this run was turned away by the gate (slice end, deadline or
-                    # stop reached while the run began): the pair is done, nothing failed
-                    if runs == 1 and not self.stopping() and time.time() < self.deadline and first_failure is None:
+                except (Unsatisfiable, *_skip_exceptions()):
+                    # the test skipped itself, or every example of the run was rejected (a backend
+                    # refusing them): the first run says so to pytest; a later one ends the pair
+                    if runs == 1:
                         raise
                     break
                 except (KeyboardInterrupt, SystemExit):

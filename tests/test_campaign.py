@@ -101,6 +101,51 @@ def test_slices_share_the_worker_time_left_over_the_pairs_not_started(tmp_path: 
     assert last.cover_end <= start + 100
 
 
+def _given_test(w: "campaign.WorkerCampaign", seen: list, fails=lambda x: False):
+    from hypothesis import given, settings, strategies as st
+    from hypothesis.control import current_build_context
+    from hypothesis.database import InMemoryExampleDatabase
+
+    @settings(max_examples=5, database=InMemoryExampleDatabase(), deadline=None, derandomize=False)
+    @given(st.integers(0, 2**60))
+    def t(x):
+        w.gate(current_build_context().is_final)
+        seen.append((time.time(), x))
+        if fails(x):
+            w.note_example("fail")
+            raise AssertionError(f"planted failure at {x}")
+        time.sleep(0.01)
+
+    return t
+
+
+def test_a_pair_draws_fresh_examples_past_its_cap_until_its_slice_is_spent(tmp_path: Path) -> None:
+    start = time.time()
+    campaign.write_plan(tmp_path, 1.5, 1, start)
+    w = campaign.WorkerCampaign(tmp_path, "main", ["p"])
+    seen: list = []
+    t = _given_test(w, seen)
+    w.run_pair("p", t, t)
+    spent = time.time() - start
+    assert 1.4 <= spent <= 2.0, spent               # one pair, one worker: the whole budget
+    assert len(seen) > 3 * 5                        # many runs of the 5-example cap
+    assert len({x for _, x in seen}) > 3 * 5        # with fresh seeds: new examples
+    assert max(t0 for t0, _ in seen) < start + 1.5  # none started after the deadline
+
+
+def test_a_failing_pair_keeps_looking_and_reports_its_first_failure(tmp_path: Path) -> None:
+    start = time.time()
+    campaign.write_plan(tmp_path, 1.5, 1, start)
+    w = campaign.WorkerCampaign(tmp_path, "main", ["p", "q"])   # q not started: p's slice is half
+    seen: list = []
+    t = _given_test(w, seen, fails=lambda x: x % 3 == 0)
+    with pytest.raises(AssertionError, match="planted failure"):
+        w.run_pair("p", t, t)
+    # the pair's slice (0.75 s) was doubled after the failure: it fuzzed on past the first one
+    assert time.time() - start >= 1.2
+    assert sum(1 for _, x in seen if x % 3 == 0) > 1
+
+
 def test_progress_shows_cases_rate_failures_and_time_left_per_worker(tmp_path: Path) -> None:
     import io
 
@@ -117,6 +162,7 @@ def test_progress_shows_cases_rate_failures_and_time_left_per_worker(tmp_path: P
     line = campaign.summary_line(s)
     assert "3 cases" in line and "1 failures" in line and "gw0 3" in line
     # on a terminal: a rich live table, one row per worker
+    pytest.importorskip("rich", reason="rich (a dependency of nvfp4-harness) draws the live table")
     out = io.StringIO()
     p = campaign.Progress(tmp_path, stream=out, live=True).start()
     time.sleep(0.3)
@@ -146,6 +192,8 @@ def test_campaign_fuzzes_past_the_example_cap_until_the_budget_is_spent(tmp_path
     per_pair = {p: sum(1 for r in cases if r["property"] == p) for p in ("reference_agreement", "determinism")}
     # fresh seeds past the cap of 2 examples per test, for both pairs (the budget is shared)
     assert all(n > 2 for n in per_pair.values()), per_pair
+    distinct = {json.dumps([r["property"], r["problem"], r["poison"], r["a_layout"]], sort_keys=True) for r in cases}
+    assert len(distinct) > 2 * 2 + 2, len(distinct)  # new examples, not the same ones again
     # the budget is shared evenly: neither pair starves
     assert min(per_pair.values()) >= max(per_pair.values()) / 5, per_pair
     # progress: periodic one-line summaries when stderr is not a terminal
