@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU verification the project runs on a lent Hopper node (see bench/RESULTS.md).
-# Usage: bench/gpu_check.sh OUTDIR {tests|fuzz|bench|selftest|all}
+# Usage: bench/gpu_check.sh OUTDIR {tests|fuzz|bench|selftest|all|sanitize}  (all: the first four)
 # Expects flashinfer importable (e.g. `source .device/device-env.sh` on the lent machine).
 set -uo pipefail
 out=${1:?OUTDIR}; what=${2:-all}
@@ -26,4 +26,11 @@ if [[ $what == bench || $what == all ]]; then
 fi
 if [[ $what == selftest || $what == all ]]; then
   nvfp4-harness selftest --budget 5 --json "$out/selftest.json" 2>&1 | tee "$out/selftest.txt"
+fi
+if [[ $what == sanitize ]]; then
+  # compute-sanitizer over the corpus and 1 case per backend (memcheck, initcheck), the mutants' self-test,
+  # and raw sanitizer output of harness runs for the parser's test data
+  python3 bench/sanitizer_run.py --json "$out/sanitizer.json" --sample 1 > "$out/sanitizer.txt" 2>&1
+  tail -30 "$out/sanitizer.txt"
+  bash bench/sanitizer_capture.sh "$out/sanitizer-capture" > /dev/null 2>&1; cat "$out/sanitizer-capture/rc.txt"
 fi

@@ -6,6 +6,7 @@
   nvfp4-harness promote CASE.json --name N          copy a case into regressions/
   nvfp4-harness report RESULTS_DIR -o FILE          render the HTML report
   nvfp4-harness selftest                            prove the oracle against planted bugs
+  nvfp4-harness sanitize [CASES|DIRS] [--sample N]  rerun cases under compute-sanitizer
 """
 
 from __future__ import annotations
@@ -124,6 +125,10 @@ def cmd_replay(args) -> int:
     from harness.replay import replay
 
     _load_plugins(args.plugin)
+    if args.sanitize:
+        from harness.sanitizer.run import replay_command_line
+
+        return replay_command_line(args.case, backend=args.backend, tool=args.tool, sanitizer=args.sanitizer)
     r = replay(args.case, backend=args.backend)
     print(r.diagnosis())
     return r.exit_code
@@ -158,6 +163,15 @@ def cmd_report(args) -> int:
     out = render_report(d, Path(args.output))
     print(f"report: {out}")
     return 0
+
+
+def cmd_sanitize(args) -> int:
+    from harness.sanitizer.run import command
+
+    _load_plugins(args.plugin)
+    return command(args.targets, sample=args.sample, backends=args.backends, seed=args.seed,
+                   tools=args.tool or None, results=args.results, sanitizer=args.sanitizer,
+                   timeout_s=args.timeout, run_selftest=args.selftest, plugins=args.plugin)
 
 
 def cmd_selftest(args) -> int:
@@ -200,7 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("case", help="case file (JSON)")
     r.add_argument("--backend", default=None, help="run the case on another backend")
     r.add_argument("--plugin", action="append", default=[], help="backend plugin module or .py file")
+    r.add_argument("--sanitize", action="store_true", help="rerun it under compute-sanitizer instead")
+    r.add_argument("--tool", default="memcheck", choices=("memcheck", "initcheck", "racecheck"),
+                   help="compute-sanitizer tool for --sanitize (default memcheck)")
+    r.add_argument("--sanitizer", default=None, help="path of compute-sanitizer (default: PATH, CUDA_HOME)")
     r.set_defaults(func=cmd_replay)
+
+    sz = sub.add_parser("sanitize", help="rerun cases under compute-sanitizer (padding left unwritten)")
+    sz.add_argument("targets", nargs="*", help="case files or directories of case files (e.g. regressions/cases)")
+    sz.add_argument("--sample", type=int, default=0, help="also draw N cases per backend from the strategies")
+    sz.add_argument("--backends", default="all", help="for --sample: comma-separated names, 'all' (those that "
+                                                      "run here) or 'mutants' (the sanitizer-only mutants)")
+    sz.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
+    sz.add_argument("--tool", action="append", choices=("memcheck", "initcheck", "racecheck"),
+                    help="compute-sanitizer tool (repeatable; default memcheck)")
+    sz.add_argument("--results", default="results/sanitizer", help="results directory (default results/sanitizer)")
+    sz.add_argument("--sanitizer", default=None, help="path of compute-sanitizer (default: PATH, CUDA_HOME)")
+    sz.add_argument("--timeout", type=float, default=600.0, help="seconds per case and tool (default 600)")
+    sz.add_argument("--selftest", action="store_true", help="check that each sanitizer-only mutant is caught")
+    sz.add_argument("--plugin", action="append", default=[], help="backend plugin module or .py file")
+    sz.set_defaults(func=cmd_sanitize)
 
     pr = sub.add_parser("promote", help="copy a case into the regression corpus")
     pr.add_argument("case")

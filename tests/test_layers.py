@@ -29,6 +29,8 @@ LAYERS: list[tuple[str, ...]] = [
     # the data model: problems, poison, TP shards of real models; trials, outcomes, vocabulary
     ("harness.problem", "harness.tp_catalog"),
     ("harness.trial",),
+    # compute-sanitizer's output and the operand map (what an address means): parsing, no GPU
+    ("harness.sanitizer", "harness.sanitizer.findings", "harness.sanitizer.operands"),
     # operands from problems; Hypothesis strategies over the model
     ("harness.pipeline", "harness.strategies"),
     # the fp64 reference and its error bound
@@ -47,6 +49,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("harness.report", "harness.report.*"),
     # replay and the self-test
     ("harness.replay", "harness.selftest"),
+    # compute-sanitizer as an oracle: the child process, running cases under the tool, its self-test
+    ("harness.sanitizer.child", "harness.sanitizer.run", "harness.sanitizer.__main__"),
     # entry points
     ("harness.cli", "harness.__main__", "harness.pytest_plugin"),
 ]

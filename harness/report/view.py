@@ -24,6 +24,7 @@ from harness.problem import POISON_KINDS, POISON_REGIONS, REGIONS, poison_kind
 from harness.report.svg import (OUTCOME_COLORS, PALETTE, GridError, Point, grid_legend_svg, grid_svg,
                                 outcome_bar_svg, parse_grid, scatter_svg)
 from harness.results import RunData, natural_key
+from harness.sanitizer.findings import Finding
 from harness.trial import ISOLATION_PROPERTIES, OUTCOMES, PROPERTIES, json_number
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -186,6 +187,15 @@ def _failure_view(idx: int, rec: Mapping | None, case: "Case | None", case_ref: 
         v = measure.get(key, observed.get(key))
         if v is not None:
             details.append((key, str(v)))
+    findings = measure.get("findings") or (observed.get("sanitizer") or {}).get("findings") or []
+    if isinstance(findings, list) and findings:  # compute-sanitizer findings (harness.sanitizer)
+        for f in findings[:8]:
+            try:
+                details.append(("finding", Finding.from_dict(f).line()))
+            except (TypeError, ValueError, AttributeError, KeyError):
+                warnings.append(f"{rec.get('_source', case_ref)}: an unreadable sanitizer finding was left out")
+        if len(findings) > 8:
+            details.append(("finding", f"… {len(findings) - 8} more"))
     grid_html: Markup | None = None
     grid_note = ""
     if "grid" in measure and idx > MAX_GRIDS:
