@@ -16,7 +16,8 @@ Schedule (docs/campaigns.md):
 * A pair first runs up to its example cap (the coverage run), which may take up to twice its slice:
   a pair whose examples are slow gets more time to reach its cap.  Then, if its slice is not spent,
   it runs further Hypothesis runs of up to ``cap`` examples each, every one with a fresh seed, until
-  it is; no example starts after the slice's end (nor after the deadline).
+  it is; no example starts after the slice's end (nor after the deadline): the run is ended there
+  by ``RunStopped``.
 * A run that finds a failure shrinks it to the end, past the slice or the deadline if need be (the
   minimized case is what the campaign is for).
 * A pair that fails gets a second slice (more time where bugs are): after a failure the reuse
@@ -43,7 +44,6 @@ import sys
 import tempfile
 import threading
 import time
-import unittest
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -350,7 +350,7 @@ def runnable_pairs(items, environment) -> list[str]:
 # the worker's side: slices, the example gate, the loop of Hypothesis runs
 # ----------------------------------------------------------------------------------------------
 def _skip_exceptions() -> tuple[type[BaseException], ...]:
-    """pytest's skip (a BaseException, not an Exception) and unittest's, but not RunStopped."""
+    """pytest's skip (a BaseException, not an Exception)."""
     out: list[type[BaseException]] = []
     try:
         import pytest
@@ -361,10 +361,14 @@ def _skip_exceptions() -> tuple[type[BaseException], ...]:
     return tuple(out)
 
 
-class RunStopped(unittest.SkipTest):
-    """Ends the current Hypothesis run of a campaign at once (Hypothesis re-raises a skip without
-    running further examples); the campaign loop catches it.  Never raised while a failure of the
-    run is being shrunk (a skip would discard it): those examples are rejected instead."""
+class RunStopped(KeyboardInterrupt):
+    """Ends the current Hypothesis run of a campaign at once; the campaign loop catches it.
+
+    A KeyboardInterrupt on purpose: it is the one exception Hypothesis's engine lets through
+    without saving the example that raised it to the example database (any other exception
+    escaping a test, a skip included, stores that example as a failure to replay, which would fill
+    the shared database with passing examples).  Never raised while a failure of the run is being
+    shrunk."""
 
 
 @dataclass

@@ -287,8 +287,8 @@ class HarnessSession:
             self.campaign.note_record(outcome.status, final)
 
     def campaign_gate(self) -> None:
-        """In a campaign, before every example: raises harness.campaign.RunStopped (the campaign
-        ends the Hypothesis run there) once the pair's share of the budget is spent, the deadline
+        """In a campaign, before every example: raises harness.campaign.RunStopped (a KeyboardInterrupt
+        the campaign catches: it ends the Hypothesis run there) once the pair's share of the budget is spent, the deadline
         is reached or a stop was requested; Hypothesis's final replay of a failure always runs."""
         if self.campaign is None:
             return
