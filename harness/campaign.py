@@ -677,6 +677,8 @@ def merge_results(dirs: list[str | Path], dest: str | Path) -> Path:
                         out.write(json.dumps(rec) + "\n")
                     except ValueError:
                         out.write(line)  # kept as it is: the report lists unreadable lines
+        for extra in sorted(d.glob("tracking-*.jsonl")):  # regression tracking verdicts, if any
+            shutil.copy2(extra, dest / f"tracking-{node}-{extra.stem[len('tracking-'):]}.jsonl")
         for case in (d / "cases").glob("*.json"):
             target = dest / "cases" / case.name
             if not target.exists():

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: list[tuple[str, ...]] = [
     # the number format, scale layouts and the machine: no harness imports
-    ("harness", "harness.format", "harness.layouts", "harness.env"),
+    ("harness", "harness.format", "harness.layouts", "harness.env", "harness.optional"),
     # Triton kernels: pipeline, test data and GEMMs
     ("harness.kernels", "harness.kernels.*"),
     # deterministic test data (its Triton path is a kernel)
@@ -42,9 +42,9 @@ LAYERS: list[tuple[str, ...]] = [
     # running trials: experiments per level and the engine
     ("harness.experiments", "harness.experiments.*", "harness.runner"),
     # what is kept of a run: case files, the suite's plan
-    ("harness.cases", "harness.suite"),
+    ("harness.cases", "harness.suite", "harness.tracking"),
     # the results directory (writing and reading)
-    ("harness.results",),
+    ("harness.results", "harness.verified"),
     # the HTML report of a results directory
     ("harness.report", "harness.report.*"),
     # replay and the self-test
