@@ -705,10 +705,11 @@ def merge_results(dirs: list[str | Path], dest: str | Path) -> Path:
 # ----------------------------------------------------------------------------------------------
 def call_interruptible(cmd: list[str], **popen_kwargs) -> tuple[int, int | None]:
     """``subprocess.call`` for the fuzz job: the child (pytest and its xdist workers) runs in its own
-    process group; the first SIGINT/SIGTERM this process gets is passed to that group (the campaign
-    stops after the running examples and writes what it has), the second too (pytest aborts), a
-    third kills the group.  Returns the child's exit status (128 + signal number if killed) and the
-    first signal received (None if none)."""
+    process group, so a Ctrl-C on the terminal reaches this process only.  The first SIGINT/SIGTERM
+    is passed to the pytest controller alone (it asks every worker to stop through the campaign's
+    stop file; a worker that pytest-xdist is starting at that moment is not hit), the second too
+    (pytest aborts and tears its workers down), a third kills the whole group.  Returns the child's
+    exit status (128 + signal number if killed) and the first signal received (None if none)."""
     import subprocess
 
     child = subprocess.Popen(cmd, start_new_session=True, **popen_kwargs)
@@ -724,7 +725,10 @@ def call_interruptible(cmd: list[str], **popen_kwargs) -> tuple[int, int | None]
             print(f"\nnvfp4-harness: {signal.Signals(signum).name}: stopping after the running examples "
                   f"(send it again to abort)", file=sys.stderr, flush=True)
         try:
-            os.killpg(child.pid, sig)
+            if count < 3:
+                os.kill(child.pid, sig)
+            else:
+                os.killpg(child.pid, sig)
         except ProcessLookupError:
             pass
 
