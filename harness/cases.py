@@ -9,7 +9,7 @@ seen (the environment) and what was seen (``observed``).
 Schema ``nvfp4-harness/case/1``::
 
     {"schema": "nvfp4-harness/case/1", "id": str, "created": ISO 8601 time,
-     "backend": registered backend name, "level": "gemm" | "linear" | "quantizer",
+     "backend": registered backend name, "level": "gemm" | "linear" | "quantizer" | "checkpoint",
      "property": one of harness.checks.PROPERTIES,
      "problem": {m, n, k, out_dtype, in_dtype, distribution, seed, origin?, batch?},
      "poison": {m_pad, n_pad, k_tail, data, stale_memory},
@@ -52,12 +52,13 @@ from harness.pipeline import GemmProblem, Poison
 SCHEMA = "nvfp4-harness/case/1"
 _SCHEMA_PREFIX = "nvfp4-harness/case/"
 
-LEVELS = ("gemm", "linear", "quantizer")
+LEVELS = ("gemm", "linear", "quantizer", "checkpoint")
 EXPECTS = ("pass", "xfail")
 
 _FALLBACK_PROPERTIES = (
     "reference_agreement", "row_isolation", "column_isolation", "k_tail", "output_coverage",
     "determinism", "clean_rejection", "tp_consistency", "quantizer_agreement", "batch_invariance",
+    "checkpoint_convention",
 )
 
 _TOP_REQUIRED = ("schema", "id", "created", "backend", "level", "property", "problem", "poison",
@@ -114,7 +115,7 @@ class Case:
     id: str
     created: str
     backend: str
-    level: Literal["gemm", "linear", "quantizer"]
+    level: Literal["gemm", "linear", "quantizer", "checkpoint"]
     property: str
     problem: GemmProblem
     poison: Poison

@@ -24,7 +24,14 @@ import torch
 
 from harness import env as env_mod
 from harness.backends import registry
-from harness.backends.protocol import Backend, GemmBackend, LinearBackend, QuantizerBackend, Unsupported
+from harness.backends.protocol import (
+    Backend,
+    CheckpointBackend,
+    GemmBackend,
+    LinearBackend,
+    QuantizerBackend,
+    Unsupported,
+)
 from harness.checks import PropertyResult
 from harness import checks
 from harness.data import generate
@@ -46,7 +53,9 @@ GEMM_PROPERTIES = ("reference_agreement", "row_isolation", "column_isolation", "
                    "determinism", "clean_rejection", "tp_consistency", "batch_invariance")
 LINEAR_PROPERTIES = ("reference_agreement", "determinism", "batch_invariance")
 QUANTIZER_PROPERTIES = ("quantizer_agreement",)
-LEVEL_PROPERTIES = {"gemm": GEMM_PROPERTIES, "linear": LINEAR_PROPERTIES, "quantizer": QUANTIZER_PROPERTIES}
+CHECKPOINT_PROPERTIES = ("checkpoint_convention",)
+LEVEL_PROPERTIES = {"gemm": GEMM_PROPERTIES, "linear": LINEAR_PROPERTIES, "quantizer": QUANTIZER_PROPERTIES,
+                    "checkpoint": CHECKPOINT_PROPERTIES}
 
 STICKY_CUDA_ERRORS = ("illegal memory access", "illegal instruction", "misaligned address",
                       "unspecified launch failure", "device-side assert", "an illegal address",
@@ -405,25 +414,83 @@ class _Linear:
 # ----------------------------------------------------------------------------------------------
 # Quantizer level
 # ----------------------------------------------------------------------------------------------
-def _quantizer_agreement(backend: QuantizerBackend, trial: Trial, device) -> tuple[PropertyResult, str]:
+def _bytes_against_reference(x: torch.Tensor, gs: torch.Tensor, packed: torch.Tensor, logical: torch.Tensor,
+                             declared: tuple[str, ...], prop: str) -> PropertyResult:
+    """:func:`checks.quantizer_agreement` of (packed, linear scale bytes) against the reference
+    quantizer run on x [rows, k] with encode divisor gs."""
+    rows, k = x.shape
+    codes, sf = reference_quantize(x.cpu(), gs.cpu())
+    if packed.shape[0] < rows or packed.shape[1] < k // 2:
+        raise _ContractViolation(f"packed output {tuple(packed.shape)} smaller than ({rows}, {k // 2})")
+    xf = x.cpu().float().reshape(rows, k // 16, 16)
+    _, inv = block_scale_and_inverse(xf.abs().amax(-1), gs.cpu())
+    scaled = (xf * inv.unsqueeze(-1)).reshape(rows, k)
+    prerounding = (gs.cpu() * xf.abs().amax(-1)) / 6.0
+    return checks.quantizer_agreement(packed.view(torch.uint8).cpu(), logical, codes, sf, scaled, declared,
+                                      prerounding, prop=prop)
+
+
+def _input_digest(*tensors: torch.Tensor):
+    def digest() -> str:
+        h = hashlib.sha256()
+        for t in tensors:
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+    return digest
+
+
+def _quantizer_agreement(backend: QuantizerBackend, trial: Trial, device) -> tuple[PropertyResult, object]:
     p = trial.problem
     x = p.activations(device)
     gs = global_scale_encode_divisor(x.float().abs().amax()).reshape(1).to(device)
     packed, scales = backend.quantize(x, gs)
     _sync()
-    codes, sf = reference_quantize(x.cpu(), gs.cpu())
-    if packed.shape[0] < p.m or packed.shape[1] < p.k // 2:
-        raise _ContractViolation(f"packed output {tuple(packed.shape)} smaller than ({p.m}, {p.k // 2})")
     logical = unswizzle(scales.reshape(scales.shape[0], -1).view(torch.uint8).cpu(), backend.layout) \
         if backend.layout is not ScaleLayout.LINEAR else scales.view(torch.uint8).cpu()
-    xf = x.cpu().float().reshape(p.m, p.k // 16, 16)
-    _, inv = block_scale_and_inverse(xf.abs().amax(-1), gs.cpu())
-    scaled = (xf * inv.unsqueeze(-1)).reshape(p.m, p.k)
     declared = tuple(getattr(backend, "known_differences", ()))
-    prerounding = (gs.cpu() * xf.abs().amax(-1)) / 6.0
-    return checks.quantizer_agreement(packed.view(torch.uint8).cpu(), logical, codes, sf, scaled, declared,
-                                      prerounding), \
-        (lambda: hashlib.sha256(x.cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest())
+    return _bytes_against_reference(x, gs, packed, logical, declared, "quantizer_agreement"), _input_digest(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint level
+# ----------------------------------------------------------------------------------------------
+def _checkpoint_convention(backend: CheckpointBackend, trial: Trial, device) -> tuple[PropertyResult, object]:
+    """Export the problem's weight [n, k] with its activations' amax as the calibrated input amax,
+    load it as the engine would, compare with the reference quantizer and exact global scales."""
+    p = trial.problem
+    w = p.weights(device)
+    x_amax = p.activations(device).float().abs().amax()
+    w_amax = w.float().abs().amax()
+    tensors = backend.export(w, x_amax.reshape(()))
+    loaded = backend.load(tensors)
+    _sync()
+    n, k = w.shape
+    packed = loaded.packed.view(torch.uint8)
+    scales = loaded.scales.reshape(-1).view(torch.uint8) if loaded.scales.dtype != torch.uint8 else loaded.scales
+    if tuple(packed.shape) != (n, k // 2) or scales.numel() != n * (k // 16):
+        raise _ContractViolation(f"loaded weight {tuple(packed.shape)} / scales {tuple(loaded.scales.shape)}, "
+                                 f"expected ({n}, {k // 2}) / ({n}, {k // 16})")
+    scales = scales.reshape(n, k // 16).cpu()
+    gs_w = global_scale_encode_divisor(w_amax).reshape(1).to(device)
+    declared = tuple(getattr(backend, "known_differences", ()))
+    bytes_check = _bytes_against_reference(w, gs_w, packed, scales, declared, "checkpoint_convention")
+    # exact conventions, in fp64: weight decode amax_w/2688, activation encode 2688/amax_x, alpha their
+    # product over 2688 (an all-zero tensor's global scale is 1, as format.global_scale_encode_divisor says)
+    wa, xa = float(w_amax), float(x_amax)
+    w_decode = wa / 2688.0 if wa > 0 else 1.0
+    x_encode = 2688.0 / xa if xa > 0 else 1.0
+    exact = {"weight_decode": w_decode, "input_encode": x_encode, "alpha": w_decode / x_encode}
+    got = {"weight_decode": float(loaded.weight_decode.reshape(-1)[0]),
+           "input_encode": float(loaded.input_encode.reshape(-1)[0]),
+           "alpha": float(loaded.alpha.reshape(-1)[0])}
+    deq = loaded.dequantize().cpu()
+    codes, sf = reference_quantize(w.cpu(), gs_w.cpu())
+    ref = reference_dequantize(codes, sf) * w_decode
+    same = (unpack_e2m1(packed.cpu()) == codes) & (scales == sf).repeat_interleave(16, dim=1)
+    rel = ((deq - ref).abs() / ref.abs().clamp_min(torch.finfo(torch.float64).tiny))[same & (ref != 0)]
+    rel_err = float(rel.max()) if rel.numel() else 0.0
+    result = checks.checkpoint_convention(bytes_check, {k_: (got[k_], exact[k_]) for k_ in exact}, rel_err)
+    return result, _input_digest(w)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,6 +534,8 @@ def execute(trial: Trial, device: torch.device | None = None, *, digest: bool = 
         elif backend.level == "linear":
             holder = _Linear(backend, trial, device)  # type: ignore[arg-type]
             result = getattr(holder, trial.property)()
+        elif backend.level == "checkpoint":
+            result, holder = _checkpoint_convention(backend, trial, device)  # type: ignore[arg-type]
         else:
             result, holder = _quantizer_agreement(backend, trial, device)  # type: ignore[arg-type]
     except _NotApplicable as exc:
