@@ -20,6 +20,8 @@ interpreter) and differs from it only by the bug:
   padding policy.
 * Quantizer mutants are short torch quantizers following :mod:`harness.format`'s reference steps
   with the bug in one step.
+* Checkpoint mutants subclass a library checkpoint convention and override one step of its
+  serving-engine loader (how it reads the global scale, which nibble it takes as the even element).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.backends import registry
+from harness.backends.compressed_tensors_nvfp4 import CompressedTensorsCheckpoint
 from harness.backends.linear import EngineLinear
+from harness.backends.modelopt_nvfp4 import ModelOptCheckpoint
 from harness.backends.protocol import Backend, GemmBackend, QuantizerBackend, Requirements
 from harness.format import (
     BLOCK_SIZE,
@@ -505,10 +509,44 @@ class CompiledOutQuantizer(QuantizerMutant):
 
 
 # ----------------------------------------------------------------------------------------------
+# Checkpoint level (a serving engine's loader of a library's NVFP4 checkpoint)
+# ----------------------------------------------------------------------------------------------
+class GlobalScaleInvertedLoader(PlantedBug, CompressedTensorsCheckpoint):
+    name = "mutant-ckpt-global-scale-inverted"
+    parent = "ckpt-compressed-tensors"
+    expected_property = "checkpoint_convention"
+    planted = ("Global-scale convention inverted in a checkpoint loader (NVFP4-NOTES 'The format': mixing the "
+               "encode divisor and the decode multiplier is a classic bug): a compressed-tensors checkpoint's "
+               "weight_global_scale (an encode divisor, 448*6/amax; vLLM's CompressedTensorsW4A4Fp4 inverts it, "
+               "'CT stores as divisors') is read the way ModelOpt's weight_scale_2 is read, as the decode "
+               "multiplier. The weight comes out scaled by gs^2.")
+    description = "compressed-tensors checkpoint loaded with weight_global_scale taken as the decode multiplier"
+
+    def weight_decode(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return tensors["weight_global_scale"].max().to(torch.float32).reshape(1)
+
+
+class NibbleOrderLoader(PlantedBug, ModelOptCheckpoint):
+    name = "mutant-ckpt-nibble-order"
+    parent = "ckpt-modelopt"
+    expected_property = "checkpoint_convention"
+    planted = ("Nibble-order slip in a checkpoint loader: the loader swaps the two e2m1 codes of every byte "
+               "((w >> 4) | (w << 4)) because it assumes the checkpoint stores the even element in the HIGH "
+               "nibble, as a loader ported from another packer's convention does; ModelOpt (and "
+               "compressed-tensors) already store it in the low nibble, the order the kernels read "
+               "(NVFP4-NOTES 'The format'). Even and odd K elements trade places.")
+    description = "ModelOpt checkpoint loaded with the nibbles of every byte swapped"
+
+    def packed_for_kernel(self, packed: torch.Tensor) -> torch.Tensor:
+        return ((packed >> 4) | (packed << 4)).to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
 MUTANT_CLASSES: tuple[type[Backend], ...] = (
     PadRowScales, PadColScales, KTailUninit, NoSlice, BiasBeforeSlice, ActNotKPadded, ThreeDShape,
     StaticActScale, Bf16GlobalScale, NibbleSwap, SwizzleOffByOne, FastMathQuantizer, RowsUnwritten,
-    Nondeterministic, GlobalScaleConvention, Fp16Epilogue, CompiledOutQuantizer,
+    Nondeterministic, GlobalScaleConvention, Fp16Epilogue, CompiledOutQuantizer, GlobalScaleInvertedLoader,
+    NibbleOrderLoader,
 )
 
 

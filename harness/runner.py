@@ -29,6 +29,7 @@ from harness.backends.protocol import (
     CheckpointBackend,
     GemmBackend,
     LinearBackend,
+    LoadedLinear,
     QuantizerBackend,
     Unsupported,
 )
@@ -37,6 +38,7 @@ from harness import checks
 from harness.data import generate
 from harness.format import (
     BLOCK_SIZE,
+    FP4_AMAX_PRODUCT,
     block_scale_and_inverse,
     e4m3_decode,
     gemm_alpha,
@@ -454,31 +456,26 @@ def _quantizer_agreement(backend: QuantizerBackend, trial: Trial, device) -> tup
 # ----------------------------------------------------------------------------------------------
 # Checkpoint level
 # ----------------------------------------------------------------------------------------------
-def _checkpoint_convention(backend: CheckpointBackend, trial: Trial, device) -> tuple[PropertyResult, object]:
-    """Export the problem's weight [n, k] with its activations' amax as the calibrated input amax,
-    load it as the engine would, compare with the reference quantizer and exact global scales."""
-    p = trial.problem
-    w = p.weights(device)
-    x_amax = p.activations(device).float().abs().amax()
-    w_amax = w.float().abs().amax()
-    tensors = backend.export(w, x_amax.reshape(()))
-    loaded = backend.load(tensors)
-    _sync()
+def evaluate_checkpoint(w: torch.Tensor, x_amax: torch.Tensor, loaded: LoadedLinear,
+                        declared: tuple[str, ...] = ()) -> PropertyResult:
+    """:func:`checks.checkpoint_convention` of a loaded layer against the reference NVFP4 form of the
+    dense weight ``w`` [n, k] and the exact global scales of ``w`` and of activations calibrated to
+    ``x_amax`` (the static input scale).  Raises :class:`_ContractViolation` on wrong shapes."""
     n, k = w.shape
     packed = loaded.packed.view(torch.uint8)
-    scales = loaded.scales.reshape(-1).view(torch.uint8) if loaded.scales.dtype != torch.uint8 else loaded.scales
-    if tuple(packed.shape) != (n, k // 2) or scales.numel() != n * (k // 16):
+    scales = loaded.scales.view(torch.uint8)
+    if tuple(packed.shape) != (n, k // 2) or scales.numel() != n * (k // BLOCK_SIZE):
         raise _ContractViolation(f"loaded weight {tuple(packed.shape)} / scales {tuple(loaded.scales.shape)}, "
-                                 f"expected ({n}, {k // 2}) / ({n}, {k // 16})")
-    scales = scales.reshape(n, k // 16).cpu()
-    gs_w = global_scale_encode_divisor(w_amax).reshape(1).to(device)
-    declared = tuple(getattr(backend, "known_differences", ()))
+                                 f"expected ({n}, {k // 2}) / ({n}, {k // BLOCK_SIZE})")
+    scales = scales.reshape(n, k // BLOCK_SIZE).cpu()
+    w_amax = w.float().abs().amax()
+    gs_w = global_scale_encode_divisor(w_amax).reshape(1).to(w.device)
     bytes_check = _bytes_against_reference(w, gs_w, packed, scales, declared, "checkpoint_convention")
     # exact conventions, in fp64: weight decode amax_w/2688, activation encode 2688/amax_x, alpha their
-    # product over 2688 (an all-zero tensor's global scale is 1, as format.global_scale_encode_divisor says)
+    # quotient (an all-zero tensor's global scale is 1, as format.global_scale_encode_divisor says)
     wa, xa = float(w_amax), float(x_amax)
-    w_decode = wa / 2688.0 if wa > 0 else 1.0
-    x_encode = 2688.0 / xa if xa > 0 else 1.0
+    w_decode = wa / FP4_AMAX_PRODUCT if wa > 0 else 1.0
+    x_encode = FP4_AMAX_PRODUCT / xa if xa > 0 else 1.0
     exact = {"weight_decode": w_decode, "input_encode": x_encode, "alpha": w_decode / x_encode}
     got = {"weight_decode": float(loaded.weight_decode.reshape(-1)[0]),
            "input_encode": float(loaded.input_encode.reshape(-1)[0]),
@@ -486,11 +483,22 @@ def _checkpoint_convention(backend: CheckpointBackend, trial: Trial, device) -> 
     deq = loaded.dequantize().cpu()
     codes, sf = reference_quantize(w.cpu(), gs_w.cpu())
     ref = reference_dequantize(codes, sf) * w_decode
-    same = (unpack_e2m1(packed.cpu()) == codes) & (scales == sf).repeat_interleave(16, dim=1)
+    same = (unpack_e2m1(packed.cpu()) == codes) & (scales == sf).repeat_interleave(BLOCK_SIZE, dim=1)
     rel = ((deq - ref).abs() / ref.abs().clamp_min(torch.finfo(torch.float64).tiny))[same & (ref != 0)]
     rel_err = float(rel.max()) if rel.numel() else 0.0
-    result = checks.checkpoint_convention(bytes_check, {k_: (got[k_], exact[k_]) for k_ in exact}, rel_err)
-    return result, _input_digest(w)
+    return checks.checkpoint_convention(bytes_check, {name: (got[name], exact[name]) for name in exact}, rel_err)
+
+
+def _checkpoint_convention(backend: CheckpointBackend, trial: Trial, device) -> tuple[PropertyResult, object]:
+    """Export the problem's weight [n, k] with its activations' amax as the calibrated input amax,
+    load it as the engine would, compare with the reference quantizer and exact global scales."""
+    p = trial.problem
+    w = p.weights(device)
+    x_amax = p.activations(device).float().abs().amax()
+    loaded = backend.load(backend.export(w, x_amax.reshape(())))
+    _sync()
+    declared = tuple(getattr(backend, "known_differences", ()))
+    return evaluate_checkpoint(w, x_amax, loaded, declared), _input_digest(w)
 
 
 # ----------------------------------------------------------------------------------------------
