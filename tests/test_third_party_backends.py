@@ -262,3 +262,24 @@ def test_flashinfer_shuffle_matrix_a_permutes_rows_within_128_row_tiles():
     assert sorted(perm.tolist()) == list(range(n))
     assert torch.equal(perm // 128, torch.arange(n) // 128)
     assert torch.equal(out[:, 2:], torch.zeros_like(out[:, 2:]))
+
+
+def test_report_counts_the_declared_differences():
+    from harness.report import _difference_rows
+
+    records = [
+        {"backend": "quant-x", "outcome": "pass", "measure": {"tie_differences": 2, "scale_tie_differences": 0,
+                                                             "negative_zero_differences": 1,
+                                                             "declared_differences": {"zero_scale_eps": 5}}},
+        {"backend": "quant-x", "outcome": "pass", "measure": {"tie_differences": 1, "scale_tie_differences": 1,
+                                                             "negative_zero_differences": 0,
+                                                             "declared_differences": {"zero_scale_eps": 2}}},
+        {"backend": "quant-x", "outcome": "skip", "measure": {}},
+        {"backend": "gemm-y", "outcome": "pass", "measure": {"max_err_units": 0.1}},
+    ]
+    rows = _difference_rows(records)
+    assert [r["backend"] for r in rows] == ["quant-x"]
+    assert rows[0]["records"] == 2
+    assert dict(rows[0]["items"]) == {"codes one step apart at e2m1 ties": 3,
+                                      "block scales one step apart at e4m3 ties": 1,
+                                      "sign of a zero code": 1, "declared: zero_scale_eps": 7}

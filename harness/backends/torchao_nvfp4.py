@@ -69,6 +69,8 @@ class TorchaoTensorQuantizer(LibraryBackend, QuantizerBackend):
     def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.ndim != 2 or x.shape[1] % BLOCK_SIZE:
             raise ValueError(f"{self.name}: x must be [rows, k] with k a multiple of 16, got {tuple(x.shape)}")
+        if x.dtype == torch.float16:
+            x = x.float()  # nvfp4_quantize asserts bf16/fp32; every fp16 value is exact in fp32
         if x.dtype not in INPUT_DTYPES:
             raise Unsupported(f"{self.name}: torchao nvfp4_quantize takes {[str(d) for d in INPUT_DTYPES]}, "
                               f"got {x.dtype}")

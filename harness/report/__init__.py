@@ -389,6 +389,40 @@ def _failure_view(idx: int, rec: Mapping | None, case: "Case | None", case_ref: 
     }
 
 
+_TIE_COUNTS = (("tie_differences", "codes one step apart at e2m1 ties"),
+               ("scale_tie_differences", "block scales one step apart at e4m3 ties"),
+               ("negative_zero_differences", "sign of a zero code"))
+
+
+def _difference_rows(records: list[dict]) -> list[dict]:
+    """Per backend: the counted (not failed) differences from the reference bytes, by name, over
+    the quantizer_agreement / checkpoint_convention records that passed or failed."""
+    rows: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        measure = r.get("measure") if isinstance(r.get("measure"), Mapping) else {}
+        if r.get("outcome") not in ("pass", "fail") or "tie_differences" not in measure:
+            continue
+        b = str(r.get("backend", "?"))
+        rows[b]["records"] += 1
+        for key, _ in _TIE_COUNTS:
+            n = _number(measure.get(key))
+            rows[b][key] += int(n) if n is not None and math.isfinite(n) else 0
+        declared = measure.get("declared_differences")
+        if isinstance(declared, Mapping):
+            for name, n in declared.items():
+                v = _number(n)
+                rows[b][f"declared:{name}"] += int(v) if v is not None and math.isfinite(v) else 0
+        elif _number(measure.get("declared_scale_floor")):
+            rows[b]["declared:subnormal_scale_floor"] += int(_number(measure.get("declared_scale_floor")) or 0)
+    out = []
+    for b in sorted(rows):
+        c = rows[b]
+        items = [(label, c[key]) for key, label in _TIE_COUNTS]
+        items += [(f"declared: {k.split(':', 1)[1]}", v) for k, v in sorted(c.items()) if k.startswith("declared:")]
+        out.append({"backend": b, "records": c["records"], "items": items})
+    return out
+
+
 def _build_context(run: RunData) -> dict[str, Any]:
     records = run.records
     warnings = list(run.warnings)
@@ -483,6 +517,10 @@ def _build_context(run: RunData) -> dict[str, Any]:
             rows.append({"region": region, "cells": cells})
         isolation.append({"backend": b, "color": colors.get(b, "#6b7280"), "kinds": kinds, "rows": rows})
 
+    # differences from the reference quantizer that pass: legitimate rounding choices and the design
+    # differences a backend declares (harness.checks.DESIGN_DIFFERENCES), summed per backend
+    differences = _difference_rows(records)
+
     # error versus m and K (reference agreement)
     pts_m, pts_k = [], []
     nonfinite = 0
@@ -536,6 +574,7 @@ def _build_context(run: RunData) -> dict[str, Any]:
         "properties": props, "matrix": matrix,
         "isolation": isolation, "regions": REGIONS,
         "failures": failures, "grid_legend": grid_legend_svg("legend"),
+        "differences": differences,
         "plots": plots,
         "hypothesis": hypothesis, "hypothesis_cols": hyp_cols,
         "n_cases": len(run.cases),
