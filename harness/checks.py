@@ -6,25 +6,10 @@ functions serve the pytest property suite (properties/), replay and the self-tes
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from harness.oracle import Agreement, Reference, compare
-
-PROPERTIES = (
-    "reference_agreement",
-    "row_isolation",
-    "column_isolation",
-    "k_tail",
-    "output_coverage",
-    "determinism",
-    "clean_rejection",
-    "tp_consistency",
-    "quantizer_agreement",
-    "batch_invariance",
-    "checkpoint_convention",
-)
+from harness.trial import CHANGED, NONFINITE, OK, PADDING, PropertyResult
 
 DESIGN_DIFFERENCES = {
     "subnormal_scale_floor": "block scales below 2^-6 raised to 2^-6 (torchao nvfp4_quantize, E4M3_EPS clamp)",
@@ -39,16 +24,7 @@ DESIGN_DIFFERENCES = {
 deliberate choice for a block scale, named and counted by :func:`quantizer_agreement`, never failed.
 Codes of a block whose scale differs follow that scale and are not compared."""
 
-OK, CHANGED, NONFINITE, PADDING = 0, 1, 2, 3
 GRID_MAX = 64
-
-
-@dataclass
-class PropertyResult:
-    property: str
-    ok: bool
-    summary: str
-    measure: dict = field(default_factory=dict)
 
 
 def _rows_list(mask_rows: torch.Tensor, limit: int = 64) -> list[int]:

@@ -81,7 +81,7 @@ def cmd_fuzz(args) -> int:
         for name in args.backends.split(","):
             registry.get(name.strip())
     if args.properties != "all":
-        from harness.checks import PROPERTIES
+        from harness.trial import PROPERTIES
 
         for p in args.properties.split(","):
             if p.strip() not in PROPERTIES:
@@ -101,11 +101,11 @@ def cmd_fuzz(args) -> int:
         cmd += ["--nvfp4-plugin", spec]
     print("running:", " ".join(cmd), flush=True)
     rc = subprocess.call(cmd, cwd=str(REPO_ROOT))
-    from harness import records
     from harness.report import render_report
+    from harness.results import finalize
 
     if any(results.glob("results-*.jsonl")):
-        records.finalize(results)
+        finalize(results)
         out = render_report(results, Path(args.report))
         print(f"report: {out}")
     else:

@@ -144,10 +144,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if not _is_worker(session.config) and _is_property_run(session.config):
-        from harness import env, records
+        from harness import env, results
 
-        records.write_session(os.environ[_RESULTS_ENV], {
-            "started": records.now(), "argv": list(session.config.invocation_params.args),
+        results.write_session(os.environ[_RESULTS_ENV], {
+            "started": results.now(), "argv": list(session.config.invocation_params.args),
             "profile": session.config._nvfp4_profile,  # type: ignore[attr-defined]
             "environment": env.current().to_dict()})
 
@@ -164,9 +164,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     start = float(os.environ.get(_START_ENV, "0"))
     written = [p for p in Path(res).glob("results-*.jsonl")] if res and Path(res).is_dir() else []
     if any(p.stat().st_mtime >= start for p in written):  # this session recorded cases
-        from harness import records
+        from harness import results
 
-        tot = records.finalize(res)
+        tot = results.finalize(res)
         session.config._nvfp4_totals = tot  # type: ignore[attr-defined]
 
 
@@ -219,7 +219,7 @@ class HarnessSession:
         if self._stream is None:
             import json
 
-            from harness.records import ResultStream
+            from harness.results import ResultStream
 
             self._stream = ResultStream(self.results_dir, self.worker)
             info = {"worker": self.worker, "gpu": self.gpu, "pid": os.getpid(),
@@ -245,7 +245,7 @@ class HarnessSession:
         return None if value in ("all", None) else [v.strip() for v in value.split(",") if v.strip()]
 
     def record(self, trial, outcome, test: str, level: str, final: bool) -> None:
-        from harness.records import make_record, save_failure_case
+        from harness.results import make_record, save_failure_case
 
         case_file = None
         if outcome.status in ("fail", "crash") and final:
@@ -256,8 +256,8 @@ class HarnessSession:
 
     def record_skip(self, backend, prop: str, reason: str, test: str) -> None:
         """Record a whole test skipped before any case ran (backend unavailable, budget spent)."""
-        from harness.pipeline import GemmProblem
-        from harness.runner import Outcome, Trial
+        from harness.problem import GemmProblem
+        from harness.trial import Outcome, Trial
 
         trial = Trial(backend.name, prop, GemmProblem(1, 16, 16))
         self.record(trial, Outcome("skip", reason), test, backend.level, True)
@@ -267,7 +267,8 @@ class HarnessSession:
         from hypothesis.control import current_build_context
 
         from harness.backends import registry
-        from harness.runner import ContextLost, Outcome, execute
+        from harness.runner import ContextLost, execute
+        from harness.trial import Outcome
 
         try:
             final = current_build_context().is_final

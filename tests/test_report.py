@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from harness.cases import Case, save_case
-from harness.pipeline import GemmProblem, Poison
-from harness.report import load_results, load_run, render_report
+from harness.problem import GemmProblem, Poison
+from harness.report import render_report
+from harness.results import load_results, load_run
 from harness.report.svg import GridError, parse_grid
 
 CHROMIUM = Path(os.environ.get("NVFP4_CHROMIUM", "/usr/bin/chromium"))

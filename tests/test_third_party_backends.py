@@ -265,7 +265,7 @@ def test_flashinfer_shuffle_matrix_a_permutes_rows_within_128_row_tiles():
 
 
 def test_report_counts_the_declared_differences():
-    from harness.report import _difference_rows
+    from harness.report.view import difference_rows as _difference_rows
 
     records = [
         {"backend": "quant-x", "outcome": "pass", "measure": {"tie_differences": 2, "scale_tie_differences": 0,
