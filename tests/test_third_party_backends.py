@@ -262,6 +262,9 @@ def test_flashinfer_shuffle_matrix_a_permutes_rows_within_128_row_tiles():
     assert sorted(perm.tolist()) == list(range(n))
     assert torch.equal(perm // 128, torch.arange(n) // 128)
     assert torch.equal(out[:, 2:], torch.zeros_like(out[:, 2:]))
+    # the same permutation as the scale shuffle's row indices (what the trtllm adapter applies to scales)
+    from harness.backends.flashinfer_fp4 import trtllm_row_permutation
+    assert torch.equal(perm, trtllm_row_permutation(n, 128).long())
 
 
 def test_report_counts_the_declared_differences():
