@@ -51,6 +51,7 @@ from harness.layouts import OperandRole, ScaleLayout, offset_grid, padded_shape,
 from harness.pipeline import VLLM_POLICY, CheckpointWeight, QuantizedTensor
 
 if TYPE_CHECKING:  # pragma: no cover
+    from harness.backends.protocol import LoadedLinear
     from harness.env import Environment
     from harness.pipeline import GemmOperands
 
@@ -542,12 +543,30 @@ class NibbleOrderLoader(PlantedBug, ModelOptCheckpoint):
         return ((packed >> 4) | (packed << 4)).to(torch.uint8)
 
 
+class ScalesSwizzledTwiceLoader(PlantedBug, ModelOptCheckpoint):
+    name = "mutant-ckpt-scales-swizzled-twice"
+    parent = "ckpt-modelopt"
+    expected_property = "checkpoint_convention"
+    planted = ("Block scales swizzled twice: the loader lays weight_scale out in the 128x4 layout (as vLLM's "
+               "ModelOpt method does with swizzle_blockscale) and the kernel-preparation step swizzles the result "
+               "again, as happens when a checkpoint or an earlier step already stored swizzled scales. In logical "
+               "terms the kernel reads the once-swizzled buffer as if it were linear: scale (r, kb) comes from byte "
+               "[r, kb] of swizzle(scales).")
+    description = "ModelOpt checkpoint whose block scales reach the kernel swizzled twice"
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> "LoadedLinear":
+        loaded = super().load(tensors)
+        n, kb = loaded.scales.shape
+        once = swizzle(loaded.scales.view(torch.uint8), L.SWIZZLED_128x4, fill=0)
+        return replace(loaded, scales=once[:n, :kb].contiguous())
+
+
 # ----------------------------------------------------------------------------------------------
 MUTANT_CLASSES: tuple[type[Backend], ...] = (
     PadRowScales, PadColScales, KTailUninit, NoSlice, BiasBeforeSlice, ActNotKPadded, ThreeDShape,
     StaticActScale, Bf16GlobalScale, NibbleSwap, SwizzleOffByOne, FastMathQuantizer, RowsUnwritten,
     Nondeterministic, GlobalScaleConvention, Fp16Epilogue, CompiledOutQuantizer, GlobalScaleInvertedLoader,
-    NibbleOrderLoader,
+    NibbleOrderLoader, ScalesSwizzledTwiceLoader,
 )
 
 
