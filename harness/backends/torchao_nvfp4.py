@@ -127,15 +127,12 @@ class TorchaoDynamicLinear(TorchaoWeightOnlyLinear):
                                 w_layout=ScaleLayout.LINEAR, precision=Precision(24))
 
     def support(self, env: "Environment") -> Support:
-        base = super().support(env)
-        if not base:
-            return base
         cc = env.compute_capability
         if env.device != "cuda" or cc is None or cc < MIN_CC:
             where = f"this GPU ({env.gpu_name}) is SM{cc}" if env.device == "cuda" else "this machine has no CUDA GPU"
             return Support(False, f"torchao's dynamic NVFP4 linear multiplies with torch._scaled_mm in FP4 "
                                   f"(cuBLASLt block-scaled FP4, SM{MIN_CC}+); {where}")
-        return base
+        return super().support(env)
 
     def run(self, x: torch.Tensor, weight: "CheckpointWeight", bias: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-1] != weight.k:
