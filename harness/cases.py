@@ -75,7 +75,7 @@ _TOP_ORDER = ("schema", "id", "created", "backend", "level", "property", "proble
 _PROBLEM_REQUIRED = ("m", "n", "k", "out_dtype", "in_dtype", "distribution", "seed")
 _PROBLEM_OPTIONAL = ("origin", "batch")
 _ENV_STR_FIELDS = ("device", "gpu_name", "driver", "cuda", "torch", "triton", "flashinfer", "hypothesis",
-                   "python", "torchao", "compressed_tensors")
+                   "python", "torchao", "compressed_tensors", "modelopt")
 _ENV_INT_FIELDS = ("compute_capability", "gpu_count")
 _OBSERVED_INT_LISTS = ("nan_rows", "changed_rows", "changed_cols")
 
