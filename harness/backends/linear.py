@@ -31,6 +31,8 @@ class EngineLinear(LinearBackend):
     """``y = x @ W^T + b`` the way a serving engine runs it on ``gemm`` (and ``small_m_gemm`` for
     m <= policy.small_m_max when the policy switches layouts, as the TRT-LLM 8x4 path does)."""
 
+    static_input_scale = True
+
     def __init__(self, policy: PaddingPolicy, gemm_name: str, small_m_gemm_name: str | None = None,
                  name: str | None = None) -> None:
         self.policy = policy
