@@ -469,7 +469,8 @@ def _quantizer_agreement(backend: QuantizerBackend, trial: Trial, device) -> tup
     result.measure["saturated_scales"] = int((logical[:p.m, :p.k // BLOCK_SIZE] == 0x7E).sum())
     if p.calibration is not None:
         result.measure["calibration"] = p.calibration
-    return result, _input_digest(x, gs)
+    # the global scale is a function of x unless it is calibrated: then it is part of the inputs
+    return result, (_input_digest(x) if p.calibration is None else _input_digest(x, gs))
 
 
 # ----------------------------------------------------------------------------------------------
