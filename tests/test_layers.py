@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, ...]] = [
     # the number format, scale layouts and the machine: no harness imports
     ("harness", "harness.format", "harness.layouts", "harness.env"),
-    # Triton kernels: pipeline, test data and GEMMs
-    ("harness.kernels", "harness.kernels.*"),
+    # Triton kernels of the pipeline (quantize, dequantize, pad) and of the test data
+    ("harness.kernels", "harness.kernels.nvfp4", "harness.kernels.data"),
     # deterministic test data (its Triton path is a kernel)
     ("harness.data",),
     # the data model: problems, poison, TP shards of real models; trials, outcomes, vocabulary
@@ -31,6 +31,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("harness.trial",),
     # operands from problems; Hypothesis strategies over the model
     ("harness.pipeline", "harness.strategies"),
+    # the GEMM kernels the harness runs itself, on pipeline operands
+    ("harness.kernels.gemm",),
     # the fp64 reference and its error bound
     ("harness.oracle",),
     # backends: the protocol, shared adapter helpers, the registry, the adapters, planted bugs

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from harness.backends._refusal import as_unsupported
+from harness.backends._flashinfer import import_flashinfer, translate_refusal
 from harness.backends.protocol import BackendContractError, QuantizerBackend, Requirements, Support, Unsupported
 from harness.format import BLOCK_SIZE
 from harness.kernels.nvfp4 import quantize_into
@@ -101,8 +101,6 @@ class FlashInferQuantizer(QuantizerBackend):
                                          a_layouts=(layout,), w_layout=layout)
 
     def support(self, env: "Environment") -> Support:
-        from harness.backends.flashinfer_fp4 import import_flashinfer
-
         fi, err = import_flashinfer()
         if fi is None:
             return Support(False, f"flashinfer is not importable ({err})")
@@ -121,8 +119,6 @@ class FlashInferQuantizer(QuantizerBackend):
 
     def call_kwargs(self, x: torch.Tensor, global_scale: torch.Tensor) -> dict:
         """Keyword arguments of ``flashinfer.fp4_quantize`` (pure)."""
-        from harness.backends.flashinfer_fp4 import import_flashinfer
-
         kw = dict(input=x, global_scale=global_scale.reshape(1).to(device=x.device, dtype=torch.float32),
                   sf_vec_size=BLOCK_SIZE, sf_use_ue8m0=False,
                   is_sf_swizzled_layout=self.layout is not L.LINEAR,
@@ -135,8 +131,6 @@ class FlashInferQuantizer(QuantizerBackend):
         return kw
 
     def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from harness.backends.flashinfer_fp4 import import_flashinfer, refusal_types, REFUSAL_PATTERNS
-
         rows, k = _check_input(self.name, x, global_scale)
         if x.dtype not in self.INPUT_DTYPES:
             raise Unsupported(f"{self.name}: flashinfer fp4_quantize takes {[str(d) for d in self.INPUT_DTYPES]} "
@@ -149,8 +143,7 @@ class FlashInferQuantizer(QuantizerBackend):
         try:
             packed, scales = fi.fp4_quantize(**self.call_kwargs(x.contiguous(), global_scale))
         except Exception as exc:
-            unsup = as_unsupported(exc, f"{self.name}: flashinfer fp4_quantize refused",
-                                   types=refusal_types(), patterns=REFUSAL_PATTERNS)
+            unsup = translate_refusal(exc, f"{self.name}: flashinfer fp4_quantize refused")
             if unsup is not None:
                 raise unsup from exc
             raise

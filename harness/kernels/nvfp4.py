@@ -21,15 +21,16 @@ LEAVE = -1
 """Fill value meaning: do not write this padding region (keep what the buffer held)."""
 
 
-def _interpreted() -> bool:
+def interpreting() -> bool:
+    """Whether Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _kernel_device(t: torch.Tensor) -> torch.device:
+def kernel_device(t: torch.Tensor) -> torch.device:
     """Where Triton can run on ``t``: the tensor's own device, except that CPU tensors go to the GPU
     when kernels are compiled for it (results come back on the caller's device; the bytes are the
     same on both, which tests/test_pipeline.py checks)."""
-    if t.device.type == "cpu" and not _interpreted():
+    if t.device.type == "cpu" and not interpreting():
         if not torch.cuda.is_available():
             raise RuntimeError("Triton kernels need a CUDA GPU or TRITON_INTERPRET=1; neither is available")
         return torch.device("cuda")
@@ -43,13 +44,13 @@ QUANT_TILES_GPU = (16, 16, 8)
 def _tiles(rows: int) -> tuple[int, int, int]:
     """(rows, k-blocks, warps) per program; under the interpreter each program costs Python
     overhead, so fewer, larger programs run faster there."""
-    if _interpreted():
+    if interpreting():
         return min(128, max(8, triton.next_power_of_2(rows))), 16, 4
     return QUANT_TILES_GPU
 
 
 @triton.jit
-def _scale_offset(r, kb, padded_kb, LAYOUT: tl.constexpr):
+def scale_offset(r, kb, padded_kb, LAYOUT: tl.constexpr):
     if LAYOUT == 0:
         off = r * padded_kb + kb
     elif LAYOUT == 1:
@@ -81,7 +82,7 @@ def _e4m3_encode_nonneg(a):
 
 
 @triton.jit
-def _e4m3_decode(b):
+def e4m3_decode(b):
     """e4m3fn byte (int32 0..255) -> fp32, NaN for 0x7F / 0xFF."""
     sign = (b >> 7) & 1
     exp = (b >> 3) & 0xF
@@ -112,7 +113,7 @@ def _e2m1_encode(x):
 
 
 @triton.jit
-def _e2m1_decode(c):
+def e2m1_decode(c):
     """e2m1 code (int32 0..15) -> fp32."""
     mag = c & 7
     e = mag >> 1
@@ -127,7 +128,7 @@ def _e2m1_decode(c):
 def _block_scales(amax, gs):
     """Block-scale byte and element multiplier from the block amax (harness.format's order)."""
     sf_code = _e4m3_encode_nonneg(tl.div_rn(gs * amax, 6.0))
-    sf_val = _e4m3_decode(sf_code)
+    sf_val = e4m3_decode(sf_code)
     nonzero = sf_val != 0.0
     inv = tl.where(nonzero, tl.div_rn(1.0, tl.div_rn(tl.where(nonzero, sf_val, 1.0), gs)), 0.0)
     return sf_code, inv
@@ -156,7 +157,7 @@ def _store_scales(scale_ptr, r, kb, sf_code, rows, kblocks, sf_rows, sf_kb, row_
     each padding region with its own fill (or left alone)."""
     r2 = r[:, None]
     kb2 = kb[None, :]
-    off = _scale_offset(r2.to(tl.int64), kb2, sf_kb, LAYOUT)
+    off = scale_offset(r2.to(tl.int64), kb2, sf_kb, LAYOUT)
     if EVEN:
         tl.store(scale_ptr + off, sf_code.to(tl.uint8))
     else:
@@ -268,7 +269,7 @@ def quantize_into(
     layout = ScaleLayout.parse(layout)
     sf_rows, sf_kb = padded_shape(layout, data_rows, data_k // 16)
     home = x.device
-    dev = _kernel_device(x)
+    dev = kernel_device(x)
     if dev != home:
         res_p, res_s = quantize_into(
             x.to(dev), global_scale.to(dev), layout, data_rows=data_rows, data_k=data_k, row_fill=row_fill,
@@ -322,10 +323,10 @@ def _dequantize_kernel(
     real2 = (r[:, None] < rows) & (kb[None, :] < kblocks)
     # only real bytes are read: padding never reaches the output
     byte = tl.load(packed_ptr + r3 * stride_pr + kb3 * 8 + j3, mask=real3, other=0).to(tl.int32)
-    sf = tl.load(scale_ptr + _scale_offset(r[:, None], kb[None, :], sf_kb, LAYOUT), mask=real2, other=0)
-    s = _e4m3_decode(sf.to(tl.int32))
-    ve = _e2m1_decode(byte & 0xF) * s[:, :, None]
-    vo = _e2m1_decode(byte >> 4) * s[:, :, None]
+    sf = tl.load(scale_ptr + scale_offset(r[:, None], kb[None, :], sf_kb, LAYOUT), mask=real2, other=0)
+    s = e4m3_decode(sf.to(tl.int32))
+    ve = e2m1_decode(byte & 0xF) * s[:, :, None]
+    vo = e2m1_decode(byte >> 4) * s[:, :, None]
     if APPLY_GS:
         ve = ve * inv_gs
         vo = vo * inv_gs
@@ -342,7 +343,7 @@ def dequantize_from(packed: torch.Tensor, scales: torch.Tensor, layout: ScaleLay
     multiply by the reciprocal, so it is not exact).  Reads no padding byte.
     """
     layout = ScaleLayout.parse(layout)
-    dev = _kernel_device(packed)
+    dev = kernel_device(packed)
     if dev != packed.device:
         return dequantize_from(packed.to(dev), scales.to(dev), layout, rows, k,
                                global_scale if global_scale is None or isinstance(global_scale, float)
@@ -378,8 +379,8 @@ def pad_bytes(src: torch.Tensor, rows: int, cols: int, fill: int = 0) -> torch.T
         raise ValueError(f"pad_bytes: target {rows}x{cols} is smaller than {tuple(src.shape)}")
     if not 0 <= fill <= 255:
         raise ValueError(f"pad_bytes: fill={fill} must be a byte 0..255")
-    if _kernel_device(src) != src.device:
-        return pad_bytes(src.to(_kernel_device(src)), rows, cols, fill).to(src.device)
+    if kernel_device(src) != src.device:
+        return pad_bytes(src.to(kernel_device(src)), rows, cols, fill).to(src.device)
     src = src.contiguous()
     dst = torch.empty((rows, cols), dtype=torch.uint8, device=src.device)
     grid = (ceil_div(rows, 32), ceil_div(cols, 64))
