@@ -31,7 +31,8 @@ def main() -> int:
     from harness.backends import registry
     from harness.oracle import compare, error_bound, reference_gemm
     from harness.problem import CLEAN, GemmProblem, Poison
-    from harness.runner import _Gemm, _sync
+    from harness.experiments import sync
+    from harness.experiments.gemm import GemmExperiment
     from harness.trial import Trial
 
     e = env.current()
@@ -51,12 +52,12 @@ def main() -> int:
     def one_case(p: GemmProblem, timing: bool = False) -> None:
         def mark(name, t0):
             if timing:
-                _sync()
+                sync()
             phases[name] += time.perf_counter() - t0
             return time.perf_counter()
 
         t = time.perf_counter()
-        g = _Gemm(backend, Trial(backend.name, "row_isolation", p), dev)
+        g = GemmExperiment(backend, Trial(backend.name, "row_isolation", p), dev)
         t = mark("data", t)
         clean = g.ops(CLEAN)
         dirty = g.ops(Poison(m_pad=0x7F))
@@ -74,12 +75,12 @@ def main() -> int:
 
     for p in problems:  # first pass compiles every kernel variant; the timed pass is steady state
         one_case(p)
-    _sync()
+    sync()
     phases.clear()
     t0 = time.perf_counter()
     for p in problems:
         one_case(p)
-    _sync()
+    sync()
     wall = time.perf_counter() - t0
     rate = len(problems) / wall
 

@@ -39,8 +39,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("harness.backends", "harness.backends.*", "harness.mutants"),
     # the verdicts
     ("harness.checks",),
-    # running trials: experiments per level and the engine
-    ("harness.experiments", "harness.experiments.*", "harness.runner"),
+    # putting each property to the test, per level; the engine that runs and classifies them
+    ("harness.experiments",),
+    ("harness.experiments.*",),
+    ("harness.runner",),
     # what is kept of a run: case files, the suite's plan
     ("harness.cases", "harness.suite"),
     # the results directory (writing and reading)
