@@ -251,18 +251,18 @@ def write_session(results_dir: Path | str, data: dict) -> Path:
     return path
 
 
-def finalize(results_dir: Path | str) -> dict:
-    """Aggregate the workers' streams: totals into session.json, statistics into hypothesis.json."""
+def finalize(results_dir: Path | str, workers: dict[str, dict] | None = None) -> dict:
+    """Aggregate the workers' streams: totals into session.json, statistics into hypothesis.json.
+
+    ``workers``: what each worker of the session said about itself (worker id -> GPU, pid,
+    environment; see harness/pytest_plugin.py), kept in session.json when given.  Returns the totals.
+    """
     records, warnings = load_results(results_dir)
     tot = totals(records)
-    workers = {}
-    for path in sorted(Path(results_dir).glob("worker-*.json")):
-        try:
-            info = json.loads(path.read_text())
-            workers[info.get("worker", path.stem)] = info
-        except (json.JSONDecodeError, OSError) as exc:
-            warnings.append(f"{path.name}: unreadable ({exc})")
-    write_session(results_dir, {"finished": now(), "totals": tot, "warnings": warnings, "workers": workers})
+    data = {"finished": now(), "totals": tot, "warnings": warnings}
+    if workers is not None:
+        data["workers"] = workers
+    write_session(results_dir, data)
     stats = hypothesis_statistics(records)
     tmp = Path(results_dir) / "hypothesis.json.tmp"
     tmp.write_text(json.dumps(stats, indent=2))
