@@ -70,7 +70,13 @@ def save_failure_case(results_dir: Path | str, trial: Trial, outcome: Outcome, l
     observed.pop("grid", None)
     observed["grid"] = json_safe(outcome.measure.get("grid")) if outcome.measure.get("grid") else None
     trial = replace(trial, a_layout=outcome.a_layout or trial.a_layout)
-    case = Case.from_trial(trial, level=level, observed=observed, environment=environment, digest=outcome.digest)
+    from harness import env, tracking
+    from harness.backends import registry
+
+    # where it reproduced: this process's architecture and the versions of the libraries involved
+    seen = tracking.sighting_now(env.current(), registry.get(trial.backend))
+    case = Case.from_trial(trial, level=level, observed=observed, environment=environment, digest=outcome.digest,
+                           reproduced=[seen.to_dict()])
     path = Path(results_dir) / "cases" / f"{case.id}.json"
     written = save_case(case, path)
     return str(Path(written).relative_to(Path(results_dir)))
@@ -98,6 +104,7 @@ class RunData:
     cases: dict[str, "Case"]                   # "cases/<name>.json" -> its Case
     hypothesis: list[dict[str, Any]] | None
     warnings: list[str] = field(default_factory=list)
+    tracking: list[dict[str, Any]] = field(default_factory=list)   # tracking-*.jsonl (harness.tracking)
 
 
 def natural_key(path: Path) -> list:
@@ -207,7 +214,10 @@ def load_run(results_dir: str | Path) -> RunData:
         hypothesis = _hypothesis_rows(_read_json(hyp_path, warnings))
         if hypothesis is None:
             warnings.append("hypothesis.json holds no list of per-test statistics; ignored")
-    return RunData(root, session, records, cases, hypothesis, warnings)
+    from harness import tracking
+
+    tracked = tracking.load(root, warnings)
+    return RunData(root, session, records, cases, hypothesis, warnings, tracked)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """FlashInfer, imported once and its refusals recognised: shared by the GEMM and quantizer adapters.
 
 Importing FlashInfer takes seconds and may fail (optional dependency), so :func:`import_flashinfer`
-caches the module or the reason.  :func:`translate_refusal` turns FlashInfer's own "not supported
-here" errors (its exception classes, or the fixed messages of :data:`REFUSAL_PATTERNS`) into
+caches the module or the reason.  FlashInfer's own "not supported here" errors are its exception
+classes (:func:`refusal_types`); :func:`translate_refusal` turns them, and the status codes of the
+libraries under ``mm_fp4`` (:data:`REFUSAL_STATUS_CODES`), into
 :class:`~harness.backends.protocol.Unsupported` (a skip); anything else stays a failure.
 """
 
@@ -14,20 +15,12 @@ from types import ModuleType
 from harness.backends._refusal import as_unsupported
 from harness.backends.protocol import Unsupported
 
-# Messages (or parts) by which FlashInfer, cuDNN, CuTe-DSL and the TRT-LLM runner refuse a call on
-# hardware or software they do not support.  Anything else raised by mm_fp4 is a failure.
-REFUSAL_PATTERNS = (
-    "No suitable auto backends",            # utils.backend_requirement wrapper, backend="auto"
-    "does not support backend",             # same wrapper, explicit backend on an unsupported cc
-    "does not support compute capability",  # same wrapper, single-backend APIs
-    "not supported on",
-    "CUBLAS_STATUS_NOT_SUPPORTED",           # cuDNN's cuBLAS-backed FP4 engine
-    "cuDNN is not available",                # gemm_base._check_cudnn_availability
-    "cuDNN FP4 requires",                    # gemm_base._check_cudnn_fp4_availability
-    "Unable to determine cuDNN",             # same
-    "CuTe DSL is not available",             # gemm_base._check_cute_dsl_availability
-    "contains no kernels runnable on sm",    # csrc/trtllm_gemm_runner.cu, cubin manifest per arch
-    "cudnnGraphNotSupportedError",           # cuDNN frontend: no engine for this graph here
+# Status codes by which the libraries under mm_fp4 refuse a call on hardware they do not support
+# (matched as whole identifiers).  FlashInfer's own refusals are its exception classes
+# (refusal_types()).  Anything else raised by mm_fp4 is a failure.
+REFUSAL_STATUS_CODES = (
+    "CUBLAS_STATUS_NOT_SUPPORTED",   # cuDNN's cuBLAS-backed FP4 engine
+    "cudnnGraphNotSupportedError",   # cuDNN frontend: no engine for this graph here
 )
 
 _IMPORT_CACHE: dict[str, tuple[ModuleType | None, str | None]] = {}
@@ -56,4 +49,4 @@ def refusal_types() -> tuple[type, ...]:
 
 def translate_refusal(exc: BaseException, prefix: str) -> Unsupported | None:
     """:class:`Unsupported` for a FlashInfer capability refusal, None for anything else (a failure)."""
-    return as_unsupported(exc, prefix, types=refusal_types(), patterns=REFUSAL_PATTERNS)
+    return as_unsupported(exc, prefix, types=refusal_types(), status_codes=REFUSAL_STATUS_CODES)

@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @triton.jit
-def _nvfp4_tile(packed_ptr, stride_r, scale_ptr, padded_kb, r, row_ok, kb0, kb_alloc,
+def nvfp4_tile(packed_ptr, stride_r, scale_ptr, padded_kb, r, row_ok, kb0, kb_alloc,
                 LAYOUT: tl.constexpr, ROWS: tl.constexpr, KB_STEP: tl.constexpr, AS_FP32: tl.constexpr):
     """Dequantize rows ``r`` [ROWS] x k-blocks [kb0, kb0 + KB_STEP) of a packed NVFP4 operand.
 
@@ -74,7 +74,7 @@ def _nvfp4_tile(packed_ptr, stride_r, scale_ptr, padded_kb, r, row_ok, kb0, kb_a
 
 
 @triton.jit
-def _dot(a, b, acc, DOT_FP32: tl.constexpr):
+def tile_dot(a, b, acc, DOT_FP32: tl.constexpr):
     """acc + a @ b with fp32 accumulation; fp32 operands use IEEE fp32 products (no TF32)."""
     if DOT_FP32:
         acc = tl.dot(a, b, acc, input_precision="ieee")
@@ -98,7 +98,7 @@ def _bf16_bits_rne(x):
 
 
 @triton.jit
-def _store_out(out_ptr, stride_om, stride_on, rm, rn, mask, acc, OUT_BF16: tl.constexpr):
+def store_out(out_ptr, stride_om, stride_on, rm, rn, mask, acc, OUT_BF16: tl.constexpr):
     """Store fp32 ``acc`` rounded to nearest into the output (an int16 view of it when OUT_BF16)."""
     if OUT_BF16:
         val = _bf16_bits_rne(acc)
@@ -124,14 +124,14 @@ def _nvfp4_gemm_kernel(
     n_ok = rn < n_alloc
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kb0 in range(0, kb_alloc, KB_STEP):
-        a_even, a_odd = _nvfp4_tile(a_ptr, stride_am, a_sf_ptr, a_sf_kb, rm, m_ok, kb0, kb_alloc,
+        a_even, a_odd = nvfp4_tile(a_ptr, stride_am, a_sf_ptr, a_sf_kb, rm, m_ok, kb0, kb_alloc,
                                     A_LAYOUT, BLOCK_M, KB_STEP, DOT_FP32)
-        w_even, w_odd = _nvfp4_tile(w_ptr, stride_wn, w_sf_ptr, w_sf_kb, rn, n_ok, kb0, kb_alloc,
+        w_even, w_odd = nvfp4_tile(w_ptr, stride_wn, w_sf_ptr, w_sf_kb, rn, n_ok, kb0, kb_alloc,
                                     W_LAYOUT, BLOCK_N, KB_STEP, DOT_FP32)
-        acc = _dot(a_even, tl.trans(w_even), acc, DOT_FP32)
-        acc = _dot(a_odd, tl.trans(w_odd), acc, DOT_FP32)
+        acc = tile_dot(a_even, tl.trans(w_even), acc, DOT_FP32)
+        acc = tile_dot(a_odd, tl.trans(w_odd), acc, DOT_FP32)
     acc = acc * tl.load(alpha_ptr)
-    _store_out(out_ptr, stride_om, stride_on, rm, rn, m_ok[:, None] & n_ok[None, :], acc, OUT_BF16)
+    store_out(out_ptr, stride_om, stride_on, rm, rn, m_ok[:, None] & n_ok[None, :], acc, OUT_BF16)
 
 
 def gemm_tiles(m: int, n_alloc: int) -> tuple[int, int, int]:
@@ -222,7 +222,7 @@ def _w4a16_kernel(
         a_base = a_ptr + rm[:, None] * stride_am + k_even[None, :] * stride_ak
         a_even = tl.load(a_base, mask=a_mask, other=0.0)
         a_odd = tl.load(a_base + stride_ak, mask=a_mask, other=0.0)
-        w_even, w_odd = _nvfp4_tile(w_ptr, stride_wn, w_sf_ptr, w_sf_kb, rn, n_ok, kb0, kb_alloc,
+        w_even, w_odd = nvfp4_tile(w_ptr, stride_wn, w_sf_ptr, w_sf_kb, rn, n_ok, kb0, kb_alloc,
                                     W_LAYOUT, BLOCK_N, KB_STEP, True)
         if DOT_FP32:
             a_even = a_even.to(tl.float32)
@@ -230,10 +230,10 @@ def _w4a16_kernel(
         else:
             w_even = w_even.to(a_ptr.dtype.element_ty)
             w_odd = w_odd.to(a_ptr.dtype.element_ty)
-        acc = _dot(a_even, tl.trans(w_even), acc, DOT_FP32)
-        acc = _dot(a_odd, tl.trans(w_odd), acc, DOT_FP32)
+        acc = tile_dot(a_even, tl.trans(w_even), acc, DOT_FP32)
+        acc = tile_dot(a_odd, tl.trans(w_odd), acc, DOT_FP32)
     acc = acc * tl.load(alpha_ptr)
-    _store_out(out_ptr, stride_om, stride_on, rm, rn, m_ok[:, None] & n_ok[None, :], acc, OUT_BF16)
+    store_out(out_ptr, stride_om, stride_on, rm, rn, m_ok[:, None] & n_ok[None, :], acc, OUT_BF16)
 
 
 def w4a16_gemm(ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:

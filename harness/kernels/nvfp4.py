@@ -95,7 +95,7 @@ def e4m3_decode(b):
 
 
 @triton.jit
-def _e2m1_encode(x):
+def e2m1_encode(x):
     """fp32 (already scaled) -> e2m1 code (int32 0..15), RNE, saturating at 6, sign kept.
 
     Bit arithmetic instead of seven threshold comparisons (the reference in harness.format uses
@@ -125,7 +125,7 @@ def e2m1_decode(c):
 
 
 @triton.jit
-def _block_scales(amax, gs):
+def block_scales(amax, gs):
     """Block-scale byte and element multiplier from the block amax (harness.format's order)."""
     sf_code = _e4m3_encode_nonneg(tl.div_rn(gs * amax, 6.0))
     sf_val = e4m3_decode(sf_code)
@@ -208,9 +208,9 @@ def _quantize_kernel(
         xe = (word << 16).to(tl.float32, bitcast=True)
         xo = (word & -65536).to(tl.float32, bitcast=True)
         amax = tl.max(tl.reshape(tl.maximum(tl.abs(xe), tl.abs(xo)), (BLOCK_R, BLOCK_KB, 8)), axis=2)
-        sf_code, inv = _block_scales(amax, gs)
+        sf_code, inv = block_scales(amax, gs)
         inv_w = tl.reshape(tl.broadcast_to(inv[:, :, None], (BLOCK_R, BLOCK_KB, 8)), (BLOCK_R, BLOCK_KB * 8))
-        byte = _e2m1_encode(xe * inv_w) | (_e2m1_encode(xo * inv_w) << 4)
+        byte = e2m1_encode(xe * inv_w) | (e2m1_encode(xo * inv_w) << 4)
         _store_bytes(packed_ptr, stride_pr, r[:, None], wcol[None, :], byte, real_w, data_rows, data_kbytes,
                      data_fill, WRITE_DATA, EVEN)
     else:
@@ -220,9 +220,9 @@ def _quantize_kernel(
         x = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xr + k[None, :] * stride_xk,
                     mask=real_x, other=0.0).to(tl.float32)
         x3 = tl.reshape(x, (BLOCK_R, BLOCK_KB, 16))
-        sf_code, inv = _block_scales(tl.max(tl.abs(x3), axis=2), gs)
+        sf_code, inv = block_scales(tl.max(tl.abs(x3), axis=2), gs)
         qe, qo = tl.split(tl.reshape(x3 * inv[:, :, None], (BLOCK_R, BLOCK_KB * 8, 2)))
-        byte = _e2m1_encode(qe) | (_e2m1_encode(qo) << 4)  # [BLOCK_R, BLOCK_KB * 8]
+        byte = e2m1_encode(qe) | (e2m1_encode(qo) << 4)  # [BLOCK_R, BLOCK_KB * 8]
         col = pid_k * BLOCK_KB * 8 + tl.arange(0, BLOCK_KB * 8)
         real_b = (r[:, None] < rows) & (col[None, :] < kblocks * 8)
         _store_bytes(packed_ptr, stride_pr, r[:, None], col[None, :], byte, real_b, data_rows, data_kbytes,

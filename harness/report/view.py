@@ -24,6 +24,7 @@ from harness.problem import POISON_KINDS, POISON_REGIONS, REGIONS, poison_kind
 from harness.report.svg import (OUTCOME_COLORS, PALETTE, GridError, Point, grid_legend_svg, grid_svg,
                                 outcome_bar_svg, parse_grid, scatter_svg)
 from harness.results import RunData, natural_key
+from harness.sanitizer.findings import Finding
 from harness.trial import ISOLATION_PROPERTIES, OUTCOMES, PROPERTIES, json_number
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -186,6 +187,15 @@ def _failure_view(idx: int, rec: Mapping | None, case: "Case | None", case_ref: 
         v = measure.get(key, observed.get(key))
         if v is not None:
             details.append((key, str(v)))
+    findings = measure.get("findings") or (observed.get("sanitizer") or {}).get("findings") or []
+    if isinstance(findings, list) and findings:  # compute-sanitizer findings (harness.sanitizer)
+        for f in findings[:8]:
+            try:
+                details.append(("finding", Finding.from_dict(f).line()))
+            except (TypeError, ValueError, AttributeError, KeyError):
+                warnings.append(f"{rec.get('_source', case_ref)}: an unreadable sanitizer finding was left out")
+        if len(findings) > 8:
+            details.append(("finding", f"… {len(findings) - 8} more"))
     grid_html: Markup | None = None
     grid_note = ""
     if "grid" in measure and idx > MAX_GRIDS:
@@ -378,8 +388,36 @@ def build_context(run: RunData) -> dict[str, Any]:
         "plots": plots,
         "hypothesis": hypothesis, "hypothesis_cols": hyp_cols,
         "n_cases": len(run.cases),
+        "tracking": _tracking_view(run.tracking),
+        "verified": _verified_view(records, warnings),
         "warnings": warnings,
     }
+
+
+def _tracking_view(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The regression cases' upstream-tracking verdicts, transitions first (None: no regression run)."""
+    from harness import tracking
+
+    if not rows:
+        return None
+    counts = [(s, sum(1 for r in rows if r.get("state") == s)) for s in tracking.STATES]
+    return {"counts": [(s, n) for s, n in counts if n],
+            "transitions": [r for r in rows if r.get("state") in tracking.TRANSITIONS],
+            "rows": rows, "loud": tracking.TRANSITIONS}
+
+
+def _verified_view(records: list[dict], warnings: list[str]) -> list[dict[str, Any]]:
+    """For each backend of the run: where the project last saw it compute (bench/verified.json)."""
+    from harness import verified
+
+    try:
+        record = verified.load()
+    except verified.VerifiedFileError as exc:
+        warnings.append(f"verification record: {exc}")
+        record = {}
+    names = sorted({str(r.get("backend")) for r in records if r.get("backend")})
+    return [{"backend": n, "computed": verified.ever_computed(n, record), "text": verified.describe(n, record)}
+            for n in names]
 
 
 def _fmt_cell(v: Any, col: str) -> str:
