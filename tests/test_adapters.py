@@ -344,7 +344,7 @@ def test_refusal_status_codes_must_be_identifiers():
 
     with pytest.raises(ValueError, match="expected one identifier"):
         refusal_message(RuntimeError("x"), status_codes=("not supported on",))
-    for codes in (flashinfer_fp4.REFUSAL_STATUS_CODES,):
+    for codes in (_flashinfer.REFUSAL_STATUS_CODES,):
         refusal_message(RuntimeError("x"), status_codes=codes)  # the adapters' own codes are identifiers
 
 
