@@ -261,15 +261,27 @@ def write_session(results_dir: Path | str, data: dict) -> Path:
     return path
 
 
+def accepted_overflow(records: list[dict]) -> dict[str, int]:
+    """The infinities the oracle accepted as overflow (``measure.accepted_overflow``: ±inf where the
+    reference ± its error bound reaches the output format's overflow threshold), summed over
+    ``records``: ``{"outputs": total, "results": records holding any}``."""
+    counts = [v for v in ((r.get("measure") or {}).get("accepted_overflow") for r in records
+                          if isinstance(r.get("measure"), dict))
+              if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    return {"outputs": sum(counts), "results": len(counts)}
+
+
 def finalize(results_dir: Path | str, workers: dict[str, dict] | None = None) -> dict:
-    """Aggregate the workers' streams: totals into session.json, statistics into hypothesis.json.
+    """Aggregate the workers' streams: totals (and accepted overflow) into session.json, statistics
+    into hypothesis.json.  Returns the outcome totals plus ``accepted_overflow`` (:func:`accepted_overflow`).
 
     ``workers``: what each worker of the session said about itself (worker id -> GPU, pid,
-    environment; see harness/pytest_plugin.py), kept in session.json when given.  Returns the totals.
+    environment; see harness/pytest_plugin.py), kept in session.json when given.
     """
     records, warnings = load_results(results_dir)
     tot = totals(records)
-    data = {"finished": now(), "totals": tot, "warnings": warnings}
+    overflow = accepted_overflow(records)
+    data = {"finished": now(), "totals": tot, "accepted_overflow": overflow, "warnings": warnings}
     if workers is not None:
         data["workers"] = workers
     write_session(results_dir, data)
@@ -277,4 +289,4 @@ def finalize(results_dir: Path | str, workers: dict[str, dict] | None = None) ->
     tmp = Path(results_dir) / "hypothesis.json.tmp"
     tmp.write_text(json.dumps(stats, indent=2))
     os.replace(tmp, Path(results_dir) / "hypothesis.json")
-    return tot
+    return {**tot, "accepted_overflow": overflow}

@@ -65,7 +65,7 @@ class LinearExperiment:
                                dense_activation=req.activation == "bf16")
         bound = error_bound(ref, req.precision, out.dtype, bias_in_out_dtype=True)
         flat = out.reshape(-1, out.shape[-1])
-        return checks.reference_agreement(flat, ref, bound, out.dtype)
+        return checks.reference_agreement(flat, ref, bound, out.dtype, bias_in_out_dtype=True)
 
     def determinism(self) -> PropertyResult:
         return checks.determinism(self.call().clone(), self.call().clone())
