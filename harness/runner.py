@@ -24,6 +24,7 @@ from harness import env as env_mod
 from harness.backends import registry
 from harness.backends.protocol import BackendContractError
 from harness.experiments import NotApplicable, classify_exception
+from harness.experiments.checkpoint import checkpoint_convention
 from harness.experiments.gemm import GemmExperiment
 from harness.experiments.linear import LinearExperiment
 from harness.experiments.quantizer import quantizer_agreement
@@ -78,6 +79,8 @@ def execute(trial: Trial, device: torch.device | None = None, *, digest: bool = 
         elif backend.level == "linear":
             holder = LinearExperiment(backend, trial, device)  # type: ignore[arg-type]
             result = getattr(holder, trial.property)()
+        elif backend.level == "checkpoint":
+            result, holder = checkpoint_convention(backend, trial, device)  # type: ignore[arg-type]
         else:
             result, holder = quantizer_agreement(backend, trial, device)  # type: ignore[arg-type]
     except NotApplicable as exc:

@@ -35,16 +35,17 @@ LAYERS: list[tuple[str, ...]] = [
     ("harness.pipeline", "harness.strategies"),
     # the GEMM kernels the harness runs itself, on pipeline operands
     ("harness.kernels.gemm",),
-    # the fp64 reference and its error bound
-    ("harness.oracle",),
+    # the reference (fp64 GEMM or exact int8 digit planes) and its error bound
+    ("harness.oracle", "harness.exact_reference"),
     # backends: the protocol, shared adapter helpers, the registry, the adapters, planted bugs
     ("harness.backends", "harness.backends.*", "harness.mutants"),
     # the verdicts
     ("harness.checks",),
-    # putting each property to the test, per level; the engine that runs and classifies them
+    # putting each property to the test, per level; the engine that runs and classifies them; the
+    # memory a case needs
     ("harness.experiments",),
     ("harness.experiments.*",),
-    ("harness.runner",),
+    ("harness.runner", "harness.memory"),
     # what is kept of a run: case files, the suite's plan
     ("harness.cases", "harness.suite", "harness.tracking"),
     # the results directory (writing and reading)
