@@ -72,6 +72,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--nvfp4-plugin", action="append", default=[],
                 help="extra backend plugin: a module name or a path to a .py file (repeatable)")
     g.addoption("--nvfp4-workers-per-gpu", type=int, default=1, help="xdist workers per GPU with -n auto")
+    g.addoption("--nvfp4-shard", default=None,
+                help="i/N: run only node i's share of the (backend, property) pairs of an N-node campaign")
+    g.addoption("--nvfp4-redis", default=os.environ.get("NVFP4_HARNESS_REDIS"),
+                help="redis://HOST:PORT/DB: share the example database of the fuzz and replay profiles "
+                     "with every node (default: $NVFP4_HARNESS_REDIS; the local .hypothesis/ always too)")
 
 
 def _visible_gpus() -> list[str]:
@@ -94,9 +99,10 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return os.cpu_count() or 1
 
 
-def _register_profiles() -> None:
+def _register_profiles(redis_url: str | None = None, results_dir: str | None = None) -> None:
     from hypothesis import HealthCheck, Phase, settings
-    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    from harness.campaign import example_database
 
     # function_scoped_fixture: the property suite's `backend` fixture is meant to run once per test
     # (support and time-budget gate before Hypothesis starts), not once per example
@@ -108,10 +114,10 @@ def _register_profiles() -> None:
     # no explain phase: it re-runs a failing case under a tracer, which makes Triton kernels crawl
     phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
     settings.register_profile("ci", derandomize=True, max_examples=4, database=None, phases=phases, **common)
-    settings.register_profile("fuzz", max_examples=60, database=DirectoryBasedExampleDatabase(db_path),
-                              phases=phases, **common)
+    database = example_database(db_path, redis_url, results_dir)
+    settings.register_profile("fuzz", max_examples=60, database=database, phases=phases, **common)
     settings.register_profile("replay", max_examples=1, phases=[Phase.explicit, Phase.reuse],
-                              database=DirectoryBasedExampleDatabase(db_path), **common)
+                              database=database, **common)
 
 
 def _share_cpu_threads(workers: int) -> None:
@@ -157,7 +163,8 @@ def pytest_configure(config: pytest.Config) -> None:
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
         _share_cpu_threads(config.workerinput.get("workercount", 1))  # type: ignore[attr-defined]
-    _register_profiles()
+    _register_profiles(config.getoption("--nvfp4-redis"), config._nvfp4_plan.results_dir  # type: ignore[attr-defined]
+                       if not _is_worker(config) else _worker_input(config).get("results_dir"))
     from hypothesis import settings
 
     profile = config.getoption("--nvfp4-profile") or "ci"
@@ -167,6 +174,16 @@ def pytest_configure(config: pytest.Config) -> None:
                                                              max_examples=config.getoption("--nvfp4-examples")))
         settings.load_profile("nvfp4-override")
     config._nvfp4_profile = profile  # type: ignore[attr-defined]
+    from harness import campaign
+
+    try:
+        campaign.parse_shard(config.getoption("--nvfp4-shard"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc).replace("--shard", "--nvfp4-shard", 1)) from None
+    # a campaign: the fuzz profile with a time budget fuzzes until the budget is spent
+    config._nvfp4_campaign = campaign.is_campaign(profile, config.getoption("--nvfp4-budget"))  # type: ignore[attr-defined]
+    if config._nvfp4_campaign and _is_worker(config):  # type: ignore[attr-defined]
+        campaign.install_worker_signal_handlers()
     for spec in config.getoption("--nvfp4-plugin"):
         from harness.backends import registry
 
@@ -178,6 +195,35 @@ def pytest_configure_node(node) -> None:
     """Controller, per xdist worker (a replacement for a crashed one too): hand it the run plan."""
     plan: RunPlan = node.config._nvfp4_plan
     node.workerinput[_KEY] = plan.for_worker(node.workerinput["workerid"])
+
+
+def _write_session_start(config: pytest.Config, plan: "RunPlan") -> None:
+    from harness import env, results
+
+    results.write_session(plan.results_dir, {
+        "started": _dt.datetime.fromtimestamp(plan.start, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "argv": list(config.invocation_params.args), "profile": config._nvfp4_profile,  # type: ignore[attr-defined]
+        "environment": env.current().to_dict()})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    if _is_worker(config):
+        return
+    plan: RunPlan = config._nvfp4_plan  # type: ignore[attr-defined]
+    campaign_run = getattr(config, "_nvfp4_campaign", False)
+    if campaign_run:
+        from harness import campaign
+
+        tx = getattr(config.option, "tx", None) or []
+        workers = len(tx) if getattr(config.option, "dist", "no") != "no" else 1
+        config._nvfp4_controller = campaign.Controller(  # type: ignore[attr-defined]
+            plan.results_dir, config.getoption("--nvfp4-budget"), max(1, workers), plan.start).start()
+    if campaign_run or config.getoption("--nvfp4-results"):
+        # a run asked to record (nvfp4-harness fuzz, a campaign): session.json from the start, so a
+        # run that is killed still says when, where and how it ran
+        _write_session_start(config, plan)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -204,18 +250,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             config.workeroutput[_KEY] = json.dumps({"info": harness_session.info,  # type: ignore[attr-defined]
                                                     "recorded": harness_session.recorded}, default=str)
         return
+    controller = getattr(config, "_nvfp4_controller", None)
+    if controller is not None:
+        controller.stop()
     plan: RunPlan = config._nvfp4_plan  # type: ignore[attr-defined]
     if harness_session is not None and harness_session.recorded:  # a run without xdist
         plan.workers[harness_session.worker] = harness_session.info
         plan.recorded += harness_session.recorded
     if not plan.recorded and not plan.crashed:
         return  # this session ran no property case: leave the results directory alone
-    from harness import env, results
+    from harness import results
 
-    results.write_session(plan.results_dir, {
-        "started": _dt.datetime.fromtimestamp(plan.start, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "argv": list(config.invocation_params.args), "profile": config._nvfp4_profile,  # type: ignore[attr-defined]
-        "environment": env.current().to_dict()})
+    _write_session_start(config, plan)
     config._nvfp4_totals = results.finalize(plan.results_dir, workers=plan.workers)  # type: ignore[attr-defined]
 
 
@@ -272,6 +318,7 @@ class HarnessSession:
         self.info: dict[str, Any] = {}
         """What this worker is (sent to the controller, see pytest_sessionfinish)."""
         config._nvfp4_session = self  # type: ignore[attr-defined]
+        self.campaign = None  # harness.campaign.WorkerCampaign, once the first pair of a campaign starts
 
     @property
     def stream(self):
@@ -311,6 +358,22 @@ class HarnessSession:
         self.stream.write(make_record(trial, outcome, worker=self.worker, test=test, level=level,
                                       case_file=case_file, extra=extra))
         self.recorded += 1
+        if self.campaign is not None:
+            self.campaign.note_record(outcome.status, final)
+
+    def campaign_gate(self) -> None:
+        """In a campaign, before every example: raises harness.campaign.RunStopped (a KeyboardInterrupt
+        the campaign catches: it ends the Hypothesis run there) once the pair's share of the budget is spent, the deadline
+        is reached or a stop was requested; Hypothesis's final replay of a failure always runs."""
+        if self.campaign is None:
+            return
+        from hypothesis.control import current_build_context
+
+        try:
+            final = current_build_context().is_final
+        except Exception:
+            final = True
+        self.campaign.gate(final)
 
     def record_skip(self, backend, prop: str, reason: str, test: str) -> None:
         """Record a whole test skipped before any case ran (backend unavailable, budget spent)."""
@@ -338,6 +401,8 @@ class HarnessSession:
         except ContextLost as exc:
             self.record(trial, Outcome("crash", str(exc)), test, level, True)
             os._exit(3)  # the CUDA context is gone: xdist restarts a fresh worker for the next tests
+        if self.campaign is not None:
+            self.campaign.note_example(outcome.status)
         if outcome.status != "fail" or final:
             self.record(trial, outcome, test, level, final)
         return outcome
@@ -346,3 +411,21 @@ class HarnessSession:
 @pytest.fixture(scope="session")
 def nvfp4_session(request: pytest.FixtureRequest) -> HarnessSession:
     return HarnessSession(request.config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function):
+    """In a campaign, a property test runs Hypothesis runs with fresh seeds until its pair's share
+    of the budget is spent (harness/campaign.py); elsewhere pytest calls the test once."""
+    session = pyfuncitem.funcargs.get("nvfp4_session")
+    if session is None or "property_name" not in pyfuncitem.funcargs \
+            or not getattr(pyfuncitem.config, "_nvfp4_campaign", False):
+        return None
+    from harness import campaign
+
+    if session.campaign is None:
+        session.campaign = campaign.WorkerCampaign(session.results_dir, session.worker,
+                                                   campaign.runnable_pairs(pyfuncitem.session.items, session.env))
+    testargs = {arg: pyfuncitem.funcargs[arg] for arg in pyfuncitem._fixtureinfo.argnames}
+    session.campaign.run_pair(pyfuncitem.nodeid, lambda: pyfuncitem.obj(**testargs), pyfuncitem.obj)
+    return True
