@@ -25,7 +25,8 @@ from harness.format import (
 from harness.kernels.nvfp4 import quantize_into
 from harness.layouts import ScaleLayout
 from harness.problem import GemmProblem
-from harness.runner import execute, linear_inputs
+from harness.experiments.linear import linear_inputs
+from harness.runner import execute
 from harness.strategies import CALIBRATION_RATIOS
 from harness.trial import Trial
 

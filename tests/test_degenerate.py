@@ -13,7 +13,8 @@ from harness.cases import Case, load_case, save_case
 from harness.data import DEGENERATE, DISTRIBUTIONS, generate, generate_reference
 from harness.format import global_scale_encode_divisor, reference_quantize
 from harness.problem import GemmProblem
-from harness.runner import execute, linear_inputs
+from harness.experiments.linear import linear_inputs
+from harness.runner import execute
 from harness.trial import Trial
 
 LINEAR = "linear-vllm[triton-emu-128x4]"
