@@ -66,6 +66,12 @@ class _Hunt:
 
 
 def hunt(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Score:
+    from harness.grouped import registry as grouped_registry
+
+    if grouped_registry.is_grouped(mutant_name):  # the grouped level has its own problems and strategies
+        from harness.grouped.selftest import hunt as grouped_hunt
+
+        return grouped_hunt(mutant_name, budget_s=budget_s, examples=examples)
     m = registry.get(mutant_name)
     sizes = suite.sizes_for(env.current().device)
     expected = getattr(m, "expected_property", None)
@@ -114,8 +120,11 @@ def hunt(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Sc
 def run(mutants: list[str] | None = None, *, budget_s: float = 60.0, examples: int = 200,
         progress=None) -> list[Score]:
     # mutants whose bug changes no result are the sanitizer's (harness.sanitizer.run.selftest), not the properties'
+    from harness.grouped import registry as grouped_registry
+
     names = mutants or [b.name for b in registry.all_backends(include_mutants=True)
-                        if b.mutant and getattr(b, "oracle", "properties") == "properties"]
+                        if b.mutant and getattr(b, "oracle", "properties") == "properties"] + \
+        [b.name for b in grouped_registry.all_backends(include_mutants=True) if b.mutant]
     scores = []
     for name in names:
         s = hunt(name, budget_s=budget_s, examples=examples)
@@ -129,6 +138,9 @@ def _minimized_text(s: Score) -> str:
     if not s.minimized:
         return "-"
     p = s.minimized["problem"]
+    if "tokens" in p:  # grouped level
+        return (f"tokens={p['tokens']} experts={p['experts']} splits={[sum(e == x for r in p['topk_ids'] for x in r) for e in range(p['experts'])]} "
+                f"top_k={len(p['topk_ids'][0])} n={p['n']} k={p['k']} {p['out_dtype']}")
     poison = {k: v for k, v in s.minimized["poison"].items() if v}
     extra = f" batch={p['batch']}" if p.get("batch") else ""
     pz = ",".join(f"{k}=0x{v:02X}" if isinstance(v, int) and not isinstance(v, bool) else k
@@ -159,7 +171,14 @@ def main(budget_s: float = 60.0, examples: int = 200, mutants: list[str] | None 
     e = env.current()
     print(f"self-test on {e.summary()}; budget {budget_s:.0f} s per mutant", flush=True)
     if mutants:
+        from harness.grouped import registry as grouped_registry
+
         for name in mutants:
+            if grouped_registry.is_grouped(name):
+                if not grouped_registry.get(name).mutant:
+                    print(f"nvfp4-harness: error: --mutant {name!r} is not a planted-bug backend", file=sys.stderr)
+                    return 2
+                continue
             if not registry.get(name).mutant:
                 print(f"nvfp4-harness: error: --mutant {name!r} is not a planted-bug backend", file=sys.stderr)
                 return 2
