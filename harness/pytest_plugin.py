@@ -178,6 +178,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(
             f"cases: {tot['pass']} passed, {tot['fail']} failed, {tot['skip']} skipped, {tot['crash']} crashed; "
             f"results in {res} (report: nvfp4-harness report {res} -o reports/index.html)")
+        over = tot.get("accepted_overflow") or {}
+        if over.get("outputs"):
+            terminalreporter.write_line(
+                f"accepted overflow: {over['outputs']} outputs in {over['results']} cases were ±inf where the "
+                f"reference ± its error bound reaches the output format's overflow threshold (within the bound)")
         import json
 
         start = float(os.environ.get(_START_ENV, "0"))

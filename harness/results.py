@@ -261,10 +261,22 @@ def write_session(results_dir: Path | str, data: dict) -> Path:
     return path
 
 
+def accepted_overflow(records: list[dict]) -> dict[str, int]:
+    """The infinities the oracle accepted as overflow (``measure.accepted_overflow``: ±inf where the
+    reference ± its error bound reaches the output format's overflow threshold), summed over
+    ``records``: ``{"outputs": total, "results": records holding any}``."""
+    counts = [v for v in ((r.get("measure") or {}).get("accepted_overflow") for r in records
+                          if isinstance(r.get("measure"), dict))
+              if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    return {"outputs": sum(counts), "results": len(counts)}
+
+
 def finalize(results_dir: Path | str) -> dict:
-    """Aggregate the workers' streams: totals into session.json, statistics into hypothesis.json."""
+    """Aggregate the workers' streams: totals (and accepted overflow) into session.json, statistics
+    into hypothesis.json.  Returns the outcome totals plus ``accepted_overflow`` (:func:`accepted_overflow`)."""
     records, warnings = load_results(results_dir)
     tot = totals(records)
+    overflow = accepted_overflow(records)
     workers = {}
     for path in sorted(Path(results_dir).glob("worker-*.json")):
         try:
@@ -272,9 +284,10 @@ def finalize(results_dir: Path | str) -> dict:
             workers[info.get("worker", path.stem)] = info
         except (json.JSONDecodeError, OSError) as exc:
             warnings.append(f"{path.name}: unreadable ({exc})")
-    write_session(results_dir, {"finished": now(), "totals": tot, "warnings": warnings, "workers": workers})
+    write_session(results_dir, {"finished": now(), "totals": tot, "accepted_overflow": overflow,
+                                "warnings": warnings, "workers": workers})
     stats = hypothesis_statistics(records)
     tmp = Path(results_dir) / "hypothesis.json.tmp"
     tmp.write_text(json.dumps(stats, indent=2))
     os.replace(tmp, Path(results_dir) / "hypothesis.json")
-    return tot
+    return {**tot, "accepted_overflow": overflow}

@@ -23,7 +23,7 @@ from markupsafe import Markup
 from harness.problem import POISON_KINDS, POISON_REGIONS, REGIONS, poison_kind
 from harness.report.svg import (OUTCOME_COLORS, PALETTE, GridError, Point, grid_legend_svg, grid_svg,
                                 outcome_bar_svg, parse_grid, scatter_svg)
-from harness.results import RunData, natural_key
+from harness.results import RunData, accepted_overflow, natural_key
 from harness.sanitizer.findings import Finding
 from harness.trial import ISOLATION_PROPERTIES, OUTCOMES, PROPERTIES, json_number
 
@@ -178,6 +178,10 @@ def _failure_view(idx: int, rec: Mapping | None, case: "Case | None", case_ref: 
         v = measure.get(key, observed.get(key))
         if v is not None:
             details.append((key, _fmt_num(v)))
+    for key in ("violations", "nonfinite_violations", "accepted_overflow"):
+        v = measure.get(key, observed.get(key))
+        if isinstance(v, int) and not isinstance(v, bool) and (v or key == "violations"):
+            details.append((key, str(v)))
     for key in ("nan_rows", "changed_rows", "changed_cols"):
         v = measure.get(key, observed.get(key))
         if v:
@@ -385,6 +389,7 @@ def build_context(run: RunData) -> dict[str, Any]:
         "properties": props, "matrix": matrix,
         "isolation": isolation, "regions": REGIONS, "outcomes": OUTCOMES,
         "failures": failures, "grid_legend": grid_legend_svg("legend"),
+        "accepted_overflow": accepted_overflow(records),
         "plots": plots,
         "hypothesis": hypothesis, "hypothesis_cols": hyp_cols,
         "n_cases": len(run.cases),
