@@ -12,7 +12,9 @@ The modules follow the GEMM level's data flow:
 * :mod:`harness.grouped.checks`    the grouped properties and the engine that runs one trial;
 * :mod:`harness.grouped.strategies` Hypothesis strategies (shrink to one expert and one token);
 * :mod:`harness.grouped.cases`     grouped case files that replay bit for bit;
-* :mod:`harness.grouped.mutants`   planted-bug grouped backends (public bug classes).
+* :mod:`harness.grouped.mutants`   planted-bug grouped backends (public bug classes), hunted by
+  :func:`harness.selftest.hunt` like every mutant;
+* :mod:`harness.grouped.transforms` columnwise casts, the random Hadamard transform, stochastic rounding.
 
 Backends: :mod:`harness.backends.grouped_triton` (Triton emulation, GPU and CPU interpreter).
 """
