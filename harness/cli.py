@@ -57,14 +57,14 @@ def cmd_backends(args) -> int:
         return 0
     print(f"environment: {e.summary()}")
     w = max(len(r["name"]) for r in rows) if rows else 10
-    for level in ("gemm", "linear", "quantizer"):
+    for level in ("gemm", "linear", "quantizer", "checkpoint"):
         sel = [r for r in rows if r["level"] == level]
         if not sel:
             continue
         print(f"\n{level}-level backends")
         for r in sel:
             mark = "yes" if r["available"] else "no "
-            lay = f"A {'/'.join(r['a_layouts'])}, W {r['w_layout']}" if level != "quantizer" else \
+            lay = f"A {'/'.join(r['a_layouts'])}, W {r['w_layout']}" if level not in ("quantizer", "checkpoint") else \
                 f"layout {'/'.join(r['a_layouts'])}"
             align = f"N%{r['n_align']} K%{r['k_align']}" + (f" m<={r['m_max']}" if r['m_max'] else "")
             print(f"  {r['name']:<{w}}  {mark}  {lay:<24} {align:<18} {r['reason']}")

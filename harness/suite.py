@@ -67,7 +67,7 @@ def trials(backend: Backend, prop: str, sz: Sizes) -> SearchStrategy[Trial]:
     def build(problem, poison=CLEAN, layout=None, tp=1, parallel="column"):
         return Trial(name, prop, problem, poison, layout, tp, parallel)
 
-    if backend.level == "quantizer":
+    if backend.level in ("quantizer", "checkpoint"):
         return st.builds(build, hs.gemm_problems(max_m=sz.max_m, max_nk_blocks=sz.max_nk_blocks,
                                                  in_dtypes=("bfloat16", "float16", "float32")))
     if backend.level == "linear":

@@ -34,15 +34,15 @@ LAYERS: list[tuple[str, ...]] = [
     # operands from problems; Hypothesis strategies over the model
     ("harness.pipeline", "harness.strategies", "harness.grouped.pipeline", "harness.grouped.strategies",
      "harness.grouped.transforms"),
-    # the fp64 reference and its error bound
-    ("harness.oracle", "harness.grouped.reference"),
+    # the reference (fp64 GEMM or exact int8 digit planes) and its error bound
+    ("harness.oracle", "harness.exact_reference", "harness.grouped.reference"),
     # backends: the protocol, shared adapter helpers, the registry, the adapters, planted bugs
     ("harness.backends", "harness.backends.*", "harness.mutants", "harness.grouped.protocol",
      "harness.grouped.registry", "harness.grouped.mutants"),
     # the verdicts
     ("harness.checks",),
-    # running trials: experiments per level and the engine
-    ("harness.experiments", "harness.experiments.*", "harness.runner", "harness.grouped.checks"),
+    # running trials: experiments per level and the engine; the memory a case needs
+    ("harness.experiments", "harness.experiments.*", "harness.runner", "harness.memory", "harness.grouped.checks"),
     # what is kept of a run: case files, the suite's plan
     ("harness.cases", "harness.suite", "harness.tracking", "harness.grouped.cases"),
     # the results directory (writing and reading)
