@@ -19,7 +19,13 @@ PAIRS = [(b.name, p) for b in registry.all_backends() for p in GROUPED_PROPERTIE
 
 
 @pytest.mark.parametrize(("backend_name", "property_name"), PAIRS, ids=[f"{b}::{p}" for b, p in PAIRS])
-def test_grouped_property(backend_name: str, property_name: str) -> None:
+def test_grouped_property(backend_name: str, property_name: str, request) -> None:
+    names = request.config.getoption("--nvfp4-backends", default="all")
+    if names not in ("all", None) and backend_name not in {n.strip() for n in names.split(",")}:
+        pytest.skip(f"{backend_name}: not selected by --nvfp4-backends")
+    props = request.config.getoption("--nvfp4-properties", default="all")
+    if props not in ("all", None) and property_name not in {p.strip() for p in props.split(",")}:
+        pytest.skip(f"{property_name}: not selected by --nvfp4-properties")
     backend = registry.get(backend_name)
     support = backend.support(env.current())
     if not support:

@@ -132,3 +132,17 @@ def test_emulation_backends_pass_with_zero_token_groups_first_middle_last(backen
         out = execute(GroupedTrial(backend, prop, p, poison))
         assert out.status == ("skip" if prop == "token_isolation" and p.splits[0] == sum(p.splits) else "pass"), \
             (splits, out.reason)
+
+
+def test_per_expert_view_names_the_expert_a_bug_touches():
+    """The routed-twice mutant scales every term; a stride bug leaves expert 0 correct."""
+    from harness.grouped.checks import reference_agreement
+
+    p = GroupedProblem.from_splits([2, 0, 3], 1, n=40, k=32, seed=2, row_align=(1, 1, 1))
+    ops = build_grouped_operands(p)
+    good = reference_agreement(registry.get("grouped-triton-emu"), ops).measure["per_expert"]
+    assert [v["tokens"] for v in good] == [2, 0, 3] and good[1]["max_err_units"] is None
+    assert all(v["max_err_units"] <= 1 for v in good if v["tokens"])
+    bad = reference_agreement(registry.get("mutant-grouped-expert-scale-stride"), ops)
+    view = {v["expert"]: v["max_err_units"] for v in bad.measure["per_expert"]}
+    assert not bad.ok and view[0] <= 1 < view[2] and "out of bound [2]" in bad.summary

@@ -52,6 +52,19 @@ def _output(backend, ops: GroupedOperands) -> torch.Tensor:
     return out[:, :p.n]
 
 
+def per_expert_errors(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, ops: GroupedOperands) -> list[dict]:
+    """The per-expert view of a comparison: for each expert, its token count and the largest
+    ``|out - ref| / bound`` over the tokens routed to it (inf for a non-finite output; None for a
+    zero-token expert).  A token routed to several experts counts for each of them."""
+    units = torch.nan_to_num((out.double() - ref.to(out.device)).abs() / bound.to(out.device).clamp_min(1e-300),
+                             nan=float("inf")).amax(dim=1).cpu()
+    view = []
+    for e, sec in enumerate(ops.problem.sections()):
+        worst = max((float(units[t]) for t, _ in sec), default=None)
+        view.append({"expert": e, "tokens": len(sec), "max_err_units": worst})
+    return view
+
+
 def reference_agreement(backend, ops: GroupedOperands) -> PropertyResult:
     out = _output(backend, ops)
     ref = reference_grouped(ops)
@@ -59,14 +72,17 @@ def reference_agreement(backend, ops: GroupedOperands) -> PropertyResult:
     agr = compare(out, Reference(ref.value, ref.value.abs(), ops.a.k_alloc), bound, ops.out_dtype)
     measure = {"max_err_units": agr.max_err_units, "violations": agr.violations,
                "argmax": list(agr.argmax) if agr.argmax else None, "nan_tokens": agr.nan_rows[:32],
-               "splits": list(ops.problem.splits)}
+               "splits": list(ops.problem.splits), "per_expert": per_expert_errors(out, ref.value, bound, ops)}
     if agr.ok:
         return PropertyResult("reference_agreement", True, f"within bound ({agr.max_err_units:.3g} of it)", measure)
     t = agr.argmax[0] if agr.argmax else None
     experts = list(ops.problem.topk_ids[t]) if t is not None else []
+    bad_experts = [v["expert"] for v in measure["per_expert"] if v["max_err_units"] is not None and
+                   not v["max_err_units"] <= 1.0]
     return PropertyResult("reference_agreement", False,
                           f"{agr.violations} elements outside the bound (max {agr.max_err_units:.3g}x at token "
-                          f"{t}, experts {experts}; non-finite tokens {agr.nan_rows[:8]})", measure)
+                          f"{t}, experts {experts}; experts with tokens out of bound {bad_experts}; non-finite "
+                          f"tokens {agr.nan_rows[:8]})", measure)
 
 
 def grouped_bytes(backend, ops: GroupedOperands) -> PropertyResult:
