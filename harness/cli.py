@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -110,8 +109,13 @@ def cmd_fuzz(args) -> int:
         cmd += ["--nvfp4-examples", str(args.examples)]
     for spec in args.plugin or []:
         cmd += ["--nvfp4-plugin", spec]
+    cmd += ["--nvfp4-shard", args.shard] if args.shard else []
+    cmd += ["--nvfp4-redis", args.redis] if args.redis else []
     print("running:", " ".join(cmd), flush=True)
-    rc = subprocess.call(cmd, cwd=str(REPO_ROOT))
+    from harness.campaign import call_interruptible
+
+    # Ctrl-C / SIGTERM: the campaign stops after the running examples, then the report is rendered
+    rc, interrupted = call_interruptible(cmd, cwd=str(REPO_ROOT))
     from harness.report import render_report
     from harness.results import finalize
 
@@ -121,6 +125,8 @@ def cmd_fuzz(args) -> int:
         print(f"report: {out}")
     else:
         print("no results were recorded", file=sys.stderr)
+    if interrupted:  # stopped by the user or the system: the report holds what ran; say so in the status
+        return 128 + interrupted
     # pytest: 0 all passed, 1 some failed; both mean the job ran. Anything else is an error.
     return rc
 
@@ -150,9 +156,20 @@ def cmd_promote(args) -> int:
 def cmd_report(args) -> int:
     from harness.report import render_report
 
-    d = Path(args.results_dir)
-    if not d.is_dir():
-        raise UsageError(f"RESULTS_DIR {str(d)!r}: no such directory (expected the folder a fuzz run wrote)")
+    dirs = [Path(d) for d in args.results_dir]
+    for d in dirs:
+        if not d.is_dir():
+            raise UsageError(f"RESULTS_DIR {str(d)!r}: no such directory (expected the folder a fuzz run wrote)")
+    if len(dirs) > 1:  # several nodes of one campaign: one report of their merged results
+        from harness.campaign import merge_results
+        from harness.results import finalize
+
+        merged = Path(args.merged) if args.merged else Path(args.output).with_suffix(".results")
+        d = merge_results(dirs, merged)
+        finalize(d)
+        print(f"merged results of {len(dirs)} directories: {d}")
+    else:
+        d = dirs[0]
     out = render_report(d, Path(args.output))
     print(f"report: {out}")
     return 0
@@ -214,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--report", default="reports/index.html", help="HTML report path")
     f.add_argument("-n", "--workers", default="auto", help="xdist workers: auto (one per GPU / core), N, or 0")
     f.add_argument("--plugin", action="append", default=[], help="backend plugin module or .py file")
+    f.add_argument("--shard", default=None,
+                   help="i/N: this node's share of the (backend, property) pairs of an N-node campaign")
+    f.add_argument("--redis", default=None,
+                   help="redis://HOST:PORT/DB: example database shared by every node (plus the local one)")
     f.set_defaults(func=cmd_fuzz)
 
     r = sub.add_parser("replay", help="rebuild a case bit for bit, rerun it and diagnose")
@@ -252,8 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_promote)
 
     rep = sub.add_parser("report", help="render the HTML report of a results directory")
-    rep.add_argument("results_dir")
+    rep.add_argument("results_dir", nargs="+",
+                     help="results directory; several (one per node of a campaign) are merged into one report")
     rep.add_argument("-o", "--output", default="reports/index.html")
+    rep.add_argument("--merged", default=None,
+                     help="where the merged results of several directories go (default: OUTPUT's name with .results)")
     rep.set_defaults(func=cmd_report)
 
     s = sub.add_parser("selftest", help="run the property suite against every planted-bug backend")
