@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, ...]] = [
     # the number format, scale layouts and the machine: no harness imports
     ("harness", "harness.format", "harness.layouts", "harness.env", "harness.optional"),
-    # Triton kernels: pipeline, test data and GEMMs
-    ("harness.kernels", "harness.kernels.*"),
+    # Triton kernels of the pipeline (quantize, dequantize, pad) and of the test data
+    ("harness.kernels", "harness.kernels.nvfp4", "harness.kernels.data"),
     # deterministic test data (its Triton path is a kernel)
     ("harness.data",),
     # the data model: problems, poison, TP shards of real models; trials, outcomes, vocabulary
@@ -34,6 +34,8 @@ LAYERS: list[tuple[str, ...]] = [
     # operands from problems; Hypothesis strategies over the model
     ("harness.pipeline", "harness.strategies", "harness.grouped.pipeline", "harness.grouped.strategies",
      "harness.grouped.transforms"),
+    # the GEMM kernels the harness runs itself, on pipeline operands
+    ("harness.kernels.gemm",),
     # the reference (fp64 GEMM or exact int8 digit planes) and its error bound
     ("harness.oracle", "harness.exact_reference", "harness.grouped.reference"),
     # backends: the protocol, shared adapter helpers, the registry, the adapters, planted bugs
@@ -41,8 +43,11 @@ LAYERS: list[tuple[str, ...]] = [
      "harness.grouped.registry", "harness.grouped.mutants"),
     # the verdicts
     ("harness.checks",),
-    # running trials: experiments per level and the engine; the memory a case needs
-    ("harness.experiments", "harness.experiments.*", "harness.runner", "harness.memory", "harness.grouped.checks"),
+    # putting each property to the test, per level; the engine that runs and classifies them; the
+    # memory a case needs; the grouped level's engine (it classifies outcomes as the runner does)
+    ("harness.experiments",),
+    ("harness.experiments.*",),
+    ("harness.runner", "harness.memory", "harness.grouped.checks"),
     # what is kept of a run: case files, the suite's plan
     ("harness.cases", "harness.suite", "harness.tracking", "harness.grouped.cases"),
     # the results directory (writing and reading)

@@ -7,7 +7,7 @@ bf16 hidden states and the per-expert input global scales and quantizes them its
 ``cutlass_fused_moe`` does), then runs the same GEMMs.
 
 Per expert with tokens, the section and the expert's weight go through the Triton NVFP4 GEMM of
-:mod:`harness.backends.triton_emulation` (exact operands, fp32 accumulation, alpha of that expert,
+:mod:`harness.kernels.gemm` (exact operands, fp32 accumulation, alpha of that expert,
 fp32 output; rows past the section and columns past n_alloc masked, the K tail read like
 hardware).  A zero-token expert launches nothing.  The combine is deterministic: each top-k term
 ``fl32(w_tj * y)`` is formed, the terms are summed in slot order in fp32, and the sum is rounded
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from harness.backends.protocol import Requirements, Unsupported
-from harness.backends.triton_emulation import nvfp4_gemm
+from harness.kernels.gemm import nvfp4_gemm
 from harness.grouped.pipeline import GroupedOperands, GroupedTensor, grouped_quantize
 from harness.grouped.protocol import GroupedBackend
 from harness.oracle import Precision
