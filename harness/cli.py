@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,37 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 class UsageError(Exception):
     """A bad argument: printed as ``nvfp4-harness: error: ...`` with exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _user_path(text: str | Path) -> Path:
+    """A path the user typed, resolved against the working directory the command was started in."""
+    return Path(os.path.abspath(os.path.expanduser(str(text))))
+
+
+def _plugin_spec(spec: str) -> str:
+    """A plugin file named relative to the user's working directory, made absolute (module names
+    are kept as they are)."""
+    return str(_user_path(spec)) if spec.endswith(".py") or Path(spec).exists() else spec
 
 
 def _load_plugins(specs: list[str]) -> None:
@@ -47,22 +79,35 @@ def cmd_backends(args) -> int:
                           "load_errors": registry.load_errors()}, indent=2))
         return 0
     print(f"environment: {e.summary()}")
-    w = max(len(r["name"]) for r in rows) if rows else 10
     for level in ("gemm", "linear", "quantizer"):
         sel = [r for r in rows if r["level"] == level]
         if not sel:
             continue
         print(f"\n{level}-level backends")
-        for r in sel:
-            mark = "yes" if r["available"] else "no "
-            lay = f"A {'/'.join(r['a_layouts'])}, W {r['w_layout']}" if level != "quantizer" else \
-                f"layout {'/'.join(r['a_layouts'])}"
-            align = f"N%{r['n_align']} K%{r['k_align']}" + (f" m<={r['m_max']}" if r['m_max'] else "")
-            print(f"  {r['name']:<{w}}  {mark}  {lay:<24} {align:<18} {r['reason']}")
+        print(_backend_table(sel, level))
     errs = registry.load_errors()
     for mod, err in errs.items():
         print(f"\nwarning: {mod}: {err}", file=sys.stderr)
     return 0
+
+
+def _backend_table(rows: list[dict], level: str) -> str:
+    """One aligned table: a header row, then one row per backend (the reason column is last and
+    free-running)."""
+    if level == "quantizer":
+        head = ("backend", "runs", "scale layout", "reason")
+        body = [(r["name"], "yes" if r["available"] else "no", "/".join(r["a_layouts"]), r["reason"]) for r in rows]
+    else:
+        head = ("backend", "runs", "A scales", "W scales", "N align", "K align", "m max", "reason")
+        body = [(r["name"], "yes" if r["available"] else "no", "/".join(r["a_layouts"]), r["w_layout"],
+                 str(r["n_align"]), str(r["k_align"]), str(r["m_max"]) if r["m_max"] else "-", r["reason"])
+                for r in rows]
+    widths = [max(len(str(x[i])) for x in (head, *body)) for i in range(len(head) - 1)]
+    lines = []
+    for row in (head, *body):
+        cells = [f"{str(c):<{w}}" for c, w in zip(row, widths)] + [str(row[-1])]
+        lines.append(("  " + "  ".join(cells)).rstrip())
+    return "\n".join(lines)
 
 
 def _properties_dir() -> Path:
@@ -73,23 +118,53 @@ def _properties_dir() -> Path:
     return d
 
 
-def cmd_fuzz(args) -> int:
+def _check_selection(args) -> None:
+    """Unknown names, and a backend/property selection that leaves nothing to run, are usage errors."""
     from harness.backends import registry
+    from harness.checks import PROPERTIES
+    from harness.runner import properties_for
+
+    backends = None
+    if args.backends not in ("all", "mutants"):
+        names = [n.strip() for n in args.backends.split(",") if n.strip()]
+        if not names:
+            raise UsageError(f"--backends {args.backends!r}: expected comma-separated backend names, 'all' or 'mutants'")
+        backends = [registry.get(n) for n in names]
+    if args.properties == "all":
+        return
+    wanted = [p.strip() for p in args.properties.split(",") if p.strip()]
+    for p in wanted or [args.properties]:
+        if p not in PROPERTIES:
+            raise UsageError(f"--properties: unknown property {p!r}; expected some of {list(PROPERTIES)}")
+    pool = backends if backends is not None else registry.all_backends(include_mutants=args.backends == "mutants")
+    pool = [b for b in pool if b.mutant] if args.backends == "mutants" else pool
+    if not any(p in properties_for(b) for b in pool for p in wanted):
+        by_level = {}
+        for b in pool:
+            by_level.setdefault(b.level, properties_for(b))
+        raise UsageError(f"--properties {args.properties!r} applies to none of the selected backends "
+                         f"({', '.join(b.name for b in pool)}); their properties are: "
+                         + "; ".join(f"{lv}-level: {', '.join(ps)}" for lv, ps in by_level.items()))
+
+
+def user_command(argv: list[str] | None) -> str:
+    """What the user typed, as one shell line (shown in the report's "command" row)."""
+    return shlex.join(["nvfp4-harness", *(sys.argv[1:] if argv is None else argv)])
+
+
+def cmd_fuzz(args) -> int:
+    from harness import records
 
     _load_plugins(args.plugin)
-    if args.backends not in ("all", "mutants"):
-        for name in args.backends.split(","):
-            registry.get(name.strip())
-    if args.properties != "all":
-        from harness.checks import PROPERTIES
-
-        for p in args.properties.split(","):
-            if p.strip() not in PROPERTIES:
-                raise UsageError(f"--properties: unknown property {p.strip()!r}; expected some of {list(PROPERTIES)}")
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
+    _check_selection(args)
+    root = _user_path(args.results)
+    report = _user_path(args.report)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--results {args.results!r} is a file: expected a results folder")
+    run_id = records.new_run_id()
+    run_dir = root / run_id
     cmd = [sys.executable, "-m", "pytest", str(_properties_dir()), "-p", "no:cacheprovider", "-q",
-           "--nvfp4-results", str(results), "--nvfp4-profile", args.profile,
+           "--nvfp4-results", str(root), "--nvfp4-run-id", run_id, "--nvfp4-profile", args.profile,
            "--nvfp4-backends", args.backends, "--nvfp4-properties", args.properties]
     if args.workers != "0":
         cmd += ["-n", args.workers]
@@ -98,18 +173,21 @@ def cmd_fuzz(args) -> int:
     if args.examples:
         cmd += ["--nvfp4-examples", str(args.examples)]
     for spec in args.plugin or []:
-        cmd += ["--nvfp4-plugin", spec]
-    print("running:", " ".join(cmd), flush=True)
-    rc = subprocess.call(cmd, cwd=str(REPO_ROOT))
-    from harness import records
+        cmd += ["--nvfp4-plugin", _plugin_spec(spec)]
+    print(f"run directory: {run_dir}", flush=True)
+    env = {**os.environ, "NVFP4_HARNESS_FROM_CLI": "1", "NVFP4_HARNESS_COMMAND": args.command_line}
+    # the user's working directory: relative paths (.hypothesis/, plugins) mean what they typed
+    rc = subprocess.call(cmd, env=env)
     from harness.report import render_report
 
-    if any(results.glob("results-*.jsonl")):
-        records.finalize(results)
-        out = render_report(results, Path(args.report))
+    if run_dir.is_dir() and any(run_dir.glob("results-*.jsonl")):
+        records.finalize(run_dir)
+        out = render_report(run_dir, report)
         print(f"report: {out}")
     else:
-        print("no results were recorded", file=sys.stderr)
+        print(f"nvfp4-harness: error: no results were recorded in {run_dir} (pytest exit status {rc})",
+              file=sys.stderr)
+        return rc or 1
     # pytest: 0 all passed, 1 some failed; both mean the job ran. Anything else is an error.
     return rc
 
@@ -118,7 +196,7 @@ def cmd_replay(args) -> int:
     from harness.replay import replay
 
     _load_plugins(args.plugin)
-    r = replay(args.case, backend=args.backend)
+    r = replay(_user_path(args.case), backend=args.backend)
     print(r.diagnosis())
     return r.exit_code
 
@@ -127,19 +205,23 @@ def cmd_promote(args) -> int:
     from harness.replay import promote
 
     path = promote(args.case, name=args.name, note=args.note, expect=args.expect, tracks=args.tracks,
-                   dest=Path(args.dest) if args.dest else None)
+                   dest=_user_path(args.dest) if args.dest else None, force=args.force)
     print(f"promoted to {path}")
     return 0
 
 
 def cmd_report(args) -> int:
+    from harness.records import resolve_run_dir
     from harness.report import render_report
 
-    d = Path(args.results_dir)
-    if not d.is_dir():
-        raise UsageError(f"RESULTS_DIR {str(d)!r}: no such directory (expected the folder a fuzz run wrote)")
-    out = render_report(d, Path(args.output))
-    print(f"report: {out}")
+    try:
+        d = resolve_run_dir(_user_path(args.results_dir))
+    except FileNotFoundError:
+        raise UsageError(f"RESULTS_DIR {args.results_dir!r}: no such directory (expected the folder a fuzz run wrote)") from None
+    except ValueError as exc:
+        raise UsageError(f"RESULTS_DIR {args.results_dir!r}: {exc}") from None
+    out = render_report(d, _user_path(args.output))
+    print(f"report of {d}: {out}")
     return 0
 
 
@@ -147,7 +229,7 @@ def cmd_selftest(args) -> int:
     from harness.selftest import main as selftest_main
 
     return selftest_main(budget_s=args.budget, examples=args.examples, mutants=args.mutant,
-                         json_out=Path(args.json) if args.json else None)
+                         json_out=_user_path(args.json) if args.json else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,9 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--backends", default="all", help="comma-separated names, 'all' or 'mutants'")
     f.add_argument("--properties", default="all", help="comma-separated property names or 'all'")
     f.add_argument("--profile", default="fuzz", choices=("ci", "fuzz", "replay"))
-    f.add_argument("--examples", type=int, default=None, help="max Hypothesis examples per test")
-    f.add_argument("--budget", type=float, default=None, help="time budget in seconds")
-    f.add_argument("--results", default="results", help="results directory (default: results)")
+    f.add_argument("--examples", type=_positive_int, default=None, help="max Hypothesis examples per test")
+    f.add_argument("--budget", type=_positive_seconds, default=None,
+                   help="time budget in seconds, checked before every example")
+    f.add_argument("--results", default="results",
+                   help="results root: this run writes RESULTS/<run-id>/ and points RESULTS/latest at it "
+                        "(default: results)")
     f.add_argument("--report", default="reports/index.html", help="HTML report path")
     f.add_argument("-n", "--workers", default="auto", help="xdist workers: auto (one per GPU / core), N, or 0")
     f.add_argument("--plugin", action="append", default=[], help="backend plugin module or .py file")
@@ -188,17 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--expect", default="xfail", choices=("pass", "xfail"),
                     help="xfail: known failing (tracks an upstream issue); pass: must pass")
     pr.add_argument("--tracks", default=None, help="upstream issue the known failure tracks")
+    pr.add_argument("--force", action="store_true", help="replace a regression case of the same --name")
     pr.add_argument("--dest", default=None, help=argparse.SUPPRESS)
     pr.set_defaults(func=cmd_promote)
 
-    rep = sub.add_parser("report", help="render the HTML report of a results directory")
-    rep.add_argument("results_dir")
+    rep = sub.add_parser("report", help="render the HTML report of one run directory")
+    rep.add_argument("results_dir", help="a run directory, or a results root (its latest run)")
     rep.add_argument("-o", "--output", default="reports/index.html")
     rep.set_defaults(func=cmd_report)
 
     s = sub.add_parser("selftest", help="run the property suite against every planted-bug backend")
-    s.add_argument("--budget", type=float, default=60.0, help="seconds allowed per mutant (default 60)")
-    s.add_argument("--examples", type=int, default=200, help="max examples per mutant and property")
+    s.add_argument("--budget", type=_positive_seconds, default=60.0, help="seconds allowed per mutant (default 60)")
+    s.add_argument("--examples", type=_positive_int, default=200, help="max examples per mutant and property")
     s.add_argument("--mutant", action="append", default=None, help="only this mutant (repeatable)")
     s.add_argument("--json", default=None, help="also write the scoreboard as JSON here")
     s.set_defaults(func=cmd_selftest)
@@ -208,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = user_command(argv)
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:

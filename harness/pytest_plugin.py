@@ -13,7 +13,10 @@ CUDA_VISIBLE_DEVICES before anything initialises CUDA.
 
 from __future__ import annotations
 
+import argparse
 import os
+import shlex
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +26,7 @@ _GPU_LIST_ENV = "NVFP4_HARNESS_GPUS"
 _WPG_ENV = "NVFP4_HARNESS_WORKERS_PER_GPU"
 _RESULTS_ENV = "NVFP4_HARNESS_RESULTS"
 _START_ENV = "NVFP4_HARNESS_START"
+_FROM_CLI_ENV = "NVFP4_HARNESS_FROM_CLI"  # set by `nvfp4-harness fuzz`: it renders the report itself
 
 
 def _pin_worker_to_gpu() -> str | None:
@@ -52,13 +56,40 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--nvfp4-profile", default=None, choices=("ci", "fuzz", "replay"),
                 help="Hypothesis profile: ci (derandomized, small), fuzz (random, example database, many "
                      "examples), replay (only stored examples). Default: ci")
-    g.addoption("--nvfp4-examples", type=int, default=None, help="override max_examples per test")
-    g.addoption("--nvfp4-budget", type=float, default=None,
-                help="time budget in seconds for the whole session; tests starting later are skipped")
-    g.addoption("--nvfp4-results", default=None, help="results directory (default: results/)")
+    g.addoption("--nvfp4-examples", type=_positive_int, default=None,
+                help="override max_examples per test (a positive integer)")
+    g.addoption("--nvfp4-budget", type=_positive_seconds, default=None,
+                help="time budget in seconds for the whole session, checked before every example; "
+                     "tests starting later are skipped")
+    g.addoption("--nvfp4-results", default=None,
+                help="results root: each session writes its own run directory ROOT/<run-id>/ and points "
+                     "ROOT/latest at it (default: results/ for a property run; a temporary folder when "
+                     "the property suite runs only as part of the whole test suite)")
+    g.addoption("--nvfp4-run-id", default=None, help="name of this session's run directory (default: "
+                                                     "UTC time and a random suffix)")
     g.addoption("--nvfp4-plugin", action="append", default=[],
                 help="extra backend plugin: a module name or a path to a .py file (repeatable)")
     g.addoption("--nvfp4-workers-per-gpu", type=int, default=1, help="xdist workers per GPU with -n auto")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
 
 
 def _visible_gpus() -> list[str]:
@@ -87,7 +118,7 @@ def _register_profiles() -> None:
 
     # function_scoped_fixture: the property suite's `backend` fixture is meant to run once per test
     # (support and time-budget gate before Hypothesis starts), not once per example
-    common = dict(deadline=None, print_blob=True,
+    common = dict(deadline=None, print_blob=False,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                          HealthCheck.filter_too_much, HealthCheck.differing_executors,
                                          HealthCheck.function_scoped_fixture])
@@ -109,7 +140,7 @@ def _is_worker(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "nvfp4: a property-suite case of nvfp4-harness")
     if not _is_worker(config):
-        # controller (or plain run): decide the GPU list and the results dir for the workers
+        # controller (or plain run): decide the GPU list and the run directory for the workers
         gpus = _visible_gpus()
         wpg = max(1, config.getoption("--nvfp4-workers-per-gpu"))
         os.environ[_GPU_LIST_ENV] = ",".join(gpus)
@@ -122,8 +153,6 @@ def pytest_configure(config: pytest.Config) -> None:
             config.option.tx = [f"popen//env:CUDA_VISIBLE_DEVICES={gpus[(i // wpg) % len(gpus)]}"
                                 for i in range(len(tx))]
         os.environ[_START_ENV] = str(time.time())
-        res = config.getoption("--nvfp4-results") or "results"
-        os.environ[_RESULTS_ENV] = str(Path(res).resolve())
     else:
         _pin_worker_to_gpu()
     _register_profiles()
@@ -136,10 +165,68 @@ def pytest_configure(config: pytest.Config) -> None:
                                                              max_examples=config.getoption("--nvfp4-examples")))
         settings.load_profile("nvfp4-override")
     config._nvfp4_profile = profile  # type: ignore[attr-defined]
-    for spec in config.getoption("--nvfp4-plugin"):
-        from harness.backends import registry
+    from harness.backends import registry
 
-        registry.load_plugin(spec)
+    for spec in config.getoption("--nvfp4-plugin"):
+        try:
+            registry.load_plugin(spec)
+        except registry.PluginError as exc:  # one line, exit status 4, no INTERNALERROR
+            raise pytest.UsageError(str(exc).replace("--plugin ", "--nvfp4-plugin ", 1)) from None
+    if not _is_worker(config):
+        _check_selection(config)
+        # after every check: a refused command leaves no empty run directory behind
+        os.environ[_RESULTS_ENV] = str(_run_dir(config))
+
+
+def _run_dir(config: pytest.Config) -> Path:
+    """This session's own run directory: ROOT/<run-id>/, with ROOT/latest pointing at it.  Relative
+    paths resolve against the working directory pytest was started in."""
+    from harness.records import new_run_dir
+
+    root = config.getoption("--nvfp4-results")
+    if root is None:
+        # the whole test suite (README's test command) must not add runs to the user's results/
+        root = "results" if _is_property_run(config) else tempfile.mkdtemp(prefix="nvfp4-harness-results-")
+    root_path = Path(root)
+    if not root_path.is_absolute():
+        root_path = Path(config.invocation_params.dir) / root_path
+    try:
+        return new_run_dir(root_path, config.getoption("--nvfp4-run-id"))
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(f"--nvfp4-results {str(root)!r}: {exc}") from None
+
+
+def _check_selection(config: pytest.Config) -> None:
+    """Unknown backend or property names, and a selection that leaves no (backend, property) pair,
+    are usage errors (one line, exit status 4), not a silent "1 skipped"."""
+    from harness.backends import registry
+    from harness.checks import PROPERTIES
+
+    props = config.getoption("--nvfp4-properties")
+    wanted = None
+    if props not in ("all", None):
+        wanted = [p.strip() for p in props.split(",") if p.strip()]
+        unknown = [p for p in wanted if p not in PROPERTIES]
+        if unknown or not wanted:
+            raise pytest.UsageError(f"--nvfp4-properties: unknown property {(unknown or [props])[0]!r}; "
+                                    f"expected a comma-separated list of {', '.join(PROPERTIES)} or 'all'")
+    names = config.getoption("--nvfp4-backends")
+    if names in ("all", "mutants", None):
+        return
+    try:
+        backends = [registry.get(n.strip()) for n in names.split(",") if n.strip()]
+    except registry.UnknownBackendError as exc:
+        raise pytest.UsageError(f"--nvfp4-backends: {exc}") from None
+    if wanted is not None:
+        from harness.runner import properties_for
+
+        if not any(p in properties_for(b) for b in backends for p in wanted):
+            levels = {b.name: b.level for b in backends}
+            raise pytest.UsageError(
+                f"--nvfp4-properties {props!r} applies to none of --nvfp4-backends {names!r} "
+                f"({', '.join(f'{n}: {lv}-level' for n, lv in levels.items())}); the properties of each "
+                f"level are: " + "; ".join(f"{lv}: {', '.join(properties_for(b))}"
+                                           for lv, b in {b.level: b for b in backends}.items()))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -148,6 +235,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
         records.write_session(os.environ[_RESULTS_ENV], {
             "started": records.now(), "argv": list(session.config.invocation_params.args),
+            "command": os.environ.get("NVFP4_HARNESS_COMMAND") or shlex.join(
+                ["python", "-m", "pytest", *session.config.invocation_params.args]),
             "profile": session.config._nvfp4_profile,  # type: ignore[attr-defined]
             "environment": env.current().to_dict()})
 
@@ -161,9 +250,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _is_worker(session.config):
         return
     res = os.environ.get(_RESULTS_ENV)
-    start = float(os.environ.get(_START_ENV, "0"))
-    written = [p for p in Path(res).glob("results-*.jsonl")] if res and Path(res).is_dir() else []
-    if any(p.stat().st_mtime >= start for p in written):  # this session recorded cases
+    if res and any(Path(res).glob("results-*.jsonl")):  # this session recorded cases
         from harness import records
 
         tot = records.finalize(res)
@@ -172,28 +259,30 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     tot = getattr(config, "_nvfp4_totals", None)
-    if tot:
-        res = os.environ.get(_RESULTS_ENV)
-        terminalreporter.write_sep("=", "nvfp4-harness")
-        terminalreporter.write_line(
-            f"cases: {tot['pass']} passed, {tot['fail']} failed, {tot['skip']} skipped, {tot['crash']} crashed; "
-            f"results in {res} (report: nvfp4-harness report {res} -o reports/index.html)")
-        import json
+    if not tot:
+        return
+    from harness import records
 
-        start = float(os.environ.get(_START_ENV, "0"))
-        for path in sorted(Path(res).glob("worker-*.json")):
-            if path.stat().st_mtime < start:  # a worker of an earlier session in the same folder
-                continue
-            try:
-                w = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            e = w.get("environment", {})
-            phys = w.get("physical_gpu") or {}
-            where = (f"GPU {w.get('gpu')} of CUDA_VISIBLE_DEVICES ({e.get('gpu_name')}; NVML: physical GPU "
-                     f"{phys.get('nvml_index', '?')}, {phys.get('uuid', '?')}, bus {phys.get('pci_bus_id', '?')})"
-                     if e.get("device") == "cuda" else "CPU (Triton interpreter)")
-            terminalreporter.write_line(f"  worker {w.get('worker')}: pid {w.get('pid')} on {where}")
+    res = os.environ.get(_RESULTS_ENV)
+    terminalreporter.write_sep("=", "nvfp4-harness")
+    hint = "" if os.environ.get(_FROM_CLI_ENV) else f" (report: nvfp4-harness report {res} -o {res}/report.html)"
+    terminalreporter.write_line(
+        f"cases: {tot['pass']} passed, {tot['fail']} failed, {tot['skip']} skipped, {tot['crash']} crashed; "
+        f"results in {res}{hint}")
+    for w in records.read_workers(res):
+        e = w.get("environment", {})
+        phys = w.get("physical_gpu") or {}
+        where = (f"GPU {w.get('gpu')} of CUDA_VISIBLE_DEVICES ({e.get('gpu_name')}; NVML: physical GPU "
+                 f"{phys.get('nvml_index', '?')}, {phys.get('uuid', '?')}, bus {phys.get('pci_bus_id', '?')})"
+                 if e.get("device") == "cuda" else "CPU (Triton interpreter)")
+        terminalreporter.write_line(f"  worker {w.get('worker')}: pid {w.get('pid')} on {where}")
+    failures = records.new_failures(res)
+    if failures:
+        terminalreporter.write_sep("-", f"new failures ({len(failures)}): each replays with one command")
+        for f in failures:
+            terminalreporter.write_line(f"{f['backend']} · {f['property']} ({f['outcome']}): {f['reason']}")
+            terminalreporter.write_line(f"  case file: {f['case_path']}")
+            terminalreporter.write_line(f"  replay:    {f['replay']}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,6 +302,8 @@ class HarnessSession:
         self.budget = config.getoption("--nvfp4-budget")
         self._stream = None
         self.gpu = _PINNED_GPU
+        self._stops: dict[str, str] = {}     # test -> why it stopped before max_examples
+        self.refusals: dict[str, list[str]] = {}  # test -> the refusal reasons of its examples
 
     @property
     def stream(self):
@@ -240,17 +331,21 @@ class HarnessSession:
     def over_budget(self) -> bool:
         return self.budget is not None and time.time() - self.start > self.budget
 
+    def stop_reason(self, test: str) -> str | None:
+        return self._stops.get(test)
+
     def selected(self, kind: str) -> list[str] | None:
         value = self.config.getoption(f"--nvfp4-{kind}")
         return None if value in ("all", None) else [v.strip() for v in value.split(",") if v.strip()]
 
-    def record(self, trial, outcome, test: str, level: str, final: bool) -> None:
+    def record(self, trial, outcome, test: str, level: str, final: bool, scope: str = "case") -> None:
         from harness.records import make_record, save_failure_case
 
         case_file = None
         if outcome.status in ("fail", "crash") and final:
             case_file = save_failure_case(self.results_dir, trial, outcome, level, self.env.to_dict())
-        extra = {"gpu": self.gpu, "final": final}
+        # scope "test": a whole test skipped before any example ran; "case": one executed example
+        extra = {"gpu": self.gpu, "final": final, "scope": scope}
         self.stream.write(make_record(trial, outcome, worker=self.worker, test=test, level=level,
                                       case_file=case_file, extra=extra))
 
@@ -260,15 +355,22 @@ class HarnessSession:
         from harness.runner import Outcome, Trial
 
         trial = Trial(backend.name, prop, GemmProblem(1, 16, 16))
-        self.record(trial, Outcome("skip", reason), test, backend.level, True)
+        self.record(trial, Outcome("skip", reason), test, backend.level, True, scope="test")
 
     def run(self, trial, test: str, digest: bool = False):
-        """Execute a trial inside a Hypothesis test; record it; end the process on a lost context."""
+        """Execute a trial inside a Hypothesis test; record it; end the process on a lost context.
+
+        The time budget is checked before every example: once it is spent the example is not run
+        and ``None`` is returned (the property suite rejects it, so Hypothesis ends the test quickly
+        with the examples already run)."""
         from hypothesis.control import current_build_context
 
         from harness.backends import registry
         from harness.runner import ContextLost, Outcome, execute
 
+        if self.over_budget():
+            self._stops.setdefault(test, f"time budget (--nvfp4-budget {self.budget:g} s) spent")
+            return None
         try:
             final = current_build_context().is_final
         except Exception:
@@ -279,9 +381,19 @@ class HarnessSession:
         except ContextLost as exc:
             self.record(trial, Outcome("crash", str(exc)), test, level, True)
             os._exit(3)  # the CUDA context is gone: xdist restarts a fresh worker for the next tests
+        if outcome.status == "skip":
+            self.refusals.setdefault(test, []).append(outcome.reason)
         if outcome.status != "fail" or final:
             self.record(trial, outcome, test, level, final)
         return outcome
+
+    def end_test(self, test: str, stop_reason: str) -> None:
+        """Record why a property test stopped (Hypothesis statistics in the report)."""
+        import json
+
+        reason = self._stops.get(test) or stop_reason
+        with open(self.results_dir / f"tests-{self.worker}.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"test": test, "stop_reason": reason}) + "\n")
 
 
 @pytest.fixture(scope="session")

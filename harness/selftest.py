@@ -77,11 +77,17 @@ def hunt(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Sc
     if expected in props:
         props.remove(expected)
         props.insert(0, expected)
+    if not budget_s > 0 or examples < 1:  # a verdict from no search would be a false SURVIVED
+        raise ValueError(f"budget_s={budget_s!r}, examples={examples!r}: expected budget_s > 0 and examples >= 1")
     t_all = time.perf_counter()
+    searched = 0
     for prop in props:
         remaining = budget_s - (time.perf_counter() - t_all)
         if remaining <= 0:
+            score.notes.append(f"budget of {budget_s:g} s spent after searching {searched} of {len(props)} "
+                               f"properties ({', '.join(props[:searched])})")
             break
+        searched += 1
         h = _Hunt()
         cfg = settings(max_examples=examples, derandomize=True, database=None, deadline=None,
                        phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck),

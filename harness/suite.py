@@ -68,8 +68,10 @@ def trials(backend: Backend, prop: str, sz: Sizes) -> SearchStrategy[Trial]:
         return Trial(name, prop, problem, poison, layout, tp, parallel)
 
     if backend.level == "quantizer":
+        # only the input dtypes the quantizer declares (an undeclared one would only be refused)
+        in_dtypes = tuple(str(d).replace("torch.", "") for d in backend.requirements.in_dtypes)
         return st.builds(build, hs.gemm_problems(max_m=sz.max_m, max_nk_blocks=sz.max_nk_blocks,
-                                                 in_dtypes=("bfloat16", "float16", "float32")))
+                                                 in_dtypes=in_dtypes))
     if backend.level == "linear":
         probs = hs.linear_problems(max_m=sz.max_m, max_nk_blocks=sz.max_nk_blocks,
                                    in_dtypes=("bfloat16", "float16")).map(lambda p: p.with_(out_dtype=p.in_dtype))
