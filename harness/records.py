@@ -215,6 +215,9 @@ def hypothesis_statistics(records: list[dict], stop_reasons: dict[str, str] | No
                                                 "runtime_s": 0.0, "stop_reason": ""})
     for r in records:
         s = per[r.get("test", "?")]
+        if r.get("scope") == "test":  # a test skipped before any example ran
+            s["stop_reason"] = s["stop_reason"] or f"skipped: {r.get('reason') or ''}".strip()
+            continue
         s["examples"] += 1
         o = r.get("outcome")
         s["passing" if o == "pass" else "failing" if o in ("fail", "crash") else "invalid"] += 1
