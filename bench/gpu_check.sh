@@ -18,6 +18,12 @@ if [[ $what == fuzz || $what == all ]]; then
   timeout 420 python3 -m pytest -n auto properties/ regressions/ -q -p no:cacheprovider -rs \
       --nvfp4-results "$out/res" 2>&1 | tail -40 | tee "$out/props.txt"
   nvfp4-harness report "$out/res" -o "$out/report.html" >/dev/null
+  # no horizontal overflow at 1280 and 1920 px; screenshots report-1280.png, report-1920.png
+  if [[ -x ${NVFP4_CHROMIUM:-/usr/bin/chromium} ]]; then
+    python3 -m harness.report.browser "$out/report.html" --screenshots "$out" 2>&1 | tee "$out/browser.txt"
+  else
+    echo "chromium missing: copy $out/report.html to a machine with it and run python3 -m harness.report.browser"
+  fi
   tar czf "$out/results.tgz" -C "$out" res && rm -rf "$out/res"
 fi
 if [[ $what == bench || $what == all ]]; then

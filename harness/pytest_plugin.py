@@ -242,8 +242,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _is_property_run(config: pytest.Config) -> bool:
-    return any("properties" in str(a) or "regressions" in str(a) for a in config.invocation_params.args) \
-        or bool(config.getoption("--nvfp4-results"))
+    """A session that names the property suite or the regression corpus on its command line (or a
+    results folder), as opposed to the whole test suite collected from ``testpaths``."""
+    if config.getoption("--nvfp4-results"):
+        return True
+    if getattr(config, "args_source", pytest.Config.ArgsSource.ARGS) != pytest.Config.ArgsSource.ARGS:
+        return False
+    return any({"properties", "regressions"} & set(Path(str(a).split("::")[0]).parts) for a in config.args)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

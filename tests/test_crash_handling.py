@@ -43,6 +43,7 @@ def test_sticky_cuda_error_is_a_crash_and_the_session_goes_on(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 1, out[-3000:]
     assert "crashed" in out and ("replacing crashed worker" in out or "worker 'gw0' crashed" in out), out[-3000:]
+    results = results / "latest"  # this session's run directory
     records = [json.loads(line) for f in results.glob("results-*.jsonl") for line in f.read_text().splitlines()]
     crashes = [r for r in records if r["outcome"] == "crash"]
     assert crashes and all(r["backend"] == "test-sticky-cuda-error" for r in crashes)
