@@ -30,8 +30,9 @@ def main() -> int:
     from harness import checks, env, strategies
     from harness.backends import registry
     from harness.oracle import compare, error_bound, reference_gemm
-    from harness.pipeline import CLEAN, GemmProblem, Poison
-    from harness.runner import Trial, _Gemm, _sync
+    from harness.problem import CLEAN, GemmProblem, Poison
+    from harness.runner import _Gemm, _sync
+    from harness.trial import Trial
 
     e = env.current()
     dev = e.torch_device

@@ -13,7 +13,7 @@ Schema ``nvfp4-harness/case/1``::
      "property": one of harness.checks.PROPERTIES,
      "problem": {m, n, k, out_dtype, in_dtype, distribution, seed, origin?, batch?},
      "poison": {m_pad, n_pad, k_tail, data, stale_memory},
-     "a_layout"?: "linear" | "128x4" | "8x4" | null,
+     "a_layout"?: "linear" | "128x4" | "8x4" | null, "tp"?: int >= 1, "parallel"?: "column" | "row",
      "environment": {device, gpu_name, compute_capability, driver, cuda, torch, triton, ...},
      "observed": {"summary": str, "max_err_units"?: number | null, "nan_rows"?: [int],
                   "changed_rows"?: [int], "changed_cols"?: [int], "region"?: str | null, ...},
@@ -21,11 +21,15 @@ Schema ``nvfp4-harness/case/1``::
      "expect": "pass" | "xfail", "tracks"?: str | null,
      "replay": "nvfp4-harness replay path/to/case.json"}
 
-Keys marked ``?`` may be left out (they read as null, or [] for the row/column lists); every
+The trial's keys (backend, property, problem, poison, a_layout, tp, parallel) are written by
+:meth:`harness.trial.Trial.to_dict`.  Keys marked ``?`` may be left out (they read as null, [] for
+the row/column lists, 1 and "column" for tp and parallel: files written before tp/parallel were
+top-level keys carry them in ``observed``, where they are still read); every
 other key is required, and unknown top-level, problem or poison keys are errors (a misspelt key
 must not be silently ignored).  ``environment`` and ``observed`` may carry extra keys.
 Non-finite numbers in ``observed`` are written as the strings "NaN", "Infinity", "-Infinity" so
-the file stays standard JSON; ``max_err_units`` reads them (and "nan", "inf", "-inf") back as floats.
+the file stays standard JSON (:func:`harness.trial.json_safe`); ``max_err_units`` reads them (and
+"nan", "inf", "-inf") back as floats.
 
 :func:`load_case` validates every field and raises :class:`CaseFileError` naming the file, the
 field path (``problem.k``), the bad value and what was expected.
@@ -36,7 +40,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import re
 import shlex
@@ -47,27 +50,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.layouts import ScaleLayout
-from harness.pipeline import GemmProblem, Poison
+from harness.problem import REGIONS, GemmProblem, Poison
+from harness.trial import LEVELS, NONFINITE_SPELLINGS, PROPERTIES, Trial, json_safe
 
 SCHEMA = "nvfp4-harness/case/1"
 _SCHEMA_PREFIX = "nvfp4-harness/case/"
 
-LEVELS = ("gemm", "linear", "quantizer")
 EXPECTS = ("pass", "xfail")
-
-_FALLBACK_PROPERTIES = (
-    "reference_agreement", "row_isolation", "column_isolation", "k_tail", "output_coverage",
-    "determinism", "clean_rejection", "tp_consistency", "quantizer_agreement", "batch_invariance",
-)
+PARALLEL = ("column", "row")
 
 _TOP_REQUIRED = ("schema", "id", "created", "backend", "level", "property", "problem", "poison",
                  "environment", "observed", "expect", "replay")
-_TOP_OPTIONAL = ("a_layout", "digest", "note", "tracks")
+_TOP_OPTIONAL = ("a_layout", "tp", "parallel", "digest", "note", "tracks")
 _TOP_ORDER = ("schema", "id", "created", "backend", "level", "property", "problem", "poison", "a_layout",
-              "environment", "observed", "digest", "note", "expect", "tracks", "replay")
+              "tp", "parallel", "environment", "observed", "digest", "note", "expect", "tracks", "replay")
 _PROBLEM_REQUIRED = ("m", "n", "k", "out_dtype", "in_dtype", "distribution", "seed")
 _PROBLEM_OPTIONAL = ("origin", "batch")
-_POISON_FIELDS = ("m_pad", "n_pad", "k_tail", "data", "stale_memory")
 _ENV_STR_FIELDS = ("device", "gpu_name", "driver", "cuda", "torch", "triton", "flashinfer", "hypothesis",
                    "python")
 _ENV_INT_FIELDS = ("compute_capability", "gpu_count")
@@ -75,21 +73,6 @@ _OBSERVED_INT_LISTS = ("nan_rows", "changed_rows", "changed_cols")
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf,
-              "nan": math.nan, "inf": math.inf, "-inf": -math.inf}  # JSON-style and Python str(float) spellings
-
-
-def properties() -> tuple[str, ...]:
-    """The property names a case may name: ``harness.checks.PROPERTIES`` when that module exists."""
-    try:
-        from harness.checks import PROPERTIES  # lazy: checks may import this module
-    except ModuleNotFoundError as exc:
-        if exc.name != "harness.checks":
-            raise
-        return _FALLBACK_PROPERTIES
-    return tuple(PROPERTIES)
-
-
 class CaseFileError(ValueError):
     """A case file (or dict) that is not a valid ``nvfp4-harness/case/1`` document.
 
@@ -120,6 +103,8 @@ class Case:
     poison: Poison
     observed: dict[str, Any]
     a_layout: ScaleLayout | None = None
+    tp: int = 1
+    parallel: Literal["column", "row"] = "column"
     environment: dict[str, Any] = field(default_factory=dict)
     digest: str | None = None
     note: str | None = None
@@ -132,7 +117,8 @@ class Case:
     def create(cls, *, backend: str, level: str, property: str, problem: GemmProblem, poison: Poison,
                observed: Mapping[str, Any], a_layout: ScaleLayout | str | None = None,
                environment: Mapping[str, Any] | None = None, digest: str | None = None,
-               note: str | None = None, expect: str = "pass", tracks: str | None = None) -> "Case":
+               note: str | None = None, expect: str = "pass", tracks: str | None = None, tp: int = 1,
+               parallel: str = "column") -> "Case":
         """A new case stamped with its content id, the current UTC time and (by default) this process's
         environment.  Its ``replay`` command is filled in by :func:`save_case`."""
         layout = ScaleLayout.parse(a_layout) if a_layout is not None else None
@@ -143,29 +129,38 @@ class Case:
         return cls(id=case_id(backend, property, problem, poison, layout, digest),
                    created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                    backend=backend, level=level, property=property, problem=problem, poison=poison,
-                   observed=dict(observed), a_layout=layout, environment=dict(environment), digest=digest,
-                   note=note, expect=expect, tracks=tracks)
+                   observed=dict(observed), a_layout=layout, tp=tp, parallel=parallel,  # type: ignore[arg-type]
+                   environment=dict(environment), digest=digest, note=note, expect=expect, tracks=tracks)
+
+    @classmethod
+    def from_trial(cls, trial: Trial, *, level: str, observed: Mapping[str, Any], **kw: Any) -> "Case":
+        """A new case of ``trial`` (see :meth:`create` for the other keywords)."""
+        return cls.create(backend=trial.backend, level=level, property=trial.property, problem=trial.problem,
+                          poison=trial.poison, a_layout=trial.a_layout, tp=trial.tp, parallel=trial.parallel,
+                          observed=observed, **kw)
+
+    def trial(self, backend: str | None = None) -> Trial:
+        """The trial this case records (on ``backend`` instead of its own, when given)."""
+        return Trial(backend or self.backend, self.property, self.problem, self.poison,
+                     self.a_layout.value if self.a_layout is not None else None, self.tp, self.parallel)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document (standard JSON: non-finite numbers in ``observed`` become strings)."""
-        return {
+        doc = {
             "schema": SCHEMA,
             "id": self.id,
             "created": self.created,
-            "backend": self.backend,
             "level": self.level,
-            "property": self.property,
-            "problem": self.problem.to_dict(),
-            "poison": self.poison.to_dict(),
-            "a_layout": self.a_layout.value if self.a_layout is not None else None,
-            "environment": _json_safe(self.environment),
-            "observed": _json_safe(self.observed),
+            **self.trial().to_dict(),
+            "environment": json_safe(self.environment),
+            "observed": json_safe(self.observed),
             "digest": self.digest,
             "note": self.note,
             "expect": self.expect,
             "tracks": self.tracks,
             "replay": self.replay,
         }
+        return {key: doc[key] for key in _TOP_ORDER}
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "<dict>", *, check_backend: bool = True) -> "Case":
@@ -332,16 +327,6 @@ def _json_type(v: Any) -> str:
     return type(v).__name__
 
 
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
-    if isinstance(v, Mapping):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    return v
-
-
 class _Checker:
     """Field checks that raise :class:`CaseFileError` naming the source and the field path."""
 
@@ -395,8 +380,8 @@ class _Checker:
     def number(self, v: Any, path: str) -> float | None:
         if v is None:
             return None
-        if isinstance(v, str) and v in _NONFINITE:
-            return _NONFINITE[v]
+        if isinstance(v, str) and v in NONFINITE_SPELLINGS:
+            return NONFINITE_SPELLINGS[v]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise self.fail(path, v, 'a number, "NaN", "Infinity", "-Infinity" or null')
         return float(v)
@@ -433,7 +418,7 @@ def _parse(d: Any, source: str, check_backend: bool) -> Case:
 
     backend = c.string(doc["backend"], "backend")
     level = c.choice(doc["level"], "level", LEVELS)
-    prop = c.choice(doc["property"], "property", properties())
+    prop = c.choice(doc["property"], "property", PROPERTIES)
     if check_backend:
         _check_backend(c, backend, level)
 
@@ -452,6 +437,10 @@ def _parse(d: Any, source: str, check_backend: bool) -> Case:
 
     environment = _parse_environment(c, doc["environment"])
     observed = _parse_observed(c, doc["observed"])
+    # files written before tp/parallel were top-level keys carry them in observed (tp_consistency)
+    legacy = observed if "tp" not in doc and "parallel" not in doc else {}
+    tp = c.integer(doc.get("tp", legacy.get("tp", 1)), "tp", minimum=1)
+    parallel = c.choice(doc.get("parallel", legacy.get("parallel", "column")), "parallel", PARALLEL)
 
     digest = c.string(doc.get("digest"), "digest", nullable=True)
     if digest is not None and not _DIGEST_RE.match(digest):
@@ -464,7 +453,8 @@ def _parse(d: Any, source: str, check_backend: bool) -> Case:
         raise c.fail("replay", replay, "a one-line command")
 
     return Case(id=case_id_, created=created, backend=backend, level=level, property=prop,  # type: ignore[arg-type]
-                problem=problem, poison=poison, observed=observed, a_layout=layout, environment=environment,
+                problem=problem, poison=poison, observed=observed, a_layout=layout, tp=tp,  # type: ignore[arg-type]
+                parallel=parallel, environment=environment,
                 digest=digest, note=note, expect=expect, tracks=tracks, replay=replay)  # type: ignore[arg-type]
 
 
@@ -500,9 +490,9 @@ def _parse_problem(c: _Checker, d: Any) -> GemmProblem:
 
 
 def _parse_poison(c: _Checker, d: Any) -> Poison:
-    p = c.obj(d, "poison", _POISON_FIELDS, ())
+    p = c.obj(d, "poison", REGIONS, ())
     try:
-        return Poison(**{name: p[name] for name in _POISON_FIELDS})
+        return Poison(**{name: p[name] for name in REGIONS})
     except ValueError as exc:
         raise _from_model_error(c, exc, "poison", p) from None
 

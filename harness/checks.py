@@ -6,35 +6,12 @@ functions serve the pytest property suite (properties/), replay and the self-tes
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from harness.oracle import Agreement, Reference, compare
+from harness.trial import CHANGED, NONFINITE, OK, PADDING, PropertyResult
 
-PROPERTIES = (
-    "reference_agreement",
-    "row_isolation",
-    "column_isolation",
-    "k_tail",
-    "output_coverage",
-    "determinism",
-    "clean_rejection",
-    "tp_consistency",
-    "quantizer_agreement",
-    "batch_invariance",
-)
-
-OK, CHANGED, NONFINITE, PADDING = 0, 1, 2, 3
 GRID_MAX = 64
-
-
-@dataclass
-class PropertyResult:
-    property: str
-    ok: bool
-    summary: str
-    measure: dict = field(default_factory=dict)
 
 
 def _rows_list(mask_rows: torch.Tensor, limit: int = 64) -> list[int]:

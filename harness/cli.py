@@ -121,8 +121,7 @@ def _properties_dir() -> Path:
 def _check_selection(args) -> None:
     """Unknown names, and a backend/property selection that leaves nothing to run, are usage errors."""
     from harness.backends import registry
-    from harness.checks import PROPERTIES
-    from harness.runner import properties_for
+    from harness.trial import PROPERTIES, properties_for
 
     backends = None
     if args.backends not in ("all", "mutants"):
@@ -153,7 +152,7 @@ def user_command(argv: list[str] | None) -> str:
 
 
 def cmd_fuzz(args) -> int:
-    from harness import records
+    from harness import results as results_mod
 
     _load_plugins(args.plugin)
     _check_selection(args)
@@ -161,7 +160,7 @@ def cmd_fuzz(args) -> int:
     report = _user_path(args.report)
     if root.exists() and not root.is_dir():
         raise UsageError(f"--results {args.results!r} is a file: expected a results folder")
-    run_id = records.new_run_id()
+    run_id = results_mod.new_run_id()
     run_dir = root / run_id
     cmd = [sys.executable, "-m", "pytest", str(_properties_dir()), "-p", "no:cacheprovider", "-q",
            "--nvfp4-results", str(root), "--nvfp4-run-id", run_id, "--nvfp4-profile", args.profile,
@@ -181,7 +180,7 @@ def cmd_fuzz(args) -> int:
     from harness.report import render_report
 
     if run_dir.is_dir() and any(run_dir.glob("results-*.jsonl")):
-        records.finalize(run_dir)
+        results_mod.finalize(run_dir)
         out = render_report(run_dir, report)
         print(f"report: {out}")
     else:
@@ -211,7 +210,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from harness.records import resolve_run_dir
+    from harness.results import resolve_run_dir
     from harness.report import render_report
 
     try:

@@ -1,7 +1,7 @@
 """Where the harness runs: device, GPU, compute capability and library versions.
 
-The Triton interpreter must be chosen before any kernel module is imported, so
-:func:`configure_triton_interpreter` runs when :mod:`harness` is imported.
+The Triton interpreter must be chosen before any kernel is defined, so
+:func:`configure_triton_interpreter` runs when :mod:`harness.kernels` is imported.
 """
 
 from __future__ import annotations

@@ -160,16 +160,33 @@ def gemm_alpha(gs_a: torch.Tensor | float, gs_b: torch.Tensor | float) -> torch.
 # ----------------------------------------------------------------------------------------------
 # Reference quantizer / dequantizer (linear layout, unpadded)
 # ----------------------------------------------------------------------------------------------
+def ieee_div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+    """``a / b`` correctly rounded (IEEE 754 division) on every device, in the dtype of the tensors.
+
+    PyTorch's CUDA division by a Python number (a CPU scalar) multiplies by its reciprocal instead of
+    dividing (``div_true_kernel_cuda`` in ATen's ``native/cuda/BinaryDivTrueKernel.cu``: "may lose
+    one bit of precision"), so ``x / 6.0`` on a GPU can differ by one ulp from the same expression
+    on the CPU, which flips block scales and e2m1 codes at rounding boundaries.  Both operands are
+    made tensors on the same device here, so the GPU divides element by element as the CPU does.
+    """
+    ref = a if isinstance(a, torch.Tensor) else b
+    if not isinstance(ref, torch.Tensor):
+        raise TypeError("ieee_div: at least one operand must be a tensor")
+    a_t = torch.as_tensor(a, dtype=ref.dtype, device=ref.device)
+    b_t = torch.as_tensor(b, dtype=ref.dtype, device=ref.device)
+    return torch.div(a_t, b_t)
+
+
 def block_scale_and_inverse(amax_block: torch.Tensor, gs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The block-scale byte and the per-element multiplier, in the kernels' arithmetic order.
 
     sf   = e4m3(gs * amax_block / 6)        (fp32, left to right, IEEE division)
     inv  = 1 / (fp32(sf) / gs)              (0 where sf == 0)
     """
-    sf_f = (gs * amax_block) / 6.0
+    sf_f = ieee_div(gs * amax_block, 6.0)
     sf_byte = e4m3_encode(sf_f)
     sf_dec = e4m3_decode(sf_byte)
-    inv = torch.where(sf_dec == 0, torch.zeros_like(sf_dec), 1.0 / (sf_dec / gs))
+    inv = torch.where(sf_dec == 0, torch.zeros_like(sf_dec), ieee_div(1.0, ieee_div(sf_dec, gs)))
     return sf_byte, inv
 
 

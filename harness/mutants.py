@@ -39,6 +39,7 @@ from harness.format import (
     e2m1_encode,
     e4m3_decode,
     e4m3_encode,
+    ieee_div,
     pack_e2m1,
 )
 from harness.kernels.nvfp4 import LEAVE, dequantize_from, quantize_into
@@ -480,7 +481,7 @@ class FastMathQuantizer(QuantizerMutant):
         rows, k = x.shape
         xf = x.float().reshape(rows, k // BLOCK_SIZE, BLOCK_SIZE)
         gs = global_scale.reshape(()).to(device=x.device, dtype=torch.float32)
-        sf_byte = e4m3_encode((gs * xf.abs().amax(dim=-1)) / 6.0)
+        sf_byte = e4m3_encode(ieee_div(gs * xf.abs().amax(dim=-1), 6.0))
         sf = e4m3_decode(sf_byte)
         inv = torch.where(sf == 0, torch.zeros_like(sf), _bf16_truncate(1.0 / (sf / gs)))
         codes = e2m1_encode(xf * inv.unsqueeze(-1)).reshape(rows, k)

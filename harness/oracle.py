@@ -10,10 +10,14 @@ is covered by a safety factor in :func:`error_bound`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from harness.backends.protocol import Precision
+from harness.format import gemm_alpha, global_scale_encode_divisor, reference_dequantize, reference_quantize, unpack_e2m1
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.pipeline import CheckpointWeight
 
 U32 = 2.0 ** -24
 _OUT = {
@@ -23,6 +27,19 @@ _OUT = {
     torch.float32: (2.0 ** -24, 2.0 ** -150, torch.finfo(torch.float32).max),
 }
 _FP64_SAFETY = 1.0 + 2.0 ** -30
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a backend's arithmetic rounds, for the reference error bound (:func:`error_bound`).
+
+    accumulator_bits: significand bits (implicit bit included) of the accumulator: 24 for IEEE fp32.
+    operand_bits: significand bits the dequantized operands are rounded to before the products,
+      or None when the products are exact (block-scaled tensor cores, or the emulation kernels,
+      which feed exact e2m1*e4m3 values as bf16).
+    """
+    accumulator_bits: int = 24
+    operand_bits: int | None = None
 
 
 def output_max(dtype: torch.dtype) -> float:
@@ -73,6 +90,26 @@ def reference_gemm(ops) -> Reference:
         a = ops.a.dequantize().double()
     w = ops.w.dequantize().double()
     return reference_from_dequantized(a, w, ops.alpha, k=ops.a.k_alloc if ops.a_dense is None else ops.a_dense.shape[1])
+
+
+def reference_linear(x: torch.Tensor, weight: "CheckpointWeight", bias: torch.Tensor | None, k_terms: int,
+                     dense_activation: bool = False):
+    """fp64 reference of an NVFP4 linear layer: the activation quantized by the reference quantizer
+    with a dynamic per-tensor global scale (or kept dense for W4A16), the checkpoint weight
+    dequantized, alpha computed in fp32 from the two global scales, bias added."""
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    w = reference_dequantize(unpack_e2m1(weight.packed), weight.scales)
+    gs_w = weight.global_scale.reshape(1)
+    if dense_activation:
+        a = x2.double()
+        alpha = (1.0 / gs_w).to(torch.float32)
+    else:
+        gs = global_scale_encode_divisor(x2.float().abs().amax()).reshape(1).to(x.device)
+        codes, sf = reference_quantize(x2, gs)
+        a = reference_dequantize(codes, sf)
+        alpha = gemm_alpha(gs, gs_w)
+    return reference_from_dequantized(a, w, alpha, k=k_terms, bias=bias)
 
 
 def error_bound(ref: Reference, precision: Precision, out_dtype: torch.dtype,

@@ -1,7 +1,7 @@
-"""The padded NVFP4 pipeline: problems, poison, operands, padding policies and TP shards.
+"""The padded NVFP4 pipeline: operands and the serving engines' padding policies.
 
-A :class:`GemmProblem` (logical shapes, data, seed) plus a backend's :class:`Requirements` and a
-:class:`Poison` become :class:`GemmOperands`: packed A and W, scale buffers in the layouts the
+A :class:`~harness.problem.GemmProblem` (logical shapes, data, seed) plus a backend's :class:`Requirements` and a
+:class:`~harness.problem.Poison` become :class:`GemmOperands`: packed A and W, scale buffers in the layouts the
 backend asked for, padded to its alignment, every padding region written with the poison byte of
 that region.  Everything is built by the Triton kernels in :mod:`harness.kernels.nvfp4`, the way a
 production quantize-pad-swizzle pipeline would build it.
@@ -10,134 +10,15 @@ production quantize-pad-swizzle pipeline would build it.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from harness import data as data_mod
 from harness.format import BLOCK_SIZE, gemm_alpha, global_scale_encode_divisor, pack_e2m1, reference_quantize
 from harness.kernels.nvfp4 import LEAVE, dequantize_from, quantize_into
 from harness.layouts import OperandRole, PaddingMap, Region, ScaleLayout, padding_map, round_up
-
-# ----------------------------------------------------------------------------------------------
-# Problems and poison
-# ----------------------------------------------------------------------------------------------
-
-POISON_BYTES = {"nan": 0x7F, "neg_nan": 0xFF, "max": 0x7E, "one": 0x38, "small": 0x08, "zero": 0x00}
-"""Named padding scale bytes: e4m3 NaN (0x7F, 0xFF), 448 (0x7E), 1.0 (0x38), 2^-6 (0x08), 0."""
-
-
-def poison_kind(byte: int) -> str:
-    """A short name for a fill byte, for reports: nan, max, zero, finite."""
-    if byte in (0x7F, 0xFF):
-        return "nan"
-    if byte == 0:
-        return "zero"
-    if byte in (0x7E, 0xFE):
-        return "max"
-    return "finite"
-
-
-@dataclass(frozen=True)
-class Poison:
-    """Bytes written into each padding region (0 everywhere is the clean pipeline).
-
-    m_pad: scale byte of activation padding rows; n_pad: scale byte of weight padding rows;
-    k_tail: scale byte of k-blocks past K (both operands); data: byte of the packed operands'
-    padding rows and columns; stale_memory: (linear level) fill and free device memory with NaN
-    bytes before the call so ``torch.empty`` buffers inside the backend start dirty.
-    """
-    m_pad: int = 0
-    n_pad: int = 0
-    k_tail: int = 0
-    data: int = 0
-    stale_memory: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("m_pad", "n_pad", "k_tail", "data"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255:
-                raise ValueError(f"poison.{name}={v!r}: expected a byte (int 0..255)")
-        if not isinstance(self.stale_memory, bool):
-            raise ValueError(f"poison.stale_memory={self.stale_memory!r}: expected true or false")
-
-    @property
-    def clean(self) -> bool:
-        return self == Poison()
-
-    def regions(self) -> list[str]:
-        """Names of the regions this poison touches."""
-        return [n for n in ("m_pad", "n_pad", "k_tail", "data") if getattr(self, n)] + \
-            (["stale_memory"] if self.stale_memory else [])
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-CLEAN = Poison()
-
-
-@dataclass(frozen=True)
-class GemmProblem:
-    """A logical NVFP4 GEMM: out[m, n] = A[m, k] @ W[n, k]^T, plus how its data is made."""
-    m: int
-    n: int
-    k: int
-    out_dtype: str = "bfloat16"
-    in_dtype: str = "bfloat16"
-    distribution: str = "normal"
-    seed: int = 0
-    origin: str | None = None          # e.g. "Nemotron-3-Nano-30B-A3B moe_intermediate 1856 / TP4 row"
-    batch: tuple[int, ...] | None = None  # linear level: leading dims of x ([batch, seq] -> m=batch*seq)
-
-    def __post_init__(self) -> None:
-        for name in ("m", "n", "k"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"problem.{name}={v!r}: expected a positive integer")
-        if self.k % BLOCK_SIZE:
-            raise ValueError(f"problem.k={self.k}: expected a multiple of {BLOCK_SIZE} (one e4m3 scale per "
-                             f"{BLOCK_SIZE} elements; a block cannot straddle a shard)")
-        data_mod.parse_dtype(self.out_dtype, "problem.out_dtype")
-        data_mod.parse_dtype(self.in_dtype, "problem.in_dtype")
-        if self.distribution not in data_mod.DISTRIBUTIONS:
-            raise ValueError(f"problem.distribution={self.distribution!r}: expected one of "
-                             f"{list(data_mod.DISTRIBUTIONS)}")
-        if self.batch is not None:
-            prod = 1
-            for b in self.batch:
-                prod *= b
-            if prod != self.m:
-                raise ValueError(f"problem.batch={self.batch}: leading dims multiply to {prod}, not m={self.m}")
-
-    @property
-    def torch_out_dtype(self) -> torch.dtype:
-        return data_mod.parse_dtype(self.out_dtype)
-
-    @property
-    def torch_in_dtype(self) -> torch.dtype:
-        return data_mod.parse_dtype(self.in_dtype)
-
-    def activations(self, device) -> torch.Tensor:
-        return data_mod.generate(self.distribution, (self.m, self.k), 2 * self.seed, self.torch_in_dtype, device)
-
-    def weights(self, device) -> torch.Tensor:
-        return data_mod.generate(self.distribution, (self.n, self.k), 2 * self.seed + 1, self.torch_in_dtype,
-                                 device)
-
-    def bias(self, device) -> torch.Tensor:
-        g = torch.Generator().manual_seed(int(self.seed) + 7919)
-        return torch.randn(self.n, generator=g).to(self.torch_out_dtype).to(device)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["batch"] = list(self.batch) if self.batch is not None else None
-        return d
-
-    def with_(self, **kw) -> "GemmProblem":
-        return replace(self, **kw)
-
+from harness.problem import CLEAN, GemmProblem, Poison
 
 # ----------------------------------------------------------------------------------------------
 # Operands
@@ -375,40 +256,3 @@ def quantize_activation(x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int, *,
         ktail_fill=fill if fill is not None else k_tail_fill,
         data_fill=0)
     return QuantizedTensor(packed, scales, layout, OperandRole.ACTIVATION, m, k, gs)
-
-
-# ----------------------------------------------------------------------------------------------
-# Tensor-parallel shards
-# ----------------------------------------------------------------------------------------------
-
-class ShardError(ValueError):
-    """A TP split that cannot be run as NVFP4 (e.g. a per-rank K that is not a multiple of 16)."""
-
-
-@dataclass(frozen=True)
-class TPShard:
-    n: int
-    k: int
-    tp: int
-    parallel: Literal["column", "row"]
-
-
-def shard(n_full: int, k_full: int, tp: int, parallel: Literal["column", "row"]) -> TPShard:
-    """Per-rank (n, k) of a linear layer [n_full, k_full] split over ``tp`` ranks.
-
-    Column-parallel (gate_up, qkv) splits N; row-parallel (down, o) splits K.  A block of 16 K
-    elements cannot straddle ranks, so a row-parallel shard's K must be a multiple of 16.
-    """
-    if tp < 1:
-        raise ShardError(f"tp={tp}: expected a TP degree >= 1")
-    if parallel not in ("column", "row"):
-        raise ShardError(f"parallel={parallel!r}: expected 'column' or 'row'")
-    dim, name = (n_full, "n") if parallel == "column" else (k_full, "k")
-    if dim % tp:
-        raise ShardError(f"{name}={dim} does not split evenly over tp={tp}")
-    per = dim // tp
-    if parallel == "row" and per % BLOCK_SIZE:
-        raise ShardError(f"row-parallel shard k={per} (k={k_full} / tp={tp}) is not a multiple of {BLOCK_SIZE}: "
-                         f"an NVFP4 scale block would straddle two ranks")
-    return TPShard(n=per if parallel == "column" else n_full, k=per if parallel == "row" else k_full,
-                   tp=tp, parallel=parallel)

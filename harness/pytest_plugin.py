@@ -181,7 +181,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def _run_dir(config: pytest.Config) -> Path:
     """This session's own run directory: ROOT/<run-id>/, with ROOT/latest pointing at it.  Relative
     paths resolve against the working directory pytest was started in."""
-    from harness.records import new_run_dir
+    from harness.results import new_run_dir
 
     root = config.getoption("--nvfp4-results")
     if root is None:
@@ -200,7 +200,7 @@ def _check_selection(config: pytest.Config) -> None:
     """Unknown backend or property names, and a selection that leaves no (backend, property) pair,
     are usage errors (one line, exit status 4), not a silent "1 skipped"."""
     from harness.backends import registry
-    from harness.checks import PROPERTIES
+    from harness.trial import PROPERTIES
 
     props = config.getoption("--nvfp4-properties")
     wanted = None
@@ -218,7 +218,7 @@ def _check_selection(config: pytest.Config) -> None:
     except registry.UnknownBackendError as exc:
         raise pytest.UsageError(f"--nvfp4-backends: {exc}") from None
     if wanted is not None:
-        from harness.runner import properties_for
+        from harness.trial import properties_for
 
         if not any(p in properties_for(b) for b in backends for p in wanted):
             levels = {b.name: b.level for b in backends}
@@ -231,10 +231,10 @@ def _check_selection(config: pytest.Config) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if not _is_worker(session.config) and _is_property_run(session.config):
-        from harness import env, records
+        from harness import env, results
 
-        records.write_session(os.environ[_RESULTS_ENV], {
-            "started": records.now(), "argv": list(session.config.invocation_params.args),
+        results.write_session(os.environ[_RESULTS_ENV], {
+            "started": results.now(), "argv": list(session.config.invocation_params.args),
             "command": os.environ.get("NVFP4_HARNESS_COMMAND") or shlex.join(
                 ["python", "-m", "pytest", *session.config.invocation_params.args]),
             "profile": session.config._nvfp4_profile,  # type: ignore[attr-defined]
@@ -256,9 +256,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     res = os.environ.get(_RESULTS_ENV)
     if res and any(Path(res).glob("results-*.jsonl")):  # this session recorded cases
-        from harness import records
+        from harness import results
 
-        tot = records.finalize(res)
+        tot = results.finalize(res)
         session.config._nvfp4_totals = tot  # type: ignore[attr-defined]
 
 
@@ -266,7 +266,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     tot = getattr(config, "_nvfp4_totals", None)
     if not tot:
         return
-    from harness import records
+    from harness import results
 
     res = os.environ.get(_RESULTS_ENV)
     terminalreporter.write_sep("=", "nvfp4-harness")
@@ -274,14 +274,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     terminalreporter.write_line(
         f"cases: {tot['pass']} passed, {tot['fail']} failed, {tot['skip']} skipped, {tot['crash']} crashed; "
         f"results in {res}{hint}")
-    for w in records.read_workers(res):
+    for w in results.read_workers(res):
         e = w.get("environment", {})
         phys = w.get("physical_gpu") or {}
         where = (f"GPU {w.get('gpu')} of CUDA_VISIBLE_DEVICES ({e.get('gpu_name')}; NVML: physical GPU "
                  f"{phys.get('nvml_index', '?')}, {phys.get('uuid', '?')}, bus {phys.get('pci_bus_id', '?')})"
                  if e.get("device") == "cuda" else "CPU (Triton interpreter)")
         terminalreporter.write_line(f"  worker {w.get('worker')}: pid {w.get('pid')} on {where}")
-    failures = records.new_failures(res)
+    failures = results.new_failures(res)
     if failures:
         terminalreporter.write_sep("-", f"new failures ({len(failures)}): each replays with one command")
         for f in failures:
@@ -315,7 +315,7 @@ class HarnessSession:
         if self._stream is None:
             import json
 
-            from harness.records import ResultStream
+            from harness.results import ResultStream
 
             self._stream = ResultStream(self.results_dir, self.worker)
             info = {"worker": self.worker, "gpu": self.gpu, "pid": os.getpid(),
@@ -344,7 +344,7 @@ class HarnessSession:
         return None if value in ("all", None) else [v.strip() for v in value.split(",") if v.strip()]
 
     def record(self, trial, outcome, test: str, level: str, final: bool, scope: str = "case") -> None:
-        from harness.records import make_record, save_failure_case
+        from harness.results import make_record, save_failure_case
 
         case_file = None
         if outcome.status in ("fail", "crash") and final:
@@ -356,8 +356,8 @@ class HarnessSession:
 
     def record_skip(self, backend, prop: str, reason: str, test: str) -> None:
         """Record a whole test skipped before any case ran (backend unavailable, budget spent)."""
-        from harness.pipeline import GemmProblem
-        from harness.runner import Outcome, Trial
+        from harness.problem import GemmProblem
+        from harness.trial import Outcome, Trial
 
         trial = Trial(backend.name, prop, GemmProblem(1, 16, 16))
         self.record(trial, Outcome("skip", reason), test, backend.level, True, scope="test")
@@ -371,7 +371,8 @@ class HarnessSession:
         from hypothesis.control import current_build_context
 
         from harness.backends import registry
-        from harness.runner import ContextLost, Outcome, execute
+        from harness.runner import ContextLost, execute
+        from harness.trial import Outcome
 
         if self.over_budget():
             self._stops.setdefault(test, f"time budget (--nvfp4-budget {self.budget:g} s) spent")

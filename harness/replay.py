@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.cases import Case, load_case, save_case
-from harness.runner import Outcome, Trial, execute
+from harness.problem import POISON_REGIONS
+from harness.runner import execute
+from harness.trial import Outcome, Trial
 
 REGRESSIONS_DIR = Path(__file__).resolve().parents[1] / "regressions" / "cases"
 
@@ -15,13 +17,6 @@ EXIT_PASS = 0
 EXIT_FAIL = 1
 EXIT_DIGEST = 3
 EXIT_CANNOT_RUN = 4
-
-
-def trial_of(case: Case, backend: str | None = None) -> Trial:
-    obs = case.observed or {}
-    return Trial(backend or case.backend, case.property, case.problem, case.poison,
-                 case.a_layout.value if case.a_layout is not None else None,
-                 int(obs.get("tp", 1) or 1), obs.get("parallel", "column") or "column")
 
 
 @dataclass
@@ -46,7 +41,7 @@ class Replay:
                  f"backend   {t.backend} ({self.case.level}), property {t.property}",
                  f"problem   m={p.m} n={p.n} k={p.k} out={p.out_dtype} data={p.distribution} seed={p.seed}"
                  + (f" batch={list(p.batch)}" if p.batch else "") + (f"  [{p.origin}]" if p.origin else ""),
-                 f"poison    " + (", ".join(f"{r}=0x{getattr(t.poison, r):02X}" for r in ("m_pad", "n_pad", "k_tail", "data")
+                 f"poison    " + (", ".join(f"{r}=0x{getattr(t.poison, r):02X}" for r in POISON_REGIONS
                                             if getattr(t.poison, r)) or "none")
                  + (" + stale memory" if t.poison.stale_memory else "")
                  + (f"; activation scales {t.a_layout}" if t.a_layout else "")]
@@ -80,7 +75,7 @@ def replay(path: str | Path, backend: str | None = None) -> Replay:
         from harness.backends import registry
 
         registry.get(backend)  # unknown names fail here, with the list of known ones
-    trial = trial_of(case, backend)
+    trial = case.trial(backend)
     outcome = execute(trial, digest=True)
     digest_ok = None
     if case.digest and outcome.digest and (backend is None or backend == case.backend):

@@ -1,7 +1,7 @@
 """Run one property of one backend on one case: the engine behind properties/, replay and selftest.
 
-A :class:`Trial` names everything needed to rebuild a case bit for bit (backend, property, problem,
-poison, activation layout, TP split).  :func:`execute` builds the operands with the pipeline, calls
+A :class:`~harness.trial.Trial` names everything needed to rebuild a case bit for bit (backend,
+property, problem, poison, activation layout, TP split).  :func:`execute` builds the operands with the pipeline, calls
 the backend, evaluates the property with :mod:`harness.checks` and classifies what happened:
 
 * ``pass`` / ``fail``: the property held or not (a backend that raises on a call it declared
@@ -18,37 +18,22 @@ import hashlib
 import time
 import traceback
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from harness import env as env_mod
 from harness.backends import registry
-from harness.backends.protocol import Backend, GemmBackend, LinearBackend, QuantizerBackend, Unsupported
-from harness.checks import PropertyResult
+from harness.backends.protocol import GemmBackend, LinearBackend, QuantizerBackend, Unsupported
 from harness import checks
 from harness.data import generate
-from harness.format import (
-    BLOCK_SIZE,
-    block_scale_and_inverse,
-    e4m3_decode,
-    gemm_alpha,
-    global_scale_encode_divisor,
-    reference_dequantize,
-    reference_quantize,
-    unpack_e2m1,
-)
+from harness.format import BLOCK_SIZE, block_scale_and_inverse, global_scale_encode_divisor, reference_quantize
 from harness.layouts import ScaleLayout, round_up, unswizzle
-from harness.oracle import error_bound, reference_from_dequantized, reference_gemm
-from harness.pipeline import CLEAN, CheckpointWeight, GemmProblem, Poison, operands_from, poison_kind
-
-GEMM_PROPERTIES = ("reference_agreement", "row_isolation", "column_isolation", "k_tail", "output_coverage",
-                   "determinism", "clean_rejection", "tp_consistency", "batch_invariance")
-LINEAR_PROPERTIES = ("reference_agreement", "determinism", "batch_invariance")
-QUANTIZER_PROPERTIES = ("quantizer_agreement",)
-LEVEL_PROPERTIES = {"gemm": GEMM_PROPERTIES, "linear": LINEAR_PROPERTIES, "quantizer": QUANTIZER_PROPERTIES}
+from harness.oracle import error_bound, reference_gemm, reference_linear
+from harness.pipeline import CheckpointWeight, operands_from
+from harness.problem import CLEAN, GemmProblem, Poison, poison_kind
+from harness.trial import Outcome, PropertyResult, Trial, properties_for
 
 STICKY_CUDA_ERRORS = ("illegal memory access", "illegal instruction", "misaligned address",
                       "unspecified launch failure", "device-side assert", "an illegal address",
@@ -57,40 +42,6 @@ STICKY_CUDA_ERRORS = ("illegal memory access", "illegal instruction", "misaligne
 
 class ContextLost(RuntimeError):
     """A sticky CUDA error: every later CUDA call in this process would fail."""
-
-
-@dataclass(frozen=True)
-class Trial:
-    backend: str
-    property: str
-    problem: GemmProblem
-    poison: Poison = CLEAN
-    a_layout: str | None = None
-    tp: int = 1
-    parallel: Literal["column", "row"] = "column"
-
-    def to_dict(self) -> dict:
-        return {"backend": self.backend, "property": self.property, "problem": self.problem.to_dict(),
-                "poison": self.poison.to_dict(), "a_layout": self.a_layout, "tp": self.tp,
-                "parallel": self.parallel}
-
-
-@dataclass
-class Outcome:
-    status: Literal["pass", "fail", "skip", "crash"]
-    reason: str
-    result: PropertyResult | None = None
-    digest: str | None = None
-    duration_s: float = 0.0
-    a_layout: str | None = None
-
-    @property
-    def measure(self) -> dict:
-        return self.result.measure if self.result else {}
-
-
-def properties_for(backend: Backend) -> tuple[str, ...]:
-    return LEVEL_PROPERTIES[backend.level]
 
 
 def classify_exception(exc: BaseException) -> tuple[str, str]:
@@ -350,26 +301,6 @@ def linear_inputs(problem: GemmProblem, device) -> tuple[torch.Tensor, Checkpoin
     weight = CheckpointWeight.from_dense(problem.weights(device))
     bias = problem.bias(device).to(problem.torch_in_dtype)
     return x, weight, bias
-
-
-def reference_linear(x: torch.Tensor, weight: CheckpointWeight, bias: torch.Tensor | None, k_terms: int,
-                     dense_activation: bool = False):
-    """fp64 reference of an NVFP4 linear layer: the activation quantized by the reference quantizer
-    with a dynamic per-tensor global scale (or kept dense for W4A16), the checkpoint weight
-    dequantized, alpha computed in fp32 from the two global scales, bias added."""
-    k = x.shape[-1]
-    x2 = x.reshape(-1, k)
-    w = reference_dequantize(unpack_e2m1(weight.packed), weight.scales)
-    gs_w = weight.global_scale.reshape(1)
-    if dense_activation:
-        a = x2.double()
-        alpha = (1.0 / gs_w).to(torch.float32)
-    else:
-        gs = global_scale_encode_divisor(x2.float().abs().amax()).reshape(1).to(x.device)
-        codes, sf = reference_quantize(x2, gs)
-        a = reference_dequantize(codes, sf)
-        alpha = gemm_alpha(gs, gs_w)
-    return reference_from_dequantized(a, w, alpha, k=k_terms, bias=bias)
 
 
 class _Linear:

@@ -21,7 +21,8 @@ from hypothesis.errors import NoSuchExample, Unsatisfiable
 
 from harness import env, suite
 from harness.backends import registry
-from harness.runner import Trial, execute, properties_for
+from harness.runner import execute
+from harness.trial import Trial, properties_for
 
 
 @dataclass

@@ -27,8 +27,8 @@ from hypothesis.strategies import SearchStrategy
 
 from harness.data import DISTRIBUTIONS
 from harness.format import BLOCK_SIZE
-from harness.pipeline import GemmProblem, Poison, TPShard
-from harness.tp_catalog import CATALOG, DEFAULT_DEGREES, LayerShape, origin_label, tp_cases
+from harness.problem import POISON_REGIONS, GemmProblem, Poison
+from harness.tp_catalog import CATALOG, DEFAULT_DEGREES, LayerShape, TPShard, origin_label, tp_cases
 
 # ----------------------------------------------------------------------------------------------
 # Shapes
@@ -109,9 +109,6 @@ def ragged_n_values(max_blocks: int) -> SearchStrategy[int]:
 # ----------------------------------------------------------------------------------------------
 # Poison
 # ----------------------------------------------------------------------------------------------
-
-POISON_REGIONS: tuple[str, ...] = ("m_pad", "n_pad", "k_tail", "data")
-"""Byte-valued padding regions of :class:`harness.pipeline.Poison` (field order; m_pad is the shrink target)."""
 
 NAMED_POISON_BYTES: tuple[int, ...] = (0x7F, 0xFF, 0x7E, 0xFE, 0x38, 0x08, 0x01)
 """e4m3 NaN, -NaN, 448, -448, 1.0, 2^-6 (smallest normal), 2^-9 (smallest subnormal).

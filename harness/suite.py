@@ -13,8 +13,8 @@ from hypothesis.strategies import SearchStrategy
 
 from harness import strategies as hs
 from harness.backends.protocol import Backend
-from harness.pipeline import CLEAN, GemmProblem, Poison
-from harness.runner import Trial, properties_for
+from harness.problem import CLEAN, GemmProblem
+from harness.trial import Trial, properties_for
 
 
 @dataclass(frozen=True)

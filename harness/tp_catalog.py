@@ -9,8 +9,8 @@ Each :class:`LayerShape` is one MLP / MoE-expert projection of a public model, f
 * down projection: row-parallel, ``n = hidden``, ``k = intermediate``.
 
 Column-parallel layers split N over the ranks, row-parallel layers split K
-(:func:`harness.pipeline.shard`).  A 16-element NVFP4 scale block cannot straddle two ranks, so a
-per-rank K that is not a multiple of 16 raises :class:`harness.pipeline.ShardError`; per-rank Ns
+(:func:`shard`).  A 16-element NVFP4 scale block cannot straddle two ranks, so a
+per-rank K that is not a multiple of 16 raises :class:`ShardError`; per-rank Ns
 and Ks that are multiples of 16 but not of 32, 64 or 128 (464 = 29 blocks, 720 = 45 blocks) are
 exactly the shapes that break kernels' alignment assumptions (vLLM PR #31099, NVFP4-NOTES.md
 "TP splits that break alignment").
@@ -32,9 +32,43 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from harness.pipeline import ShardError, TPShard, shard
+from harness.format import BLOCK_SIZE
 
 Parallel = Literal["column", "row"]
+
+
+class ShardError(ValueError):
+    """A TP split that cannot be run as NVFP4 (e.g. a per-rank K that is not a multiple of 16)."""
+
+
+@dataclass(frozen=True)
+class TPShard:
+    n: int
+    k: int
+    tp: int
+    parallel: Parallel
+
+
+def shard(n_full: int, k_full: int, tp: int, parallel: Parallel) -> TPShard:
+    """Per-rank (n, k) of a linear layer [n_full, k_full] split over ``tp`` ranks.
+
+    Column-parallel (gate_up, qkv) splits N; row-parallel (down, o) splits K.  A block of 16 K
+    elements cannot straddle ranks, so a row-parallel shard's K must be a multiple of 16.
+    """
+    if tp < 1:
+        raise ShardError(f"tp={tp}: expected a TP degree >= 1")
+    if parallel not in ("column", "row"):
+        raise ShardError(f"parallel={parallel!r}: expected 'column' or 'row'")
+    dim, name = (n_full, "n") if parallel == "column" else (k_full, "k")
+    if dim % tp:
+        raise ShardError(f"{name}={dim} does not split evenly over tp={tp}")
+    per = dim // tp
+    if parallel == "row" and per % BLOCK_SIZE:
+        raise ShardError(f"row-parallel shard k={per} (k={k_full} / tp={tp}) is not a multiple of {BLOCK_SIZE}: "
+                         f"an NVFP4 scale block would straddle two ranks")
+    return TPShard(n=per if parallel == "column" else n_full, k=per if parallel == "row" else k_full,
+                   tp=tp, parallel=parallel)
+
 
 UNVERIFIED = "NVFP4-NOTES.md (not verified against config)"
 """The ``source`` of an entry whose numbers could not be checked against a public config.json."""

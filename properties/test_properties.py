@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from harness import env, suite
 from harness.backends import registry
-from harness.runner import properties_for
+from harness.trial import properties_for
 
 
 def _pairs(config: pytest.Config) -> list:

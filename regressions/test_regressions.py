@@ -16,8 +16,6 @@ import pytest
 from harness import env
 from harness.backends import registry
 from harness.cases import load_case
-from harness.replay import trial_of
-from harness.runner import execute
 
 import os
 
@@ -37,7 +35,7 @@ def test_regression(path: Path, nvfp4_session, request) -> None:
     support = backend.support(env.current())
     if not support:
         pytest.skip(f"{case.backend}: {support.reason}")
-    trial = trial_of(case)
+    trial = case.trial()
     outcome = nvfp4_session.run(trial, request.node.nodeid, digest=bool(case.digest))
     if case.digest and outcome.digest and outcome.digest != case.digest:
         pytest.fail(f"operands rebuilt differently from the recorded case (digest {outcome.digest[:12]} != "

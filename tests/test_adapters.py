@@ -19,13 +19,14 @@ import sys
 import pytest
 import torch
 
-import harness  # noqa: F401  (sets TRITON_INTERPRET on a CPU-only machine)
+import harness.kernels  # noqa: F401  (sets TRITON_INTERPRET on a CPU-only machine)
 from harness import env as env_mod
 from harness.backends import flashinfer_fp4
 from harness.backends.protocol import Unsupported
 from harness.format import BLOCK_SIZE
 from harness.layouts import ScaleLayout, padded_shape, round_up, unswizzle
-from harness.pipeline import GemmProblem, Poison, build_gemm_operands, operands_for
+from harness.pipeline import build_gemm_operands, operands_for
+from harness.problem import GemmProblem, Poison
 
 L = ScaleLayout
 fi = pytest.importorskip("flashinfer", reason="flashinfer-python is not installed")

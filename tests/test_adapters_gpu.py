@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import harness  # noqa: F401
+import harness.kernels  # noqa: F401  (sets TRITON_INTERPRET on a CPU-only machine)
 from harness import checks, data
 from harness.backends import dot_scaled, flashinfer_fp4, quantizers, scaled_mm
 from harness.backends.protocol import Unsupported
@@ -27,7 +27,8 @@ from harness.format import (BLOCK_SIZE, block_scale_and_inverse, global_scale_en
                             unpack_e2m1)
 from harness.layouts import ScaleLayout, unswizzle
 from harness.oracle import compare, error_bound, reference_gemm
-from harness.pipeline import GemmProblem, operands_for
+from harness.pipeline import operands_for
+from harness.problem import GemmProblem
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 L = ScaleLayout

@@ -14,14 +14,15 @@ import os
 import pytest
 import torch
 
-import harness  # noqa: F401  (sets TRITON_INTERPRET on a CPU-only machine)
+import harness.kernels  # noqa: F401  (sets TRITON_INTERPRET on a CPU-only machine)
 from harness import env as env_mod
 from harness.backends import dot_scaled, scaled_mm
 from harness.backends._refusal import as_unsupported
 from harness.backends.protocol import Unsupported
 from harness.format import BLOCK_SIZE, e2m1_decode, unpack_e2m1
 from harness.layouts import ScaleLayout, unswizzle
-from harness.pipeline import GemmProblem, Poison, build_gemm_operands, operands_for
+from harness.pipeline import build_gemm_operands, operands_for
+from harness.problem import GemmProblem, Poison
 
 L = ScaleLayout
 

@@ -12,10 +12,11 @@ import pytest
 
 from harness.backends import registry
 from harness.backends.protocol import GemmBackend
-from harness.cases import (SCHEMA, Case, CaseFileError, case_id, load_case, properties, replay_command,
+from harness.cases import (SCHEMA, Case, CaseFileError, case_id, load_case, replay_command,
                            save_case)
 from harness.layouts import ScaleLayout
-from harness.pipeline import GemmProblem, Poison
+from harness.problem import GemmProblem, Poison
+from harness.trial import PROPERTIES, Trial
 
 FAKE_BACKEND = "fake-gemm-for-case-tests"
 
@@ -156,7 +157,7 @@ def test_save_refuses_an_invalid_case(tmp_path: Path) -> None:
 def test_properties_lists_the_known_properties() -> None:
     assert {"reference_agreement", "row_isolation", "column_isolation", "k_tail", "output_coverage",
             "determinism", "clean_rejection", "tp_consistency", "quantizer_agreement",
-            "batch_invariance"} <= set(properties())
+            "batch_invariance"} <= set(PROPERTIES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,10 +318,44 @@ def test_backend_level_must_match(tmp_path: Path) -> None:
 
 def test_every_required_field_is_required(tmp_path: Path) -> None:
     base = valid_doc()
-    required = [k for k in base if k not in ("a_layout", "digest", "note", "tracks")]
+    required = [k for k in base if k not in ("a_layout", "tp", "parallel", "digest", "note", "tracks")]
     for key in required:
         doc = copy.deepcopy(base)
         del doc[key]
         with pytest.raises(CaseFileError) as info:
             load_case(write_doc(tmp_path, doc))
         assert info.value.field == key and f"missing field '{key}'" in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# The trial inside a case
+# ----------------------------------------------------------------------------------------------
+
+def test_the_trial_round_trips_through_a_case_file(tmp_path: Path) -> None:
+    trial = Trial(FAKE_BACKEND, "tp_consistency", GemmProblem(m=3, n=32, k=464, seed=2), Poison(), "8x4", 4, "row")
+    case = Case.from_trial(trial, level="gemm", observed={"summary": "x"}, environment={})
+    path = save_case(case, tmp_path / "c.json")
+    doc = json.loads(path.read_text())
+    assert {k: doc[k] for k in trial.to_dict()} == trial.to_dict()  # the one serialisation of a trial
+    assert load_case(path, check_backend=False).trial() == trial
+    assert load_case(path, check_backend=False).trial("other").backend == "other"
+
+
+def test_a_case_written_before_tp_was_a_top_level_key_reads_it_from_observed(tmp_path: Path) -> None:
+    doc = valid_doc()
+    del doc["tp"], doc["parallel"]
+    doc["observed"].update(tp=4, parallel="row")
+    case = load_case(write_doc(tmp_path, doc), check_backend=False)
+    assert (case.tp, case.parallel) == (4, "row")
+    del doc["observed"]["tp"], doc["observed"]["parallel"]
+    assert (load_case(write_doc(tmp_path, doc), check_backend=False).trial().tp) == 1
+
+
+@pytest.mark.parametrize("key, value, expected", [("tp", 0, "integer >= 1"), ("tp", "4", "integer >= 1"),
+                                                  ("parallel", "diagonal", "'column', 'row'")])
+def test_a_bad_tp_split_names_the_field(tmp_path: Path, key: str, value, expected: str) -> None:
+    doc = valid_doc()
+    doc[key] = value
+    with pytest.raises(CaseFileError, match=expected) as info:
+        load_case(write_doc(tmp_path, doc), check_backend=False)
+    assert info.value.field == key

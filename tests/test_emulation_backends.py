@@ -19,7 +19,8 @@ from harness.backends import registry
 from harness.backends.protocol import GemmBackend, Unsupported
 from harness.layouts import Region, ScaleLayout
 from harness.oracle import Reference, compare, error_bound, reference_gemm
-from harness.pipeline import GemmOperands, GemmProblem, Poison, build_gemm_operands
+from harness.pipeline import GemmOperands, build_gemm_operands
+from harness.problem import GemmProblem, Poison
 
 TRITON_NVFP4 = ("triton-emu-128x4", "triton-emu-8x4", "triton-emu-linear")
 ALL = TRITON_NVFP4 + ("torch-emu", "triton-w4a16")

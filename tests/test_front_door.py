@@ -334,7 +334,7 @@ def test_backends_table_has_a_header_and_aligned_columns(tmp_path: Path) -> None
 
 def test_replay_on_another_backend_does_not_read_as_fixed(tmp_path: Path) -> None:
     from harness.cases import Case, save_case
-    from harness.pipeline import GemmProblem, Poison
+    from harness.problem import GemmProblem, Poison
     from harness.replay import replay
 
     case = Case.create(backend="mutant-pad-row-scales", level="gemm", property="row_isolation",
@@ -350,8 +350,9 @@ def test_replay_on_another_backend_does_not_read_as_fixed(tmp_path: Path) -> Non
 
 def test_interpreter_overflow_warnings_are_silenced_only_inside_trials() -> None:
     """fp16 TP shards of a real model overflow on purpose; the trial stays quiet, numpy elsewhere not."""
-    from harness.pipeline import CLEAN, GemmProblem
-    from harness.runner import Trial, execute
+    from harness.problem import CLEAN, GemmProblem
+    from harness.runner import execute
+    from harness.trial import Trial
 
     p = GemmProblem(22, 32, 1024, out_dtype="float16", in_dtype="bfloat16", distribution="heavy_tailed", seed=10)
     with warnings.catch_warnings():

@@ -15,7 +15,7 @@ import pytest
 from harness import selftest
 from harness.backends import registry
 from harness.backends.protocol import Backend
-from harness.runner import properties_for
+from harness.trial import properties_for
 
 CATCH_BUDGET_S = 60.0
 """Seconds a hunt may take to the first failure on the CPU (interpreter) before the test fails."""

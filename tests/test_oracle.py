@@ -8,7 +8,8 @@ import torch
 from harness.backends.protocol import Precision
 from harness.layouts import ScaleLayout
 from harness.oracle import compare, error_bound, reference_from_dequantized, reference_gemm
-from harness.pipeline import GemmProblem, Poison, build_gemm_operands
+from harness.pipeline import build_gemm_operands
+from harness.problem import GemmProblem, Poison
 
 
 def _ops(poison=Poison(), **kw):

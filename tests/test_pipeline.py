@@ -9,7 +9,9 @@ import torch
 from harness import format as F
 from harness.kernels.nvfp4 import LEAVE, dequantize_from, pad_bytes, quantize_into
 from harness.layouts import OperandRole, Region, ScaleLayout, padding_map, unswizzle
-from harness.pipeline import POLICIES, GemmProblem, Poison, ShardError, build_gemm_operands, shard
+from harness.pipeline import POLICIES, build_gemm_operands
+from harness.problem import GemmProblem, Poison
+from harness.tp_catalog import ShardError, shard
 
 M_VALUES = (1, 7, 8, 9, 33, 129)
 K_VALUES = (16, 48, 464, 496)
@@ -100,7 +102,8 @@ def test_production_policies_are_data():
 def test_tp4_464_shard_is_padded_to_the_alignment_and_the_sliced_result_equals_the_reference():
     """A 464-wide TP4 shard through the vLLM policy (K padded to 480, N to 32): the linear layer's
     sliced output equals the unpadded reference within the error bound."""
-    from harness.runner import Trial, execute
+    from harness.runner import execute
+    from harness.trial import Trial
 
     problem = GemmProblem(m=5, n=40, k=464, origin="Nemotron-3-Nano-30B-A3B moe down 1856 / TP4 (row)")
     ops = build_gemm_operands(problem, a_layout=ScaleLayout.SWIZZLED_128x4, w_layout=ScaleLayout.SWIZZLED_128x4,

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from harness.backends import registry
-from harness.pipeline import GemmProblem, Poison
-from harness.runner import Trial, execute
+from harness.problem import GemmProblem, Poison
+from harness.runner import execute
+from harness.trial import Trial
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "torch_reference_plugin.py"
 

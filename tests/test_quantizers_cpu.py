@@ -17,7 +17,7 @@ import dataclasses
 import pytest
 import torch
 
-import harness  # noqa: F401
+import harness.kernels  # noqa: F401  (sets TRITON_INTERPRET on a CPU-only machine)
 from harness import data
 from harness import env as env_mod
 from harness.backends import quantizers

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from harness.cases import Case, save_case
-from harness.pipeline import GemmProblem, Poison
-from harness.report import load_results, load_run, render_report
+from harness.problem import GemmProblem, Poison
+from harness.report import render_report
+from harness.results import load_results, load_run
 from harness.report.svg import GridError, parse_grid
 
 CHROMIUM = Path(os.environ.get("NVFP4_CHROMIUM", "/usr/bin/chromium"))
@@ -514,7 +515,7 @@ def build_wide_results_dir(root: Path) -> list[str]:
     """Every registered backend and mutant (40+) x every property of its level, a long failure, and
     tests skipped before any example: the widest report a real run produces."""
     from harness.backends import registry
-    from harness.runner import properties_for
+    from harness.trial import properties_for
 
     root.mkdir(parents=True, exist_ok=True)
     backends = registry.all_backends(include_mutants=True)

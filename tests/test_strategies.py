@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from harness.data import DISTRIBUTIONS
-from harness.pipeline import CLEAN, GemmProblem, Poison
+from harness.problem import CLEAN, GemmProblem, Poison
 from harness.strategies import (NAMED_POISON_BYTES, SMALL_M, TILE_BOUNDARY_M, catalog_block_counts,
                                 distributions, divisors, gemm_cases, gemm_problems, kn_values,
                                 linear_problems, m_values, poisons, tp_entries, tp_problems)

@@ -7,9 +7,8 @@ import re
 import pytest
 
 from harness.format import BLOCK_SIZE
-from harness.pipeline import ShardError, TPShard, shard
-from harness.tp_catalog import (CATALOG, EVIDENCE, UNVERIFIED, LayerShape, layers, lookup, origin_label,
-                                tp_cases)
+from harness.tp_catalog import (CATALOG, EVIDENCE, UNVERIFIED, LayerShape, ShardError, TPShard, layers, lookup,
+                                origin_label, shard, tp_cases)
 
 NANO = "Nemotron-3-Nano-30B-A3B"
 

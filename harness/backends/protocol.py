@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import torch
 
 from harness.layouts import ScaleLayout
+from harness.oracle import Precision
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.env import Environment
@@ -40,19 +41,6 @@ class Unsupported(Exception):
 
 class BackendContractError(Exception):
     """A backend broke the protocol (wrong output shape or dtype, wrong buffer sizes)."""
-
-
-@dataclass(frozen=True)
-class Precision:
-    """What a backend's arithmetic rounds, for the reference error bound (see harness.oracle).
-
-    accumulator_bits: significand bits (implicit bit included) of the accumulator: 24 for IEEE fp32.
-    operand_bits: significand bits the dequantized operands are rounded to before the products,
-      or None when the products are exact (block-scaled tensor cores, or the emulation kernels,
-      which feed exact e2m1*e4m3 values as bf16).
-    """
-    accumulator_bits: int = 24
-    operand_bits: int | None = None
 
 
 @dataclass(frozen=True)

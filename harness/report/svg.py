@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-OK, CHANGED, NONFINITE, PADDING = 0, 1, 2, 3
-"""Grid cell codes of ``measure.grid`` (docs/results-format.md)."""
+from harness.trial import CHANGED, NONFINITE, OK, OUTCOMES, PADDING
 
 GRID_COLORS = {OK: "#d9f2df", CHANGED: "#f59e0b", NONFINITE: "#dc2626", PADDING: "#d1d5db"}
 GRID_LABELS = {OK: "ok", CHANGED: "changed / out of bound", NONFINITE: "NaN / Inf", PADDING: "padding"}
@@ -360,7 +359,7 @@ def outcome_bar_svg(counts: Mapping[str, int], *, width: float = 640, height: fl
         out.append(f'<rect width="{_f(width)}" height="{_f(height)}" fill="#e5e7eb"/>')
     else:
         xpos = 0.0
-        for key in ("pass", "fail", "crash", "skip"):
+        for key in OUTCOMES:
             w = counts.get(key, 0) / total * width
             if w > 0:
                 out.append(f'<rect x="{_f(xpos)}" width="{_f(w)}" height="{_f(height)}" '

@@ -1,8 +1,10 @@
-"""The results directory: per-worker result streams, case files, session summary.
+"""The results directory, written and read here: per-worker result streams, case files, session summary.
 
 Format: docs/results-format.md.  Each worker appends one JSON line per executed case and flushes
-it at once, so a worker that dies loses nothing it already recorded; the controller aggregates the
-streams at the end of the session.
+it at once (:class:`ResultStream`), so a worker that dies loses nothing it already recorded; the
+controller aggregates the streams at the end of the session (:func:`finalize`).  The readers
+(:func:`load_results`, :func:`load_run`) skip, and report, a line truncated by a worker that crashed
+mid-write; the HTML report (:mod:`harness.report`) renders what :func:`load_run` returns.
 """
 
 from __future__ import annotations
@@ -10,11 +12,15 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import secrets
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from harness.runner import Outcome, Trial
+from harness.cases import Case, CaseFileError, load_case, save_case
+from harness.trial import OUTCOMES, Outcome, Trial, json_safe
 
 RESULT_SCHEMA = "nvfp4-harness/result/1"
 SESSION_SCHEMA = "nvfp4-harness/session/1"
@@ -96,7 +102,7 @@ def new_failures(results_dir: Path | str) -> list[dict]:
     case file's path and its replay command."""
     from harness.cases import replay_command
 
-    records, _ = read_records(results_dir)
+    records, _ = load_results(results_dir)
     out, seen = [], set()
     for r in records:
         ref = r.get("case_file")
@@ -123,20 +129,15 @@ def read_test_ends(results_dir: Path | str) -> dict[str, str]:
     return out
 
 
+def is_test_skip(rec: dict) -> bool:
+    """A record of a whole test skipped before any example ran (backend unavailable, budget spent),
+    as opposed to one executed case.  Records without ``scope`` (older runs) count a skip as a test."""
+    scope = rec.get("scope")
+    return rec.get("outcome") == "skip" and (scope == "test" or scope is None)
+
+
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return str(obj)
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 class ResultStream:
@@ -151,7 +152,7 @@ class ResultStream:
         self._fh = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._fh.write(json.dumps(_jsonable(record), sort_keys=False) + "\n")
+        self._fh.write(json.dumps(json_safe(record), sort_keys=False) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
@@ -162,12 +163,9 @@ class ResultStream:
 def make_record(trial: Trial, outcome: Outcome, *, worker: str, test: str, level: str,
                 case_file: str | None = None, extra: dict | None = None) -> dict:
     rec = {
-        "schema": RESULT_SCHEMA, "time": now(), "worker": worker, "test": test,
-        "backend": trial.backend, "level": level, "property": trial.property,
-        "outcome": outcome.status, "reason": outcome.reason,
-        "problem": trial.problem.to_dict(), "poison": trial.poison.to_dict(),
-        "a_layout": outcome.a_layout or trial.a_layout, "tp": trial.tp, "parallel": trial.parallel,
-        "measure": outcome.measure, "duration_s": round(outcome.duration_s, 6),
+        "schema": RESULT_SCHEMA, "time": now(), "worker": worker, "test": test, "level": level,
+        **trial.to_dict(), "a_layout": outcome.a_layout or trial.a_layout,
+        "outcome": outcome.status, "reason": outcome.reason, "measure": outcome.measure, "duration_s": round(outcome.duration_s, 6),
         "digest": outcome.digest, "case_file": case_file,
     }
     if extra:
@@ -178,34 +176,158 @@ def make_record(trial: Trial, outcome: Outcome, *, worker: str, test: str, level
 def save_failure_case(results_dir: Path | str, trial: Trial, outcome: Outcome, level: str,
                       environment: dict) -> str:
     """Write the case file of a (minimized) failure; returns its path relative to results_dir."""
-    from harness.cases import Case, save_case
-
     observed = {"summary": outcome.reason or (outcome.result.summary if outcome.result else ""),
-                "status": outcome.status, **_jsonable(outcome.measure)}
+                "status": outcome.status, **json_safe(outcome.measure)}
     observed.pop("grid", None)
-    observed["grid"] = _jsonable(outcome.measure.get("grid")) if outcome.measure.get("grid") else None
-    if trial.property == "tp_consistency":
-        observed.update(tp=trial.tp, parallel=trial.parallel)
-    case = Case.create(backend=trial.backend, level=level, property=trial.property, problem=trial.problem,
-                       poison=trial.poison, observed=observed, a_layout=outcome.a_layout or trial.a_layout,
-                       environment=environment, digest=outcome.digest)
+    observed["grid"] = json_safe(outcome.measure.get("grid")) if outcome.measure.get("grid") else None
+    trial = replace(trial, a_layout=outcome.a_layout or trial.a_layout)
+    case = Case.from_trial(trial, level=level, observed=observed, environment=environment, digest=outcome.digest)
     path = Path(results_dir) / "cases" / f"{case.id}.json"
     written = save_case(case, path)
     return str(Path(written).relative_to(Path(results_dir)))
 
 
-def read_records(results_dir: Path | str) -> tuple[list[dict], list[str]]:
-    """All records of all workers, and warnings for lines that could not be read (a worker that
-    died mid-line leaves a truncated last line); the report's reader, shared."""
-    from harness.report import load_results
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
 
-    loaded = load_results(results_dir)
-    return loaded.records, loaded.warnings
+class LoadedResults(NamedTuple):
+    """Records of all ``results-*.jsonl`` files (file order) and the problems met reading them.
 
+    Each record is the JSON object of one line plus ``"_source": "results-gw0.jsonl:12"``.
+    """
+    records: list[dict[str, Any]]
+    warnings: list[str]
+
+
+@dataclass
+class RunData:
+    """Everything a results directory holds, parsed."""
+    results_dir: Path
+    session: dict[str, Any] | None
+    records: list[dict[str, Any]]
+    cases: dict[str, "Case"]                   # "cases/<name>.json" -> its Case
+    hypothesis: list[dict[str, Any]] | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def natural_key(path: Path) -> list:
+    """Sort key that orders numbered names naturally (results-gw2 before results-gw10)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def load_results(results_dir: str | Path) -> LoadedResults:
+    """Parse every ``results-*.jsonl`` in ``results_dir``.
+
+    A line that is not a JSON object is skipped with a warning; when it is the last line of its file
+    the warning says it was truncated (a worker that died while writing).  Records of an unknown
+    schema or without a valid outcome are skipped with a warning as well.
+    """
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"results directory {root} does not exist (or is not a directory)")
+    records: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    files = sorted(root.glob("results-*.jsonl"), key=natural_key)
+    if not files:
+        warnings.append(f"no results-*.jsonl files in {root}: the run recorded no results")
+    for path in files:
+        lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+        ends_with_newline = lines[-1] == ""
+        if ends_with_newline:
+            lines.pop()
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path.name}:{lineno}"
+            last = lineno == len(lines)
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                if last:
+                    warnings.append(f"{path.name}: line {lineno} is truncated ({len(line)} bytes, "
+                                    f"{'no' if not ends_with_newline else 'with a'} final newline; {exc.msg}): "
+                                    f"the worker probably crashed while writing it; skipped")
+                else:
+                    warnings.append(f"{path.name}: line {lineno} is not valid JSON "
+                                    f"(column {exc.colno}: {exc.msg}); skipped")
+                continue
+            if not isinstance(rec, dict):
+                warnings.append(f"{where}: not a JSON object; skipped")
+                continue
+            schema = rec.get("schema")
+            if schema != RESULT_SCHEMA:
+                warnings.append(f"{where}: schema {schema!r} is not {RESULT_SCHEMA!r}; skipped")
+                continue
+            if rec.get("outcome") not in OUTCOMES:
+                warnings.append(f"{where}: outcome {rec.get('outcome')!r} is not one of {list(OUTCOMES)}; skipped")
+                continue
+            rec["_source"] = where
+            records.append(rec)
+    return LoadedResults(records, warnings)
+
+
+def _read_json(path: Path, warnings: list[str]) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        warnings.append(f"{path.name}: cannot be read ({exc}); ignored")
+    except json.JSONDecodeError as exc:
+        warnings.append(f"{path.name}: invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}); ignored")
+    return None
+
+
+def _hypothesis_rows(doc: Any) -> list[dict[str, Any]] | None:
+    """The list of per-test statistics in hypothesis.json: the document itself when it is a list,
+    else the first list of objects among its values (e.g. ``{"tests": [...]}``)."""
+    if isinstance(doc, list):
+        return [r for r in doc if isinstance(r, dict)]
+    if isinstance(doc, dict):
+        for v in doc.values():
+            if isinstance(v, list) and all(isinstance(r, dict) for r in v):
+                return list(v)
+        if doc and all(isinstance(v, dict) for v in doc.values()):  # {"test name": {...}}
+            return [{"test": k, **v} for k, v in doc.items()]
+    return None
+
+
+def load_run(results_dir: str | Path) -> RunData:
+    """Parse a results directory: session.json, results-*.jsonl, cases/*.json and hypothesis.json."""
+    root = Path(results_dir)
+    records, warnings = load_results(root)
+    warnings = list(warnings)
+    session = _read_json(root / "session.json", warnings)
+    if session is None and not (root / "session.json").exists():
+        warnings.append("session.json is missing: environment and run times are unknown")
+    elif session is not None and not isinstance(session, dict):
+        warnings.append("session.json is not a JSON object; ignored")
+        session = None
+    elif session is not None and session.get("schema") not in (None, SESSION_SCHEMA):
+        warnings.append(f"session.json: schema {session.get('schema')!r} is not {SESSION_SCHEMA!r}; read anyway")
+    cases: dict[str, Case] = {}
+    for path in sorted((root / "cases").glob("*.json")):
+        try:
+            cases[f"cases/{path.name}"] = load_case(path, check_backend=False)
+        except CaseFileError as exc:
+            warnings.append(f"case file {exc}; not shown")
+    hyp_path = root / "hypothesis.json"
+    hypothesis = None
+    if hyp_path.exists():
+        hypothesis = _hypothesis_rows(_read_json(hyp_path, warnings))
+        if hypothesis is None:
+            warnings.append("hypothesis.json holds no list of per-test statistics; ignored")
+    return RunData(root, session, records, cases, hypothesis, warnings)
+
+
+# ----------------------------------------------------------------------------------------------
+# Aggregating
+# ----------------------------------------------------------------------------------------------
 
 def totals(records: list[dict]) -> dict:
     c = Counter(r.get("outcome", "?") for r in records)
-    return {k: c.get(k, 0) for k in ("pass", "fail", "skip", "crash")}
+    return {k: c.get(k, 0) for k in OUTCOMES}
 
 
 def hypothesis_statistics(records: list[dict], stop_reasons: dict[str, str] | None = None) -> list[dict]:
@@ -239,7 +361,7 @@ def write_session(results_dir: Path | str, data: dict) -> Path:
             current = json.loads(path.read_text())
         except json.JSONDecodeError:
             current = {}
-    current.update(_jsonable(data))
+    current.update(json_safe(data))
     current["schema"] = SESSION_SCHEMA
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(current, indent=2))
@@ -249,7 +371,7 @@ def write_session(results_dir: Path | str, data: dict) -> Path:
 
 def finalize(results_dir: Path | str) -> dict:
     """Aggregate the workers' streams: totals into session.json, statistics into hypothesis.json."""
-    records, warnings = read_records(results_dir)
+    records, warnings = load_results(results_dir)
     tot = totals(records)
     workers = {}
     for path in sorted(Path(results_dir).glob("worker-*.json")):

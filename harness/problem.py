@@ -1,0 +1,144 @@
+"""The problem model: what a case computes and what its padding holds.
+
+A :class:`GemmProblem` is a logical NVFP4 GEMM (shapes, dtypes, data distribution and seed); a
+:class:`Poison` names the byte written into each padding region.  Both are plain, frozen,
+serialisable data: case files, result streams, strategies and the report read them without
+touching the Triton pipeline (:mod:`harness.pipeline` turns them into operands).
+
+The vocabulary of poisoned padding is defined here once: :data:`POISON_REGIONS` (the byte-valued
+regions), :data:`REGIONS` (those plus ``stale_memory``), :data:`POISON_KINDS` and
+:func:`poison_kind`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from harness import data as data_mod
+from harness.format import BLOCK_SIZE
+
+POISON_REGIONS: tuple[str, ...] = ("m_pad", "n_pad", "k_tail", "data")
+"""Byte-valued padding regions, in :class:`Poison` field order: activation padding rows (m_pad),
+weight padding rows (n_pad), k-blocks past K of both operands (k_tail), packed operand padding (data)."""
+
+REGIONS: tuple[str, ...] = POISON_REGIONS + ("stale_memory",)
+"""Every region a :class:`Poison` can touch: the byte regions and stale device memory (linear level)."""
+
+POISON_KINDS: tuple[str, ...] = ("nan", "max", "zero", "finite", "stale")
+"""Short names of what a poisoned region holds (:func:`poison_kind`; ``stale`` for stale memory)."""
+
+POISON_BYTES = {"nan": 0x7F, "neg_nan": 0xFF, "max": 0x7E, "one": 0x38, "small": 0x08, "zero": 0x00}
+"""Named padding scale bytes: e4m3 NaN (0x7F, 0xFF), 448 (0x7E), 1.0 (0x38), 2^-6 (0x08), 0."""
+
+
+def poison_kind(byte: int) -> str:
+    """A short name for a fill byte, for reports: nan, max, zero, finite."""
+    if byte in (0x7F, 0xFF):
+        return "nan"
+    if byte == 0:
+        return "zero"
+    if byte in (0x7E, 0xFE):
+        return "max"
+    return "finite"
+
+
+@dataclass(frozen=True)
+class Poison:
+    """Bytes written into each padding region (0 everywhere is the clean pipeline).
+
+    m_pad: scale byte of activation padding rows; n_pad: scale byte of weight padding rows;
+    k_tail: scale byte of k-blocks past K (both operands); data: byte of the packed operands'
+    padding rows and columns; stale_memory: (linear level) fill and free device memory with NaN
+    bytes before the call so ``torch.empty`` buffers inside the backend start dirty.
+    """
+    m_pad: int = 0
+    n_pad: int = 0
+    k_tail: int = 0
+    data: int = 0
+    stale_memory: bool = False
+
+    def __post_init__(self) -> None:
+        for name in POISON_REGIONS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255:
+                raise ValueError(f"poison.{name}={v!r}: expected a byte (int 0..255)")
+        if not isinstance(self.stale_memory, bool):
+            raise ValueError(f"poison.stale_memory={self.stale_memory!r}: expected true or false")
+
+    @property
+    def clean(self) -> bool:
+        return self == Poison()
+
+    def regions(self) -> list[str]:
+        """Names of the regions this poison touches."""
+        return [n for n in POISON_REGIONS if getattr(self, n)] + \
+            (["stale_memory"] if self.stale_memory else [])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+CLEAN = Poison()
+
+
+@dataclass(frozen=True)
+class GemmProblem:
+    """A logical NVFP4 GEMM: out[m, n] = A[m, k] @ W[n, k]^T, plus how its data is made."""
+    m: int
+    n: int
+    k: int
+    out_dtype: str = "bfloat16"
+    in_dtype: str = "bfloat16"
+    distribution: str = "normal"
+    seed: int = 0
+    origin: str | None = None          # e.g. "Nemotron-3-Nano-30B-A3B moe_intermediate 1856 / TP4 row"
+    batch: tuple[int, ...] | None = None  # linear level: leading dims of x ([batch, seq] -> m=batch*seq)
+
+    def __post_init__(self) -> None:
+        for name in ("m", "n", "k"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"problem.{name}={v!r}: expected a positive integer")
+        if self.k % BLOCK_SIZE:
+            raise ValueError(f"problem.k={self.k}: expected a multiple of {BLOCK_SIZE} (one e4m3 scale per "
+                             f"{BLOCK_SIZE} elements; a block cannot straddle a shard)")
+        data_mod.parse_dtype(self.out_dtype, "problem.out_dtype")
+        data_mod.parse_dtype(self.in_dtype, "problem.in_dtype")
+        if self.distribution not in data_mod.DISTRIBUTIONS:
+            raise ValueError(f"problem.distribution={self.distribution!r}: expected one of "
+                             f"{list(data_mod.DISTRIBUTIONS)}")
+        if self.batch is not None:
+            prod = 1
+            for b in self.batch:
+                prod *= b
+            if prod != self.m:
+                raise ValueError(f"problem.batch={self.batch}: leading dims multiply to {prod}, not m={self.m}")
+
+    @property
+    def torch_out_dtype(self) -> torch.dtype:
+        return data_mod.parse_dtype(self.out_dtype)
+
+    @property
+    def torch_in_dtype(self) -> torch.dtype:
+        return data_mod.parse_dtype(self.in_dtype)
+
+    def activations(self, device) -> torch.Tensor:
+        return data_mod.generate(self.distribution, (self.m, self.k), 2 * self.seed, self.torch_in_dtype, device)
+
+    def weights(self, device) -> torch.Tensor:
+        return data_mod.generate(self.distribution, (self.n, self.k), 2 * self.seed + 1, self.torch_in_dtype,
+                                 device)
+
+    def bias(self, device) -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(self.seed) + 7919)
+        return torch.randn(self.n, generator=g).to(self.torch_out_dtype).to(device)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["batch"] = list(self.batch) if self.batch is not None else None
+        return d
+
+    def with_(self, **kw) -> "GemmProblem":
+        return replace(self, **kw)

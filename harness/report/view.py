@@ -1,0 +1,424 @@
+"""The report's view: a parsed results directory shaped into what the template shows.
+
+:func:`build_context` turns a :class:`harness.results.RunData` into plain values and inline SVG
+pictures (:mod:`harness.report.svg`): totals, the backend x property matrix, the isolation matrix
+(backend x poisoned region x poison kind), one card per failure with its replay command, error
+plots and Hypothesis statistics.  It reads only the results (JSON) and the vocabulary of
+:mod:`harness.problem` and :mod:`harness.trial`: no kernel, no backend.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import shlex
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from markupsafe import Markup
+
+from harness.problem import POISON_KINDS, POISON_REGIONS, REGIONS, poison_kind
+from harness.report.svg import (OUTCOME_COLORS, GridError, Point, grid_legend_svg, grid_svg, marker_svg,
+                                outcome_bar_svg, parse_grid, scatter_svg, series_styles)
+from harness.results import RunData, is_test_skip, natural_key
+from harness.trial import ISOLATION_PROPERTIES, OUTCOMES, PROPERTIES, json_number
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.cases import Case
+
+MAX_GRIDS = 60
+"""Output pictures drawn per report (the first failures'); keeps a report of a bad run small."""
+
+
+def _parse_time(s: Any) -> _dt.datetime | None:
+    if not isinstance(s, str):
+        return None
+    try:
+        t = _dt.datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith("Z") else s)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h} h {m:02d} min {s:02d} s" if h else f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def _fmt_num(v: Any) -> str:
+    x = json_number(v)
+    if x is None:
+        return "–"
+    if not math.isfinite(x):
+        return "NaN" if math.isnan(x) else ("∞" if x > 0 else "−∞")
+    if x == 0:
+        return "0"
+    return f"{x:.3g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.2e}"
+
+
+def _short_dtype(name: Any) -> str:
+    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(name, str(name))
+
+
+def _problem_text(p: Any) -> str:
+    if not isinstance(p, Mapping):
+        return "–"
+    parts = [f"m={p.get('m')} n={p.get('n')} k={p.get('k')}"]
+    if p.get("batch"):
+        parts.append(f"x shape {list(p['batch']) + [p.get('k')]}")
+    parts.append(f"{_short_dtype(p.get('in_dtype'))} → {_short_dtype(p.get('out_dtype'))}")
+    parts.append(f"{p.get('distribution')} seed {p.get('seed')}")
+    if p.get("origin"):
+        parts.append(str(p["origin"]))
+    return " · ".join(parts)
+
+
+def _poison_text(p: Any) -> str:
+    if not isinstance(p, Mapping):
+        return "–"
+    parts = [f"{k}=0x{int(p[k]):02X} ({poison_kind(int(p[k]))})" for k in POISON_REGIONS
+             if isinstance(p.get(k), int) and p.get(k)]
+    if p.get("stale_memory"):
+        parts.append("stale_memory")
+    return ", ".join(parts) if parts else "clean (no poison)"
+
+
+def _isolation_key(rec: Mapping) -> tuple[str, str] | None:
+    """(region, poison kind) of an isolation record: from ``measure``, else from its poison."""
+    measure = rec.get("measure") if isinstance(rec.get("measure"), Mapping) else {}
+    region, kind = measure.get("region"), measure.get("poison_kind")
+    poison = rec.get("poison") if isinstance(rec.get("poison"), Mapping) else {}
+    if region is None:
+        touched = [k for k in POISON_REGIONS if poison.get(k)]
+        touched += ["stale_memory"] if poison.get("stale_memory") else []
+        region = touched[0] if len(touched) == 1 else None
+    if kind is None and region is not None:
+        if region == "stale_memory":
+            kind = "stale"
+        elif isinstance(poison.get(region), int):
+            kind = poison_kind(poison[region])
+    if region is None or kind is None:
+        return None
+    return str(region), str(kind)
+
+
+def _counts(recs: Iterable[Mapping]) -> dict[str, int]:
+    c = Counter(r.get("outcome") for r in recs)
+    return {k: c.get(k, 0) for k in OUTCOMES}
+
+
+def _cell_class(counts: Mapping[str, int]) -> str:
+    if counts.get("crash"):
+        return "crash"
+    if counts.get("fail"):
+        return "fail"
+    if counts.get("pass"):
+        return "pass"
+    if counts.get("skip"):
+        return "skip"
+    return "empty"
+
+
+def _property_order(names: Iterable[str]) -> list[str]:
+    names = set(names)
+    return [p for p in PROPERTIES if p in names] + sorted(names - set(PROPERTIES))
+
+
+def _env_rows(env: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    if not isinstance(env, Mapping):
+        return []
+    labels = [("gpu_name", "GPU"), ("compute_capability", "SM"), ("gpu_count", "GPUs"), ("driver", "driver"),
+              ("cuda", "CUDA"), ("torch", "torch"), ("triton", "triton"), ("flashinfer", "flashinfer"),
+              ("hypothesis", "hypothesis"), ("python", "python"), ("device", "device"),
+              ("interpreter", "Triton interpreter")]
+    rows = []
+    for key, label in labels:
+        if key in env:
+            v = env[key]
+            if key == "compute_capability" and isinstance(v, int):
+                v = f"SM{v} ({v // 10}.{v % 10})"
+            rows.append((label, "–" if v is None else str(v)))
+    rows += [(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in env.items()
+             if k not in dict(labels)]
+    return rows
+
+
+def _worker_rows(session: Mapping | None, records: list[dict]) -> list[dict[str, Any]]:
+    workers: dict[str, Any] = dict(session.get("workers") or {}) if isinstance(session, Mapping) else {}
+    by_worker: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_worker[str(r.get("worker", "?"))].append(r)
+    rows = []
+    for name in sorted(set(workers) | set(by_worker), key=lambda w: natural_key(Path(w))):
+        info = workers.get(name) if isinstance(workers.get(name), Mapping) else {}
+        env = info.get("environment") if isinstance(info.get("environment"), Mapping) else {}
+        cc = env.get("compute_capability")
+        gpu = info.get("gpu")
+        rows.append({"name": name, "gpu": "–" if gpu is None else gpu, "gpu_name": env.get("gpu_name") or env.get("device")
+                     or "–", "sm": f"SM{cc}" if cc else "–", "counts": _counts(by_worker.get(name, []))})
+    return rows
+
+
+def _failure_view(idx: int, rec: Mapping | None, case: "Case | None", case_ref: str | None,
+                  warnings: list[str]) -> dict[str, Any]:
+    """What the template shows of one failure (a record, its case file, or both)."""
+    rec = rec or {}
+    measure = rec.get("measure") if isinstance(rec.get("measure"), Mapping) else {}
+    observed = case.observed if case is not None else {}
+    problem = rec.get("problem") or (case.problem.to_dict() if case is not None else None)
+    poison = rec.get("poison") or (case.poison.to_dict() if case is not None else None)
+    details = []
+    for key in ("max_err_units", "max_err_abs"):
+        v = measure.get(key, observed.get(key))
+        if v is not None:
+            details.append((key, _fmt_num(v)))
+    for key in ("nan_rows", "changed_rows", "changed_cols"):
+        v = measure.get(key, observed.get(key))
+        if v:
+            shown = ", ".join(str(x) for x in list(v)[:24]) + (f" … ({len(v)} in all)" if len(v) > 24 else "")
+            details.append((key, shown))
+    for key in ("argmax", "region", "poison_kind", "classification"):
+        v = measure.get(key, observed.get(key))
+        if v is not None:
+            details.append((key, str(v)))
+    grid_html: Markup | None = None
+    grid_note = ""
+    if "grid" in measure and idx > MAX_GRIDS:
+        grid_note = f"output picture left out: only the first {MAX_GRIDS} failures get one"
+    elif "grid" in measure:
+        try:
+            g = parse_grid(measure["grid"])
+            grid_html = grid_svg(g, f"f{idx}", max_width=520)
+            steps = "" if g.row_step == g.col_step == 1 else \
+                f"; one cell = {g.row_step} row(s) × {g.col_step} column(s)"
+            grid_note = (f"output {g.m} × {g.n} real"
+                         f"{f' + {g.rows - g.real_rows} padding row(s)' if g.rows > g.real_rows else ''}"
+                         f"{f' + {g.cols - g.real_cols} padding column(s)' if g.cols > g.real_cols else ''}{steps}")
+        except GridError as exc:
+            warnings.append(f"{rec.get('_source', case_ref)}: measure.grid not drawn: {exc}")
+    replay = case.replay if case is not None else None
+    rerun = None
+    if replay is None and rec.get("test"):
+        rerun = f"python -m pytest {shlex.quote(str(rec['test']))}"
+    summary = rec.get("reason") or (observed.get("summary") if observed else "") or "(no summary recorded)"
+    return {
+        "idx": idx, "anchor": f"f{idx}",
+        "outcome": rec.get("outcome", "fail"),
+        "backend": rec.get("backend") or (case.backend if case is not None else "?"),
+        "property": rec.get("property") or (case.property if case is not None else "?"),
+        "level": rec.get("level") or (case.level if case is not None else ""),
+        "test": rec.get("test"), "source": rec.get("_source"), "time": rec.get("time"),
+        "summary": summary, "problem": _problem_text(problem), "poison": _poison_text(poison),
+        "a_layout": rec.get("a_layout") or (case.a_layout.value if case is not None and case.a_layout else None),
+        "details": details, "grid": grid_html, "grid_note": grid_note,
+        "case_ref": case_ref, "case_id": case.id if case is not None else None,
+        "expect": case.expect if case is not None else None,
+        "tracks": case.tracks if case is not None else None,
+        "note": case.note if case is not None else None,
+        "replay": replay, "rerun": rerun, "from_record": bool(rec),
+    }
+
+
+def build_context(run: RunData) -> dict[str, Any]:
+    """The template's variables for one parsed results directory (see ``report.html.j2``).
+
+    Problems found on the way (totals that disagree with session.json, missing case files, records
+    that name no poisoned region, grids that cannot be drawn) go into ``warnings``, never raise."""
+    all_records = run.records
+    warnings = list(run.warnings)
+    session = run.session or {}
+    test_skips = [r for r in all_records if is_test_skip(r)]
+    records = [r for r in all_records if not is_test_skip(r)]  # executed cases only
+    totals = _counts(records)  # cases (a "skip" here is an example the backend refused)
+
+    # the run's time
+    started, finished = _parse_time(session.get("started")), _parse_time(session.get("finished"))
+    rec_times = sorted(t for t in (_parse_time(r.get("time")) for r in all_records) if t is not None)
+    if started is None and rec_times:
+        started = rec_times[0]
+    duration = _duration((finished - started).total_seconds()) if started and finished else None
+    session_totals = session.get("totals") if isinstance(session.get("totals"), Mapping) else None
+    if session_totals:
+        read = _counts(all_records)
+        differs = {k: (session_totals.get(k, 0), read[k]) for k in OUTCOMES if session_totals.get(k, 0) != read[k]}
+        if differs:
+            warnings.append("session.json totals differ from the records read: " + ", ".join(
+                f"{k} {a} vs {b}" for k, (a, b) in differs.items()) + " (records lost to a crash or a truncated line?)")
+
+    # backends x properties
+    backends = sorted({str(r.get("backend", "?")) for r in all_records})
+    styles = series_styles(backends)  # a distinct (colour, marker) per backend, however many
+    markers = {b: marker_svg(st) for b, st in styles.items()}
+    props = _property_order(str(r.get("property", "?")) for r in all_records)
+    by_cell: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    skipped_cell: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    levels: dict[str, str] = {}
+    for r in all_records:
+        key = (str(r.get("backend", "?")), str(r.get("property", "?")))
+        (skipped_cell if is_test_skip(r) else by_cell)[key].append(r)
+        levels.setdefault(str(r.get("backend", "?")), str(r.get("level", "")))
+
+    # failures: records with outcome fail/crash, joined with their case files; unreferenced case files too
+    failures = []
+    referenced: set[str] = set()
+    first_failure: dict[tuple[str, str], str] = {}
+    failing = [r for r in records if r.get("outcome") in ("fail", "crash")]
+    failing.sort(key=lambda r: (r.get("outcome") == "crash", str(r.get("backend")),
+                                props.index(str(r.get("property", "?"))), str(r.get("time"))))
+    for r in failing:
+        ref = r.get("case_file")
+        case = run.cases.get(ref) if isinstance(ref, str) else None
+        if isinstance(ref, str):
+            referenced.add(ref)
+            if case is None:
+                warnings.append(f"{r.get('_source')}: case file {ref} is missing or invalid; no replay command")
+        view = _failure_view(len(failures) + 1, r, case, ref, warnings)
+        failures.append(view)
+        first_failure.setdefault((view["backend"], view["property"]), view["anchor"])
+    orphans = [(ref, c) for ref, c in run.cases.items() if ref not in referenced]
+    for ref, case in orphans:
+        failures.append(_failure_view(len(failures) + 1, None, case, ref, warnings))
+
+    matrix = []
+    for b in backends:
+        cells = []
+        for p in props:
+            c = _counts(by_cell.get((b, p), []))
+            skipped = skipped_cell.get((b, p), [])
+            cls = _cell_class(c)
+            title = f"{b} · {p}: " + ", ".join(f"{v} {'refused' if k == 'skip' else k}" for k, v in c.items() if v)
+            if skipped and cls == "empty":
+                cls = "skip"
+                title = f"{b} · {p}: test skipped: {skipped[0].get('reason') or '(no reason given)'}"
+            cells.append({"counts": c, "cls": cls, "link": first_failure.get((b, p)), "title": title,
+                          "test_skipped": bool(skipped) and not any(c.values())})
+        skips = Counter(str(r.get("reason") or "(no reason given)") for p in props
+                        for r in skipped_cell.get((b, p), []) + [x for x in by_cell.get((b, p), [])
+                                                                 if x.get("outcome") == "skip"])
+        matrix.append({"backend": b, "level": levels.get(b, ""), "marker": markers[b], "cells": cells,
+                       "totals": _counts(r for p in props for r in by_cell.get((b, p), [])),
+                       "tests_skipped": sum(len(skipped_cell.get((b, p), [])) for p in props),
+                       "skip_reasons": skips.most_common()})
+
+    # isolation: backend x region x poison kind
+    iso: dict[str, dict[tuple[str, str], list[dict]]] = defaultdict(lambda: defaultdict(list))
+    unplaced = 0
+    for r in records:
+        if r.get("property") in ISOLATION_PROPERTIES:
+            key = _isolation_key(r)
+            if key is None:
+                unplaced += r.get("outcome") != "skip"  # a skip before poisoning names no region
+                continue
+            iso[str(r.get("backend", "?"))][key].append(r)
+    if unplaced:
+        warnings.append(f"{unplaced} isolation record(s) name no single poisoned region / poison kind "
+                        f"(measure.region, measure.poison_kind); left out of the isolation matrix")
+    isolation = []
+    for b in sorted(iso):
+        regions = list(REGIONS) + sorted({k[0] for k in iso[b]} - set(REGIONS))
+        kinds = list(POISON_KINDS) + sorted({k[1] for k in iso[b]} - set(POISON_KINDS))
+        rows = []
+        for region in regions:
+            cells = []
+            for kind in kinds:
+                recs = iso[b].get((region, kind), [])
+                c = _counts(recs)
+                props_seen = sorted({str(r.get("property")) for r in recs})
+                cells.append({"counts": c, "cls": _cell_class(c),
+                              "title": f"{b} · {region} · {kind}: " + (", ".join(
+                                  f"{v} {k}" for k, v in c.items() if v) or "not tested")
+                              + (f" ({', '.join(props_seen)})" if props_seen else "")})
+            rows.append({"region": region, "cells": cells})
+        # rows and columns that are empty for every cell carry no information: left out
+        keep_cols = [j for j in range(len(kinds)) if any(row["cells"][j]["cls"] != "empty" for row in rows)]
+        rows = [{"region": row["region"], "cells": [row["cells"][j] for j in keep_cols]}
+                for row in rows if any(row["cells"][j]["cls"] != "empty" for j in keep_cols)]
+        isolation.append({"backend": b, "marker": markers.get(b, ""), "kinds": [kinds[j] for j in keep_cols],
+                          "rows": rows})
+
+    # error versus m and K (reference agreement)
+    pts_m, pts_k = [], []
+    nonfinite = 0
+    for r in records:
+        if r.get("property") != "reference_agreement" or r.get("outcome") not in ("pass", "fail"):
+            continue
+        measure = r.get("measure") if isinstance(r.get("measure"), Mapping) else {}
+        p = r.get("problem") if isinstance(r.get("problem"), Mapping) else {}
+        err = json_number(measure.get("max_err_units"))
+        if "max_err_units" not in measure or measure.get("max_err_units") is None:
+            continue
+        if err is not None and not math.isfinite(err):
+            nonfinite += 1
+            err = None
+        b = str(r.get("backend", "?"))
+        label = f"{b}: m={p.get('m')} n={p.get('n')} k={p.get('k')} err={_fmt_num(measure.get('max_err_units'))}"
+        failed = r.get("outcome") == "fail"
+        if isinstance(p.get("m"), int):
+            pts_m.append(Point(p["m"], err, b, failed, label))
+        if isinstance(p.get("k"), int):
+            pts_k.append(Point(p["k"], err, b, failed, label))
+    plot_backends = sorted({pt.series for pt in pts_m + pts_k})
+    plots = None
+    if pts_m or pts_k:
+        plots = {
+            "m": scatter_svg(pts_m, styles, x_label="m (rows)", y_label="max error / bound"),
+            "k": scatter_svg(pts_k, styles, x_label="K", y_label="max error / bound"),
+            "n_points": len(pts_m), "nonfinite": nonfinite,
+            "legend": [(b, markers[b]) for b in plot_backends],
+        }
+
+    # Hypothesis
+    hyp_cols = ["test", "examples", "passing", "failing", "invalid", "runtime_s", "stop_reason"]
+    hypothesis = None
+    hypothesis_skipped: list[tuple[str, int]] = []
+    if run.hypothesis is not None:
+        # a test whose only record is its skip ran no example: counted by reason, not listed
+        skipped_tests = {str(r.get("test")): str(r.get("reason") or "(no reason given)") for r in test_skips}
+        ran = {str(r.get("test")) for r in records}
+        hypothesis, reasons = [], Counter()
+        for row in run.hypothesis:
+            test = str(row.get("test"))
+            if test in skipped_tests and test not in ran:
+                reasons[skipped_tests[test]] += 1
+                continue
+            hypothesis.append([_fmt_cell(row.get(c), c) for c in hyp_cols])
+        hypothesis_skipped = reasons.most_common()
+
+    env = session.get("environment") if isinstance(session.get("environment"), Mapping) else None
+    total_time = sum(json_number(r.get("duration_s")) or 0.0 for r in records)
+    command = session.get("command") if isinstance(session.get("command"), str) else None
+    if command is None and session.get("argv"):
+        command = shlex.join(["python", "-m", "pytest", *(str(a) for a in session.get("argv") or [])])
+    return {
+        "title": "NVFP4 harness report",
+        "results_dir": str(run.results_dir),
+        "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "started": started.strftime("%Y-%m-%d %H:%M:%S UTC") if started else None,
+        "finished": finished.strftime("%Y-%m-%d %H:%M:%S UTC") if finished else None,
+        "duration": duration, "profile": session.get("profile"),
+        "argv": command,
+        "totals": totals, "n_records": len(records), "n_test_skips": len(test_skips),
+        "test_time": _duration(total_time),
+        "outcome_bar": outcome_bar_svg(totals), "outcome_colors": OUTCOME_COLORS,
+        "environment": _env_rows(env), "workers": _worker_rows(run.session, records),
+        "properties": props, "matrix": matrix,
+        "isolation": isolation, "regions": REGIONS, "outcomes": OUTCOMES,
+        "failures": failures, "grid_legend": grid_legend_svg("legend"),
+        "plots": plots,
+        "hypothesis": hypothesis, "hypothesis_cols": hyp_cols, "hypothesis_skipped": hypothesis_skipped,
+        "n_cases": len(run.cases),
+        "warnings": warnings,
+    }
+
+
+def _fmt_cell(v: Any, col: str) -> str:
+    if v is None:
+        return "–"
+    if col == "runtime_s" and json_number(v) is not None:
+        return f"{json_number(v):.2f}"
+    return str(v)
