@@ -139,6 +139,9 @@ def _ensure_loaded() -> None:
     if _LOADED:
         return
     _LOADED = True
+    # the Triton interpreter is chosen when harness.kernels is imported, and that must happen before
+    # any backend module imports triton (Triton reads the choice once; see harness/kernels/__init__.py)
+    importlib.import_module("harness.kernels")
     for modname in BUILTIN_MODULES + (MUTANT_MODULE,):
         try:
             mod = importlib.import_module(modname)
