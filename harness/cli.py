@@ -176,7 +176,18 @@ def cmd_fuzz(args) -> int:
     print(f"run directory: {run_dir}", flush=True)
     env = {**os.environ, "NVFP4_HARNESS_FROM_CLI": "1", "NVFP4_HARNESS_COMMAND": args.command_line}
     # the user's working directory: relative paths (.hypothesis/, plugins) mean what they typed
-    rc = subprocess.call(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env)
+    interrupted = False
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C: pytest got it too; let it close its session, keep what it recorded
+        interrupted = True
+        print("\nnvfp4-harness: interrupted; waiting for pytest to finish its session", file=sys.stderr, flush=True)
+        try:
+            rc = proc.wait(timeout=120)
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            proc.kill()
+            rc = proc.wait()
     from harness.report import render_report
 
     if run_dir.is_dir() and any(run_dir.glob("results-*.jsonl")):
@@ -187,6 +198,9 @@ def cmd_fuzz(args) -> int:
         print(f"nvfp4-harness: error: no results were recorded in {run_dir} (pytest exit status {rc})",
               file=sys.stderr)
         return rc or 1
+    if interrupted:
+        print("nvfp4-harness: interrupted: the report shows the cases recorded until then", file=sys.stderr)
+        return 130
     # pytest: 0 all passed, 1 some failed; both mean the job ran. Anything else is an error.
     return rc
 

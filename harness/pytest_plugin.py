@@ -271,9 +271,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     res = os.environ.get(_RESULTS_ENV)
     terminalreporter.write_sep("=", "nvfp4-harness")
     hint = "" if os.environ.get(_FROM_CLI_ENV) else f" (report: nvfp4-harness report {res} -o {res}/report.html)"
+    records, _ = results.load_results(res)
+    cases = results.totals([r for r in records if not results.is_test_skip(r)])
+    n_skipped = sum(1 for r in records if results.is_test_skip(r))
+    # cases (executed examples) and whole tests skipped before any example are different units
     terminalreporter.write_line(
-        f"cases: {tot['pass']} passed, {tot['fail']} failed, {tot['skip']} skipped, {tot['crash']} crashed; "
-        f"results in {res}{hint}")
+        f"cases: {cases['pass']} passed, {cases['fail']} failed, {cases['crash']} crashed, {cases['skip']} refused "
+        f"by the backend; {n_skipped} tests skipped before any example; results in {res}{hint}")
     for w in results.read_workers(res):
         e = w.get("environment", {})
         phys = w.get("physical_gpu") or {}

@@ -376,3 +376,32 @@ def test_selftest_budget_stops_the_search_between_examples() -> None:
     assert any("budget of 1e-09 s spent" in n for n in score.notes), score.notes
     board = scoreboard([score])
     assert "SURVIVED" not in board and "not caught before the budget ran out" in board
+
+
+def test_ctrl_c_keeps_the_recorded_cases_and_writes_the_report(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) during a fuzz run: pytest closes its session,
+    the report of what was recorded is written, exit status 130, no traceback."""
+    import signal
+    import time
+
+    (tmp_path / "slow.py").write_text(SLOW_PLUGIN)
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "fuzz", "--plugin", "slow.py", "--backends",
+                             "example-slow-gemm", "--properties", "reference_agreement", "--examples", "500",
+                             "--profile", "ci", "-n", "0", "--results", "res", "--report", "r.html"],
+                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        streams = list((tmp_path / "res").glob("*/results-*.jsonl")) if (tmp_path / "res").is_dir() else []
+        if streams and streams[0].read_text().count("\n") >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, (out[-2000:], err[-2000:])
+    assert "Traceback" not in err and "interrupted" in err, err[-2000:]
+    recs = _records(tmp_path / "res" / "latest")
+    assert len(recs) >= 2
+    html = (tmp_path / "r.html").read_text()
+    assert re.search(rf'<div class="big">{len(recs)}</div>cases run', html)
