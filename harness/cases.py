@@ -19,7 +19,14 @@ Schema ``nvfp4-harness/case/1``::
                   "changed_rows"?: [int], "changed_cols"?: [int], "region"?: str | null, ...},
      "digest"?: sha256 hex | null, "note"?: str | null,
      "expect": "pass" | "xfail", "tracks"?: str | null,
+     "reproduced"?: [{"date": "YYYY-MM-DD", "arch": "SM90" | "cpu", "gpu_name"?: str | null,
+                      "versions": {library: version}}],
      "replay": "nvfp4-harness replay path/to/case.json"}
+
+``reproduced`` lists where the failure was seen (upstream tracking, :mod:`harness.tracking`): the
+date, the GPU architecture and the versions of the libraries involved.  Files written before it
+existed load unchanged; for them the tracking reads the same facts from ``environment`` and
+``created``.
 
 The trial's keys (backend, property, problem, poison, a_layout, tp, parallel) are written by
 :meth:`harness.trial.Trial.to_dict`.  Keys marked ``?`` may be left out (they read as null, [] for
@@ -61,13 +68,14 @@ PARALLEL = ("column", "row")
 
 _TOP_REQUIRED = ("schema", "id", "created", "backend", "level", "property", "problem", "poison",
                  "environment", "observed", "expect", "replay")
-_TOP_OPTIONAL = ("a_layout", "tp", "parallel", "digest", "note", "tracks")
+_TOP_OPTIONAL = ("a_layout", "tp", "parallel", "digest", "note", "tracks", "reproduced")
 _TOP_ORDER = ("schema", "id", "created", "backend", "level", "property", "problem", "poison", "a_layout",
-              "tp", "parallel", "environment", "observed", "digest", "note", "expect", "tracks", "replay")
+              "tp", "parallel", "environment", "observed", "digest", "note", "expect", "tracks", "reproduced",
+              "replay")
 _PROBLEM_REQUIRED = ("m", "n", "k", "out_dtype", "in_dtype", "distribution", "seed")
 _PROBLEM_OPTIONAL = ("origin", "batch")
 _ENV_STR_FIELDS = ("device", "gpu_name", "driver", "cuda", "torch", "triton", "flashinfer", "hypothesis",
-                   "python")
+                   "python", "torchao", "compressed_tensors")
 _ENV_INT_FIELDS = ("compute_capability", "gpu_count")
 _OBSERVED_INT_LISTS = ("nan_rows", "changed_rows", "changed_cols")
 
@@ -112,13 +120,15 @@ class Case:
     tracks: str | None = None
     replay: str = ""
     """The one-line replay command; :func:`save_case` fills it in when empty."""
+    reproduced: list[dict[str, Any]] = field(default_factory=list)
+    """Where the failure was seen: ``{"date", "arch", "gpu_name", "versions"}`` per sighting."""
 
     @classmethod
     def create(cls, *, backend: str, level: str, property: str, problem: GemmProblem, poison: Poison,
                observed: Mapping[str, Any], a_layout: ScaleLayout | str | None = None,
                environment: Mapping[str, Any] | None = None, digest: str | None = None,
                note: str | None = None, expect: str = "pass", tracks: str | None = None, tp: int = 1,
-               parallel: str = "column") -> "Case":
+               parallel: str = "column", reproduced: list[Mapping[str, Any]] | None = None) -> "Case":
         """A new case stamped with its content id, the current UTC time and (by default) this process's
         environment.  Its ``replay`` command is filled in by :func:`save_case`."""
         layout = ScaleLayout.parse(a_layout) if a_layout is not None else None
@@ -130,7 +140,8 @@ class Case:
                    created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                    backend=backend, level=level, property=property, problem=problem, poison=poison,
                    observed=dict(observed), a_layout=layout, tp=tp, parallel=parallel,  # type: ignore[arg-type]
-                   environment=dict(environment), digest=digest, note=note, expect=expect, tracks=tracks)
+                   environment=dict(environment), digest=digest, note=note, expect=expect, tracks=tracks,
+                   reproduced=[dict(r) for r in reproduced or ()])
 
     @classmethod
     def from_trial(cls, trial: Trial, *, level: str, observed: Mapping[str, Any], **kw: Any) -> "Case":
@@ -158,9 +169,11 @@ class Case:
             "note": self.note,
             "expect": self.expect,
             "tracks": self.tracks,
+            "reproduced": [dict(r) for r in self.reproduced],
             "replay": self.replay,
         }
-        return {key: doc[key] for key in _TOP_ORDER}
+        # files without sightings keep the layout they always had
+        return {key: doc[key] for key in _TOP_ORDER if key != "reproduced" or self.reproduced}
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "<dict>", *, check_backend: bool = True) -> "Case":
@@ -451,11 +464,13 @@ def _parse(d: Any, source: str, check_backend: bool) -> Case:
     replay = c.string(doc["replay"], "replay")
     if "\n" in replay:
         raise c.fail("replay", replay, "a one-line command")
+    reproduced = _parse_reproduced(c, doc.get("reproduced"))
 
     return Case(id=case_id_, created=created, backend=backend, level=level, property=prop,  # type: ignore[arg-type]
                 problem=problem, poison=poison, observed=observed, a_layout=layout, tp=tp,  # type: ignore[arg-type]
                 parallel=parallel, environment=environment,
-                digest=digest, note=note, expect=expect, tracks=tracks, replay=replay)  # type: ignore[arg-type]
+                digest=digest, note=note, expect=expect, tracks=tracks, replay=replay,  # type: ignore[arg-type]
+                reproduced=reproduced)
 
 
 def _check_backend(c: _Checker, name: str, level: str) -> None:
@@ -533,3 +548,31 @@ def _parse_observed(c: _Checker, d: Any) -> dict[str, Any]:
     if "region" in obs:
         c.string(obs["region"], "observed.region", nullable=True)
     return obs
+
+
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+_ARCH_RE = re.compile(r"^(SM\d{2,3}|cpu)$")
+
+
+def _parse_reproduced(c: _Checker, d: Any) -> list[dict[str, Any]]:
+    if d is None:
+        return []
+    if not isinstance(d, list):
+        raise c.fail("reproduced", d, "a list of sightings ({date, arch, gpu_name, versions}) or null")
+    out = []
+    for i, entry in enumerate(d):
+        path = f"reproduced[{i}]"
+        e = c.obj(entry, path, ("date", "arch", "versions"), ("gpu_name",))
+        date = c.string(e["date"], f"{path}.date")
+        if not _DATE_RE.match(date):
+            raise c.fail(f"{path}.date", date, "a date as YYYY-MM-DD")
+        arch = c.string(e["arch"], f"{path}.arch")
+        if not _ARCH_RE.match(arch):
+            raise c.fail(f"{path}.arch", arch, "a GPU architecture such as 'SM90', or 'cpu'")
+        c.string(e.get("gpu_name"), f"{path}.gpu_name", nullable=True)
+        versions = e["versions"]
+        if not isinstance(versions, dict) or not all(isinstance(k, str) and isinstance(v, str) and v
+                                                     for k, v in versions.items()):
+            raise c.fail(f"{path}.versions", versions, "an object of library name -> version string")
+        out.append({"date": date, "arch": arch, "gpu_name": e.get("gpu_name"), "versions": dict(versions)})
+    return out

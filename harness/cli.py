@@ -6,6 +6,8 @@
   nvfp4-harness promote CASE.json --name N          copy a case into regressions/
   nvfp4-harness report RESULTS_DIR -o FILE          render the HTML report
   nvfp4-harness selftest                            prove the oracle against planted bugs
+  nvfp4-harness record-verified RESULTS_DIR         record where each backend computed (bench/verified.json)
+  nvfp4-harness sanitize [CASES|DIRS] [--sample N]  rerun cases under compute-sanitizer
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_VERIFIED = REPO_ROOT / "bench" / "verified.json"
 
 
 class UsageError(Exception):
@@ -68,12 +71,18 @@ def cmd_backends(args) -> int:
     from harness import env
     from harness.backends import registry
 
+    from harness import verified
+
     _load_plugins(args.plugin)
     e = env.current()
+    record = verified.load(args.verified)
     rows = []
     for b in registry.all_backends(include_mutants=args.mutants):
         s = b.support(e)
-        rows.append({**b.describe(), "available": bool(s), "reason": s.reason})
+        rows.append({**b.describe(), "available": bool(s), "reason": s.reason,
+                     "verified": [x.to_dict() for x in record.get(b.name, [])],
+                     "ever_computed": verified.ever_computed(b.name, record),
+                     "verified_summary": verified.describe(b.name, record)})
     if args.json:
         print(json.dumps({"environment": e.to_dict(), "backends": rows,
                           "load_errors": registry.load_errors()}, indent=2))
@@ -104,9 +113,12 @@ def _backend_table(rows: list[dict], level: str) -> str:
                 for r in rows]
     widths = [max(len(str(x[i])) for x in (head, *body)) for i in range(len(head) - 1)]
     lines = []
-    for row in (head, *body):
+    for i, row in enumerate((head, *body)):
         cells = [f"{str(c):<{w}}" for c, w in zip(row, widths)] + [str(row[-1])]
         lines.append(("  " + "  ".join(cells)).rstrip())
+        r = rows[i - 1] if i else None
+        if r is not None and r.get("verified_summary") and not r["name"].startswith("mutant-"):
+            lines.append(" " * (4 + widths[0]) + r["verified_summary"])  # under the "runs" column
     return "\n".join(lines)
 
 
@@ -209,6 +221,10 @@ def cmd_replay(args) -> int:
     from harness.replay import replay
 
     _load_plugins(args.plugin)
+    if args.sanitize:
+        from harness.sanitizer.run import replay_command_line
+
+        return replay_command_line(args.case, backend=args.backend, tool=args.tool, sanitizer=args.sanitizer)
     r = replay(_user_path(args.case), backend=args.backend)
     print(r.diagnosis())
     return r.exit_code
@@ -238,11 +254,36 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_sanitize(args) -> int:
+    from harness.sanitizer.run import command
+
+    _load_plugins(args.plugin)
+    return command(args.targets, sample=args.sample, backends=args.backends, seed=args.seed,
+                   tools=args.tool or None, results=args.results, sanitizer=args.sanitizer,
+                   timeout_s=args.timeout, run_selftest=args.selftest, plugins=args.plugin)
+
+
 def cmd_selftest(args) -> int:
     from harness.selftest import main as selftest_main
 
     return selftest_main(budget_s=args.budget, examples=args.examples, mutants=args.mutant,
                          json_out=_user_path(args.json) if args.json else None)
+
+
+def cmd_record_verified(args) -> int:
+    from harness import verified
+
+    d = Path(args.results_dir)
+    if not d.is_dir():
+        raise UsageError(f"RESULTS_DIR {str(d)!r}: no such directory (expected the folder a fuzz or test run wrote)")
+    new = verified.update_from_results(d, args.file, source=args.source)
+    if not new:
+        print(f"{d}: no backend computed a case in this run; {args.file} left as it was")
+        return 0
+    for name, entry in sorted(new.items()):
+        print(f"{name}: {entry.describe()}")
+    print(f"recorded {len(new)} backends in {args.file}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mutants", action="store_true", help="include the planted-bug backends")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.add_argument("--plugin", action="append", default=[], help="backend plugin module or .py file")
+    b.add_argument("--verified", default=str(DEFAULT_VERIFIED), help="verification record (default: %(default)s)")
     b.set_defaults(func=cmd_backends)
 
     f = sub.add_parser("fuzz", help="run the property suite (pytest -n) and write the HTML report")
@@ -277,7 +319,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("case", help="case file (JSON)")
     r.add_argument("--backend", default=None, help="run the case on another backend")
     r.add_argument("--plugin", action="append", default=[], help="backend plugin module or .py file")
+    r.add_argument("--sanitize", action="store_true", help="rerun it under compute-sanitizer instead")
+    r.add_argument("--tool", default="memcheck", choices=("memcheck", "initcheck", "racecheck"),
+                   help="compute-sanitizer tool for --sanitize (default memcheck)")
+    r.add_argument("--sanitizer", default=None, help="path of compute-sanitizer (default: PATH, CUDA_HOME)")
     r.set_defaults(func=cmd_replay)
+
+    sz = sub.add_parser("sanitize", help="rerun cases under compute-sanitizer (padding left unwritten)")
+    sz.add_argument("targets", nargs="*", help="case files or directories of case files (e.g. regressions/cases)")
+    sz.add_argument("--sample", type=int, default=0, help="also draw N cases per backend from the strategies")
+    sz.add_argument("--backends", default="all", help="for --sample: comma-separated names, 'all' (those that "
+                                                      "run here) or 'mutants' (the sanitizer-only mutants)")
+    sz.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
+    sz.add_argument("--tool", action="append", choices=("memcheck", "initcheck", "racecheck"),
+                    help="compute-sanitizer tool (repeatable; default memcheck)")
+    sz.add_argument("--results", default="results/sanitizer", help="results directory (default results/sanitizer)")
+    sz.add_argument("--sanitizer", default=None, help="path of compute-sanitizer (default: PATH, CUDA_HOME)")
+    sz.add_argument("--timeout", type=float, default=600.0, help="seconds per case and tool (default 600)")
+    sz.add_argument("--selftest", action="store_true", help="check that each sanitizer-only mutant is caught")
+    sz.add_argument("--plugin", action="append", default=[], help="backend plugin module or .py file")
+    sz.set_defaults(func=cmd_sanitize)
 
     pr = sub.add_parser("promote", help="copy a case into the regression corpus")
     pr.add_argument("case")
@@ -301,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mutant", action="append", default=None, help="only this mutant (repeatable)")
     s.add_argument("--json", default=None, help="also write the scoreboard as JSON here")
     s.set_defaults(func=cmd_selftest)
+
+    v = sub.add_parser("record-verified", help="record where each backend computed, from a results directory")
+    v.add_argument("results_dir", help="results directory of a fuzz or test run (session.json, results-*.jsonl)")
+    v.add_argument("--file", default=str(DEFAULT_VERIFIED), help="verification record (default: %(default)s)")
+    v.add_argument("--source", default=None, help="where the evidence is kept (default: the directory's name and date)")
+    v.set_defaults(func=cmd_record_verified)
     return p
 
 

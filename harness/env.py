@@ -10,7 +10,6 @@ import functools
 import importlib.metadata
 import importlib.util
 import os
-import re
 import platform
 from dataclasses import asdict, dataclass
 
@@ -28,27 +27,43 @@ def configure_triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _version(dist: str) -> str | None:
+#: distribution name -> import name, where they differ
+_MODULE_OF = {"flashinfer-python": "flashinfer", "compressed-tensors": "compressed_tensors"}
+
+
+def library_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist`` (e.g. ``"flashinfer-python"``), or None when
+    it is not installed.
+
+    From the package metadata (``importlib.metadata``) or, where there is none (a package copied
+    onto ``PYTHONPATH`` without its dist-info, as FlashInfer travels to the GPU nodes), from the
+    module's own ``__version__`` after importing it, marked ``"(no package metadata)"``.  Never
+    parsed out of source files: a fallback literal there (FlashInfer's ``version.py`` holds
+    ``"0.0.0+unknown"`` for the case its build metadata is missing) is not the version.
+    """
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         pass
-    # a package copied without its metadata (e.g. a slimmed wheel on PYTHONPATH): read its version
-    # file rather than importing it (importing flashinfer takes seconds)
-    module = {"flashinfer-python": "flashinfer"}.get(dist, dist.replace("-", "_"))
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
+    module = _MODULE_OF.get(dist, dist.replace("-", "_"))
+    if importlib.util.find_spec(module) is None:
         return None
-    for loc in spec.submodule_search_locations:
-        for name in ("version.py", "_build_meta.py", "__init__.py"):
-            try:
-                text = open(os.path.join(loc, name), encoding="utf-8").read()
-            except OSError:
-                continue
-            m = re.search(r"""__version__\s*=\s*["']([^"']+)["']""", text)
-            if m:
-                return m.group(1) + " (no package metadata)"
-    return None
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - present but broken: say so rather than guess
+        return f"unknown (no package metadata; import failed: {type(exc).__name__})"
+    ver = getattr(mod, "__version__", None)
+    if not isinstance(ver, str) or not ver:
+        return "unknown (no package metadata, no __version__)"
+    return f"{ver} (no package metadata)"
+
+
+_version = library_version
+
+
+def bare_version(version: str | None) -> str | None:
+    """``"0.7.4"`` from ``"0.7.4 (no package metadata)"``; None stays None."""
+    return version.split(" ", 1)[0] if version else version
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,8 @@ class Environment:
     hypothesis: str | None
     python: str
     interpreter: bool
+    torchao: str | None = None
+    compressed_tensors: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +91,15 @@ class Environment:
         import torch
 
         return torch.device(self.device)
+
+    def arch(self) -> str:
+        """``"SM90"`` on a GPU of compute capability 9.0, ``"cpu"`` without one."""
+        return f"SM{self.compute_capability}" if self.device == "cuda" else "cpu"
+
+    def library_versions(self) -> dict[str, str | None]:
+        """torch, triton, flashinfer, torchao, compressed_tensors -> version (None: not installed)."""
+        return {"torch": self.torch, "triton": self.triton, "flashinfer": self.flashinfer,
+                "torchao": self.torchao, "compressed_tensors": self.compressed_tensors}
 
     def summary(self) -> str:
         where = f"{self.gpu_name} (SM{self.compute_capability})" if self.device == "cuda" else \
@@ -128,8 +154,10 @@ def current() -> Environment:
             device="cuda", gpu_name=torch.cuda.get_device_name(idx), compute_capability=major * 10 + minor,
             gpu_count=torch.cuda.device_count(), driver=_driver_version(), cuda=torch.version.cuda,
             torch=torch.__version__, triton=_version("triton"), flashinfer=_version("flashinfer-python"),
-            hypothesis=_version("hypothesis"), python=platform.python_version(), interpreter=interp)
+            hypothesis=_version("hypothesis"), python=platform.python_version(), interpreter=interp,
+            torchao=_version("torchao"), compressed_tensors=_version("compressed-tensors"))
     return Environment(
         device="cpu", gpu_name=None, compute_capability=None, gpu_count=0, driver=None, cuda=None,
         torch=torch.__version__, triton=_version("triton"), flashinfer=_version("flashinfer-python"),
-        hypothesis=_version("hypothesis"), python=platform.python_version(), interpreter=interp)
+        hypothesis=_version("hypothesis"), python=platform.python_version(), interpreter=interp,
+        torchao=_version("torchao"), compressed_tensors=_version("compressed-tensors"))

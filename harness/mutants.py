@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from harness.backends import registry
 from harness.backends.linear import EngineLinear
@@ -42,7 +44,18 @@ from harness.format import (
     ieee_div,
     pack_e2m1,
 )
-from harness.kernels.nvfp4 import LEAVE, dequantize_from, quantize_into
+from harness.backends.triton_emulation import _dot, _nvfp4_tile, _store_out
+from harness.kernels.nvfp4 import (
+    LAYOUT_ID,
+    LEAVE,
+    _block_scales,
+    _e2m1_decode,
+    _e2m1_encode,
+    _e4m3_decode,
+    _scale_offset,
+    dequantize_from,
+    quantize_into,
+)
 from harness.layouts import OperandRole, ScaleLayout, offset_grid, padded_shape, swizzle, unswizzle
 from harness.pipeline import VLLM_POLICY, CheckpointWeight, QuantizedTensor
 
@@ -68,6 +81,9 @@ class PlantedBug:
     expected_property: ClassVar[str] = ""
     #: the correct backend this mutant was copied from
     parent: ClassVar[str] = ""
+    #: which oracle must catch it: "properties" (harness.selftest) or "sanitizer" (the mutants whose
+    #: bug changes no result, caught only by compute-sanitizer: harness.sanitizer.run.selftest)
+    oracle: ClassVar[str] = "properties"
 
     def describe(self) -> dict:
         d = super().describe()  # type: ignore[misc]
@@ -506,10 +522,191 @@ class CompiledOutQuantizer(QuantizerMutant):
 
 
 # ----------------------------------------------------------------------------------------------
+# Mutants only compute-sanitizer catches
+# ----------------------------------------------------------------------------------------------
+# Their bugs change no output byte a property looks at (a value read and discarded, a product
+# masked away, a store outside every buffer the harness reads back), so the poison properties
+# cannot see them; harness.sanitizer.run.selftest runs each one's declared case under its tool.  They
+# are real Triton kernels and run on a CUDA GPU only: under the CPU interpreter an access outside
+# a buffer touches host memory, and there is nothing to sanitize.
+@triton.jit
+def _quantize_full_row_tiles_kernel(x_ptr, stride_xr, gs_ptr, packed_ptr, stride_pr, scale_ptr, rows, kblocks, sf_kb,
+                                    LAYOUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_KB: tl.constexpr):
+    """quantize_into's arithmetic, with the planted bug: every row of the tile is loaded, rows past
+    ``rows`` included (only the K range is masked); those rows are computed and never stored."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    kb = tl.program_id(1) * BLOCK_KB + tl.arange(0, BLOCK_KB)
+    k = tl.program_id(1) * BLOCK_KB * 16 + tl.arange(0, BLOCK_KB * 16)
+    x = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xr + k[None, :], mask=(k < kblocks * 16)[None, :],
+                other=0.0).to(tl.float32)
+    x3 = tl.reshape(x, (BLOCK_R, BLOCK_KB, 16))
+    sf_code, inv = _block_scales(tl.max(tl.abs(x3), axis=2), tl.load(gs_ptr))
+    qe, qo = tl.split(tl.reshape(x3 * inv[:, :, None], (BLOCK_R, BLOCK_KB * 8, 2)))
+    byte = _e2m1_encode(qe) | (_e2m1_encode(qo) << 4)
+    col = tl.program_id(1) * BLOCK_KB * 8 + tl.arange(0, BLOCK_KB * 8)
+    tl.store(packed_ptr + r[:, None].to(tl.int64) * stride_pr + col[None, :], byte.to(tl.uint8),
+             mask=(r[:, None] < rows) & (col[None, :] < kblocks * 8))
+    off = _scale_offset(r[:, None].to(tl.int64), kb[None, :], sf_kb, LAYOUT)
+    tl.store(scale_ptr + off, sf_code.to(tl.uint8), mask=(r[:, None] < rows) & (kb[None, :] < kblocks))
+
+
+@triton.jit(do_not_specialize=["a_sf_kb", "a_sf_rows", "w_sf_kb", "m", "n_alloc", "kb_alloc"])
+def _gemm_masked_late_kernel(
+    a_ptr, stride_am, a_sf_ptr, a_sf_kb, a_sf_rows,
+    w_ptr, stride_wn, w_sf_ptr, w_sf_kb,
+    alpha_ptr, out_ptr, stride_om, stride_on,
+    m, n_alloc, kb_alloc,
+    A_LAYOUT: tl.constexpr, W_LAYOUT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KB_STEP: tl.constexpr, DOT_FP32: tl.constexpr,
+    OUT_BF16: tl.constexpr, READ_PAD_SCALES: tl.constexpr, EXTRA_ROWS: tl.constexpr,
+):
+    """The emulation GEMM (harness.backends.triton_emulation) with one of two planted bugs:
+    READ_PAD_SCALES loads activation scales of every row of the tile that the scale buffer holds
+    (M padding included) and relies on the zero codes and the store mask to drop those rows;
+    EXTRA_ROWS stores that many rows past m."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < m
+    n_ok = rn < n_alloc
+    sf_rows_ok = (rm < a_sf_rows) if READ_PAD_SCALES else m_ok
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kb0 in range(0, kb_alloc, KB_STEP):
+        j = tl.arange(0, KB_STEP * 8)
+        col_ok = (kb0 + j // 8) < kb_alloc
+        byte = tl.load(a_ptr + rm[:, None] * stride_am + (kb0 * 8 + j)[None, :],
+                       mask=m_ok[:, None] & col_ok[None, :], other=0).to(tl.int32)
+        kb = kb0 + tl.arange(0, KB_STEP)
+        sf = tl.load(a_sf_ptr + _scale_offset(rm[:, None], kb[None, :], a_sf_kb, A_LAYOUT),
+                     mask=sf_rows_ok[:, None] & (kb < kb_alloc)[None, :], other=0).to(tl.int32)
+        s = tl.reshape(tl.broadcast_to(_e4m3_decode(sf)[:, :, None], (BLOCK_M, KB_STEP, 8)), (BLOCK_M, KB_STEP * 8))
+        a_even = _e2m1_decode(byte & 0xF) * s
+        a_odd = _e2m1_decode(byte >> 4) * s
+        if not DOT_FP32:
+            a_even = a_even.to(tl.bfloat16)
+            a_odd = a_odd.to(tl.bfloat16)
+        w_even, w_odd = _nvfp4_tile(w_ptr, stride_wn, w_sf_ptr, w_sf_kb, rn, n_ok, kb0, kb_alloc,
+                                    W_LAYOUT, BLOCK_N, KB_STEP, DOT_FP32)
+        acc = _dot(a_even, tl.trans(w_even), acc, DOT_FP32)
+        acc = _dot(a_odd, tl.trans(w_odd), acc, DOT_FP32)
+    acc = acc * tl.load(alpha_ptr)
+    _store_out(out_ptr, stride_om, stride_on, rm, rn, (rm < m + EXTRA_ROWS)[:, None] & n_ok[None, :], acc, OUT_BF16)
+
+
+class SanitizerOnly:
+    """What a mutant only compute-sanitizer catches declares besides :class:`PlantedBug`'s fields."""
+
+    oracle: ClassVar[str] = "sanitizer"
+    #: the compute-sanitizer tool that reports it
+    sanitizer_tool: ClassVar[str] = "memcheck"
+    #: the finding it must produce (harness.sanitizer.Finding fields that must match)
+    expected_finding: ClassVar[dict] = {}
+    #: the case that triggers it: (m, n, k); m is not a multiple of any tile so padding exists
+    case_shape: ClassVar[tuple[int, int, int]] = (5, 40, 96)
+
+    def sanitizer_trial(self):
+        from harness.problem import GemmProblem
+        from harness.trial import Trial
+
+        m, n, k = self.case_shape
+        prop = "quantizer_agreement" if self.level == "quantizer" else "reference_agreement"  # type: ignore[attr-defined]
+        return Trial(self.name, prop, GemmProblem(m=m, n=n, k=k, seed=1))  # type: ignore[attr-defined]
+
+    def support(self, env: "Environment"):
+        return Backend.support(self, env)  # type: ignore[arg-type]
+
+
+class GemmMaskedLate(SanitizerOnly, GemmMutant):
+    """A GEMM mutant running :func:`_gemm_masked_late_kernel` on the parent's tiles."""
+    parent = EMU_128x4
+    READ_PAD_SCALES = False
+    EXTRA_ROWS = 0
+
+    @property
+    def requirements(self) -> Requirements:  # type: ignore[override]
+        return replace(self.base.requirements, runs_on_cpu=False)
+
+    def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
+        from harness.backends.triton_emulation import interpreting, launch_setup, out_view
+
+        a, w = ops.a, ops.w
+        out, alpha, _, block_m, block_n, kb_step = launch_setup(ops, out, a.packed.device)
+        grid = (triton.cdiv(ops.m + self.EXTRA_ROWS, block_m), triton.cdiv(w.rows_alloc, block_n))
+        _gemm_masked_late_kernel[grid](
+            a.packed, a.packed.stride(0), a.scales, a.scales.shape[1], a.scales.shape[0],
+            w.packed, w.packed.stride(0), w.scales, w.scales.shape[1],
+            alpha, out_view(out), out.stride(0), out.stride(1),
+            ops.m, w.rows_alloc, a.k_alloc // BLOCK_SIZE,
+            A_LAYOUT=LAYOUT_ID[a.layout], W_LAYOUT=LAYOUT_ID[w.layout], BLOCK_M=block_m, BLOCK_N=block_n,
+            KB_STEP=kb_step, DOT_FP32=interpreting(), OUT_BF16=out.dtype == torch.bfloat16,
+            READ_PAD_SCALES=self.READ_PAD_SCALES, EXTRA_ROWS=self.EXTRA_ROWS)
+        return out
+
+
+class ReadsUnwrittenPadScales(GemmMaskedLate):
+    name = "mutant-reads-unwritten-pad-scales"
+    sanitizer_tool = "initcheck"
+    expected_property = "sanitizer:initcheck"
+    expected_finding = {"kernel": "_gemm_masked_late_kernel", "access": "read", "buffer": "a.scales",
+                        "region": "m_pad", "inside": True}
+    READ_PAD_SCALES = True
+    planted = ("A block-scaled GEMM that loads the activation scales of every row of its tile, M padding "
+               "included, multiplies them with zero codes and drops those rows at the store: the padding scale "
+               "bytes are read although no result depends on them (NaN * 0 stays in rows never stored). The "
+               "bug class behind FlashInfer #2861 / vLLM #37563 (padding-row scales read by the trtllm 8x4 "
+               "path) in the form the poison properties cannot see; harmless until a kernel change lets the "
+               "product through, and a read of uninitialized memory under CUDA graphs.")
+    description = "triton-emu-128x4 reading unwritten M-padding activation scales and masking their product"
+
+
+class WritesRowPastOutput(GemmMaskedLate):
+    name = "mutant-writes-row-past-output"
+    sanitizer_tool = "memcheck"
+    expected_property = "sanitizer:memcheck"
+    expected_finding = {"kernel": "_gemm_masked_late_kernel", "access": "write", "error": "out of bounds",
+                        "buffer": "out", "region": "beyond", "inside": False, "row": 5}
+    EXTRA_ROWS = 1
+    planted = ("An epilogue whose store mask is off by one row (rows < m + 1): it writes one row past an output "
+               "allocated for exactly m rows. Under PyTorch's caching allocator the stray row lands in whatever "
+               "block follows and no output the harness reads changes; the under-allocated-buffer write class of "
+               "vLLM PR #55456.")
+    description = "triton-emu-128x4 storing one row past the end of an exact-size output"
+
+
+class QuantizerReadsPastRows(SanitizerOnly, QuantizerMutant):
+    name = "mutant-quantizer-reads-past-rows"
+    sanitizer_tool = "memcheck"
+    expected_property = "sanitizer:memcheck"
+    expected_finding = {"kernel": "_quantize_full_row_tiles_kernel", "access": "read", "error": "out of bounds",
+                        "buffer": "x", "region": "beyond", "inside": False}
+    requirements = Requirements(runs_on_cpu=False, a_layouts=(L.SWIZZLED_128x4,), w_layout=L.SWIZZLED_128x4)
+    BLOCK_R = 16
+    BLOCK_KB = 4
+    planted = ("A quantizer that loads whole 16-row tiles of its input, rows past m included, and discards "
+               "them at the store: the result is correct, but it reads past the end of an input allocated for "
+               "exactly m rows (a fault when the buffer ends at a page boundary).")
+    description = "Triton NVFP4 quantizer reading input rows past m and discarding them"
+
+    def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, k = x.shape
+        if x.stride(1) != 1:
+            x = x.contiguous()
+        pr, pk = padded_shape(self.layout, rows, k // BLOCK_SIZE)
+        packed = torch.zeros((rows, k // 2), dtype=torch.uint8, device=x.device)
+        scales = torch.zeros((pr, pk), dtype=torch.uint8, device=x.device)
+        gs = global_scale.reshape(1).to(device=x.device, dtype=torch.float32)
+        grid = (triton.cdiv(rows, self.BLOCK_R), triton.cdiv(k // BLOCK_SIZE, self.BLOCK_KB))
+        _quantize_full_row_tiles_kernel[grid](x, x.stride(0), gs, packed, packed.stride(0), scales, rows,
+                                              k // BLOCK_SIZE, pk, LAYOUT=LAYOUT_ID[self.layout],
+                                              BLOCK_R=self.BLOCK_R, BLOCK_KB=self.BLOCK_KB)
+        return packed, scales
+
+
+# ----------------------------------------------------------------------------------------------
 MUTANT_CLASSES: tuple[type[Backend], ...] = (
     PadRowScales, PadColScales, KTailUninit, NoSlice, BiasBeforeSlice, ActNotKPadded, ThreeDShape,
     StaticActScale, Bf16GlobalScale, NibbleSwap, SwizzleOffByOne, FastMathQuantizer, RowsUnwritten,
     Nondeterministic, GlobalScaleConvention, Fp16Epilogue, CompiledOutQuantizer,
+    ReadsUnwrittenPadScales, WritesRowPastOutput, QuantizerReadsPastRows,
 )
 
 

@@ -9,6 +9,7 @@ is covered by a safety factor in :func:`error_bound`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -42,11 +43,45 @@ class Precision:
     operand_bits: int | None = None
 
 
-def output_max(dtype: torch.dtype) -> float:
-    """Magnitude from which a correctly computed result may round to infinity in ``dtype`` (as in
-    :func:`compare`)."""
-    u, _, fmax = _OUT[dtype]
-    return fmax * (1 - u)
+def overflow_threshold(dtype: torch.dtype) -> float:
+    """The magnitude ``T`` from which a value rounds to infinity in ``dtype`` under round to nearest.
+
+    For a format with largest finite value ``M`` and spacing ``ulp(M)`` between ``M`` and its
+    predecessor, ``T = M + ulp(M)/2`` (IEEE 754-2019, 4.3.1: "an infinitely precise result with
+    magnitude at least b^emax (b - 1/2 b^(1-p)) shall round to infinity"; the tie at ``T`` itself goes
+    to infinity).  fp16: 65520; bf16: 2^128 - 2^119; fp32: 2^128 - 2^103 (all exact in fp64).
+    Raises ValueError for a dtype the oracle does not compare in.
+    """
+    if dtype not in _OUT:
+        raise ValueError(f"overflow_threshold: dtype={dtype} is not one of {list(_OUT)}")
+    fi = torch.finfo(dtype)
+    _, e = math.frexp(fi.max)             # fi.max = f * 2^e, 1/2 <= f < 1: ulp(M) = 2^(e-1) * eps
+    return fi.max + 2.0 ** (e - 1) * fi.eps / 2
+
+
+def overflow_accepted(out: torch.Tensor, ref_value: torch.Tensor, bound: torch.Tensor, out_dtype: torch.dtype,
+                      product: torch.Tensor | None = None) -> torch.Tensor:
+    """bool, shape of ``out``: the infinities in ``out`` that a correct backend may produce.
+
+    An infinity of sign ``s`` is accepted where ``s * ref + bound >= T``
+    (:func:`overflow_threshold`) and ``s`` is the sign of ``ref``; with ``product`` (the reference
+    before a bias that the backend adds in the output dtype, after casting the product), also where
+    ``s * product + bound >= T``: the cast of the product can overflow before the bias is added.
+    NaN is never accepted.  The derivation is in :func:`compare`.
+    """
+    t = overflow_threshold(out_dtype)
+    o = out.double()
+    r = ref_value.to(o.device)
+    b = bound.to(o.device)
+    pos = o == float("inf")
+    neg = o == float("-inf")
+    reach_pos = r + b >= t
+    reach_neg = r - b <= -t
+    if product is not None:
+        p = product.to(o.device)
+        reach_pos = reach_pos | (p + b >= t)
+        reach_neg = reach_neg | (p - b <= -t)
+    return (pos & (r > 0) & reach_pos) | (neg & (r < 0) & reach_neg)
 
 
 @dataclass
@@ -139,6 +174,12 @@ def error_bound(ref: Reference, precision: Precision, out_dtype: torch.dtype,
     :math:`|out - ref| \le E(1+u_{32})(1+u_{out}) + (u_{32} + u_{out} + u_{32}u_{out})|\alpha S| + \eta_{out}`
     (+ step 4), evaluated in fp64 and multiplied by :math:`1 + 2^{-30}` to cover the fp64 rounding of
     the reference and of the bound themselves.
+
+    5. Overflow.  Steps 1-4 bound a finite result.  The cast of step 3 (and of step 4) rounds to
+       infinity from the overflow threshold :math:`T = M + ulp(M)/2` of the output dtype on
+       (:func:`overflow_threshold`); since the terms before the cast already bound the value being
+       cast, an infinity of the reference's sign is within the bound exactly where
+       :math:`|ref| + B \ge T`, and nowhere else (:func:`compare` gives the derivation).
     """
     if out_dtype not in _OUT:
         raise ValueError(f"error_bound: out_dtype={out_dtype} is not one of {list(_OUT)}")
@@ -162,19 +203,36 @@ def error_bound(ref: Reference, precision: Precision, out_dtype: torch.dtype,
 @dataclass
 class Agreement:
     ok: bool
-    max_err_units: float            # max |out-ref|/bound over real elements (inf for NaN/Inf)
+    max_err_units: float            # max |out-ref|/bound over real finite elements (inf for a rejected NaN/Inf)
     max_err_abs: float
     argmax: tuple[int, int] | None
-    violations: int                 # real elements outside the bound
-    nan_rows: list[int] = field(default_factory=list)
-    bad: torch.Tensor | None = None  # bool [m, n]: out of bound or non-finite
+    violations: int                 # real elements outside the bound (rejected NaN/Inf included)
+    nan_rows: list[int] = field(default_factory=list)  # rows with a rejected NaN/Inf
+    bad: torch.Tensor | None = None  # bool [m, n]: outside the bound (a rejected NaN/Inf included)
+    accepted_overflow: int = 0      # infinities accepted by the overflow rule (counted, never hidden)
+    accepted: torch.Tensor | None = None  # bool [m, n]: those infinities (set when there are any)
 
 
-def compare(out: torch.Tensor, ref: Reference, bound: torch.Tensor, out_dtype: torch.dtype) -> Agreement:
-    """Compare a backend's real-region output [m, n] with the reference under ``bound``.
+def compare(out: torch.Tensor, ref: Reference, bound: torch.Tensor, out_dtype: torch.dtype,
+            bias_in_out_dtype: bool = False) -> Agreement:
+    r"""Compare a backend's real-region output [m, n] with the reference under ``bound``.
 
-    Where the exact result is beyond the output dtype's finite range, an infinity of the right sign
-    is also accepted (a correct rounding overflows there).
+    A finite element agrees when :math:`|out - ref| \le B`.  A NaN never agrees.  An infinity agrees
+    only where a correct backend can round to it (:func:`overflow_accepted`), and is counted in
+    ``accepted_overflow``.  Derivation (it extends :func:`error_bound`'s): let :math:`\hat y` be the
+    value the backend rounds to ``out_dtype``.  Every term of :math:`B` except the cast's own
+    :math:`u_{out}|y| + \eta_{out}` bounds :math:`|\hat y - ref|`, so :math:`|\hat y - ref| \le B`.
+    Round to nearest gives :math:`+\infty` exactly when :math:`\hat y \ge T` and :math:`-\infty`
+    exactly when :math:`\hat y \le -T`, with :math:`T = M + ulp(M)/2` (:func:`overflow_threshold`).
+    So :math:`+\infty` is possible only where :math:`ref + B \ge T`, :math:`-\infty` only where
+    :math:`ref - B \le -T`; anywhere else an infinity is an error like any other.  With a bias added
+    in the output dtype after the cast (``bias_in_out_dtype``, step 4 of :func:`error_bound`), the
+    product :math:`\hat y_p` with :math:`|\hat y_p - (ref - bias)| \le B` is cast first and
+    :math:`\pm\infty + bias = \pm\infty`: the same test applies to :math:`ref - bias`.  An infinity
+    of the sign opposite to :math:`ref` would need an error of at least :math:`T + |ref|`, the whole
+    finite range: it is never accepted (stricter than :math:`B` only where :math:`B > T + |ref|`).
+    Casts that saturate or round toward zero never produce an infinity, so the rule only admits what
+    a round-to-nearest cast does.  ``max_err_units`` is taken over the finite elements.
     """
     o = out.double()
     r = ref.value.to(o.device)
@@ -186,29 +244,32 @@ def compare(out: torch.Tensor, ref: Reference, bound: torch.Tensor, out_dtype: t
         if quick <= 1.0:
             return Agreement(ok=True, max_err_units=quick, max_err_abs=float("nan"), argmax=None,
                              violations=0, nan_rows=[], bad=None)
-    _, _, fmax = _OUT[out_dtype]
+    product = None
+    if bias_in_out_dtype and ref.bias is not None:
+        product = r - ref.bias.double().reshape(1, -1).to(o.device)
+    accepted = overflow_accepted(o, r, b, out_dtype, product)
     err = (o - r).abs()
     finite = torch.isfinite(o)
-    overflow_ok = (~finite) & ~torch.isnan(o) & (r.abs() >= fmax * (1 - _OUT[out_dtype][0])) & \
-        (torch.sign(o) == torch.sign(r))
     within = finite & (err <= b)
-    good = within | overflow_ok
-    bad = ~good
+    bad = ~(within | accepted)
     units = torch.where(finite, err / b.clamp_min(torch.finfo(torch.float64).tiny),
                         torch.full_like(err, float("inf")))
-    units = torch.where(overflow_ok, torch.zeros_like(units), units)
+    units = torch.where(accepted, torch.zeros_like(units), units)
     if units.numel():
         # one host sync on the common, passing path; details only for a failure
-        max_units, n_bad = torch.stack([units.max(), bad.sum().double()]).tolist()
+        max_units, n_bad, n_acc = torch.stack([units.max(), bad.sum().double(), accepted.sum().double()]).tolist()
+        n_acc = int(n_acc)
         if n_bad == 0:
             return Agreement(ok=True, max_err_units=max_units, max_err_abs=float("nan"), argmax=None,
-                             violations=0, nan_rows=[], bad=None)
+                             violations=0, nan_rows=[], bad=None, accepted_overflow=n_acc,
+                             accepted=accepted if n_acc else None)
         flat = int(torch.argmax(torch.nan_to_num(units, nan=float("inf"), posinf=float("inf"))))
         argmax = (flat // units.shape[1], flat % units.shape[1])
         max_units = float(units.reshape(-1)[flat])
         max_abs = float(torch.nan_to_num(err, nan=float("inf")).reshape(-1)[flat])
     else:
-        argmax, max_units, max_abs = None, 0.0, 0.0
-    nan_rows = torch.nonzero((~torch.isfinite(o) & ~overflow_ok).any(dim=1)).reshape(-1).tolist()
+        argmax, max_units, max_abs, n_acc = None, 0.0, 0.0, 0
+    nan_rows = torch.nonzero((~finite & ~accepted).any(dim=1)).reshape(-1).tolist()
     return Agreement(ok=not bool(bad.any()), max_err_units=max_units, max_err_abs=max_abs, argmax=argmax,
-                     violations=int(bad.sum()), nan_rows=nan_rows, bad=bad)
+                     violations=int(bad.sum()), nan_rows=nan_rows, bad=bad, accepted_overflow=n_acc,
+                     accepted=accepted if n_acc else None)

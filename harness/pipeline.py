@@ -17,7 +17,7 @@ import torch
 
 from harness.format import BLOCK_SIZE, gemm_alpha, global_scale_encode_divisor, pack_e2m1, reference_quantize
 from harness.kernels.nvfp4 import LEAVE, dequantize_from, quantize_into
-from harness.layouts import OperandRole, PaddingMap, Region, ScaleLayout, padding_map, round_up
+from harness.layouts import OperandRole, PaddingMap, Region, ScaleLayout, offset_grid, padding_map, round_up
 from harness.problem import CLEAN, GemmProblem, Poison
 
 # ----------------------------------------------------------------------------------------------
@@ -91,23 +91,30 @@ class GemmOperands:
 def build_gemm_operands(problem: GemmProblem, *, a_layout: ScaleLayout, w_layout: ScaleLayout,
                         n_align: int = 1, k_align: int = 16, poison: Poison = CLEAN,
                         activation: Literal["nvfp4", "bf16"] = "nvfp4",
-                        device: torch.device | str = "cpu") -> GemmOperands:
+                        device: torch.device | str = "cpu", unwritten_padding: bool = False) -> GemmOperands:
     """Generate the problem's data, then quantize, pad and swizzle it (see :func:`operands_from`)."""
     return operands_from(problem.activations(device), problem.weights(device), problem, a_layout=a_layout,
                          w_layout=w_layout, n_align=n_align, k_align=k_align, poison=poison,
-                         activation=activation)
+                         activation=activation, unwritten_padding=unwritten_padding)
 
 
 def operands_from(x: torch.Tensor, w: torch.Tensor, problem: GemmProblem, *, a_layout: ScaleLayout,
                   w_layout: ScaleLayout, n_align: int = 1, k_align: int = 16, poison: Poison = CLEAN,
                   activation: Literal["nvfp4", "bf16"] = "nvfp4", gs_a: torch.Tensor | None = None,
-                  gs_w: torch.Tensor | None = None) -> GemmOperands:
+                  gs_w: torch.Tensor | None = None, unwritten_padding: bool = False) -> GemmOperands:
     """Quantize, pad and swizzle x [m, k] and w [n, k] with the Triton pipeline.
 
     N is padded to ``n_align`` (weight rows), K to ``k_align`` (both operands); scale buffers get the
     layout's own padding on top.  Poison bytes go into each padding region; K-tail scales get
     ``poison.k_tail``, which is 0 in a correct pipeline.  Global scales default to each tensor's
     own amax (dynamic); pass ``gs_a``/``gs_w`` to share one across shards or batches.
+
+    ``unwritten_padding``: leave the scale bytes no backend may read unwritten instead of filling
+    them (for compute-sanitizer's initcheck, :mod:`harness.sanitizer`): activation scale rows >= m
+    (M padding) and, on both operands, scale rows beyond the allocated rows and k-blocks beyond the
+    allocated K (the layout's own rounding to 128/8 rows and 4 k-blocks).  What a padded GEMM reads
+    by contract is still written with the poison's bytes: weight rows [n, n_alloc) (they feed the
+    padding columns), the K tail up to ``k_alloc`` and the packed data's padding.
     """
     if k_align % BLOCK_SIZE or n_align < 1:
         raise ValueError(f"operands_from: k_align={k_align} must be a multiple of 16 and n_align={n_align} >= 1")
@@ -120,10 +127,18 @@ def operands_from(x: torch.Tensor, w: torch.Tensor, problem: GemmProblem, *, a_l
         gs_w = global_scale_encode_divisor(w.float().abs().amax()).reshape(1).to(device)
     k_alloc = round_up(k, k_align)
     n_alloc = round_up(n, n_align)
+    leave = LEAVE if unwritten_padding else None
     a_packed, a_scales = quantize_into(x, gs_a, a_layout, data_rows=m, data_k=k_alloc,
-                                       row_fill=poison.m_pad, ktail_fill=poison.k_tail, data_fill=poison.data)
+                                       row_fill=poison.m_pad if leave is None else leave,
+                                       ktail_fill=poison.k_tail if leave is None else leave, data_fill=poison.data)
     w_packed, w_scales = quantize_into(w, gs_w, w_layout, data_rows=n_alloc, data_k=k_alloc,
-                                       row_fill=poison.n_pad, ktail_fill=poison.k_tail, data_fill=poison.data)
+                                       row_fill=poison.n_pad if leave is None else leave,
+                                       ktail_fill=poison.k_tail if leave is None else leave, data_fill=poison.data)
+    if unwritten_padding:
+        fill_read_padding(a_scales, a_layout, rows=m, kblocks=k // BLOCK_SIZE, data_rows=m,
+                          data_kblocks=k_alloc // BLOCK_SIZE, row_byte=poison.m_pad, ktail_byte=poison.k_tail)
+        fill_read_padding(w_scales, w_layout, rows=n, kblocks=k // BLOCK_SIZE, data_rows=n_alloc,
+                          data_kblocks=k_alloc // BLOCK_SIZE, row_byte=poison.n_pad, ktail_byte=poison.k_tail)
     a_q = QuantizedTensor(a_packed, a_scales, ScaleLayout.parse(a_layout), OperandRole.ACTIVATION, m, k, gs_a)
     w_q = QuantizedTensor(w_packed, w_scales, ScaleLayout.parse(w_layout), OperandRole.WEIGHT, n, k, gs_w)
     if activation == "bf16":
@@ -137,12 +152,31 @@ def operands_from(x: torch.Tensor, w: torch.Tensor, problem: GemmProblem, *, a_l
 
 
 def operands_for(backend, problem: GemmProblem, poison: Poison = CLEAN, device="cpu",
-                 a_layout: ScaleLayout | None = None) -> GemmOperands:
+                 a_layout: ScaleLayout | None = None, unwritten_padding: bool = False) -> GemmOperands:
     """Operands shaped the way ``backend`` declared (its first activation layout by default)."""
     req = backend.requirements
     return build_gemm_operands(problem, a_layout=a_layout or req.a_layouts[0], w_layout=req.w_layout,
                                n_align=req.n_align, k_align=req.k_align, poison=poison,
-                               activation=req.activation, device=device)
+                               activation=req.activation, device=device, unwritten_padding=unwritten_padding)
+
+
+def fill_read_padding(scales: torch.Tensor, layout: ScaleLayout, *, rows: int, kblocks: int, data_rows: int,
+                      data_kblocks: int, row_byte: int, ktail_byte: int) -> None:
+    """Write the padding scale bytes a padded GEMM reads by contract, and only those.
+
+    In a scale buffer of ``layout`` for ``rows`` x ``kblocks`` real scales, allocated for
+    ``data_rows`` x ``data_kblocks``: rows [rows, data_rows) get ``row_byte`` (weight N padding),
+    k-blocks [kblocks, data_kblocks) of the real rows get ``ktail_byte`` (the K tail).  Rows >=
+    ``data_rows`` and k-blocks >= ``data_kblocks`` are left as they are.
+    """
+    pr, pk = scales.shape
+    grid = offset_grid(layout, pr, pk)
+    flat = scales.view(-1)
+    for r0, r1, k0, k1, byte in ((rows, data_rows, 0, data_kblocks, row_byte),
+                                 (0, rows, kblocks, data_kblocks, ktail_byte)):
+        if r1 > r0 and k1 > k0:
+            idx = grid[r0:r1, k0:k1].reshape(-1).to(scales.device)
+            flat[idx] = byte
 
 
 def empirical_padding_map(x: torch.Tensor, layout: ScaleLayout, *, data_rows: int | None = None,

@@ -278,6 +278,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     terminalreporter.write_line(
         f"cases: {cases['pass']} passed, {cases['fail']} failed, {cases['crash']} crashed, {cases['skip']} refused "
         f"by the backend; {n_skipped} tests skipped before any example; results in {res}{hint}")
+    over = tot.get("accepted_overflow") or {}
+    if over.get("outputs"):
+        terminalreporter.write_line(
+            f"accepted overflow: {over['outputs']} outputs in {over['results']} cases were ±inf where the "
+            f"reference ± its error bound reaches the output format's overflow threshold (within the bound)")
     for w in results.read_workers(res):
         e = w.get("environment", {})
         phys = w.get("physical_gpu") or {}

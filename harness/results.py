@@ -181,7 +181,13 @@ def save_failure_case(results_dir: Path | str, trial: Trial, outcome: Outcome, l
     observed.pop("grid", None)
     observed["grid"] = json_safe(outcome.measure.get("grid")) if outcome.measure.get("grid") else None
     trial = replace(trial, a_layout=outcome.a_layout or trial.a_layout)
-    case = Case.from_trial(trial, level=level, observed=observed, environment=environment, digest=outcome.digest)
+    from harness import env, tracking
+    from harness.backends import registry
+
+    # where it reproduced: this process's architecture and the versions of the libraries involved
+    seen = tracking.sighting_now(env.current(), registry.get(trial.backend))
+    case = Case.from_trial(trial, level=level, observed=observed, environment=environment, digest=outcome.digest,
+                           reproduced=[seen.to_dict()])
     path = Path(results_dir) / "cases" / f"{case.id}.json"
     written = save_case(case, path)
     return str(Path(written).relative_to(Path(results_dir)))
@@ -209,6 +215,7 @@ class RunData:
     cases: dict[str, "Case"]                   # "cases/<name>.json" -> its Case
     hypothesis: list[dict[str, Any]] | None
     warnings: list[str] = field(default_factory=list)
+    tracking: list[dict[str, Any]] = field(default_factory=list)   # tracking-*.jsonl (harness.tracking)
 
 
 def natural_key(path: Path) -> list:
@@ -294,8 +301,11 @@ def _hypothesis_rows(doc: Any) -> list[dict[str, Any]] | None:
 
 
 def load_run(results_dir: str | Path) -> RunData:
-    """Parse a results directory: session.json, results-*.jsonl, cases/*.json and hypothesis.json."""
+    """Parse a run directory: session.json, results-*.jsonl, cases/*.json and hypothesis.json.  A
+    results root (a folder holding no run but a ``latest`` link) reads its latest run."""
     root = Path(results_dir)
+    if root.is_dir() and not is_run_dir(root) and (root / LATEST).is_dir() and is_run_dir(root / LATEST):
+        root = (root / LATEST).resolve()
     records, warnings = load_results(root)
     warnings = list(warnings)
     session = _read_json(root / "session.json", warnings)
@@ -318,7 +328,10 @@ def load_run(results_dir: str | Path) -> RunData:
         hypothesis = _hypothesis_rows(_read_json(hyp_path, warnings))
         if hypothesis is None:
             warnings.append("hypothesis.json holds no list of per-test statistics; ignored")
-    return RunData(root, session, records, cases, hypothesis, warnings)
+    from harness import tracking
+
+    tracked = tracking.load(root, warnings)
+    return RunData(root, session, records, cases, hypothesis, warnings, tracked)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,10 +382,22 @@ def write_session(results_dir: Path | str, data: dict) -> Path:
     return path
 
 
+def accepted_overflow(records: list[dict]) -> dict[str, int]:
+    """The infinities the oracle accepted as overflow (``measure.accepted_overflow``: ±inf where the
+    reference ± its error bound reaches the output format's overflow threshold), summed over
+    ``records``: ``{"outputs": total, "results": records holding any}``."""
+    counts = [v for v in ((r.get("measure") or {}).get("accepted_overflow") for r in records
+                          if isinstance(r.get("measure"), dict))
+              if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    return {"outputs": sum(counts), "results": len(counts)}
+
+
 def finalize(results_dir: Path | str) -> dict:
-    """Aggregate the workers' streams: totals into session.json, statistics into hypothesis.json."""
+    """Aggregate the workers' streams: totals (and accepted overflow) into session.json, statistics
+    into hypothesis.json.  Returns the outcome totals plus ``accepted_overflow`` (:func:`accepted_overflow`)."""
     records, warnings = load_results(results_dir)
     tot = totals(records)
+    overflow = accepted_overflow(records)
     workers = {}
     for path in sorted(Path(results_dir).glob("worker-*.json")):
         try:
@@ -380,9 +405,10 @@ def finalize(results_dir: Path | str) -> dict:
             workers[info.get("worker", path.stem)] = info
         except (json.JSONDecodeError, OSError) as exc:
             warnings.append(f"{path.name}: unreadable ({exc})")
-    write_session(results_dir, {"finished": now(), "totals": tot, "warnings": warnings, "workers": workers})
+    write_session(results_dir, {"finished": now(), "totals": tot, "accepted_overflow": overflow,
+                                "warnings": warnings, "workers": workers})
     stats = hypothesis_statistics(records, read_test_ends(results_dir))
     tmp = Path(results_dir) / "hypothesis.json.tmp"
     tmp.write_text(json.dumps(stats, indent=2))
     os.replace(tmp, Path(results_dir) / "hypothesis.json")
-    return tot
+    return {**tot, "accepted_overflow": overflow}

@@ -139,7 +139,9 @@ def hunt(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Sc
 
 def run(mutants: list[str] | None = None, *, budget_s: float = 60.0, examples: int = 200,
         progress=None) -> list[Score]:
-    names = mutants or [b.name for b in registry.all_backends(include_mutants=True) if b.mutant]
+    # mutants whose bug changes no result are the sanitizer's (harness.sanitizer.run.selftest), not the properties'
+    names = mutants or [b.name for b in registry.all_backends(include_mutants=True)
+                        if b.mutant and getattr(b, "oracle", "properties") == "properties"]
     scores = []
     for name in names:
         s = hunt(name, budget_s=budget_s, examples=examples)
@@ -188,6 +190,10 @@ def main(budget_s: float = 60.0, examples: int = 200, mutants: list[str] | None 
         for name in mutants:
             if not registry.get(name).mutant:
                 print(f"nvfp4-harness: error: --mutant {name!r} is not a planted-bug backend", file=sys.stderr)
+                return 2
+            if getattr(registry.get(name), "oracle", "properties") != "properties":
+                print(f"nvfp4-harness: error: --mutant {name!r} changes no result; only compute-sanitizer catches "
+                      f"it: run `nvfp4-harness sanitize --selftest`", file=sys.stderr)
                 return 2
     scores = run(mutants, budget_s=budget_s, examples=examples,
                  progress=lambda s: print(f"  {s.mutant}: {s.verdict} "

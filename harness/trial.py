@@ -51,8 +51,11 @@ OUTCOMES: tuple[str, ...] = ("pass", "fail", "crash", "skip")
 """What came of a trial: the property held, it did not (or the backend broke its contract), a
 sticky CUDA error ended the process, or the backend does not run the case here."""
 
-OK, CHANGED, NONFINITE, PADDING = 0, 1, 2, 3
-"""Cell codes of an output picture, ``measure.grid`` (docs/results-format.md)."""
+OK, CHANGED, NONFINITE, PADDING, ACCEPTED = 0, 1, 2, 3, 4
+"""Cell codes of an output picture, ``measure.grid`` (docs/results-format.md): what the property
+judged of each output element.  CHANGED: outside the bound (reference agreement) or changed bits
+(isolation); NONFINITE: a NaN/Inf judged wrong; ACCEPTED: an infinity within the bound by the
+overflow rule (:func:`harness.oracle.compare`); PADDING: not a real output."""
 
 Status = Literal["pass", "fail", "skip", "crash"]
 

@@ -11,6 +11,7 @@ import torch
 from harness import format as F
 from harness.kernels.nvfp4 import quantize_into
 from harness.layouts import ScaleLayout, swizzle
+from harness.optional import import_optional
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (FlashInfer's helpers are CUDA host code)")]
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.gpu,
 
 @pytest.mark.parametrize("rows, kb", [(1, 1), (7, 3), (33, 29), (129, 31), (256, 8)])
 def test_block_scale_interleave_equals_the_128x4_swizzle(rows, kb):
-    import flashinfer
+    flashinfer = import_optional("flashinfer", "the layout helpers under test")
 
     lin = torch.randint(1, 255, (rows, kb), dtype=torch.int32).to(torch.uint8)
     theirs = flashinfer.block_scale_interleave(lin.cuda()).cpu().reshape(-1)
@@ -30,7 +31,7 @@ def test_block_scale_interleave_equals_the_128x4_swizzle(rows, kb):
 @pytest.mark.parametrize("layout", [ScaleLayout.LINEAR, ScaleLayout.SWIZZLED_128x4, ScaleLayout.SWIZZLED_8x4])
 @pytest.mark.parametrize("m, k", [(1, 64), (9, 464), (33, 496), (129, 128)])
 def test_e2m1_and_ufp8sf_scale_to_float_dequantizes_the_pipeline_bytes(layout, m, k, record_property):
-    import flashinfer
+    flashinfer = import_optional("flashinfer", "the layout helpers under test")
 
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m + k)).to(torch.bfloat16).cuda()
     gs = F.global_scale_encode_divisor(x.float().abs().amax()).reshape(1)

@@ -9,6 +9,8 @@ import warnings
 import pytest
 import torch
 
+from harness.optional import import_optional
+
 from harness import format as F
 
 warnings.filterwarnings("ignore")
@@ -55,7 +57,8 @@ def test_e4m3_encode_matches_torch_rne_with_saturation():
 
 
 def test_pack_matches_compressed_tensors_and_unpack_inverts():
-    from compressed_tensors.compressors.nvfp4.helpers import pack_fp4_to_uint8, unpack_fp4_from_uint8
+    helpers = import_optional("compressed_tensors.compressors.nvfp4.helpers", "the e2m1 packing oracle")
+    pack_fp4_to_uint8, unpack_fp4_from_uint8 = helpers.pack_fp4_to_uint8, helpers.unpack_fp4_from_uint8
 
     g = torch.Generator().manual_seed(1)
     codes = torch.randint(0, 16, (7, 32), generator=g, dtype=torch.uint8)
@@ -69,7 +72,8 @@ def test_pack_matches_compressed_tensors_and_unpack_inverts():
 
 
 def test_global_scale_conventions_are_reciprocal_and_match_torchao():
-    from torchao.prototype.mx_formats.nvfp4_tensor import per_tensor_amax_to_scale
+    per_tensor_amax_to_scale = import_optional("torchao.prototype.mx_formats.nvfp4_tensor",
+                                               "the global-scale convention oracle").per_tensor_amax_to_scale
 
     amax = torch.tensor(3.7)
     enc = F.global_scale_encode_divisor(amax)
@@ -83,7 +87,8 @@ def test_global_scale_conventions_are_reciprocal_and_match_torchao():
 
 
 def _quantize_both(x):
-    from torchao.prototype.mx_formats.nvfp4_tensor import nvfp4_quantize, per_tensor_amax_to_scale
+    ao = import_optional("torchao.prototype.mx_formats.nvfp4_tensor", "the quantizer oracle")
+    nvfp4_quantize, per_tensor_amax_to_scale = ao.nvfp4_quantize, ao.per_tensor_amax_to_scale
 
     amax = x.float().abs().amax()
     gs = F.global_scale_encode_divisor(amax)
@@ -136,7 +141,7 @@ def test_reference_quantizer_agrees_with_torchao_up_to_named_differences(dist):
 def test_dequantize_agrees_with_flashinfer_cpu_dequantizer():
     """FlashInfer's pure-PyTorch dequantizer (linear scales; it multiplies by the global scale it is
     given, so it takes the decode multiplier)."""
-    fp4q = pytest.importorskip("flashinfer.quantization.fp4_quantization")
+    fp4q = import_optional("flashinfer.quantization.fp4_quantization", "the CPU dequantizer oracle")
     from harness.data import generate
 
     x = generate("heavy_tailed", (33, 464), seed=5)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: list[tuple[str, ...]] = [
     # the number format, scale layouts and the machine: no harness imports
-    ("harness", "harness.format", "harness.layouts", "harness.env"),
+    ("harness", "harness.format", "harness.layouts", "harness.env", "harness.optional"),
     # Triton kernels: pipeline, test data and GEMMs
     ("harness.kernels", "harness.kernels.*"),
     # deterministic test data (its Triton path is a kernel)
@@ -29,6 +29,8 @@ LAYERS: list[tuple[str, ...]] = [
     # the data model: problems, poison, TP shards of real models; trials, outcomes, vocabulary
     ("harness.problem", "harness.tp_catalog"),
     ("harness.trial",),
+    # compute-sanitizer's output and the operand map (what an address means): parsing, no GPU
+    ("harness.sanitizer", "harness.sanitizer.findings", "harness.sanitizer.operands"),
     # operands from problems; Hypothesis strategies over the model
     ("harness.pipeline", "harness.strategies"),
     # the fp64 reference and its error bound
@@ -40,13 +42,15 @@ LAYERS: list[tuple[str, ...]] = [
     # running trials: experiments per level and the engine
     ("harness.experiments", "harness.experiments.*", "harness.runner"),
     # what is kept of a run: case files, the suite's plan
-    ("harness.cases", "harness.suite"),
+    ("harness.cases", "harness.suite", "harness.tracking"),
     # the results directory (writing and reading)
-    ("harness.results",),
+    ("harness.results", "harness.verified"),
     # the HTML report of a results directory
     ("harness.report", "harness.report.*"),
     # replay and the self-test
     ("harness.replay", "harness.selftest"),
+    # compute-sanitizer as an oracle: the child process, running cases under the tool, its self-test
+    ("harness.sanitizer.child", "harness.sanitizer.run", "harness.sanitizer.__main__"),
     # entry points
     ("harness.cli", "harness.__main__", "harness.pytest_plugin"),
 ]

@@ -31,7 +31,15 @@ CAUGHT_IN_CI = {"mutant-ktail-uninit"}
 
 
 def mutants() -> list[Backend]:
-    return [b for b in registry.all_backends(include_mutants=True) if b.mutant]
+    """The mutants the properties must catch (those only compute-sanitizer catches are
+    tests/test_sanitizer_gpu.py's)."""
+    return [b for b in registry.all_backends(include_mutants=True)
+            if b.mutant and getattr(b, "oracle", "properties") == "properties"]
+
+
+def sanitizer_mutants() -> list[Backend]:
+    return [b for b in registry.all_backends(include_mutants=True)
+            if b.mutant and getattr(b, "oracle", "properties") == "sanitizer"]
 
 
 MUTANT_NAMES = [b.name for b in mutants()]
@@ -49,6 +57,25 @@ def test_mutants_declare_their_bug() -> None:
         parent = registry.get(b.parent)  # type: ignore[attr-defined]
         assert not parent.mutant and parent.level == b.level, b.name
         assert b.describe()["planted"] == b.planted  # type: ignore[attr-defined]
+
+
+def test_sanitizer_mutants_declare_their_finding() -> None:
+    from harness.sanitizer import TOOLS, Finding
+
+    found = sanitizer_mutants()
+    assert {b.level for b in found} == {"gemm", "quantizer"} and len(found) >= 3
+    fields = {f for f in Finding.__dataclass_fields__}
+    for b in found:
+        assert b.name.startswith("mutant-") and b.planted and b.parent, b.name  # type: ignore[attr-defined]
+        assert b.sanitizer_tool in TOOLS, b.name  # type: ignore[attr-defined]
+        assert b.expected_property == f"sanitizer:{b.sanitizer_tool}", b.name  # type: ignore[attr-defined]
+        assert {"kernel", "buffer", "region"} <= set(b.expected_finding) <= fields, b.name  # type: ignore[attr-defined]
+        assert not b.requirements.runs_on_cpu, f"{b.name} cannot be sanitized under the interpreter"
+        parent = registry.get(b.parent)  # type: ignore[attr-defined]
+        assert not parent.mutant and parent.level == b.level, b.name
+        trial = b.sanitizer_trial()  # type: ignore[attr-defined]
+        assert trial.backend == b.name and trial.property in properties_for(b)
+    assert not any(s.name in MUTANT_NAMES for s in found), "the property self-test must not hunt them"
 
 
 @pytest.mark.parametrize("name", MUTANT_NAMES)

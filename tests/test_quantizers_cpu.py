@@ -22,6 +22,7 @@ from harness import data
 from harness import env as env_mod
 from harness.backends import quantizers
 from harness.backends.protocol import Unsupported
+from harness.optional import import_optional
 from harness.format import (BLOCK_SIZE, E2M1_MAGNITUDES, block_scale_and_inverse, e2m1_encode, e4m3_decode,
                             global_scale_encode_divisor, reference_quantize, unpack_e2m1)
 from harness.layouts import OperandRole, ScaleLayout, padded_shape, padding_map, swizzle, unswizzle
@@ -103,7 +104,7 @@ TORCHAO_DIFFERENCES = {
 
 @pytest.mark.parametrize("dist", data.DISTRIBUTIONS)
 def test_torchao_quantizer_differences_are_named_and_explained(dist):
-    pytest.importorskip("torchao.prototype.mx_formats.nvfp4_tensor")
+    import_optional("torchao.prototype.mx_formats.nvfp4_tensor", "the quant-torchao backend")
     q = by_name()["quant-torchao"]
     rows, k = 64, 256
     kb = k // BLOCK_SIZE
@@ -146,7 +147,7 @@ def test_torchao_quantizer_differences_are_named_and_explained(dist):
 
 
 def test_torchao_per_tensor_scale_is_the_decode_multiplier():
-    nvfp4 = pytest.importorskip("torchao.prototype.mx_formats.nvfp4_tensor")
+    nvfp4 = import_optional("torchao.prototype.mx_formats.nvfp4_tensor", "the quant-torchao backend")
     x = data.generate("normal", (32, 64), 5, torch.bfloat16)
     amax = x.float().abs().amax()
     gs = global_scale_encode_divisor(amax).reshape(1)
@@ -164,7 +165,7 @@ def test_torchao_per_tensor_scale_is_the_decode_multiplier():
 
 
 def test_torchao_scales_are_torchaos_linear_scales_swizzled():
-    nvfp4 = pytest.importorskip("torchao.prototype.mx_formats.nvfp4_tensor")
+    nvfp4 = import_optional("torchao.prototype.mx_formats.nvfp4_tensor", "the quant-torchao backend")
     q = by_name()["quant-torchao"]
     x = data.generate("heavy_tailed", (ROWS, K), 2, torch.bfloat16)
     gs = global_scale_encode_divisor(x.float().abs().amax()).reshape(1)
@@ -181,15 +182,20 @@ def test_torchao_scales_are_torchaos_linear_scales_swizzled():
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("layout", [L.SWIZZLED_128x4, L.SWIZZLED_8x4, L.LINEAR])
 def test_flashinfer_quantizer_support_and_flags(layout):
-    pytest.importorskip("flashinfer")
-    fq = pytest.importorskip("flashinfer.quantization.fp4_quantization")
+    fq = import_optional("flashinfer.quantization.fp4_quantization", "the quant-flashinfer backends")
     q = by_name()[f"quant-flashinfer-{layout.value}"]
     cpu = q.support(fake_env(None))
     assert not cpu and "CUDA kernel" in cpu.reason and "no CUDA GPU" in cpu.reason
     hopper = q.support(fake_env(90))
     assert hopper, "SM90 must not be gated off: the harness is to detect its garbage output"
-    assert "compiles the kernel body for SM100+ only" in hopper.reason
-    assert q.support(fake_env(100))
+    # the listing says what the installed FlashInfer does below SM100, decided from the library itself
+    fi_utils = import_optional("flashinfer.utils")
+    has_check = callable(getattr(fi_utils, "_check_block_scale_quantization_support", None))
+    assert (quantizers.library_device_check() is not None) == has_check
+    version = import_optional("flashinfer").__version__
+    assert f"flashinfer {version} " in hopper.reason
+    assert ("checks the device itself" if has_check else "has no device check for it") in hopper.reason
+    assert q.support(fake_env(100)) and "below SM100" not in q.support(fake_env(100)).reason
     ampere = q.support(fake_env(80))
     assert not ampere and "SM80" in ampere.reason and "get_fp4_quantization_module" in ampere.reason
 

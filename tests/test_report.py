@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 
 from harness.cases import Case, save_case
 from harness.problem import GemmProblem, Poison
@@ -301,6 +302,56 @@ def test_report_failures_with_replay_and_grid(report) -> None:
     assert '<pre class="cmd rerun">python -m pytest &#39;properties/test_gemm.py::test_reference_agreement' in failures
     assert "CUBLAS_STATUS_NOT_SUPPORTED" in failures
     assert '<svg class="legend"' in failures
+
+
+def _overflow_results(root: Path) -> dict:
+    """A results directory with one reference-agreement failure whose fp16 output holds three
+    correctly overflowed infinities and one finite output outside the bound, judged by
+    harness.checks, and one passing result with five accepted overflows."""
+    import torch
+
+    from harness.checks import reference_agreement
+    from harness.oracle import Reference, overflow_threshold
+
+    t = overflow_threshold(torch.float16)
+    value = torch.full((8, 64), 100.0, dtype=torch.float64)
+    bound = torch.full((8, 64), 1.0, dtype=torch.float64)
+    out = value.to(torch.float16)
+    for i, j in ((0, 3), (2, 40), (6, 10)):
+        value[i, j], bound[i, j], out[i, j] = t - 0.5, 1.0, float("inf")
+    out[5, 20] = 200.0
+    res = reference_agreement(out, Reference(value, value.abs(), 16), bound, torch.float16)
+    assert not res.ok
+    root.mkdir(parents=True)
+    recs = [_record("gw0", 1, "torch-emu", "reference_agreement", "fail", m=8, n_=64, reason=res.summary,
+                    measure=res.measure),
+            _record("gw0", 2, "torch-emu", "reference_agreement", "pass",
+                    measure={"max_err_units": 0.5, "violations": 0, "accepted_overflow": 5})]
+    (root / "results-gw0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return res.measure
+
+
+def test_report_grid_shows_what_the_property_judged(tmp_path: Path) -> None:
+    """The failure card's grid agrees with its summary: one output outside the bound, the accepted
+    overflows drawn as such (not as NaN/Inf), and the legend names every cell kind."""
+    from harness.report.svg import ACCEPTED, CHANGED, GRID_COLORS, GRID_LABELS, NONFINITE
+
+    measure = _overflow_results(tmp_path / "results")
+    html = render_report(tmp_path / "results", tmp_path / "report.html").read_text(encoding="utf-8")
+    failures = _section(html, "failures")
+    card = re.search(r'<details class="failure fail".*?</details>', failures, re.S).group(0)
+    assert "1 of 512 outputs outside the bound (0 of them NaN/Inf)" in card and "3 accepted overflow" in card
+    paths = dict((color, d) for d, color in re.findall(r'<path d="([^"]*)" fill="(#[0-9a-f]{6})"/>', card))
+    assert GRID_COLORS[NONFINITE] not in paths                  # nothing judged a wrong NaN/Inf
+    assert paths[GRID_COLORS[CHANGED]].count("M") == 1          # the one output outside the bound
+    assert paths[GRID_COLORS[ACCEPTED]].count("M") == 3         # the three accepted infinities
+    assert measure["violations"] == 1 and measure["accepted_overflow"] == 3
+    assert re.search(r"<td>accepted_overflow</td><td[^>]*>3</td>", card)
+    legend = re.search(r'<svg class="legend".*?</svg>', failures, re.S).group(0)
+    for code, label in GRID_LABELS.items():
+        assert str(escape(label)) in legend, label
+    row = re.search(r'<tr id="accepted-overflow">(.*?)</tr>', html, re.S).group(1)
+    assert "8 output(s) in 2 result(s)" in row
 
 
 def test_report_error_plots(report) -> None:

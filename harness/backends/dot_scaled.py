@@ -181,8 +181,8 @@ class TritonDotScaled(GemmBackend):
         cc = env.compute_capability
         if cc < NATIVE_CC:
             return Support(True, f"SM{cc} ({env.gpu_name}) has no native block-scaled MMA; Triton {triton.__version__} "
-                                 f"promises an emulation (Triton 3.6 fails to compile it on SM90: reported as "
-                                 f"unsupported at call time)")
+                                 f"promises an emulation (a compile failure at call time is reported as unsupported, "
+                                 f"with the compiler's message)")
         return Support(True, f"native block-scaled MMA on {env.gpu_name} (SM{cc}), Triton {triton.__version__}")
 
     def _check(self, ops: "GemmOperands", out: torch.Tensor | None) -> torch.Tensor:

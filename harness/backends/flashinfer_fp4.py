@@ -70,20 +70,12 @@ AUTO_CCS = CUTLASS_CCS | CUDNN_CCS | CUTE_DSL_CCS | CUTEDSL_LL_CCS | B12X_CCS
 TRTLLM_EPILOGUE_TILE_M = 128
 """``epilogue_tile_m`` of the TRT-LLM weight shuffle (``nvfp4_quantize(do_shuffle=True)`` uses 128)."""
 
-# Messages (or parts) by which FlashInfer, cuDNN, CuTe-DSL and the TRT-LLM runner refuse a call on
-# hardware or software they do not support.  Anything else raised by mm_fp4 is a failure.
-REFUSAL_PATTERNS = (
-    "No suitable auto backends",            # utils.backend_requirement wrapper, backend="auto"
-    "does not support backend",             # same wrapper, explicit backend on an unsupported cc
-    "does not support compute capability",  # same wrapper, single-backend APIs
-    "not supported on",
-    "CUBLAS_STATUS_NOT_SUPPORTED",           # cuDNN's cuBLAS-backed FP4 engine
-    "cuDNN is not available",                # gemm_base._check_cudnn_availability
-    "cuDNN FP4 requires",                    # gemm_base._check_cudnn_fp4_availability
-    "Unable to determine cuDNN",             # same
-    "CuTe DSL is not available",             # gemm_base._check_cute_dsl_availability
-    "contains no kernels runnable on sm",    # csrc/trtllm_gemm_runner.cu, cubin manifest per arch
-    "cudnnGraphNotSupportedError",           # cuDNN frontend: no engine for this graph here
+# Status codes by which the libraries under mm_fp4 refuse a call on hardware they do not support
+# (matched as whole identifiers).  FlashInfer's own refusals are its exception classes
+# (refusal_types()).  Anything else raised by mm_fp4 is a failure.
+REFUSAL_STATUS_CODES = (
+    "CUBLAS_STATUS_NOT_SUPPORTED",   # cuDNN's cuBLAS-backed FP4 engine
+    "cudnnGraphNotSupportedError",   # cuDNN frontend: no engine for this graph here
 )
 
 
@@ -120,7 +112,7 @@ def refusal_types() -> tuple[type, ...]:
 
 def translate_refusal(exc: BaseException, prefix: str) -> Unsupported | None:
     """:class:`Unsupported` for a FlashInfer capability refusal, None for anything else (a failure)."""
-    return as_unsupported(exc, prefix, types=refusal_types(), patterns=REFUSAL_PATTERNS)
+    return as_unsupported(exc, prefix, types=refusal_types(), status_codes=REFUSAL_STATUS_CODES)
 
 
 def _cc_list(ccs) -> str:

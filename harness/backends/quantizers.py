@@ -9,10 +9,14 @@ global scale ``gs = 448*6/amax`` (FlashInfer's ``global_sf``).
   padding.  Runs on GPUs and under the CPU interpreter.
 * ``quant-flashinfer-{128x4,8x4,linear}``: ``flashinfer.fp4_quantize`` with
   ``is_sf_swizzled_layout`` / ``is_sf_8x4_layout`` chosen for the layout (the same flags
-  ``nvfp4_quantize(sfLayout=...)`` derives).  CUDA only.  Its support deliberately includes SM90:
-  FlashInfer builds an ``fp4_quantization_90`` module (``get_fp4_quantization_module``) whose kernel
-  body is compiled only for SM100+, so on Hopper it returns whatever memory held, without an error.
-  That silent garbage is for the harness to detect, not for this adapter to hide.
+  ``nvfp4_quantize(sfLayout=...)`` derives).  CUDA only.  Its support deliberately includes SM90,
+  where FlashInfer builds an ``fp4_quantization_90`` module (``get_fp4_quantization_module``): what
+  the library does there depends on its version (0.7.2.post1 returned unquantized memory without
+  an error on this project's H200; later versions check the device first).  The harness runs it and
+  lets the observed behaviour decide: bytes it returns are checked (silent garbage is a failure,
+  never hidden), and a refusal that the library's own device check confirms
+  (``flashinfer.utils._check_block_scale_quantization_support``, where the installed version has
+  it) is reported as unsupported with the library's message.
 * ``quant-torchao``: ``torchao.prototype.mx_formats.nvfp4_tensor.nvfp4_quantize`` with
   ``per_tensor_scale = 1/gs`` (torchao's convention is the decode multiplier, amax/2688:
   ``per_tensor_amax_to_scale``), returning linear scales that are laid out in 128x4 with
@@ -114,10 +118,13 @@ class FlashInferQuantizer(QuantizerBackend):
             need = ", ".join(f"SM{c}" for c in sorted(FLASHINFER_QUANT_CCS))
             return Support(False, f"flashinfer fp4_quantize builds modules for {need} only "
                                   f"(get_fp4_quantization_module); this GPU ({env.gpu_name}) is SM{cc}")
-        note = (" (the library accepts SM90 but compiles the kernel body for SM100+ only: the harness checks "
-                "its bytes)" if cc < 100 else "")
-        return Support(True, f"flashinfer {getattr(fi, '__version__', '?')} fp4_quantize on {env.gpu_name} "
-                             f"(SM{cc}){note}")
+        ver = getattr(fi, "__version__", "?")
+        note = ""
+        if cc < 100:
+            note = (f" (below SM100 flashinfer {ver} checks the device itself: a refusal is reported as unsupported, "
+                    f"any bytes it returns are checked)" if library_device_check() is not None else
+                    f" (below SM100 flashinfer {ver} has no device check for it: the harness checks its bytes)")
+        return Support(True, f"flashinfer {ver} fp4_quantize on {env.gpu_name} (SM{cc}){note}")
 
     def call_kwargs(self, x: torch.Tensor, global_scale: torch.Tensor) -> dict:
         """Keyword arguments of ``flashinfer.fp4_quantize`` (pure)."""
@@ -135,7 +142,7 @@ class FlashInferQuantizer(QuantizerBackend):
         return kw
 
     def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from harness.backends.flashinfer_fp4 import import_flashinfer, refusal_types, REFUSAL_PATTERNS
+        from harness.backends.flashinfer_fp4 import import_flashinfer, refusal_types
 
         rows, k = _check_input(self.name, x, global_scale)
         if x.dtype not in self.INPUT_DTYPES:
@@ -149,12 +156,43 @@ class FlashInferQuantizer(QuantizerBackend):
         try:
             packed, scales = fi.fp4_quantize(**self.call_kwargs(x.contiguous(), global_scale))
         except Exception as exc:
-            unsup = as_unsupported(exc, f"{self.name}: flashinfer fp4_quantize refused",
-                                   types=refusal_types(), patterns=REFUSAL_PATTERNS)
+            prefix = f"{self.name}: flashinfer {getattr(fi, '__version__', '?')} fp4_quantize refused"
+            unsup = as_unsupported(exc, prefix, types=refusal_types())
+            if unsup is None and library_refuses_device(x.device) is not None:
+                # the library raised, and its own device check refuses this GPU: a refusal, shown
+                # with the library's message (never matched against a wording)
+                unsup = Unsupported(f"{prefix}: {type(exc).__name__}: {exc}")
             if unsup is not None:
                 raise unsup from exc
             raise
         return _check_output(self.name, self.layout, rows, k, packed, scales)
+
+
+def library_device_check():
+    """FlashInfer's own device check for its block-scale quantization kernels,
+    ``flashinfer.utils._check_block_scale_quantization_support(device, op_name)`` (raises for a
+    device they cannot run on), or None where the installed FlashInfer has none (or is absent)."""
+    from harness.backends.flashinfer_fp4 import import_flashinfer
+
+    fi, _ = import_flashinfer()
+    if fi is None:
+        return None
+    utils = importlib.import_module("flashinfer.utils")
+    check = getattr(utils, "_check_block_scale_quantization_support", None)
+    return check if callable(check) else None
+
+
+def library_refuses_device(device: torch.device) -> str | None:
+    """``"<ExceptionClass>: <message>"`` when the installed FlashInfer's own device check refuses
+    ``device`` (a CUDA device) for ``fp4_quantize``; None when it accepts it or has no such check."""
+    check = library_device_check()
+    if check is None:
+        return None
+    try:
+        check(device, "fp4_quantize")
+    except Exception as exc:  # noqa: BLE001 - the check exists to refuse: whatever it raises is its refusal
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 class TorchaoQuantizer(QuantizerBackend):

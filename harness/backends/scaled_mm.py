@@ -40,12 +40,9 @@ MIN_CC = 100
 """cuBLASLt's block-scaled FP4 (``CUBLASLT_MATMUL_MATRIX_SCALE_VEC16_UE4M3``) needs Blackwell; on
 SM90 the call fails with CUBLAS_STATUS_NOT_SUPPORTED (seen on this project's H200)."""
 
-REFUSAL_PATTERNS = (
-    "CUBLAS_STATUS_NOT_SUPPORTED",
-    # ScaledBlas.cpp _scaled_mm_out_cuda: scaled_mm_arch_allowed()
-    "torch._scaled_mm is only supported on CUDA devices with compute capability",
-    "not supported on",
-)
+REFUSAL_STATUS_CODES = ("CUBLAS_STATUS_NOT_SUPPORTED",)
+"""cuBLASLt's status for "no block-scaled FP4 kernel on this GPU" (a refusal); support() gates
+below SM100 before any call, so anything else torch raises is a failure."""
 
 
 def float4_available() -> bool:
@@ -109,7 +106,7 @@ class TorchScaledMm(GemmBackend):
         try:
             acc = torch._scaled_mm(**kwargs)
         except Exception as exc:
-            unsup = as_unsupported(exc, f"{self.name}: torch._scaled_mm refused", patterns=REFUSAL_PATTERNS)
+            unsup = as_unsupported(exc, f"{self.name}: torch._scaled_mm refused", status_codes=REFUSAL_STATUS_CODES)
             if unsup is not None:
                 raise unsup from exc
             raise

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-from harness.trial import CHANGED, NONFINITE, OK, OUTCOMES, PADDING
+from harness.trial import ACCEPTED, CHANGED, NONFINITE, OK, OUTCOMES, PADDING
 
-GRID_COLORS = {OK: "#d9f2df", CHANGED: "#f59e0b", NONFINITE: "#dc2626", PADDING: "#d1d5db"}
-GRID_LABELS = {OK: "ok", CHANGED: "changed / out of bound", NONFINITE: "NaN / Inf", PADDING: "padding"}
+GRID_COLORS = {OK: "#d9f2df", CHANGED: "#f59e0b", NONFINITE: "#dc2626", PADDING: "#d1d5db", ACCEPTED: "#60a5fa"}
+GRID_LABELS = {OK: "ok", CHANGED: "outside the bound / bits changed", NONFINITE: "NaN / Inf, wrong",
+               ACCEPTED: "Inf, accepted overflow", PADDING: "padding"}
+GRID_SEVERITY = {PADDING: 0, OK: 1, ACCEPTED: 2, CHANGED: 3, NONFINITE: 4}
+"""Which code a pooled cell shows: the most severe of its elements (as ``harness.checks.status_grid``)."""
 OUTCOME_COLORS = {"pass": "#16a34a", "fail": "#dc2626", "crash": "#7c3aed", "skip": "#9ca3af"}
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#ff9da7",
            "#e15759", "#bab0ac", "#1f3a93", "#8c6d1f", "#17becf", "#6b3e26", "#bcbd22", "#d62790",
@@ -123,7 +126,7 @@ def parse_grid(g: Mapping) -> Grid:
     for r in cells:
         values.update(r)  # few distinct values: check those, not every cell
     if any(type(c) is not int or c not in GRID_COLORS for c in values):
-        raise GridError("grid.cells holds a value that is not a cell code 0..3")
+        raise GridError(f"grid.cells holds a value that is not a cell code {sorted(GRID_COLORS)}")
 
     def pos(key: str, default: int) -> int:
         v = g.get(key, default)
@@ -141,17 +144,17 @@ def parse_grid(g: Mapping) -> Grid:
 
 
 def _shrink(grid: Grid) -> Grid:
-    """Pool a grid too large to draw, keeping the worst code of each block (NaN > changed > padding
-    > ok) and keeping real and padding cells in separate blocks."""
+    """Pool a grid too large to draw, keeping the most severe code of each block (``GRID_SEVERITY``)
+    and keeping real and padding cells in separate blocks (so padding never hides an ok cell)."""
     factor = math.ceil(math.sqrt(grid.rows * grid.cols / _MAX_GRID_CELLS))
-    rank = {NONFINITE: 3, CHANGED: 2, PADDING: 1, OK: 0}
 
     def spans(real: int, total: int) -> list[range]:
         return [range(s, min(s + factor, real)) for s in range(0, real, factor)] + \
             [range(s, min(s + factor, total)) for s in range(real, total, factor)]
 
     rs, cs = spans(grid.real_rows, grid.rows), spans(grid.real_cols, grid.cols)
-    cells = [[max((grid.cells[i][j] for i in r for j in c), key=rank.__getitem__) for c in cs] for r in rs]
+    cells = [[max((grid.cells[i][j] for i in r for j in c), key=GRID_SEVERITY.__getitem__) for c in cs]
+             for r in rs]
     return Grid(cells, math.ceil(grid.real_rows / factor), math.ceil(grid.real_cols / factor),
                 grid.row_step * factor, grid.col_step * factor, grid.m, grid.n)
 
@@ -192,7 +195,7 @@ def grid_svg(grid: Grid, uid: str, *, max_width: float = 640, max_height: float 
     # non-ok cells as one path per code, drawn in cell units (short coordinates) and merged into
     # horizontal runs that never cross the real/padding gap
     g = round(gap / s, 3)
-    runs: dict[int, list[str]] = {CHANGED: [], NONFINITE: [], PADDING: []}
+    runs: dict[int, list[str]] = {ACCEPTED: [], CHANGED: [], NONFINITE: [], PADDING: []}
     for i, row in enumerate(grid.cells):
         yy = _f(i + g) if i >= rr else str(i)
         j = 0
@@ -244,11 +247,11 @@ def grid_svg(grid: Grid, uid: str, *, max_width: float = 640, max_height: float 
 
 
 def grid_legend_svg(uid: str) -> Markup:
-    """Swatches for the four cell codes (one legend per report)."""
+    """Swatches for the cell codes (one legend per report)."""
     hatch = f"hatch-{uid}"
     items = []
     xpos = 0.0
-    for code in (OK, CHANGED, NONFINITE, PADDING):
+    for code in (OK, CHANGED, NONFINITE, ACCEPTED, PADDING):
         fill = f"url(#{hatch})" if code == PADDING else GRID_COLORS[code]
         label = GRID_LABELS[code]
         items.append(f'<rect x="{_f(xpos)}" y="3" width="14" height="14" fill="{fill}" stroke="#9ca3af" '

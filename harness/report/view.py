@@ -23,7 +23,8 @@ from markupsafe import Markup
 from harness.problem import POISON_KINDS, POISON_REGIONS, REGIONS, poison_kind
 from harness.report.svg import (OUTCOME_COLORS, GridError, Point, grid_legend_svg, grid_svg, marker_svg,
                                 outcome_bar_svg, parse_grid, scatter_svg, series_styles)
-from harness.results import RunData, is_test_skip, natural_key
+from harness.results import RunData, accepted_overflow, is_test_skip, natural_key
+from harness.sanitizer.findings import Finding
 from harness.trial import ISOLATION_PROPERTIES, OUTCOMES, PROPERTIES, json_number
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -177,6 +178,10 @@ def _failure_view(idx: int, rec: Mapping | None, case: "Case | None", case_ref: 
         v = measure.get(key, observed.get(key))
         if v is not None:
             details.append((key, _fmt_num(v)))
+    for key in ("violations", "nonfinite_violations", "accepted_overflow"):
+        v = measure.get(key, observed.get(key))
+        if isinstance(v, int) and not isinstance(v, bool) and (v or key == "violations"):
+            details.append((key, str(v)))
     for key in ("nan_rows", "changed_rows", "changed_cols"):
         v = measure.get(key, observed.get(key))
         if v:
@@ -186,6 +191,15 @@ def _failure_view(idx: int, rec: Mapping | None, case: "Case | None", case_ref: 
         v = measure.get(key, observed.get(key))
         if v is not None:
             details.append((key, str(v)))
+    findings = measure.get("findings") or (observed.get("sanitizer") or {}).get("findings") or []
+    if isinstance(findings, list) and findings:  # compute-sanitizer findings (harness.sanitizer)
+        for f in findings[:8]:
+            try:
+                details.append(("finding", Finding.from_dict(f).line()))
+            except (TypeError, ValueError, AttributeError, KeyError):
+                warnings.append(f"{rec.get('_source', case_ref)}: an unreadable sanitizer finding was left out")
+        if len(findings) > 8:
+            details.append(("finding", f"… {len(findings) - 8} more"))
     grid_html: Markup | None = None
     grid_note = ""
     if "grid" in measure and idx > MAX_GRIDS:
@@ -409,11 +423,40 @@ def build_context(run: RunData) -> dict[str, Any]:
         "properties": props, "matrix": matrix,
         "isolation": isolation, "regions": REGIONS, "outcomes": OUTCOMES,
         "failures": failures, "grid_legend": grid_legend_svg("legend"),
+        "accepted_overflow": accepted_overflow(records),
         "plots": plots,
         "hypothesis": hypothesis, "hypothesis_cols": hyp_cols, "hypothesis_skipped": hypothesis_skipped,
         "n_cases": len(run.cases),
+        "tracking": _tracking_view(run.tracking),
+        "verified": _verified_view(all_records, warnings),
         "warnings": warnings,
     }
+
+
+def _tracking_view(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The regression cases' upstream-tracking verdicts, transitions first (None: no regression run)."""
+    from harness import tracking
+
+    if not rows:
+        return None
+    counts = [(s, sum(1 for r in rows if r.get("state") == s)) for s in tracking.STATES]
+    return {"counts": [(s, n) for s, n in counts if n],
+            "transitions": [r for r in rows if r.get("state") in tracking.TRANSITIONS],
+            "rows": rows, "loud": tracking.TRANSITIONS}
+
+
+def _verified_view(records: list[dict], warnings: list[str]) -> list[dict[str, Any]]:
+    """For each backend of the run: where the project last saw it compute (bench/verified.json)."""
+    from harness import verified
+
+    try:
+        record = verified.load()
+    except verified.VerifiedFileError as exc:
+        warnings.append(f"verification record: {exc}")
+        record = {}
+    names = sorted({str(r.get("backend")) for r in records if r.get("backend")})
+    return [{"backend": n, "computed": verified.ever_computed(n, record), "text": verified.describe(n, record)}
+            for n in names]
 
 
 def _fmt_cell(v: Any, col: str) -> str:

@@ -1,0 +1,100 @@
+"""Sanitizer sweep on a GPU: the regression corpus and a sample of cases per backend under
+compute-sanitizer (memcheck and initcheck by default), then the sanitizer-only mutants' self-test.
+Writes one JSON document (device, date, versions, every run with its time and findings).
+
+    python bench/sanitizer_run.py --json OUT/sanitizer.json [--part corpus|sample|selftest|all]
+        [--sample 1] [--seed 0] [--tools memcheck,initcheck] [--backends all]
+
+Each sanitized run is a child process under the tool (about 5-20 s each on an H200, mostly Python,
+torch and Triton start-up under instrumentation); ``--part`` splits the sweep into commands that
+fit a time limit.
+
+The same runs from the command line: ``nvfp4-harness sanitize regressions/cases --sample 3 --tool
+memcheck --tool initcheck`` and ``nvfp4-harness sanitize --selftest``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", required=True, help="where to write the results")
+    ap.add_argument("--part", default="all", choices=("corpus", "sample", "selftest", "all"))
+    ap.add_argument("--sample", type=int, default=1, help="cases per backend drawn from the strategies")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tools", default="memcheck,initcheck")
+    ap.add_argument("--corpus", default=str(ROOT / "regressions" / "cases"))
+    ap.add_argument("--backends", default="all")
+    args = ap.parse_args()
+
+    from harness import env
+    from harness.backends import registry
+    from harness.cases import load_case
+    from harness.sanitizer import run as sz
+
+    e = env.current()
+    doc: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "environment": e.to_dict(),
+                 "tools": args.tools.split(","), "sample": args.sample, "seed": args.seed, "runs": [],
+                 "selftest": None}
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path = sz.check_available()
+    except sz.SanitizerUnavailable as exc:
+        doc["error"] = str(exc)
+        out.write_text(json.dumps(doc, indent=2))
+        print(f"cannot sanitize: {exc}", file=sys.stderr)
+        return 4
+    doc["sanitizer"] = subprocess.run([path, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
+
+    doc["part"] = args.part
+    chosen = []
+    if args.part in ("corpus", "all"):
+        chosen += [(load_case(p).trial(), f"corpus:{p.name}") for p in sz.cases_in([args.corpus])]
+    if args.part in ("sample", "all"):
+        names = sz._backend_names(args.backends)
+        chosen += [(t, "sample") for t in sz.sample_trials(names, args.sample, args.seed)]
+    t_all = time.perf_counter()
+    for trial, source in chosen:
+        for tool in doc["tools"]:
+            res = sz.sanitize_trial(trial, tool)
+            p = trial.problem
+            doc["runs"].append({"source": source, "backend": trial.backend, "level": registry.get(trial.backend).level,
+                                "tool": tool, "m": p.m, "n": p.n, "k": p.k, "out_dtype": p.out_dtype,
+                                "a_layout": trial.a_layout, "status": res.status, "reason": res.reason,
+                                "error_count": res.error_count, "seconds": res.duration_s,
+                                "findings": [f.line() for f in res.findings]})
+            print(sz.describe(res), flush=True)
+            out.write_text(json.dumps(doc, indent=2))  # what ran is kept if a later run hangs
+    doc["sweep_seconds"] = round(time.perf_counter() - t_all, 1)
+    scores = []
+    if args.part in ("selftest", "all"):
+        t0 = time.perf_counter()
+        scores = sz.selftest()
+        doc["selftest"] = {"seconds": round(time.perf_counter() - t0, 1),
+                           "scores": [{**s.__dict__, "ok": s.ok} for s in scores]}
+        print(sz.scoreboard(scores))
+    totals: dict = {}
+    for r in doc["runs"]:
+        key = f"{r['tool']}:{r['status']}"
+        totals[key] = totals.get(key, 0) + 1
+    doc["totals"] = totals
+    out.write_text(json.dumps(doc, indent=2))
+    print(json.dumps(totals), f"sweep {doc['sweep_seconds']} s",
+          f"selftest {doc['selftest']['seconds']} s" if doc["selftest"] else "")
+    bad = [r for r in doc["runs"] if r["status"] in ("fail", "crash")]
+    return 1 if bad or not all(s.ok for s in scores) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
