@@ -18,34 +18,21 @@ from collections import defaultdict
 import torch
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--backend", default="triton-emu-128x4")
-    ap.add_argument("--cases", type=int, default=300)
-    ap.add_argument("--large", type=int, default=8192)
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    from hypothesis import HealthCheck, given, settings
-
-    from harness import checks, env, strategies
+def make_case(backend_name: str, dev: torch.device):
+    """(one_case(problem, timing=False), phases): one property-suite case and its per-phase seconds."""
+    from harness import checks
     from harness.backends import registry
     from harness.oracle import compare, error_bound, reference_gemm
-    from harness.problem import CLEAN, GemmProblem, Poison
     from harness.runner import _Gemm, _sync
-    from harness.trial import Trial
 
-    e = env.current()
-    dev = e.torch_device
-    backend = registry.get(args.backend)
-    problems = []
+    try:
+        from harness.problem import CLEAN, GemmProblem, Poison
+        from harness.trial import Trial
+    except ImportError:  # trees before harness/problem.py (bench/side_by_side.py runs older commits)
+        from harness.pipeline import CLEAN, GemmProblem, Poison
+        from harness.runner import Trial
 
-    @settings(max_examples=args.cases, derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
-    @given(strategies.gemm_problems(max_m=256, max_nk_blocks=256))
-    def collect(p):
-        problems.append(p)
-
-    collect()
+    backend = registry.get(backend_name)
     phases = defaultdict(float)
 
     def one_case(p: GemmProblem, timing: bool = False) -> None:
@@ -72,6 +59,38 @@ def main() -> int:
         assert agr.ok and iso.ok, (p, agr.max_err_units, iso.summary)
         mark("checks", t)
 
+    return one_case, phases
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backend", default="triton-emu-128x4")
+    ap.add_argument("--cases", type=int, default=300)
+    ap.add_argument("--large", type=int, default=8192)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    from hypothesis import HealthCheck, given, settings
+
+    from harness import env, strategies
+    from harness.backends import registry
+    from harness.oracle import reference_method
+    from harness.problem import GemmProblem
+    from harness.runner import _sync
+
+    e = env.current()
+    dev = e.torch_device
+    backend = registry.get(args.backend)
+    problems = []
+
+    @settings(max_examples=args.cases, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(strategies.gemm_problems(max_m=256, max_nk_blocks=256))
+    def collect(p):
+        problems.append(p)
+
+    collect()
+    one_case, phases = make_case(backend.name, dev)
+
     for p in problems:  # first pass compiles every kernel variant; the timed pass is steady state
         one_case(p)
     _sync()
@@ -83,19 +102,22 @@ def main() -> int:
     wall = time.perf_counter() - t0
     rate = len(problems) / wall
 
-    phases.clear()
-    big = GemmProblem(args.large, args.large, args.large)
-    one_case(big, timing=True)
-    phases.clear()
-    one_case(big, timing=True)
-    total = sum(phases.values())
     out = {"note": "steady state: a first pass over the same cases compiled every kernel variant",
            "device": e.gpu_name or "cpu", "date": datetime.date.today().isoformat(), "backend": backend.name,
-           "cases": len(problems), "wall_s": wall, "cases_per_s": rate,
-           "large_shape": args.large, "large_phases_ms": {k: v * 1e3 for k, v in phases.items()},
-           "large_backend_share": phases["backend"] / total,
-           "large_harness_share": 1 - phases["backend"] / total,
-           "large_harness_share_excluding_reference": (total - phases["backend"] - phases["reference"]) / total}
+           "torch": torch.__version__, "cases": len(problems), "wall_s": wall, "cases_per_s": rate}
+    if args.large:  # --large 0 skips the large case (CPU)
+        phases.clear()
+        big = GemmProblem(args.large, args.large, args.large)
+        one_case(big, timing=True)
+        phases.clear()
+        one_case(big, timing=True)
+        total = sum(phases.values())
+        out.update({
+            "large_shape": args.large, "large_phases_ms": {k: v * 1e3 for k, v in phases.items()},
+            "large_reference_method": reference_method(args.large, args.large, args.large, dev),
+            "large_backend_share": phases["backend"] / total,
+            "large_harness_share": 1 - phases["backend"] / total,
+            "large_harness_share_excluding_reference": (total - phases["backend"] - phases["reference"]) / total})
     print(json.dumps(out, indent=2))
     if args.json:
         with open(args.json, "w") as fh:

@@ -8,6 +8,11 @@
 #   .device/wheels/         apache-tvm-ffi (flashinfer's compiled dependency)
 #   .device/oracles/        the [oracles] extra (torchao, compressed-tensors) and those of their dependencies
 #                           the GPU image lacks (it has transformers, huggingface-hub, tokenizers, psutil)
+#                           nvidia-modelopt (the third oracle) is left out: importing its NVFP4QTensor imports
+#                           modelopt.torch, which needs scipy (35 MiB) and pulp (16 MiB); with flashinfer that
+#                           exceeds the 64 MiB carry (checked: python -S with the image's packages and these
+#                           wheels only).  Its backends (quant-modelopt, ckpt-modelopt) are pure torch and run
+#                           in CI on the CPU; on the GPU machine they report the package as not installed.
 # On the GPU machine:  source bench/device-env.sh   (NVFP4_DEVICE_ORACLES=0 leaves the oracles out)
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)

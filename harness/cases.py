@@ -9,7 +9,7 @@ seen (the environment) and what was seen (``observed``).
 Schema ``nvfp4-harness/case/1``::
 
     {"schema": "nvfp4-harness/case/1", "id": str, "created": ISO 8601 time,
-     "backend": registered backend name, "level": "gemm" | "linear" | "quantizer",
+     "backend": registered backend name, "level": "gemm" | "linear" | "quantizer" | "checkpoint",
      "property": one of harness.checks.PROPERTIES,
      "problem": {m, n, k, out_dtype, in_dtype, distribution, seed, origin?, batch?},
      "poison": {m_pad, n_pad, k_tail, data, stale_memory},
@@ -75,7 +75,7 @@ _TOP_ORDER = ("schema", "id", "created", "backend", "level", "property", "proble
 _PROBLEM_REQUIRED = ("m", "n", "k", "out_dtype", "in_dtype", "distribution", "seed")
 _PROBLEM_OPTIONAL = ("origin", "batch")
 _ENV_STR_FIELDS = ("device", "gpu_name", "driver", "cuda", "torch", "triton", "flashinfer", "hypothesis",
-                   "python", "torchao", "compressed_tensors")
+                   "python", "torchao", "compressed_tensors", "modelopt")
 _ENV_INT_FIELDS = ("compute_capability", "gpu_count")
 _OBSERVED_INT_LISTS = ("nan_rows", "changed_rows", "changed_cols")
 
@@ -105,7 +105,7 @@ class Case:
     id: str
     created: str
     backend: str
-    level: Literal["gemm", "linear", "quantizer"]
+    level: Literal["gemm", "linear", "quantizer", "checkpoint"]
     property: str
     problem: GemmProblem
     poison: Poison

@@ -11,6 +11,19 @@ import torch
 from harness.oracle import Agreement, Reference, compare
 from harness.trial import ACCEPTED, CHANGED, NONFINITE, OK, PADDING, PropertyResult
 
+DESIGN_DIFFERENCES = {
+    "subnormal_scale_floor": "block scales below 2^-6 raised to 2^-6 (torchao nvfp4_quantize, E4M3_EPS clamp)",
+    "zero_scale_eps": "a block scale that rounds to 0 replaced by 0.125 (compressed-tensors calculate_qparams, "
+                      "_get_dtype_eps(float8_e4m3fn))",
+    "zero_block_scale_one": "an all-zero block gets block scale 1.0 (ModelOpt NVFP4QTensor."
+                            "get_weights_scaling_factor: per_block_scale[per_block_scale == 0] = 1.0)",
+    "min_subnormal_scale_floor": "block scales clamped to >= 2^-9 before the e4m3 cast (ModelOpt "
+                                 "_cast_per_block_scale_to_fp8)",
+}
+"""Documented design differences a quantizer may declare (``known_differences``): the library's own,
+deliberate choice for a block scale, named and counted by :func:`quantizer_agreement`, never failed.
+Codes of a block whose scale differs follow that scale and are not compared."""
+
 GRID_MAX = 64
 
 
@@ -299,40 +312,59 @@ def tp_row_consistency(shard_outs: list[torch.Tensor], refs: list[Reference], bo
     return PropertyResult("tp_consistency", agr.ok, summary, measure)
 
 
+def _declared_scale_masks(sf: torch.Tensor, ref_sf: torch.Tensor, zero_block: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per design difference (:data:`DESIGN_DIFFERENCES`), the scale bytes it explains."""
+    return {
+        "subnormal_scale_floor": (ref_sf < 0x08) & (sf == 0x08),
+        "zero_scale_eps": (ref_sf == 0x00) & (sf == 0x20),  # 0x20 = 0.125
+        "zero_block_scale_one": zero_block & (sf == 0x38),
+        "min_subnormal_scale_floor": (ref_sf == 0x00) & (sf == 0x01),
+    }
+
+
 def quantizer_agreement(packed: torch.Tensor, scales_logical: torch.Tensor, ref_codes: torch.Tensor,
                         ref_scales: torch.Tensor, scaled_input: torch.Tensor,
-                        declared: tuple[str, ...] = (), scale_prerounding: torch.Tensor | None = None
-                        ) -> PropertyResult:
+                        declared: tuple[str, ...] = (), scale_prerounding: torch.Tensor | None = None,
+                        prop: str = "quantizer_agreement") -> PropertyResult:
     """9. A quantizer's bytes equal the reference quantizer's.
 
     Differences that are legitimate rounding choices are counted and named, not failed: a code one
     step away where the scaled value lies within 4 fp32 ulps of an e2m1 tie (approximate reciprocals
     or another operation order move it across), the same for a block scale one e4m3 step away whose
     unrounded value ``scale_prerounding`` (gs*amax/6) lies within 4 fp32 ulps of an e4m3 rounding
-    midpoint, and the sign of a zero.  A backend may also
-    *declare* a documented design difference in ``declared``: ``"subnormal_scale_floor"`` (block
-    scales below 2^-6 raised to 2^-6, torchao's E4M3_EPS clamp); codes of such blocks follow
-    their scale.  Everything else fails.
+    midpoint, and the sign of a zero.  A backend may also *declare* documented design differences in
+    ``declared``, names from :data:`DESIGN_DIFFERENCES` (e.g. ``"subnormal_scale_floor"``, torchao's
+    E4M3_EPS clamp); codes of such blocks follow their scale.  Everything else fails.
 
     ``scales_logical`` is the backend's scale buffer unswizzled to [rows, kblocks] (real region);
-    ``scaled_input`` is x times the reference per-element inverse scale, in fp32.
+    ``scaled_input`` is x times the reference per-element inverse scale, in fp32.  ``prop`` names
+    the property the result is recorded under (the checkpoint property reuses this check).
     """
     from harness.format import e4m3_encode, unpack_e2m1
 
+    unknown = [d for d in declared if d not in DESIGN_DIFFERENCES]
+    if unknown:
+        raise ValueError(f"known_differences={list(declared)}: {unknown} not in {sorted(DESIGN_DIFFERENCES)}")
     rows, k = ref_codes.shape
     codes = unpack_e2m1(packed[:rows, :k // 2]).cpu()
     sf = scales_logical[:rows, :k // 16].cpu()
     ref_sf = ref_scales.cpu()
     ref_c = ref_codes.cpu()
     sf_diff = sf != ref_sf
-    floor = sf_diff & (ref_sf < 0x08) & (sf == 0x08)
-    floor_ok = "subnormal_scale_floor" in declared
+    zero_block = (scale_prerounding.cpu() == 0) if scale_prerounding is not None else torch.zeros_like(sf_diff)
+    explained = torch.zeros_like(sf_diff)
+    counts: dict[str, int] = {}
+    for name, mask in _declared_scale_masks(sf, ref_sf, zero_block).items():
+        if name in declared:
+            hit = sf_diff & mask & ~explained
+            counts[name] = int(hit.sum())
+            explained |= hit
     scale_tie = torch.zeros_like(sf_diff)
     if scale_prerounding is not None:
         v = scale_prerounding.float().cpu()
         near_mid = e4m3_encode(v * (1 + 2.0 ** -21)) != e4m3_encode(v * (1 - 2.0 ** -21))
-        scale_tie = sf_diff & near_mid & ((sf.int() - ref_sf.int()).abs() == 1)
-    bad_sf = sf_diff & ~(floor & floor_ok) & ~scale_tie
+        scale_tie = sf_diff & near_mid & ((sf.int() - ref_sf.int()).abs() == 1) & ~explained
+    bad_sf = sf_diff & ~explained & ~scale_tie
     code_diff = (codes != ref_c) & ~sf_diff.repeat_interleave(16, dim=1)  # differing scales own their codes
     a = scaled_input.abs().cpu()
     near_tie = torch.zeros_like(a, dtype=torch.bool)
@@ -343,17 +375,19 @@ def quantizer_agreement(packed: torch.Tensor, scales_logical: torch.Tensor, ref_
     neg_zero = code_diff & ((codes | 8) == 8) & ((ref_c | 8) == 8)
     tie_diffs = code_diff & near_tie & one_step & same_sign
     real_diffs = code_diff & ~tie_diffs & ~neg_zero
-    n_sf, n_floor, n_stie = int(bad_sf.sum()), int((floor & floor_ok).sum()), int(scale_tie.sum())
+    n_sf, n_stie = int(bad_sf.sum()), int(scale_tie.sum())
     n_tie, n_real, n_nz = int(tie_diffs.sum()), int(real_diffs.sum()), int(neg_zero.sum())
     ok = n_sf == 0 and n_real == 0
     named = f"{n_tie} codes one step apart at e2m1 ties, {n_stie} scales at e4m3 ties, {n_nz} in the sign of zero" + \
-        (f", {n_floor} subnormal block scales floored at 2^-6 (declared)" if floor_ok else "")
+        "".join(f", {c} block scales by declared {name}" for name, c in counts.items())
     summary = (f"bytes match the reference ({named})" if ok else
                f"{n_sf} scale bytes and {n_real} codes differ from the reference ({named})")
-    return PropertyResult("quantizer_agreement", ok, summary,
+    return PropertyResult(prop, ok, summary,
                           {"scale_mismatches": n_sf, "code_mismatches": n_real, "tie_differences": n_tie,
                            "scale_tie_differences": n_stie,
-                           "negative_zero_differences": n_nz, "declared_scale_floor": n_floor,
+                           "negative_zero_differences": n_nz,
+                           "declared_scale_floor": counts.get("subnormal_scale_floor", 0),
+                           "declared_differences": counts,
                            "changed_rows": _rows_list(bad_sf.any(1) | real_diffs.any(1))})
 
 
@@ -366,3 +400,48 @@ def batch_invariance(small: torch.Tensor, large: torch.Tensor, m: int) -> Proper
     return PropertyResult("batch_invariance", True,
                           "batch invariant" if same else f"{len(diff_rows)} rows differ with a larger batch (reported)",
                           {"invariant": same, "changed_rows": diff_rows})
+
+
+CHECKPOINT_SCALE_RTOL = 2.0 ** -21
+"""Relative tolerance on a loaded global scale or alpha against its exact (fp64) value.
+
+Derived, not tuned: a checkpoint stores amax/2688 or 2688/amax rounded once to fp32 (relative
+error <= u = 2^-24); a loader inverts it at most once (one more rounding) and forms alpha as a
+product of two such values (one more).  The worst case, alpha, is within (1+u)^5 - 1 < 8u = 2^-21.
+A convention mix-up (encode divisor read as decode multiplier) is off by a factor gs^2, a
+bf16-rounded scale by up to 2^-9: both far outside."""
+
+
+def checkpoint_convention(bytes_check: PropertyResult, scales: dict[str, tuple[float, float]],
+                          dequant_max_rel_err: float | None = None) -> PropertyResult:
+    """11. A checkpoint exported in a library's convention and loaded the way a serving engine
+    interprets that convention gives the reference's NVFP4 weight and scales.
+
+    ``bytes_check``: :func:`quantizer_agreement` of the loaded codes and block scales against the
+    reference quantizer (ties and declared design differences counted, not failed).
+    ``scales``: name -> (loaded, exact) for the weight's decode multiplier (amax_w/2688), the
+    activation quantizer's encode divisor (2688/amax_x, from the static input scale) and the GEMM's
+    alpha; each must agree within :data:`CHECKPOINT_SCALE_RTOL`.  ``dequant_max_rel_err`` (reported)
+    is the largest relative difference of the loaded, dequantized weight from the reference's, over
+    the elements whose bytes agree.
+    """
+    bad = []
+    ratios = {}
+    for name, (got, want) in scales.items():
+        rel = abs(got - want) / abs(want) if want else (0.0 if got == want else float("inf"))
+        ratios[name] = {"loaded": got, "expected": want, "rel_err": rel}
+        if not (rel <= CHECKPOINT_SCALE_RTOL):  # NaN fails too
+            ratio = got / want if want else float("nan")
+            bad.append(f"{name} = {got:.6g}, expected {want:.6g} (x{ratio:.4g})")
+    ok = bytes_check.ok and not bad
+    measure = dict(bytes_check.measure)
+    measure["scales"] = ratios
+    if dequant_max_rel_err is not None:
+        measure["dequant_max_rel_err"] = dequant_max_rel_err
+    parts = []
+    if bad:
+        parts.append("scales off: " + "; ".join(bad))
+    parts.append(("codes and block scales: " if bytes_check.ok else "codes and block scales differ: ")
+                 + bytes_check.summary)
+    summary = ("checkpoint loads to the reference weight and scales; " if ok else "") + "; ".join(parts)
+    return PropertyResult("checkpoint_convention", ok, summary, measure)

@@ -88,7 +88,7 @@ def cmd_backends(args) -> int:
                           "load_errors": registry.load_errors()}, indent=2))
         return 0
     print(f"environment: {e.summary()}")
-    for level in ("gemm", "linear", "quantizer"):
+    for level in ("gemm", "linear", "quantizer", "checkpoint"):
         sel = [r for r in rows if r["level"] == level]
         if not sel:
             continue
@@ -103,7 +103,7 @@ def cmd_backends(args) -> int:
 def _backend_table(rows: list[dict], level: str) -> str:
     """One aligned table: a header row, then one row per backend (the reason column is last and
     free-running)."""
-    if level == "quantizer":
+    if level in ("quantizer", "checkpoint"):
         head = ("backend", "runs", "scale layout", "reason")
         body = [(r["name"], "yes" if r["available"] else "no", "/".join(r["a_layouts"]), r["reason"]) for r in rows]
     else:

@@ -28,7 +28,8 @@ def configure_triton_interpreter() -> bool:
 
 
 #: distribution name -> import name, where they differ
-_MODULE_OF = {"flashinfer-python": "flashinfer", "compressed-tensors": "compressed_tensors"}
+_MODULE_OF = {"flashinfer-python": "flashinfer", "compressed-tensors": "compressed_tensors",
+              "nvidia-modelopt": "modelopt"}
 
 
 def library_version(dist: str) -> str | None:
@@ -82,6 +83,7 @@ class Environment:
     interpreter: bool
     torchao: str | None = None
     compressed_tensors: str | None = None
+    modelopt: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,9 +99,9 @@ class Environment:
         return f"SM{self.compute_capability}" if self.device == "cuda" else "cpu"
 
     def library_versions(self) -> dict[str, str | None]:
-        """torch, triton, flashinfer, torchao, compressed_tensors -> version (None: not installed)."""
+        """torch, triton, flashinfer, torchao, compressed_tensors, modelopt -> version (None: not installed)."""
         return {"torch": self.torch, "triton": self.triton, "flashinfer": self.flashinfer,
-                "torchao": self.torchao, "compressed_tensors": self.compressed_tensors}
+                "torchao": self.torchao, "compressed_tensors": self.compressed_tensors, "modelopt": self.modelopt}
 
     def summary(self) -> str:
         where = f"{self.gpu_name} (SM{self.compute_capability})" if self.device == "cuda" else \
@@ -155,9 +157,11 @@ def current() -> Environment:
             gpu_count=torch.cuda.device_count(), driver=_driver_version(), cuda=torch.version.cuda,
             torch=torch.__version__, triton=_version("triton"), flashinfer=_version("flashinfer-python"),
             hypothesis=_version("hypothesis"), python=platform.python_version(), interpreter=interp,
-            torchao=_version("torchao"), compressed_tensors=_version("compressed-tensors"))
+            torchao=_version("torchao"), compressed_tensors=_version("compressed-tensors"),
+            modelopt=_version("nvidia-modelopt"))
     return Environment(
         device="cpu", gpu_name=None, compute_capability=None, gpu_count=0, driver=None, cuda=None,
         torch=torch.__version__, triton=_version("triton"), flashinfer=_version("flashinfer-python"),
         hypothesis=_version("hypothesis"), python=platform.python_version(), interpreter=interp,
-        torchao=_version("torchao"), compressed_tensors=_version("compressed-tensors"))
+        torchao=_version("torchao"), compressed_tensors=_version("compressed-tensors"),
+            modelopt=_version("nvidia-modelopt"))

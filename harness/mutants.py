@@ -20,6 +20,8 @@ interpreter) and differs from it only by the bug:
   padding policy.
 * Quantizer mutants are short torch quantizers following :mod:`harness.format`'s reference steps
   with the bug in one step.
+* Checkpoint mutants subclass a library checkpoint convention and override one step of its
+  serving-engine loader (how it reads the global scale, which nibble it takes as the even element).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ import triton
 import triton.language as tl
 
 from harness.backends import registry
+from harness.backends.compressed_tensors_nvfp4 import CompressedTensorsCheckpoint
 from harness.backends.linear import EngineLinear
+from harness.backends.modelopt_nvfp4 import ModelOptCheckpoint
 from harness.backends.protocol import Backend, GemmBackend, QuantizerBackend, Requirements
 from harness.format import (
     BLOCK_SIZE,
@@ -60,6 +64,7 @@ from harness.layouts import OperandRole, ScaleLayout, offset_grid, padded_shape,
 from harness.pipeline import VLLM_POLICY, CheckpointWeight, QuantizedTensor
 
 if TYPE_CHECKING:  # pragma: no cover
+    from harness.backends.protocol import LoadedLinear
     from harness.env import Environment
     from harness.pipeline import GemmOperands
 
@@ -522,6 +527,57 @@ class CompiledOutQuantizer(QuantizerMutant):
 
 
 # ----------------------------------------------------------------------------------------------
+# Checkpoint level (a serving engine's loader of a library's NVFP4 checkpoint)
+# ----------------------------------------------------------------------------------------------
+class GlobalScaleInvertedLoader(PlantedBug, CompressedTensorsCheckpoint):
+    name = "mutant-ckpt-global-scale-inverted"
+    parent = "ckpt-compressed-tensors"
+    expected_property = "checkpoint_convention"
+    planted = ("Global-scale convention inverted in a checkpoint loader (NVFP4-NOTES 'The format': mixing the "
+               "encode divisor and the decode multiplier is a classic bug): a compressed-tensors checkpoint's "
+               "weight_global_scale (an encode divisor, 448*6/amax; vLLM's CompressedTensorsW4A4Fp4 inverts it, "
+               "'CT stores as divisors') is read the way ModelOpt's weight_scale_2 is read, as the decode "
+               "multiplier. The weight comes out scaled by gs^2.")
+    description = "compressed-tensors checkpoint loaded with weight_global_scale taken as the decode multiplier"
+
+    def weight_decode(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return tensors["weight_global_scale"].max().to(torch.float32).reshape(1)
+
+
+class NibbleOrderLoader(PlantedBug, ModelOptCheckpoint):
+    name = "mutant-ckpt-nibble-order"
+    parent = "ckpt-modelopt"
+    expected_property = "checkpoint_convention"
+    planted = ("Nibble-order slip in a checkpoint loader: the loader swaps the two e2m1 codes of every byte "
+               "((w >> 4) | (w << 4)) because it assumes the checkpoint stores the even element in the HIGH "
+               "nibble, as a loader ported from another packer's convention does; ModelOpt (and "
+               "compressed-tensors) already store it in the low nibble, the order the kernels read "
+               "(NVFP4-NOTES 'The format'). Even and odd K elements trade places.")
+    description = "ModelOpt checkpoint loaded with the nibbles of every byte swapped"
+
+    def packed_for_kernel(self, packed: torch.Tensor) -> torch.Tensor:
+        return ((packed >> 4) | (packed << 4)).to(torch.uint8)
+
+
+class ScalesSwizzledTwiceLoader(PlantedBug, ModelOptCheckpoint):
+    name = "mutant-ckpt-scales-swizzled-twice"
+    parent = "ckpt-modelopt"
+    expected_property = "checkpoint_convention"
+    planted = ("Block scales swizzled twice: the loader lays weight_scale out in the 128x4 layout (as vLLM's "
+               "ModelOpt method does with swizzle_blockscale) and the kernel-preparation step swizzles the result "
+               "again, as happens when a checkpoint or an earlier step already stored swizzled scales. In logical "
+               "terms the kernel reads the once-swizzled buffer as if it were linear: scale (r, kb) comes from byte "
+               "[r, kb] of swizzle(scales).")
+    description = "ModelOpt checkpoint whose block scales reach the kernel swizzled twice"
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> "LoadedLinear":
+        loaded = super().load(tensors)
+        n, kb = loaded.scales.shape
+        once = swizzle(loaded.scales.view(torch.uint8), L.SWIZZLED_128x4, fill=0)
+        return replace(loaded, scales=once[:n, :kb].contiguous())
+
+
+# ----------------------------------------------------------------------------------------------
 # Mutants only compute-sanitizer catches
 # ----------------------------------------------------------------------------------------------
 # Their bugs change no output byte a property looks at (a value read and discarded, a product
@@ -706,7 +762,8 @@ MUTANT_CLASSES: tuple[type[Backend], ...] = (
     PadRowScales, PadColScales, KTailUninit, NoSlice, BiasBeforeSlice, ActNotKPadded, ThreeDShape,
     StaticActScale, Bf16GlobalScale, NibbleSwap, SwizzleOffByOne, FastMathQuantizer, RowsUnwritten,
     Nondeterministic, GlobalScaleConvention, Fp16Epilogue, CompiledOutQuantizer,
-    ReadsUnwrittenPadScales, WritesRowPastOutput, QuantizerReadsPastRows,
+    ReadsUnwrittenPadScales, WritesRowPastOutput, QuantizerReadsPastRows, GlobalScaleInvertedLoader,
+    NibbleOrderLoader, ScalesSwizzledTwiceLoader,
 )
 
 

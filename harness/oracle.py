@@ -10,11 +10,13 @@ is covered by a safety factor in :func:`error_bound`.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
+from harness.exact_reference import exact_products
 from harness.format import gemm_alpha, global_scale_encode_divisor, reference_dequantize, reference_quantize, unpack_e2m1
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,6 +30,7 @@ _OUT = {
     torch.float32: (2.0 ** -24, 2.0 ** -150, torch.finfo(torch.float32).max),
 }
 _FP64_SAFETY = 1.0 + 2.0 ** -30
+_SIGNIFICAND_BITS = {torch.bfloat16: 8, torch.float16: 11, torch.float32: 24, torch.float64: 53}
 
 
 @dataclass(frozen=True)
@@ -93,25 +96,61 @@ class Reference:
     bias: torch.Tensor | None = None
 
 
+REFERENCE_METHODS = ("auto", "fp64", "int8")
+INT8_MIN_MNK_CUDA = 1 << 30
+"""On a CUDA device the exact int8 method (:mod:`harness.exact_reference`) is used from this
+m*n*k on; below it the fp64 GEMM's fewer launches win.  The crossover is measured by
+``bench/reference_speed.py`` (bench/RESULTS.md).  On the CPU the fp64 GEMM is used (measured
+faster there at every shape the suite draws)."""
+
+
+def reference_method(m: int, n: int, k: int, device: torch.device) -> str:
+    """Which method :func:`reference_from_dequantized` uses: ``NVFP4_REFERENCE`` (auto, fp64, int8)
+    forces one; ``auto`` picks int8 on CUDA from :data:`INT8_MIN_MNK_CUDA` on, else fp64."""
+    method = os.environ.get("NVFP4_REFERENCE", "auto")
+    if method not in REFERENCE_METHODS:
+        raise ValueError(f"NVFP4_REFERENCE={method!r}: expected one of {REFERENCE_METHODS}")
+    if method != "auto":
+        return method
+    return "int8" if device.type == "cuda" and m * n * k >= INT8_MIN_MNK_CUDA else "fp64"
+
+
 def reference_from_dequantized(a: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor | float,
-                               k: int | None = None, bias: torch.Tensor | None = None) -> Reference:
-    """Reference of ``alpha * a @ w^T (+ bias)`` from already-dequantized real operands."""
-    a64 = a.double()
-    w64 = w.double()
-    al = float(torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)[0])
-    value = al * (a64 @ w64.T)
-    # sum |a_k w_k| only feeds the bound, so an upper bound suffices: the products are exact in fp32
-    # (<= 13 significant bits) and a fp32 sum of K non-negative terms in any order is at least
-    # (1 - gamma_K) times the exact sum, so dividing by (1 - gamma_K) bounds it from above.
-    kk = a.shape[1]
-    gamma = kk * U32 / (1 - kk * U32)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round the products
-    try:
-        abs32 = a.float().abs() @ w.float().abs().T
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-    abs_sum = abs(al) * abs32.double() / (1 - gamma)
+                               k: int | None = None, bias: torch.Tensor | None = None,
+                               a_bits: int = 6, w_bits: int = 6) -> Reference:
+    """Reference of ``alpha * a @ w^T (+ bias)`` from already-dequantized real operands.
+
+    a [m, K], w [n, K] (any float dtype; fp32 ``code * sf`` from the pipeline), alpha: fp32 scalar.
+    ``a_bits`` / ``w_bits``: significant bits per element (6 for e2m1 * e4m3, 8 for bf16), used by
+    the exact int8 method (:mod:`harness.exact_reference`), which :func:`reference_method` selects;
+    operands it cannot represent exactly go to the fp64 GEMM.
+    """
+    # alpha stays on the device (fp32 -> fp64 is exact): a Python float would cost a host sync
+    al = torch.as_tensor(alpha, dtype=torch.float32, device=a.device).reshape(-1)[:1].double()
+    exact = None
+    if reference_method(a.shape[0], w.shape[0], a.shape[1], a.device) == "int8":
+        exact = exact_products(a, w, a_bits, w_bits)
+    if exact is not None:
+        value = exact[0].mul_(al)
+        abs_sum = exact[1].mul_(al.abs())
+    else:
+        a64 = a.double()
+        w64 = w.double()
+        value = (a64 @ w64.T).mul_(al)
+        del a64, w64
+        # sum |a_k w_k| only feeds the bound, so an upper bound suffices: the products are exact in
+        # fp32 (<= 13 significant bits for NVFP4, <= 14 with bf16 activations) and a fp32 sum of K
+        # non-negative terms in any order is at least (1 - gamma_K) times the exact sum, so dividing
+        # by (1 - gamma_K) bounds it from above.
+        kk = a.shape[1]
+        gamma = kk * U32 / (1 - kk * U32)
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round the products
+        try:
+            abs32 = a.float().abs() @ w.float().abs().T
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+        abs_sum = abs32.double().mul_(al.abs()).div_(1 - gamma)
     if bias is not None:
         value = value + bias.double().reshape(1, -1)
     return Reference(value, abs_sum, k if k is not None else a.shape[1], bias)
@@ -120,11 +159,14 @@ def reference_from_dequantized(a: torch.Tensor, w: torch.Tensor, alpha: torch.Te
 def reference_gemm(ops) -> Reference:
     """Reference for :class:`harness.pipeline.GemmOperands` (W4A16 uses the dense activations)."""
     if ops.a_dense is not None:
-        a = ops.a_dense[:, :ops.k].double()
+        a = ops.a_dense[:, :ops.k]
+        a_bits = _SIGNIFICAND_BITS[a.dtype]
     else:
-        a = ops.a.dequantize().double()
-    w = ops.w.dequantize().double()
-    return reference_from_dequantized(a, w, ops.alpha, k=ops.a.k_alloc if ops.a_dense is None else ops.a_dense.shape[1])
+        a = ops.a.dequantize()
+        a_bits = 6
+    w = ops.w.dequantize()
+    return reference_from_dequantized(a, w, ops.alpha, k=ops.a.k_alloc if ops.a_dense is None else ops.a_dense.shape[1],
+                                      a_bits=a_bits, w_bits=6)
 
 
 def reference_linear(x: torch.Tensor, weight: "CheckpointWeight", bias: torch.Tensor | None, k_terms: int,
@@ -138,13 +180,15 @@ def reference_linear(x: torch.Tensor, weight: "CheckpointWeight", bias: torch.Te
     gs_w = weight.global_scale.reshape(1)
     if dense_activation:
         a = x2.double()
+        a_bits = _SIGNIFICAND_BITS[x.dtype]
         alpha = (1.0 / gs_w).to(torch.float32)
     else:
+        a_bits = 6
         gs = global_scale_encode_divisor(x2.float().abs().amax()).reshape(1).to(x.device)
         codes, sf = reference_quantize(x2, gs)
         a = reference_dequantize(codes, sf)
         alpha = gemm_alpha(gs, gs_w)
-    return reference_from_dequantized(a, w, alpha, k=k_terms, bias=bias)
+    return reference_from_dequantized(a, w, alpha, k=k_terms, bias=bias, a_bits=a_bits, w_bits=6)
 
 
 def error_bound(ref: Reference, precision: Precision, out_dtype: torch.dtype,
@@ -189,15 +233,17 @@ def error_bound(ref: Reference, precision: Precision, out_dtype: torch.dtype,
     if k * u_a >= 1:
         raise ValueError(f"error_bound: K={k} is too long for a {precision.accumulator_bits}-bit accumulator")
     gamma = k * u_a / (1 - k * u_a)
+    # in-place steps, in the order of the formula: the same values with two [m, n] fp64 buffers
     e = gamma * ref.abs_sum
     if precision.operand_bits is not None:
         u_o = 2.0 ** -precision.operand_bits
-        e = e + ((1 + u_o + U32) ** 2 - 1 + 3 * U32) * ref.abs_sum
+        e.add_(((1 + u_o + U32) ** 2 - 1 + 3 * U32) * ref.abs_sum)
     product = ref.value if ref.bias is None else ref.value - ref.bias.double().reshape(1, -1)
-    bound = e * (1 + U32) * (1 + u_out) + (U32 + u_out + U32 * u_out) * product.abs() + eta
+    bound = e.mul_(1 + U32).mul_(1 + u_out)
+    bound.add_(product.abs().mul_(U32 + u_out + U32 * u_out)).add_(eta)
     if ref.bias is not None and bias_in_out_dtype:
-        bound = bound + u_out * (ref.value.abs() + bound) + eta
-    return bound * _FP64_SAFETY
+        bound.add_(ref.value.abs().add_(bound).mul_(u_out)).add_(eta)
+    return bound.mul_(_FP64_SAFETY)
 
 
 @dataclass
@@ -239,8 +285,9 @@ def compare(out: torch.Tensor, ref: Reference, bound: torch.Tensor, out_dtype: t
     b = bound.to(o.device)
     if o.numel():
         # the common, passing path: two reductions and one host sync (NaN/Inf make it fall through)
-        quick = torch.nan_to_num((o - r).abs() / b.clamp_min(torch.finfo(torch.float64).tiny),
-                                 nan=float("inf")).max().item()
+        d = (o - r).abs_().div_(b.clamp_min(torch.finfo(torch.float64).tiny))  # in place: fewer [m, n] buffers
+        quick = torch.nan_to_num(d, nan=float("inf"), out=d).max().item()
+        del d
         if quick <= 1.0:
             return Agreement(ok=True, max_err_units=quick, max_err_abs=float("nan"), argmax=None,
                              violations=0, nan_rows=[], bad=None)

@@ -132,6 +132,18 @@ def _register_profiles() -> None:
                               database=DirectoryBasedExampleDatabase(db_path), **common)
 
 
+def _share_cpu_threads(workers: int) -> None:
+    """Give each xdist worker its share of the CPU cores for torch's intra-op threads (unless
+    OMP_NUM_THREADS says otherwise): with every worker using all cores, small CPU matmuls spend
+    most of their time waiting for descheduled threads (measured on the 2-core CI machine: 1.6x
+    slower tests; see bench/RESULTS.md)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(workers))))
+
+
 def _is_worker(config: pytest.Config) -> bool:
     """An xdist worker (not a pytest run that merely inherited a worker's environment)."""
     return hasattr(config, "workerinput")
@@ -155,6 +167,7 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[_START_ENV] = str(time.time())
     else:
         _pin_worker_to_gpu()
+        _share_cpu_threads(config.workerinput.get("workercount", 1))
     _register_profiles()
     from hypothesis import settings
 

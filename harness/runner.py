@@ -25,10 +25,25 @@ import torch
 
 from harness import env as env_mod
 from harness.backends import registry
-from harness.backends.protocol import GemmBackend, LinearBackend, QuantizerBackend, Unsupported
+from harness.backends.protocol import (
+    CheckpointBackend,
+    GemmBackend,
+    LinearBackend,
+    LoadedLinear,
+    QuantizerBackend,
+    Unsupported,
+)
 from harness import checks
 from harness.data import generate
-from harness.format import BLOCK_SIZE, block_scale_and_inverse, global_scale_encode_divisor, reference_quantize
+from harness.format import (
+    BLOCK_SIZE,
+    FP4_AMAX_PRODUCT,
+    block_scale_and_inverse,
+    global_scale_encode_divisor,
+    reference_dequantize,
+    reference_quantize,
+    unpack_e2m1,
+)
 from harness.layouts import ScaleLayout, round_up, unswizzle
 from harness.oracle import error_bound, reference_gemm, reference_linear
 from harness.pipeline import CheckpointWeight, operands_from
@@ -353,25 +368,89 @@ class _Linear:
 # ----------------------------------------------------------------------------------------------
 # Quantizer level
 # ----------------------------------------------------------------------------------------------
-def _quantizer_agreement(backend: QuantizerBackend, trial: Trial, device) -> tuple[PropertyResult, str]:
+def _bytes_against_reference(x: torch.Tensor, gs: torch.Tensor, packed: torch.Tensor, logical: torch.Tensor,
+                             declared: tuple[str, ...], prop: str) -> PropertyResult:
+    """:func:`checks.quantizer_agreement` of (packed, linear scale bytes) against the reference
+    quantizer run on x [rows, k] with encode divisor gs."""
+    rows, k = x.shape
+    codes, sf = reference_quantize(x.cpu(), gs.cpu())
+    if packed.shape[0] < rows or packed.shape[1] < k // 2:
+        raise _ContractViolation(f"packed output {tuple(packed.shape)} smaller than ({rows}, {k // 2})")
+    xf = x.cpu().float().reshape(rows, k // 16, 16)
+    _, inv = block_scale_and_inverse(xf.abs().amax(-1), gs.cpu())
+    scaled = (xf * inv.unsqueeze(-1)).reshape(rows, k)
+    prerounding = (gs.cpu() * xf.abs().amax(-1)) / 6.0
+    return checks.quantizer_agreement(packed.view(torch.uint8).cpu(), logical, codes, sf, scaled, declared,
+                                      prerounding, prop=prop)
+
+
+def _input_digest(*tensors: torch.Tensor):
+    def digest() -> str:
+        h = hashlib.sha256()
+        for t in tensors:
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+    return digest
+
+
+def _quantizer_agreement(backend: QuantizerBackend, trial: Trial, device) -> tuple[PropertyResult, object]:
     p = trial.problem
     x = p.activations(device)
     gs = global_scale_encode_divisor(x.float().abs().amax()).reshape(1).to(device)
     packed, scales = backend.quantize(x, gs)
     _sync()
-    codes, sf = reference_quantize(x.cpu(), gs.cpu())
-    if packed.shape[0] < p.m or packed.shape[1] < p.k // 2:
-        raise _ContractViolation(f"packed output {tuple(packed.shape)} smaller than ({p.m}, {p.k // 2})")
     logical = unswizzle(scales.reshape(scales.shape[0], -1).view(torch.uint8).cpu(), backend.layout) \
         if backend.layout is not ScaleLayout.LINEAR else scales.view(torch.uint8).cpu()
-    xf = x.cpu().float().reshape(p.m, p.k // 16, 16)
-    _, inv = block_scale_and_inverse(xf.abs().amax(-1), gs.cpu())
-    scaled = (xf * inv.unsqueeze(-1)).reshape(p.m, p.k)
     declared = tuple(getattr(backend, "known_differences", ()))
-    prerounding = (gs.cpu() * xf.abs().amax(-1)) / 6.0
-    return checks.quantizer_agreement(packed.view(torch.uint8).cpu(), logical, codes, sf, scaled, declared,
-                                      prerounding), \
-        (lambda: hashlib.sha256(x.cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest())
+    return _bytes_against_reference(x, gs, packed, logical, declared, "quantizer_agreement"), _input_digest(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint level
+# ----------------------------------------------------------------------------------------------
+def evaluate_checkpoint(w: torch.Tensor, x_amax: torch.Tensor, loaded: LoadedLinear,
+                        declared: tuple[str, ...] = ()) -> PropertyResult:
+    """:func:`checks.checkpoint_convention` of a loaded layer against the reference NVFP4 form of the
+    dense weight ``w`` [n, k] and the exact global scales of ``w`` and of activations calibrated to
+    ``x_amax`` (the static input scale).  Raises :class:`_ContractViolation` on wrong shapes."""
+    n, k = w.shape
+    packed = loaded.packed.view(torch.uint8)
+    scales = loaded.scales.view(torch.uint8)
+    if tuple(packed.shape) != (n, k // 2) or scales.numel() != n * (k // BLOCK_SIZE):
+        raise _ContractViolation(f"loaded weight {tuple(packed.shape)} / scales {tuple(loaded.scales.shape)}, "
+                                 f"expected ({n}, {k // 2}) / ({n}, {k // BLOCK_SIZE})")
+    scales = scales.reshape(n, k // BLOCK_SIZE).cpu()
+    w_amax = w.float().abs().amax()
+    gs_w = global_scale_encode_divisor(w_amax).reshape(1).to(w.device)
+    bytes_check = _bytes_against_reference(w, gs_w, packed, scales, declared, "checkpoint_convention")
+    # exact conventions, in fp64: weight decode amax_w/2688, activation encode 2688/amax_x, alpha their
+    # quotient (an all-zero tensor's global scale is 1, as format.global_scale_encode_divisor says)
+    wa, xa = float(w_amax), float(x_amax)
+    w_decode = wa / FP4_AMAX_PRODUCT if wa > 0 else 1.0
+    x_encode = FP4_AMAX_PRODUCT / xa if xa > 0 else 1.0
+    exact = {"weight_decode": w_decode, "input_encode": x_encode, "alpha": w_decode / x_encode}
+    got = {"weight_decode": float(loaded.weight_decode.reshape(-1)[0]),
+           "input_encode": float(loaded.input_encode.reshape(-1)[0]),
+           "alpha": float(loaded.alpha.reshape(-1)[0])}
+    deq = loaded.dequantize().cpu()
+    codes, sf = reference_quantize(w.cpu(), gs_w.cpu())
+    ref = reference_dequantize(codes, sf) * w_decode
+    same = (unpack_e2m1(packed.cpu()) == codes) & (scales == sf).repeat_interleave(BLOCK_SIZE, dim=1)
+    rel = ((deq - ref).abs() / ref.abs().clamp_min(torch.finfo(torch.float64).tiny))[same & (ref != 0)]
+    rel_err = float(rel.max()) if rel.numel() else 0.0
+    return checks.checkpoint_convention(bytes_check, {name: (got[name], exact[name]) for name in exact}, rel_err)
+
+
+def _checkpoint_convention(backend: CheckpointBackend, trial: Trial, device) -> tuple[PropertyResult, object]:
+    """Export the problem's weight [n, k] with its activations' amax as the calibrated input amax,
+    load it as the engine would, compare with the reference quantizer and exact global scales."""
+    p = trial.problem
+    w = p.weights(device)
+    x_amax = p.activations(device).float().abs().amax()
+    loaded = backend.load(backend.export(w, x_amax.reshape(())))
+    _sync()
+    declared = tuple(getattr(backend, "known_differences", ()))
+    return evaluate_checkpoint(w, x_amax, loaded, declared), _input_digest(w)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,6 +495,8 @@ def execute(trial: Trial, device: torch.device | None = None, *, digest: bool = 
             elif backend.level == "linear":
                 holder = _Linear(backend, trial, device)  # type: ignore[arg-type]
                 result = getattr(holder, trial.property)()
+            elif backend.level == "checkpoint":
+                result, holder = _checkpoint_convention(backend, trial, device)  # type: ignore[arg-type]
             else:
                 result, holder = _quantizer_agreement(backend, trial, device)  # type: ignore[arg-type]
     except _NotApplicable as exc:

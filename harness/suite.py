@@ -67,8 +67,8 @@ def trials(backend: Backend, prop: str, sz: Sizes) -> SearchStrategy[Trial]:
     def build(problem, poison=CLEAN, layout=None, tp=1, parallel="column"):
         return Trial(name, prop, problem, poison, layout, tp, parallel)
 
-    if backend.level == "quantizer":
-        # only the input dtypes the quantizer declares (an undeclared one would only be refused)
+    if backend.level in ("quantizer", "checkpoint"):
+        # only the input dtypes the backend declares (an undeclared one would only be refused)
         in_dtypes = tuple(str(d).replace("torch.", "") for d in backend.requirements.in_dtypes)
         return st.builds(build, hs.gemm_problems(max_m=sz.max_m, max_nk_blocks=sz.max_nk_blocks,
                                                  in_dtypes=in_dtypes))

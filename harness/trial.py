@@ -33,6 +33,7 @@ PROPERTIES: tuple[str, ...] = (
     "tp_consistency",
     "quantizer_agreement",
     "batch_invariance",
+    "checkpoint_convention",
 )
 """Every property, in report order (:mod:`harness.checks` holds the verdicts)."""
 
@@ -40,9 +41,12 @@ GEMM_PROPERTIES = ("reference_agreement", "row_isolation", "column_isolation", "
                    "determinism", "clean_rejection", "tp_consistency", "batch_invariance")
 LINEAR_PROPERTIES = ("reference_agreement", "determinism", "batch_invariance")
 QUANTIZER_PROPERTIES = ("quantizer_agreement",)
-LEVEL_PROPERTIES = {"gemm": GEMM_PROPERTIES, "linear": LINEAR_PROPERTIES, "quantizer": QUANTIZER_PROPERTIES}
+CHECKPOINT_PROPERTIES = ("checkpoint_convention",)
+LEVEL_PROPERTIES = {"gemm": GEMM_PROPERTIES, "linear": LINEAR_PROPERTIES, "quantizer": QUANTIZER_PROPERTIES,
+                    "checkpoint": CHECKPOINT_PROPERTIES}
 LEVELS: tuple[str, ...] = tuple(LEVEL_PROPERTIES)
-"""Backend levels: a GEMM on pipeline operands, a serving engine's linear layer, a quantizer."""
+"""Backend levels: a GEMM on pipeline operands, a serving engine's linear layer, a quantizer, a
+checkpoint convention (a library's writer with a serving engine's loader)."""
 
 ISOLATION_PROPERTIES = ("row_isolation", "column_isolation", "k_tail")
 """Properties that poison one padding region (``measure.region``, ``measure.poison_kind``)."""

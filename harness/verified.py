@@ -173,7 +173,8 @@ def entries_from_results(results_dir: str | os.PathLike[str], source: str | None
     date = str(session.get("started") or session.get("finished") or "")[:10]
     if not _DATE_RE.match(date):
         raise VerifiedFileError(f"{root}/session.json: started={session.get('started')!r}: expected an ISO date")
-    versions = {k: bare_version(env[k]) for k in ("torch", "triton", "flashinfer", "torchao", "compressed_tensors")
+    versions = {k: bare_version(env[k]) for k in ("torch", "triton", "flashinfer", "torchao", "compressed_tensors",
+                                                       "modelopt")
                 if isinstance(env.get(k), str) and env.get(k)}
     records = load_results(root).records
     if not records:

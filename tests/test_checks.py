@@ -13,6 +13,9 @@ from harness.oracle import Reference, error_bound, overflow_threshold, reference
 from harness.pipeline import build_gemm_operands
 from harness.problem import GemmProblem
 
+# where the harness's kernels run: compiled on a GPU, under the Triton interpreter on a CPU
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 FP16_T = overflow_threshold(torch.float16)
 
 
@@ -121,7 +124,7 @@ def test_a_real_overflow_bug_is_still_caught():
     problem = GemmProblem(m=4, n=32, k=1024, out_dtype="float16", in_dtype="bfloat16", distribution="normal", seed=0)
     results = {}
     for name in ("mutant-w4a16-fp16-epilogue", "triton-w4a16"):
-        g = _Gemm(registry.get(name), Trial(name, "reference_agreement", problem), torch.device("cpu"))
+        g = _Gemm(registry.get(name), Trial(name, "reference_agreement", problem), DEVICE)
         ops = g.ops(CLEAN)
         out = g.call(ops)[:, :ops.n]
         ref, bound = g.reference(ops)

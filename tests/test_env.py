@@ -58,11 +58,12 @@ def test_version_of_a_module_without_version_or_broken_import(tmp_path, monkeypa
 def test_installed_libraries_report_their_metadata_version():
     e = env_mod.current()
     for dist, field in (("triton", "triton"), ("hypothesis", "hypothesis"), ("flashinfer-python", "flashinfer"),
-                        ("torchao", "torchao"), ("compressed-tensors", "compressed_tensors")):
+                        ("torchao", "torchao"), ("compressed-tensors", "compressed_tensors"),
+                        ("nvidia-modelopt", "modelopt")):
         try:
             want = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             continue
         assert getattr(e, field) == want, dist
-    assert set(e.library_versions()) == {"torch", "triton", "flashinfer", "torchao", "compressed_tensors"}
+    assert set(e.library_versions()) == {"torch", "triton", "flashinfer", "torchao", "compressed_tensors", "modelopt"}
     assert e.arch() == (f"SM{e.compute_capability}" if e.device == "cuda" else "cpu")

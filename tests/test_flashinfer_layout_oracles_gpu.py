@@ -47,3 +47,20 @@ def test_e2m1_and_ufp8sf_scale_to_float_dequantizes_the_pipeline_bytes(layout, m
     assert out.shape == (m, k)
     assert float(rel.max()) <= 2 ** -21
     assert torch.equal(out == 0, ref == 0)
+
+
+@pytest.mark.parametrize("rows, kb", [(128, 1), (256, 7), (384, 29)])
+def test_shuffle_matrix_sf_a_is_the_row_shuffle_then_the_128x4_swizzle(rows, kb):
+    """``shuffle_matrix_sf_a`` (a CUDA kernel) equals the harness's stand-in in
+    ``flashinfer_fp4.shuffle_weight_for_trtllm``: rows permuted as ``shuffle_matrix_a`` permutes the data,
+    then laid out in 128x4."""
+    import flashinfer
+
+    from harness.backends.flashinfer_fp4 import trtllm_row_permutation
+
+    lin = torch.randint(1, 255, (rows, kb), dtype=torch.int32).to(torch.uint8)
+    theirs = flashinfer.shuffle_matrix_sf_a(lin.cuda(), 128).cpu().reshape(-1)
+    perm = trtllm_row_permutation(rows, 128)
+    ours = swizzle(lin[perm], ScaleLayout.SWIZZLED_128x4, fill=0).reshape(-1)
+    assert theirs.numel() == ours.numel()
+    assert torch.equal(theirs, ours)

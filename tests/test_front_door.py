@@ -318,7 +318,7 @@ def test_backends_table_has_a_header_and_aligned_columns(tmp_path: Path) -> None
     assert res.returncode == 0, res.stderr
     blocks = re.split(r"\n(\w+)-level backends\n", res.stdout)
     tables = dict(zip(blocks[1::2], blocks[2::2]))
-    assert set(tables) == {"gemm", "linear", "quantizer"}
+    assert {"gemm", "linear", "quantizer"} <= set(tables)
     for level, text in tables.items():
         # table rows start two spaces in; a backend's "last run" note is a continuation line below it
         lines = [line for line in text.splitlines() if line.strip() and not line.startswith("   ")]
@@ -327,7 +327,7 @@ def test_backends_table_has_a_header_and_aligned_columns(tmp_path: Path) -> None
         col = head.index("runs")
         for line in lines[1:]:
             assert line[col:col + 3] in ("yes", "no "), (level, line)  # every row's column under its header
-        if level == "quantizer":
+        if level in ("quantizer", "checkpoint"):
             assert "N%" not in text and "N align" not in head
         else:
             n_col = head.index("N align")

@@ -33,14 +33,14 @@ LAYERS: list[tuple[str, ...]] = [
     ("harness.sanitizer", "harness.sanitizer.findings", "harness.sanitizer.operands"),
     # operands from problems; Hypothesis strategies over the model
     ("harness.pipeline", "harness.strategies"),
-    # the fp64 reference and its error bound
-    ("harness.oracle",),
+    # the reference (fp64 GEMM or exact int8 digit planes) and its error bound
+    ("harness.oracle", "harness.exact_reference"),
     # backends: the protocol, shared adapter helpers, the registry, the adapters, planted bugs
     ("harness.backends", "harness.backends.*", "harness.mutants"),
     # the verdicts
     ("harness.checks",),
-    # running trials: experiments per level and the engine
-    ("harness.experiments", "harness.experiments.*", "harness.runner"),
+    # running trials: experiments per level and the engine; the memory a case needs
+    ("harness.experiments", "harness.experiments.*", "harness.runner", "harness.memory"),
     # what is kept of a run: case files, the suite's plan
     ("harness.cases", "harness.suite", "harness.tracking"),
     # the results directory (writing and reading)

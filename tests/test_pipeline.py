@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from harness import format as F
+from harness.kernels import nvfp4
 from harness.kernels.nvfp4 import LEAVE, dequantize_from, pad_bytes, quantize_into
 from harness.layouts import OperandRole, Region, ScaleLayout, padding_map, unswizzle
 from harness.pipeline import POLICIES, build_gemm_operands
@@ -27,6 +28,27 @@ def test_triton_quantizer_bytes_equal_reference(layout, k):
         packed, scales = quantize_into(x, gs, layout)
         assert torch.equal(packed, F.pack_e2m1(codes)), (m, k)
         assert torch.equal(unswizzle(scales, layout)[:m, :k // 16], sf), (m, k)
+
+
+@pytest.mark.parametrize("options", [{"evict": True, "scale_words": True, "persistent": 0},
+                                     {"evict": False, "scale_words": True, "persistent": 3},
+                                     {"evict": True, "scale_words": False, "persistent": 1}])
+@pytest.mark.parametrize("layout", list(ScaleLayout))
+def test_quantizer_variants_write_the_same_bytes(options, layout, monkeypatch):
+    """Every code-generation variant the GPU benchmark may pick: full unpadded tiles (where the
+    word-wide scale stores and cache hints apply) and a padded, masked shape, with fills."""
+    monkeypatch.setattr(nvfp4, "QUANT_OPTIONS", options)
+    for m, k, data_rows, data_k in ((128, 512, 128, 512), (256, 1024, 256, 1024), (33, 464, 40, 512)):
+        x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m + k)) * 3).to(torch.bfloat16)
+        gs = F.global_scale_encode_divisor(x.float().abs().amax())
+        codes, sf = F.reference_quantize(x, gs)
+        packed, scales = quantize_into(x, gs, layout, data_rows=data_rows, data_k=data_k, row_fill=0x7F,
+                                       ktail_fill=0x7E, data_fill=0x11)
+        assert torch.equal(packed[:m, :k // 2], F.pack_e2m1(codes)), (m, k)
+        assert torch.equal(unswizzle(scales, layout)[:m, :k // 16], sf), (m, k)
+        assert bool((packed[m:] == 0x11).all()) and bool((packed[:, k // 2:] == 0x11).all())
+        if data_rows > m:
+            assert bool((unswizzle(scales, layout)[m:data_rows] == 0x7F).all())
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])

@@ -347,24 +347,27 @@ def test_sample_is_reproducible_per_seed() -> None:
 # called directly on buffers where its stray access stays inside host memory the test owns)
 # ----------------------------------------------------------------------------------------------
 def test_sanitizer_mutants_compute_their_parents_results() -> None:
-    """The planted bugs change no result the properties look at, and the stray access is real."""
+    """The planted bugs change no result the properties look at, and the stray access is real.
+
+    Runs where the harness's kernels run: under the interpreter on a CPU, compiled on a GPU."""
     from harness.backends import registry
     from harness.pipeline import operands_for
 
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     prob = GemmProblem(m=5, n=40, k=96, seed=1)
     parent = registry.get("triton-emu-128x4")
-    ops = operands_for(parent, prob, Poison(m_pad=0x7F))  # NaN scales in the M padding the mutant reads
+    ops = operands_for(parent, prob, Poison(m_pad=0x7F), device=dev)  # NaN scales in the M padding the mutant reads
     ref = parent.run(ops)
     assert torch.equal(registry.get("mutant-reads-unwritten-pad-scales").run(ops), ref)
     sentinel = 7.0
-    big = torch.full((ops.m + 2, ops.w.rows_alloc), sentinel, dtype=ops.out_dtype)
+    big = torch.full((ops.m + 2, ops.w.rows_alloc), sentinel, dtype=ops.out_dtype, device=dev)
     out = registry.get("mutant-writes-row-past-output").run(ops, out=big[:ops.m])
     assert torch.equal(out, ref)
     assert not torch.all(big[ops.m] == sentinel), "the mutant writes row m, past the output"
     assert torch.all(big[ops.m + 1] == sentinel)
 
-    gs = torch.tensor([50.0])
-    rows = GemmProblem(m=16, n=16, k=96, seed=2).activations("cpu")
+    gs = torch.tensor([50.0], device=dev)
+    rows = GemmProblem(m=16, n=16, k=96, seed=2).activations(dev)
     x = rows[:5]  # the mutant's 16-row tile reads rows 5..15, which exist in this storage
     got = registry.get("mutant-quantizer-reads-past-rows").quantize(x, gs)
     want = registry.get("quant-triton-128x4").quantize(x.clone(), gs)

@@ -7,6 +7,9 @@ Three levels, one small abstract class each:
 * :class:`LinearBackend` receives activations of any leading shape plus an NVFP4 checkpoint weight
   shard and does what a serving engine does (quantize, pad, swizzle, GEMM, slice, bias).
 * :class:`QuantizerBackend` turns a high-precision matrix into packed codes and a scale buffer.
+* :class:`CheckpointBackend` exports a dense weight (and a calibrated activation amax) as a
+  checkpoint in one library's convention and loads it back the way a serving engine interprets
+  that convention, into a :class:`LoadedLinear`.
 
 A backend declares its needs as :class:`Requirements`; :meth:`Backend.support` turns them and the
 :class:`~harness.env.Environment` into a :class:`Support` verdict with a reason a person can act on.
@@ -29,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from harness.env import Environment
     from harness.pipeline import CheckpointWeight, GemmOperands
 
-Level = Literal["gemm", "linear", "quantizer"]
+Level = Literal["gemm", "linear", "quantizer", "checkpoint"]
 
 
 class Unsupported(Exception):
@@ -188,3 +191,46 @@ class QuantizerBackend(Backend):
         Returns (packed [rows, k/2] uint8, scale buffer uint8 [padded_rows, padded_kblocks] in
         ``self.layout``'s byte order).
         """
+
+
+@dataclass
+class LoadedLinear:
+    """An NVFP4 linear layer's weight state after a serving engine's loader processed a checkpoint.
+
+    packed: uint8 [n, k/2], the LOW nibble holding the even element (the order the GEMM kernels
+      read); scales: uint8 [n, k/16] e4m3 block-scale bytes, linear layout;
+    weight_decode: fp32 [1], what the layer multiplies ``code * block_scale`` by to get the weight
+      (ModelOpt ``weight_scale_2``; compressed-tensors ``1 / weight_global_scale``);
+    input_encode: fp32 [1], the encode divisor the layer quantizes activations with (vLLM's
+      ``input_scale_inv`` / ``input_global_scale_inv``);
+    alpha: fp32 [1], the factor the GEMM applies to its block-scaled sum.
+    """
+    packed: torch.Tensor
+    scales: torch.Tensor
+    weight_decode: torch.Tensor
+    input_encode: torch.Tensor
+    alpha: torch.Tensor
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight [n, k] in fp64: e2m1(code) * e4m3(scale) * weight_decode."""
+        from harness.format import reference_dequantize, unpack_e2m1
+
+        return reference_dequantize(unpack_e2m1(self.packed), self.scales) * \
+            self.weight_decode.double().reshape(()).to(self.packed.device)
+
+
+class CheckpointBackend(Backend):
+    """A checkpoint convention: one library's writer plus the matching serving-engine loader."""
+
+    level: ClassVar[Level] = "checkpoint"
+    #: documented design differences of the writer's quantizer (names of harness.checks.DESIGN_DIFFERENCES)
+    known_differences: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def export(self, weight: torch.Tensor, input_amax: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The checkpoint tensors of a dense weight [n, k] (k a multiple of 16) whose activations
+        were calibrated to ``input_amax`` (fp32 scalar), named as the library writes them."""
+
+    @abc.abstractmethod
+    def load(self, tensors: dict[str, torch.Tensor]) -> LoadedLinear:
+        """Interpret checkpoint tensors the way the serving engine's linear method does."""

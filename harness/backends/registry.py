@@ -30,6 +30,10 @@ BUILTIN_MODULES = (
     "harness.backends.dot_scaled",
     "harness.backends.linear",
     "harness.backends.quantizers",
+    "harness.backends.torchao_nvfp4",
+    "harness.backends.compressed_tensors_nvfp4",
+    "harness.backends.modelopt_nvfp4",
+    "harness.backends.flashinfer_layout",
 )
 MUTANT_MODULE = "harness.mutants"
 

@@ -39,6 +39,23 @@ def _kernel_device(t: torch.Tensor) -> torch.device:
 QUANT_TILES_GPU = (16, 16, 8)
 """(rows, k-blocks, warps) per quantizer program on a GPU (bench/quantizer_bandwidth.py sweeps it)."""
 
+QUANT_OPTIONS = {"evict": False, "scale_words": False, "persistent": 0}
+"""Code-generation variants of the quantizer, all producing the same bytes (tests/test_pipeline.py
+checks each under the interpreter; bench/quantizer_bandwidth.py sweeps them on a GPU):
+
+* ``evict``: streaming cache hints (loads ``evict_first``, stores ``.cs``): the input is read once;
+* ``scale_words``: swizzled layouts, unpadded full tiles: the four k-blocks of a row that are
+  adjacent in a 128x4 / 8x4 atom are stored as one int32 word instead of four bytes;
+* ``persistent``: programs per SM of a grid-stride loop over the tiles (0: one program per tile).
+"""
+
+
+def _sm_count(dev: torch.device) -> int:
+    """Multiprocessors of the device (a small fixed count under the interpreter)."""
+    if dev.type == "cuda":
+        return torch.cuda.get_device_properties(dev).multi_processor_count
+    return 2
+
 
 def _tiles(rows: int) -> tuple[int, int, int]:
     """(rows, k-blocks, warps) per program; under the interpreter each program costs Python
@@ -173,26 +190,32 @@ def _store_scales(scale_ptr, r, kb, sf_code, rows, kblocks, sf_rows, sf_kb, row_
         tl.store(scale_ptr + off, sval.to(tl.uint8), mask=smask)
 
 
-# sizes and fills are not specialized: a fuzz run sees thousands of shapes and must not compile each
-@triton.jit(do_not_specialize=["rows", "kblocks", "data_rows", "data_kbytes", "sf_rows", "sf_kb",
-                               "row_fill", "ktail_fill", "data_fill"])
-def _quantize_kernel(
-    x_ptr, stride_xr, stride_xk, gs_ptr,
-    packed_ptr, stride_pr,
-    scale_ptr,
-    rows, kblocks,                     # real rows and real k-blocks
-    data_rows, data_kbytes,            # allocated packed buffer (rows x bytes)
-    sf_rows, sf_kb,                    # padded scale buffer (rows x k-blocks)
-    row_fill, ktail_fill, data_fill,   # fill bytes for the padding regions
-    WRITE_ROW: tl.constexpr, WRITE_KTAIL: tl.constexpr, WRITE_DATA: tl.constexpr,  # False: LEAVE
+@triton.jit
+def _store_scale_words(scale_ptr, r, pid_k, sf_code, sf_kb, LAYOUT: tl.constexpr, BLOCK_R: tl.constexpr,
+                       BLOCK_KB: tl.constexpr, EVICT: tl.constexpr):
+    """Swizzled layouts: k-blocks 4j..4j+3 of a row are adjacent bytes of one atom, so they go out
+    as one little-endian int32 word (``scale_ptr`` is the scale buffer viewed as int32)."""
+    code4 = tl.reshape(sf_code, (BLOCK_R, BLOCK_KB // 4, 4))
+    shift = (tl.arange(0, 4) * 8)[None, None, :]
+    word = tl.sum(code4 << shift, axis=2)  # disjoint bits: the sum is the OR
+    kb_first = pid_k * BLOCK_KB + tl.arange(0, BLOCK_KB // 4) * 4
+    off = _scale_offset(r[:, None].to(tl.int64), kb_first[None, :], sf_kb, LAYOUT) // 4
+    if EVICT:
+        tl.store(scale_ptr + off, word, cache_modifier=".cs")
+    else:
+        tl.store(scale_ptr + off, word)
+
+
+@triton.jit
+def _quantize_tile(
+    pid_r, pid_k, x_ptr, stride_xr, stride_xk, gs, packed_ptr, stride_pr, scale_ptr,
+    rows, kblocks, data_rows, data_kbytes, sf_rows, sf_kb, row_fill, ktail_fill, data_fill,
+    WRITE_ROW: tl.constexpr, WRITE_KTAIL: tl.constexpr, WRITE_DATA: tl.constexpr,
     LAYOUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_KB: tl.constexpr, BF16_PAIRS: tl.constexpr,
-    EVEN: tl.constexpr,  # no padding anywhere and tiles divide the problem: no masks needed
+    EVEN: tl.constexpr, EVICT: tl.constexpr, SCALE_WORDS: tl.constexpr,
 ):
-    pid_r = tl.program_id(0)
-    pid_k = tl.program_id(1)
     r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     kb = pid_k * BLOCK_KB + tl.arange(0, BLOCK_KB)
-    gs = tl.load(gs_ptr)
     if BF16_PAIRS:
         # bf16 rows read as int32 words (element pairs): one coalesced 2-D load (measured faster on
         # H200 than a 3-D [rows, k-blocks, 8] tile), and the even/odd split is two integer shifts
@@ -201,7 +224,10 @@ def _quantize_kernel(
         real_w = (r[:, None] < rows) & (wcol[None, :] < kblocks * 8)
         wptr = x_ptr + r[:, None].to(tl.int64) * stride_xr + wcol[None, :]
         if EVEN:
-            word = tl.load(wptr)
+            if EVICT:
+                word = tl.load(wptr, eviction_policy="evict_first")
+            else:
+                word = tl.load(wptr)
         else:
             word = tl.load(wptr, mask=real_w, other=0)
         xe = (word << 16).to(tl.float32, bitcast=True)
@@ -210,8 +236,12 @@ def _quantize_kernel(
         sf_code, inv = _block_scales(amax, gs)
         inv_w = tl.reshape(tl.broadcast_to(inv[:, :, None], (BLOCK_R, BLOCK_KB, 8)), (BLOCK_R, BLOCK_KB * 8))
         byte = _e2m1_encode(xe * inv_w) | (_e2m1_encode(xo * inv_w) << 4)
-        _store_bytes(packed_ptr, stride_pr, r[:, None], wcol[None, :], byte, real_w, data_rows, data_kbytes,
-                     data_fill, WRITE_DATA, EVEN)
+        if EVEN and EVICT:
+            tl.store(packed_ptr + r[:, None].to(tl.int64) * stride_pr + wcol[None, :], byte.to(tl.uint8),
+                     cache_modifier=".cs")
+        else:
+            _store_bytes(packed_ptr, stride_pr, r[:, None], wcol[None, :], byte, real_w, data_rows, data_kbytes,
+                         data_fill, WRITE_DATA, EVEN)
     else:
         # one contiguous, coalesced load of the tile [BLOCK_R, BLOCK_KB * 16]
         k = pid_k * BLOCK_KB * 16 + tl.arange(0, BLOCK_KB * 16)
@@ -226,8 +256,42 @@ def _quantize_kernel(
         real_b = (r[:, None] < rows) & (col[None, :] < kblocks * 8)
         _store_bytes(packed_ptr, stride_pr, r[:, None], col[None, :], byte, real_b, data_rows, data_kbytes,
                      data_fill, WRITE_DATA, EVEN)
-    _store_scales(scale_ptr, r, kb, sf_code, rows, kblocks, sf_rows, sf_kb, row_fill, ktail_fill,
-                  WRITE_ROW, WRITE_KTAIL, LAYOUT, EVEN)
+    if SCALE_WORDS:
+        _store_scale_words(scale_ptr, r, pid_k, sf_code, sf_kb, LAYOUT, BLOCK_R, BLOCK_KB, EVICT)
+    else:
+        _store_scales(scale_ptr, r, kb, sf_code, rows, kblocks, sf_rows, sf_kb, row_fill, ktail_fill,
+                      WRITE_ROW, WRITE_KTAIL, LAYOUT, EVEN)
+
+
+# sizes and fills are not specialized: a fuzz run sees thousands of shapes and must not compile each
+@triton.jit(do_not_specialize=["rows", "kblocks", "data_rows", "data_kbytes", "sf_rows", "sf_kb",
+                               "row_fill", "ktail_fill", "data_fill", "tiles_k", "n_tiles"])
+def _quantize_kernel(
+    x_ptr, stride_xr, stride_xk, gs_ptr,
+    packed_ptr, stride_pr,
+    scale_ptr,
+    rows, kblocks,                     # real rows and real k-blocks
+    data_rows, data_kbytes,            # allocated packed buffer (rows x bytes)
+    sf_rows, sf_kb,                    # padded scale buffer (rows x k-blocks)
+    row_fill, ktail_fill, data_fill,   # fill bytes for the padding regions
+    tiles_k, n_tiles,                  # tiles along K and in all (PERSISTENT only)
+    WRITE_ROW: tl.constexpr, WRITE_KTAIL: tl.constexpr, WRITE_DATA: tl.constexpr,  # False: LEAVE
+    LAYOUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_KB: tl.constexpr, BF16_PAIRS: tl.constexpr,
+    EVEN: tl.constexpr,  # no padding anywhere and tiles divide the problem: no masks needed
+    EVICT: tl.constexpr, SCALE_WORDS: tl.constexpr, PERSISTENT: tl.constexpr,  # see QUANT_OPTIONS
+):
+    gs = tl.load(gs_ptr)
+    if PERSISTENT:
+        for t in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+            _quantize_tile(t // tiles_k, t % tiles_k, x_ptr, stride_xr, stride_xk, gs, packed_ptr, stride_pr,
+                           scale_ptr, rows, kblocks, data_rows, data_kbytes, sf_rows, sf_kb, row_fill, ktail_fill,
+                           data_fill, WRITE_ROW, WRITE_KTAIL, WRITE_DATA, LAYOUT, BLOCK_R, BLOCK_KB, BF16_PAIRS,
+                           EVEN, EVICT, SCALE_WORDS)
+    else:
+        _quantize_tile(tl.program_id(0), tl.program_id(1), x_ptr, stride_xr, stride_xk, gs, packed_ptr, stride_pr,
+                       scale_ptr, rows, kblocks, data_rows, data_kbytes, sf_rows, sf_kb, row_fill, ktail_fill,
+                       data_fill, WRITE_ROW, WRITE_KTAIL, WRITE_DATA, LAYOUT, BLOCK_R, BLOCK_KB, BF16_PAIRS,
+                       EVEN, EVICT, SCALE_WORDS)
 
 
 def quantize_into(
@@ -294,12 +358,22 @@ def quantize_into(
     even = (pairs and rows % block_r == 0 and (k // 16) % block_kb == 0 and data_rows == rows and data_k == k
             and (sf_rows, sf_kb) == (rows, k // 16))
     src = x.view(torch.int32) if pairs else x
+    opts = QUANT_OPTIONS
+    # one int32 word per 4 adjacent k-blocks: swizzled atoms only, full unpadded tiles
+    words = bool(opts.get("scale_words")) and even and layout != ScaleLayout.LINEAR and block_kb % 4 == 0
+    sc = scales.view(torch.int32) if words else scales
+    tiles_k = grid[1]
+    n_tiles = grid[0] * grid[1]
+    per_sm = int(opts.get("persistent") or 0)
+    if per_sm:
+        grid = (max(1, min(n_tiles, per_sm * _sm_count(dev))),)
     _quantize_kernel[grid](
-        src, src.stride(0), src.stride(1), gs, packed, packed.stride(0), scales,
+        src, src.stride(0), src.stride(1), gs, packed, packed.stride(0), sc,
         rows, k // 16, data_rows, data_k // 2, sf_rows, sf_kb,
-        max(row_fill, 0), max(ktail_fill, 0), max(data_fill, 0),
+        max(row_fill, 0), max(ktail_fill, 0), max(data_fill, 0), tiles_k, n_tiles,
         WRITE_ROW=row_fill != LEAVE, WRITE_KTAIL=ktail_fill != LEAVE, WRITE_DATA=data_fill != LEAVE,
-        LAYOUT=LAYOUT_ID[layout], BLOCK_R=block_r, BLOCK_KB=block_kb, BF16_PAIRS=pairs, EVEN=even, num_warps=warps,
+        LAYOUT=LAYOUT_ID[layout], BLOCK_R=block_r, BLOCK_KB=block_kb, BF16_PAIRS=pairs, EVEN=even,
+        EVICT=bool(opts.get("evict")), SCALE_WORDS=words, PERSISTENT=bool(per_sm), num_warps=warps,
     )
     return packed, scales
 

@@ -238,6 +238,43 @@ def _failure_view(idx: int, rec: Mapping | None, case: "Case | None", case_ref: 
     }
 
 
+_TIE_COUNTS = (("tie_differences", "codes one step apart at e2m1 ties"),
+               ("scale_tie_differences", "block scales one step apart at e4m3 ties"),
+               ("negative_zero_differences", "sign of a zero code"))
+
+
+def _count(v: Any) -> int:
+    x = json_number(v)
+    return int(x) if x is not None and math.isfinite(x) else 0
+
+
+def difference_rows(records: list[dict]) -> list[dict]:
+    """Per backend: the counted (not failed) differences from the reference bytes, by name, over the
+    quantizer_agreement / checkpoint_convention records that passed or failed."""
+    rows: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        measure = r.get("measure") if isinstance(r.get("measure"), Mapping) else {}
+        if r.get("outcome") not in ("pass", "fail") or "tie_differences" not in measure:
+            continue
+        b = str(r.get("backend", "?"))
+        rows[b]["records"] += 1
+        for key, _ in _TIE_COUNTS:
+            rows[b][key] += _count(measure.get(key))
+        declared = measure.get("declared_differences")
+        if isinstance(declared, Mapping):
+            for name, n in declared.items():
+                rows[b][f"declared:{name}"] += _count(n)
+        elif _count(measure.get("declared_scale_floor")):
+            rows[b]["declared:subnormal_scale_floor"] += _count(measure.get("declared_scale_floor"))
+    out = []
+    for b in sorted(rows):
+        c = rows[b]
+        items = [(label, c[key]) for key, label in _TIE_COUNTS]
+        items += [(f"declared: {k.split(':', 1)[1]}", v) for k, v in sorted(c.items()) if k.startswith("declared:")]
+        out.append({"backend": b, "records": c["records"], "items": items})
+    return out
+
+
 def build_context(run: RunData) -> dict[str, Any]:
     """The template's variables for one parsed results directory (see ``report.html.j2``).
 
@@ -355,6 +392,10 @@ def build_context(run: RunData) -> dict[str, Any]:
         isolation.append({"backend": b, "marker": markers.get(b, ""), "kinds": [kinds[j] for j in keep_cols],
                           "rows": rows})
 
+    # differences from the reference quantizer that pass: legitimate rounding choices and the design
+    # differences a backend declares (harness.checks.DESIGN_DIFFERENCES), summed per backend
+    differences = difference_rows(records)
+
     # error versus m and K (reference agreement)
     pts_m, pts_k = [], []
     nonfinite = 0
@@ -423,6 +464,7 @@ def build_context(run: RunData) -> dict[str, Any]:
         "properties": props, "matrix": matrix,
         "isolation": isolation, "regions": REGIONS, "outcomes": OUTCOMES,
         "failures": failures, "grid_legend": grid_legend_svg("legend"),
+        "differences": differences,
         "accepted_overflow": accepted_overflow(records),
         "plots": plots,
         "hypothesis": hypothesis, "hypothesis_cols": hyp_cols, "hypothesis_skipped": hypothesis_skipped,
