@@ -393,7 +393,7 @@ class HarnessSession:
         from hypothesis.control import current_build_context
 
         from harness.backends import registry
-        from harness.runner import ContextLost, execute
+        from harness.runner import NOT_APPLICABLE, ContextLost, execute
         from harness.trial import Outcome
 
         if self.over_budget():
@@ -409,10 +409,13 @@ class HarnessSession:
         except ContextLost as exc:
             self.record(trial, Outcome("crash", str(exc)), test, level, True)
             os._exit(3)  # the CUDA context is gone: xdist restarts a fresh worker for the next tests
-        if outcome.status == "skip":
+        # a property that cannot be checked on this backend skips the whole test (scope "test");
+        # any other skip is one example the backend refused
+        whole_test = outcome.status == "skip" and outcome.reason.startswith(NOT_APPLICABLE)
+        if outcome.status == "skip" and not whole_test:
             self.refusals.setdefault(test, []).append(outcome.reason)
         if outcome.status != "fail" or final:
-            self.record(trial, outcome, test, level, final)
+            self.record(trial, outcome, test, level, final, scope="test" if whole_test else "case")
         return outcome
 
     def end_test(self, test: str, stop_reason: str) -> None:

@@ -74,6 +74,11 @@ def _device() -> torch.device:
     return env_mod.current().torch_device
 
 
+NOT_APPLICABLE = "not applicable: "
+"""Reason prefix of a skip that holds for every example of the test (the property cannot be checked
+on this backend at all), as opposed to one example the backend refused."""
+
+
 def interpreter_overflow_quiet(env: "env_mod.Environment | None" = None):
     """Under the Triton interpreter, numpy's "overflow encountered in cast" warnings off, for one trial.
 
@@ -500,7 +505,7 @@ def execute(trial: Trial, device: torch.device | None = None, *, digest: bool = 
             else:
                 result, holder = _quantizer_agreement(backend, trial, device)  # type: ignore[arg-type]
     except _NotApplicable as exc:
-        return Outcome("skip", f"not applicable: {exc}", duration_s=time.perf_counter() - t0, a_layout=a_layout)
+        return Outcome("skip", f"{NOT_APPLICABLE}{exc}", duration_s=time.perf_counter() - t0, a_layout=a_layout)
     except _ContractViolation as exc:
         return Outcome("fail", f"broke the backend contract: {exc}", digest=take_digest(True),
                        duration_s=time.perf_counter() - t0, a_layout=a_layout,

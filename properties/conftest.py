@@ -43,6 +43,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
                 stop = f"every example was refused ({sum(refusals.values())}); e.g. {top}"
             session.end_test(test, stop)
             pytest.skip(stop)
+        except pytest.skip.Exception as exc:  # the property cannot be checked on this backend
+            session.end_test(test, f"skipped: {exc.msg}")
+            raise
         except BaseException:
             session.end_test(test, "failure found" + (f" ({seen['stopped']})" if seen.get("stopped") else ""))
             raise
