@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -185,21 +184,15 @@ def cmd_fuzz(args) -> int:
         cmd += ["--nvfp4-examples", str(args.examples)]
     for spec in args.plugin or []:
         cmd += ["--nvfp4-plugin", _plugin_spec(spec)]
+    cmd += ["--nvfp4-shard", args.shard] if args.shard else []
+    cmd += ["--nvfp4-redis", args.redis] if args.redis else []
     print(f"run directory: {run_dir}", flush=True)
     env = {**os.environ, "NVFP4_HARNESS_FROM_CLI": "1", "NVFP4_HARNESS_COMMAND": args.command_line}
+    from harness.campaign import call_interruptible
+
+    # Ctrl-C / SIGTERM: the campaign stops after the running examples, then the report is rendered;
     # the user's working directory: relative paths (.hypothesis/, plugins) mean what they typed
-    proc = subprocess.Popen(cmd, env=env)
-    interrupted = False
-    try:
-        rc = proc.wait()
-    except KeyboardInterrupt:  # Ctrl-C: pytest got it too; let it close its session, keep what it recorded
-        interrupted = True
-        print("\nnvfp4-harness: interrupted; waiting for pytest to finish its session", file=sys.stderr, flush=True)
-        try:
-            rc = proc.wait(timeout=120)
-        except (KeyboardInterrupt, subprocess.TimeoutExpired):
-            proc.kill()
-            rc = proc.wait()
+    rc, interrupted = call_interruptible(cmd, env=env)
     from harness.report import render_report
 
     if run_dir.is_dir() and any(run_dir.glob("results-*.jsonl")):
@@ -210,9 +203,9 @@ def cmd_fuzz(args) -> int:
         print(f"nvfp4-harness: error: no results were recorded in {run_dir} (pytest exit status {rc})",
               file=sys.stderr)
         return rc or 1
-    if interrupted:
+    if interrupted:  # stopped by the user or the system: the report holds what ran; say so in the status
         print("nvfp4-harness: interrupted: the report shows the cases recorded until then", file=sys.stderr)
-        return 130
+        return 128 + interrupted
     # pytest: 0 all passed, 1 some failed; both mean the job ran. Anything else is an error.
     return rc
 
@@ -243,12 +236,24 @@ def cmd_report(args) -> int:
     from harness.results import resolve_run_dir
     from harness.report import render_report
 
-    try:
-        d = resolve_run_dir(_user_path(args.results_dir))
-    except FileNotFoundError:
-        raise UsageError(f"RESULTS_DIR {args.results_dir!r}: no such directory (expected the folder a fuzz run wrote)") from None
-    except ValueError as exc:
-        raise UsageError(f"RESULTS_DIR {args.results_dir!r}: {exc}") from None
+    dirs = []
+    for given in args.results_dir:
+        try:
+            dirs.append(resolve_run_dir(_user_path(given)))
+        except FileNotFoundError:
+            raise UsageError(f"RESULTS_DIR {given!r}: no such directory (expected the folder a fuzz run wrote)") from None
+        except ValueError as exc:
+            raise UsageError(f"RESULTS_DIR {given!r}: {exc}") from None
+    if len(dirs) > 1:  # several nodes of one campaign: one report of their merged results
+        from harness.campaign import merge_results
+        from harness.results import finalize
+
+        merged = _user_path(args.merged) if args.merged else _user_path(args.output).with_suffix(".results")
+        d = merge_results(dirs, merged)
+        finalize(d)
+        print(f"merged results of {len(dirs)} directories: {d}")
+    else:
+        d = dirs[0]
     out = render_report(d, _user_path(args.output))
     print(f"report of {d}: {out}")
     return 0
@@ -313,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--report", default="reports/index.html", help="HTML report path")
     f.add_argument("-n", "--workers", default="auto", help="xdist workers: auto (one per GPU / core), N, or 0")
     f.add_argument("--plugin", action="append", default=[], help="backend plugin module or .py file")
+    f.add_argument("--shard", default=None,
+                   help="i/N: this node's share of the (backend, property) pairs of an N-node campaign")
+    f.add_argument("--redis", default=None,
+                   help="redis://HOST:PORT/DB: example database shared by every node (plus the local one)")
     f.set_defaults(func=cmd_fuzz)
 
     r = sub.add_parser("replay", help="rebuild a case bit for bit, rerun it and diagnose")
@@ -351,9 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--dest", default=None, help=argparse.SUPPRESS)
     pr.set_defaults(func=cmd_promote)
 
-    rep = sub.add_parser("report", help="render the HTML report of one run directory")
-    rep.add_argument("results_dir", help="a run directory, or a results root (its latest run)")
+    rep = sub.add_parser("report", help="render the HTML report of a run directory")
+    rep.add_argument("results_dir", nargs="+",
+                     help="a run directory, or a results root (its latest run); several (one per node of a "
+                          "campaign) are merged into one report")
     rep.add_argument("-o", "--output", default="reports/index.html")
+    rep.add_argument("--merged", default=None,
+                     help="where the merged results of several directories go (default: OUTPUT's name with .results)")
     rep.set_defaults(func=cmd_report)
 
     s = sub.add_parser("selftest", help="run the property suite against every planted-bug backend")

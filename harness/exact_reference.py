@@ -200,7 +200,7 @@ def exact_products(a: torch.Tensor, w: torch.Tensor, a_bits: int = 6, w_bits: in
 
 
 def diagonal_error(da: int, dw: int) -> float:
-    """Relative error bound (times P) of the fp64 sum of the ``da + dw - 1`` digit diagonals:
+    r"""Relative error bound (times P) of the fp64 sum of the ``da + dw - 1`` digit diagonals:
     :math:`\gamma_T` with :math:`T = d_a + d_w - 1` terms (Higham eq. 3.5), plus the final rounding."""
     t = da + dw - 1
     u = 2.0 ** -53

@@ -97,11 +97,14 @@ class Reference:
 
 
 REFERENCE_METHODS = ("auto", "fp64", "int8")
-INT8_MIN_MNK_CUDA = 1 << 30
+INT8_MIN_MNK_CUDA = 1 << 39
 """On a CUDA device the exact int8 method (:mod:`harness.exact_reference`) is used from this
-m*n*k on; below it the fp64 GEMM's fewer launches win.  The crossover is measured by
-``bench/reference_speed.py`` (bench/RESULTS.md).  On the CPU the fp64 GEMM is used (measured
-faster there at every shape the suite draws)."""
+m*n*k on; below it the fp64 GEMM wins.  Measured on an H200 (``bench/reference_speed.py``,
+2026-12-01, bench/RESULTS.md): the fp64 GEMM (fp64 tensor cores) was faster at every shape up to
+4096^3 (int8 at 0.11-0.68x of its speed); int8 was faster only from 8192^3 on, and only for data
+whose rows need 2 int8 digits (1.20x at 8192^3, 1.32x at 16384x8192x8192; heavy-tailed rows need 4
+digits and ran at 0.51-0.54x).  On the CPU the fp64 GEMM is used (measured faster there at every
+shape the suite draws)."""
 
 
 def reference_method(m: int, n: int, k: int, device: torch.device) -> str:

@@ -70,6 +70,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--nvfp4-plugin", action="append", default=[],
                 help="extra backend plugin: a module name or a path to a .py file (repeatable)")
     g.addoption("--nvfp4-workers-per-gpu", type=int, default=1, help="xdist workers per GPU with -n auto")
+    g.addoption("--nvfp4-shard", default=None,
+                help="i/N: run only node i's share of the (backend, property) pairs of an N-node campaign")
+    g.addoption("--nvfp4-redis", default=os.environ.get("NVFP4_HARNESS_REDIS"),
+                help="redis://HOST:PORT/DB: share the example database of the fuzz and replay profiles "
+                     "with every node (default: $NVFP4_HARNESS_REDIS; the local .hypothesis/ always too)")
 
 
 def _positive_int(text: str) -> int:
@@ -112,9 +117,10 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return os.cpu_count() or 1
 
 
-def _register_profiles() -> None:
+def _register_profiles(redis_url: str | None = None) -> None:
     from hypothesis import HealthCheck, Phase, settings
-    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    from harness.campaign import example_database
 
     # function_scoped_fixture: the property suite's `backend` fixture is meant to run once per test
     # (support and time-budget gate before Hypothesis starts), not once per example
@@ -126,10 +132,10 @@ def _register_profiles() -> None:
     # no explain phase: it re-runs a failing case under a tracer, which makes Triton kernels crawl
     phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
     settings.register_profile("ci", derandomize=True, max_examples=4, database=None, phases=phases, **common)
-    settings.register_profile("fuzz", max_examples=60, database=DirectoryBasedExampleDatabase(db_path),
-                              phases=phases, **common)
+    database = example_database(db_path, redis_url, os.environ.get(_RESULTS_ENV))
+    settings.register_profile("fuzz", max_examples=60, database=database, phases=phases, **common)
     settings.register_profile("replay", max_examples=1, phases=[Phase.explicit, Phase.reuse],
-                              database=DirectoryBasedExampleDatabase(db_path), **common)
+                              database=database, **common)
 
 
 def _share_cpu_threads(workers: int) -> None:
@@ -168,7 +174,7 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         _pin_worker_to_gpu()
         _share_cpu_threads(config.workerinput.get("workercount", 1))
-    _register_profiles()
+    _register_profiles(config.getoption("--nvfp4-redis"))
     from hypothesis import settings
 
     profile = config.getoption("--nvfp4-profile") or "ci"
@@ -178,6 +184,16 @@ def pytest_configure(config: pytest.Config) -> None:
                                                              max_examples=config.getoption("--nvfp4-examples")))
         settings.load_profile("nvfp4-override")
     config._nvfp4_profile = profile  # type: ignore[attr-defined]
+    from harness import campaign
+
+    try:
+        campaign.parse_shard(config.getoption("--nvfp4-shard"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc).replace("--shard", "--nvfp4-shard", 1)) from None
+    # a campaign: the fuzz profile with a time budget fuzzes until the budget is spent
+    config._nvfp4_campaign = campaign.is_campaign(profile, config.getoption("--nvfp4-budget"))  # type: ignore[attr-defined]
+    if config._nvfp4_campaign and _is_worker(config):  # type: ignore[attr-defined]
+        campaign.install_worker_signal_handlers()
     from harness.backends import registry
 
     for spec in config.getoption("--nvfp4-plugin"):
@@ -242,7 +258,17 @@ def _check_selection(config: pytest.Config) -> None:
                                            for lv, b in {b.level: b for b in backends}.items()))
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    if not _is_worker(config) and getattr(config, "_nvfp4_campaign", False):
+        from harness import campaign
+
+        tx = getattr(config.option, "tx", None) or []
+        workers = len(tx) if getattr(config.option, "dist", "no") != "no" else 1
+        config._nvfp4_controller = campaign.Controller(  # type: ignore[attr-defined]
+            os.environ[_RESULTS_ENV], config.getoption("--nvfp4-budget"), max(1, workers),
+            float(os.environ[_START_ENV])).start()
     if not _is_worker(session.config) and _is_property_run(session.config):
         from harness import env, results
 
@@ -267,6 +293,9 @@ def _is_property_run(config: pytest.Config) -> bool:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _is_worker(session.config):
         return
+    controller = getattr(session.config, "_nvfp4_controller", None)
+    if controller is not None:
+        controller.stop()
     res = os.environ.get(_RESULTS_ENV)
     if res and any(Path(res).glob("results-*.jsonl")):  # this session recorded cases
         from harness import results
@@ -331,6 +360,7 @@ class HarnessSession:
         self.gpu = _PINNED_GPU
         self._stops: dict[str, str] = {}     # test -> why it stopped before max_examples
         self.refusals: dict[str, list[str]] = {}  # test -> the refusal reasons of its examples
+        self.campaign = None  # harness.campaign.WorkerCampaign, once the first pair of a campaign starts
 
     @property
     def stream(self):
@@ -375,6 +405,22 @@ class HarnessSession:
         extra = {"gpu": self.gpu, "final": final, "scope": scope}
         self.stream.write(make_record(trial, outcome, worker=self.worker, test=test, level=level,
                                       case_file=case_file, extra=extra))
+        if self.campaign is not None:
+            self.campaign.note_record(outcome.status, final)
+
+    def campaign_gate(self) -> None:
+        """In a campaign, before every example: raises harness.campaign.RunStopped (a KeyboardInterrupt
+        the campaign catches: it ends the Hypothesis run there) once the pair's share of the budget is spent, the deadline
+        is reached or a stop was requested; Hypothesis's final replay of a failure always runs."""
+        if self.campaign is None:
+            return
+        from hypothesis.control import current_build_context
+
+        try:
+            final = current_build_context().is_final
+        except Exception:
+            final = True
+        self.campaign.gate(final)
 
     def record_skip(self, backend, prop: str, reason: str, test: str) -> None:
         """Record a whole test skipped before any case ran (backend unavailable, budget spent)."""
@@ -414,6 +460,8 @@ class HarnessSession:
         whole_test = outcome.status == "skip" and outcome.reason.startswith(NOT_APPLICABLE)
         if outcome.status == "skip" and not whole_test:
             self.refusals.setdefault(test, []).append(outcome.reason)
+        if self.campaign is not None:
+            self.campaign.note_example(outcome.status)
         if outcome.status != "fail" or final:
             self.record(trial, outcome, test, level, final, scope="test" if whole_test else "case")
         return outcome
@@ -430,3 +478,21 @@ class HarnessSession:
 @pytest.fixture(scope="session")
 def nvfp4_session(request: pytest.FixtureRequest) -> HarnessSession:
     return HarnessSession(request.config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function):
+    """In a campaign, a property test runs Hypothesis runs with fresh seeds until its pair's share
+    of the budget is spent (harness/campaign.py); elsewhere pytest calls the test once."""
+    session = pyfuncitem.funcargs.get("nvfp4_session")
+    if session is None or "property_name" not in pyfuncitem.funcargs \
+            or not getattr(pyfuncitem.config, "_nvfp4_campaign", False):
+        return None
+    from harness import campaign
+
+    if session.campaign is None:
+        session.campaign = campaign.WorkerCampaign(session.results_dir, session.worker,
+                                                   campaign.runnable_pairs(pyfuncitem.session.items, session.env))
+    testargs = {arg: pyfuncitem.funcargs[arg] for arg in pyfuncitem._fixtureinfo.argnames}
+    session.campaign.run_pair(pyfuncitem.nodeid, lambda: pyfuncitem.obj(**testargs), pyfuncitem.obj)
+    return True

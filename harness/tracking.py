@@ -138,15 +138,26 @@ class Transition:
     @property
     def headline(self) -> str:
         """One line: state, case, and the versions then and now."""
-        changes = version_changes(self.then, self.now) if self.then else []
+        changes = self.changes
         libs = sorted(self.then.versions) if self.then else sorted(self.now.versions)
         now_txt = self.now.describe([k for k in libs if k in self.now.versions] or None)
         if self.then is None:
             seen = "where it reproduced is not recorded"
         else:
             seen = f"reproduced with {self.then.describe()}"
-        delta = f" [{'; '.join(changes)}]" if changes else ""
+        if self.then is not None and self.then.arch != self.now.arch:
+            # another architecture: its library builds differ by nature, so they are no transition
+            delta = f" [never recorded on {self.now.arch}: this run is not the setting where it reproduced]"
+        else:
+            delta = f" [{'; '.join(changes)}]" if changes else ""
         return f"{self.state.upper()}: {self.case} ({self.backend}): {seen}; now {now_txt}{delta}"
+
+    @property
+    def changes(self) -> list[str]:
+        """Library version changes since the sighting on this architecture (none across architectures)."""
+        if self.then is None or self.then.arch != self.now.arch:
+            return []
+        return version_changes(self.then, self.now)
 
     @property
     def advice(self) -> str:
@@ -168,7 +179,7 @@ class Transition:
         return {"case": self.case, "backend": self.backend, "expect": self.expect, "state": self.state,
                 "then": self.then.to_dict() if self.then else None, "now": self.now.to_dict(),
                 "outcome": self.outcome, "reason": self.reason, "tracks": self.tracks,
-                "changes": version_changes(self.then, self.now) if self.then else [],
+                "changes": self.changes,
                 "headline": self.headline, "advice": self.advice}
 
     @classmethod

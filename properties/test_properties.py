@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, reject
 from hypothesis import strategies as st
 
-from harness import env, suite
+from harness import campaign, env, suite
 from harness.backends import registry
 from harness.runner import NOT_APPLICABLE
 from harness.trial import properties_for
@@ -27,12 +27,9 @@ def _pairs(config: pytest.Config) -> list:
         backends = [registry.get(n.strip()) for n in names.split(",") if n.strip()]
     props = config.getoption("--nvfp4-properties")
     wanted = None if props in ("all", None) else {p.strip() for p in props.split(",")}
-    pairs = []
-    for b in backends:
-        for p in properties_for(b):
-            if wanted is None or p in wanted:
-                pairs.append(pytest.param(b.name, p, id=f"{b.name}::{p}"))
-    return pairs
+    pairs = [(b.name, p) for b in backends for p in properties_for(b) if wanted is None or p in wanted]
+    pairs = campaign.shard_pairs(pairs, campaign.parse_shard(config.getoption("--nvfp4-shard")))
+    return [pytest.param(b, p, id=f"{b}::{p}") for b, p in pairs]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -59,6 +56,9 @@ def backend(nvfp4_session, backend_name: str, property_name: str, request):
 @given(data=st.data())
 def test_property(nvfp4_session, backend, property_name: str, request, data) -> None:
     trial = data.draw(suite.trials(backend, property_name, suite.sizes_for(env.current().device)), label="trial")
+    # in a campaign: end this Hypothesis run once the pair's share of the budget is spent (after
+    # the draw, so every example draws the same way; Hypothesis checks that)
+    nvfp4_session.campaign_gate()
     outcome = nvfp4_session.run(trial, request.node.nodeid)
     if outcome is not None and outcome.status == "skip" and outcome.reason.startswith(NOT_APPLICABLE):
         pytest.skip(outcome.reason)  # the property cannot be checked on this backend: no other example can

@@ -51,6 +51,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("harness.replay", "harness.selftest"),
     # compute-sanitizer as an oracle: the child process, running cases under the tool, its self-test
     ("harness.sanitizer.child", "harness.sanitizer.run", "harness.sanitizer.__main__"),
+    # time-based fuzz campaigns: schedule, progress, interruption, shards, the shared example database
+    ("harness.campaign",),
     # entry points
     ("harness.cli", "harness.__main__", "harness.pytest_plugin"),
 ]

@@ -169,3 +169,16 @@ def test_regression_run_shows_transitions_in_the_summary_and_the_report(tmp_path
     section = html[html.index('id="tracking"'):]
     assert section.index("behaviour changed") < section.index("fixed upstream") < section.index("still reproduces")
     assert "nvfp4_tracking_lib 1.0 -&gt; 2.0" in section and "demo-changed.json" in section
+
+
+def test_a_case_seen_on_another_architecture_shows_no_version_transition():
+    """A case recorded on SM90 and run on a CPU: its library builds differ by nature (cu130 vs cpu),
+    which is no upstream change; the headline says the case was never recorded here instead."""
+    then = tracking.Sighting("2026-11-30", "SM90", "NVIDIA H200", {"torch": "2.11.0+cu130"})
+    now = tracking.Sighting("2026-12-01", "cpu", None, {"torch": "2.13.0+cpu"})
+    same_arch = tracking.Sighting("2026-12-01", "SM90", "NVIDIA H200", {"torch": "2.12.0+cu130"})
+    t = tracking.Transition("c.json", "b", "pass", tracking.GUARD, then, now, "pass", "")
+    assert t.changes == [] and "->" not in t.headline and "never recorded on cpu" in t.headline
+    u = tracking.Transition("c.json", "b", "pass", tracking.GUARD, then, same_arch, "pass", "")
+    assert u.changes == ["torch 2.11.0+cu130 -> 2.12.0+cu130"] and "2.11.0+cu130 -> 2.12.0+cu130" in u.headline
+    assert tracking.Transition.from_dict(t.to_dict()).headline == t.headline
