@@ -23,7 +23,11 @@ def make_case(backend_name: str, dev: torch.device):
     from harness import checks
     from harness.backends import registry
     from harness.oracle import compare, error_bound, reference_gemm
-    from harness.runner import _Gemm, _sync
+    try:
+        from harness.experiments import sync
+        from harness.experiments.gemm import GemmExperiment
+    except ImportError:  # trees before harness/experiments/ (bench/side_by_side.py runs older commits)
+        from harness.runner import _Gemm as GemmExperiment, _sync as sync
 
     try:
         from harness.problem import CLEAN, GemmProblem, Poison
@@ -38,12 +42,12 @@ def make_case(backend_name: str, dev: torch.device):
     def one_case(p: GemmProblem, timing: bool = False) -> None:
         def mark(name, t0):
             if timing:
-                _sync()
+                sync()
             phases[name] += time.perf_counter() - t0
             return time.perf_counter()
 
         t = time.perf_counter()
-        g = _Gemm(backend, Trial(backend.name, "row_isolation", p), dev)
+        g = GemmExperiment(backend, Trial(backend.name, "row_isolation", p), dev)
         t = mark("data", t)
         clean = g.ops(CLEAN)
         dirty = g.ops(Poison(m_pad=0x7F))
@@ -74,8 +78,8 @@ def main() -> int:
     from harness import env, strategies
     from harness.backends import registry
     from harness.oracle import reference_method
+    from harness.experiments import sync
     from harness.problem import GemmProblem
-    from harness.runner import _sync
 
     e = env.current()
     dev = e.torch_device
@@ -93,12 +97,12 @@ def main() -> int:
 
     for p in problems:  # first pass compiles every kernel variant; the timed pass is steady state
         one_case(p)
-    _sync()
+    sync()
     phases.clear()
     t0 = time.perf_counter()
     for p in problems:
         one_case(p)
-    _sync()
+    sync()
     wall = time.perf_counter() - t0
     rate = len(problems) / wall
 

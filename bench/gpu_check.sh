@@ -40,6 +40,7 @@ fi
 if [[ $what == bench || $what == all ]]; then
   python3 bench/quantizer_bandwidth.py --json "$out/bench_quantizer.json" 2>&1 | tail -30
   python3 bench/cases_per_second.py --json "$out/bench_cases.json" 2>&1 | tail -30
+  python3 bench/grouped_pipeline.py --json "$out/bench_grouped.json" 2>&1 | tail -30
 fi
 if [[ $what == selftest || $what == all ]]; then
   nvfp4-harness selftest --budget 5 --json "$out/selftest.json" 2>&1 | tee "$out/selftest.txt"

@@ -10,7 +10,7 @@ S=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>
 { date -u; nvidia-smi -L; "$S" --version; } > "$out/env.txt" 2>&1
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1 PYTHONPATH=$PWD
 spec() {  # spec FILE BACKEND PROPERTY
-  python3 -c "import json,sys; from harness.runner import Trial; from harness.pipeline import GemmProblem; \
+  python3 -c "import json,sys; from harness.trial import Trial; from harness.problem import GemmProblem; \
 print(json.dumps({'trial': Trial(sys.argv[2], sys.argv[3], GemmProblem(m=5, n=40, k=96, seed=1)).to_dict()}))" \
     "$1" "$2" "$3" > "$1"
 }

@@ -46,8 +46,8 @@ def measure(reps: int, sweep: dict) -> dict:
     from harness import env
     from harness.memory import CASE_MEMORY_MULTIPLE, operand_bytes, peak_bytes
     from harness.oracle import reference_method
+    from harness.experiments import sync as _sync
     from harness.problem import GemmProblem
-    from harness.runner import _sync
 
     e = env.current()
     dev = e.torch_device

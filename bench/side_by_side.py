@@ -99,8 +99,14 @@ def worker(root: str, cases: int, large: int, quant: bool, max_nk_blocks: int) -
     from harness import env, strategies
     from harness.backends import registry
     from harness.oracle import error_bound, reference_gemm
-    from harness.pipeline import CLEAN, GemmProblem
-    from harness.runner import Trial, _Gemm, _sync
+    try:
+        from harness.experiments import sync as _sync
+        from harness.experiments.gemm import GemmExperiment as _Gemm
+        from harness.problem import CLEAN, GemmProblem
+        from harness.trial import Trial
+    except ImportError:  # the base tree may predate harness/experiments/ and harness/problem.py
+        from harness.pipeline import CLEAN, GemmProblem
+        from harness.runner import Trial, _Gemm, _sync
 
     e = env.current()
     dev = e.torch_device

@@ -10,7 +10,7 @@ Schema ``nvfp4-harness/case/1``::
 
     {"schema": "nvfp4-harness/case/1", "id": str, "created": ISO 8601 time,
      "backend": registered backend name, "level": "gemm" | "linear" | "quantizer" | "checkpoint",
-     "property": one of harness.checks.PROPERTIES,
+     "property": one of harness.trial.PROPERTIES,
      "problem": {m, n, k, out_dtype, in_dtype, distribution, seed, origin?, batch?},
      "poison": {m_pad, n_pad, k_tail, data, stale_memory},
      "a_layout"?: "linear" | "128x4" | "8x4" | null, "tp"?: int >= 1, "parallel"?: "column" | "row",

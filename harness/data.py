@@ -83,12 +83,12 @@ def generate(distribution: str, shape: tuple[int, ...], seed: int, dtype: torch.
     :func:`generate_reference` does (faster than the interpreter); tests check both give the same
     bits."""
     from harness.kernels.data import generate_fp32
-    from harness.kernels.nvfp4 import _kernel_device
+    from harness.kernels.nvfp4 import kernel_device
 
     numel = _check(distribution, shape)
     seed = int(seed) & _MASK32
     dev = torch.device(device)
-    kdev = _kernel_device(torch.empty(0, device=dev))
+    kdev = kernel_device(torch.empty(0, device=dev))
     if kdev.type == "cpu":
         return generate_reference(distribution, shape, seed, dtype, dev)
     consts = {s: _stream_constant(seed, s) for s in (0, 1, 2, 3, 10, 11, 20, 30, 31, 40, 41, 50, 51, 52)}

@@ -48,17 +48,16 @@ from harness.format import (
     ieee_div,
     pack_e2m1,
 )
-from harness.backends.triton_emulation import _dot, _nvfp4_tile, _store_out
+from harness.kernels import nvfp4
+from harness.kernels.gemm import launch_setup, nvfp4_tile, out_view, store_out, tile_dot
 from harness.kernels.nvfp4 import (
     LAYOUT_ID,
     LEAVE,
-    _block_scales,
-    _e2m1_decode,
-    _e2m1_encode,
-    _e4m3_decode,
-    _scale_offset,
+    block_scales,
     dequantize_from,
+    interpreting,
     quantize_into,
+    scale_offset,
 )
 from harness.layouts import OperandRole, ScaleLayout, offset_grid, padded_shape, swizzle, unswizzle
 from harness.pipeline import VLLM_POLICY, CheckpointWeight, QuantizedTensor
@@ -596,13 +595,13 @@ def _quantize_full_row_tiles_kernel(x_ptr, stride_xr, gs_ptr, packed_ptr, stride
     x = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xr + k[None, :], mask=(k < kblocks * 16)[None, :],
                 other=0.0).to(tl.float32)
     x3 = tl.reshape(x, (BLOCK_R, BLOCK_KB, 16))
-    sf_code, inv = _block_scales(tl.max(tl.abs(x3), axis=2), tl.load(gs_ptr))
+    sf_code, inv = block_scales(tl.max(tl.abs(x3), axis=2), tl.load(gs_ptr))
     qe, qo = tl.split(tl.reshape(x3 * inv[:, :, None], (BLOCK_R, BLOCK_KB * 8, 2)))
-    byte = _e2m1_encode(qe) | (_e2m1_encode(qo) << 4)
+    byte = nvfp4.e2m1_encode(qe) | (nvfp4.e2m1_encode(qo) << 4)
     col = tl.program_id(1) * BLOCK_KB * 8 + tl.arange(0, BLOCK_KB * 8)
     tl.store(packed_ptr + r[:, None].to(tl.int64) * stride_pr + col[None, :], byte.to(tl.uint8),
              mask=(r[:, None] < rows) & (col[None, :] < kblocks * 8))
-    off = _scale_offset(r[:, None].to(tl.int64), kb[None, :], sf_kb, LAYOUT)
+    off = scale_offset(r[:, None].to(tl.int64), kb[None, :], sf_kb, LAYOUT)
     tl.store(scale_ptr + off, sf_code.to(tl.uint8), mask=(r[:, None] < rows) & (kb[None, :] < kblocks))
 
 
@@ -632,20 +631,20 @@ def _gemm_masked_late_kernel(
         byte = tl.load(a_ptr + rm[:, None] * stride_am + (kb0 * 8 + j)[None, :],
                        mask=m_ok[:, None] & col_ok[None, :], other=0).to(tl.int32)
         kb = kb0 + tl.arange(0, KB_STEP)
-        sf = tl.load(a_sf_ptr + _scale_offset(rm[:, None], kb[None, :], a_sf_kb, A_LAYOUT),
+        sf = tl.load(a_sf_ptr + scale_offset(rm[:, None], kb[None, :], a_sf_kb, A_LAYOUT),
                      mask=sf_rows_ok[:, None] & (kb < kb_alloc)[None, :], other=0).to(tl.int32)
-        s = tl.reshape(tl.broadcast_to(_e4m3_decode(sf)[:, :, None], (BLOCK_M, KB_STEP, 8)), (BLOCK_M, KB_STEP * 8))
-        a_even = _e2m1_decode(byte & 0xF) * s
-        a_odd = _e2m1_decode(byte >> 4) * s
+        s = tl.reshape(tl.broadcast_to(nvfp4.e4m3_decode(sf)[:, :, None], (BLOCK_M, KB_STEP, 8)), (BLOCK_M, KB_STEP * 8))
+        a_even = nvfp4.e2m1_decode(byte & 0xF) * s
+        a_odd = nvfp4.e2m1_decode(byte >> 4) * s
         if not DOT_FP32:
             a_even = a_even.to(tl.bfloat16)
             a_odd = a_odd.to(tl.bfloat16)
-        w_even, w_odd = _nvfp4_tile(w_ptr, stride_wn, w_sf_ptr, w_sf_kb, rn, n_ok, kb0, kb_alloc,
+        w_even, w_odd = nvfp4_tile(w_ptr, stride_wn, w_sf_ptr, w_sf_kb, rn, n_ok, kb0, kb_alloc,
                                     W_LAYOUT, BLOCK_N, KB_STEP, DOT_FP32)
-        acc = _dot(a_even, tl.trans(w_even), acc, DOT_FP32)
-        acc = _dot(a_odd, tl.trans(w_odd), acc, DOT_FP32)
+        acc = tile_dot(a_even, tl.trans(w_even), acc, DOT_FP32)
+        acc = tile_dot(a_odd, tl.trans(w_odd), acc, DOT_FP32)
     acc = acc * tl.load(alpha_ptr)
-    _store_out(out_ptr, stride_om, stride_on, rm, rn, (rm < m + EXTRA_ROWS)[:, None] & n_ok[None, :], acc, OUT_BF16)
+    store_out(out_ptr, stride_om, stride_on, rm, rn, (rm < m + EXTRA_ROWS)[:, None] & n_ok[None, :], acc, OUT_BF16)
 
 
 class SanitizerOnly:
@@ -682,8 +681,6 @@ class GemmMaskedLate(SanitizerOnly, GemmMutant):
         return replace(self.base.requirements, runs_on_cpu=False)
 
     def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
-        from harness.backends.triton_emulation import interpreting, launch_setup, out_view
-
         a, w = ops.a, ops.w
         out, alpha, _, block_m, block_n, kb_step = launch_setup(ops, out, a.packed.device)
         grid = (triton.cdiv(ops.m + self.EXTRA_ROWS, block_m), triton.cdiv(w.rows_alloc, block_n))

@@ -9,43 +9,56 @@
 
 This module imports neither torch nor harness at import time: a worker must set
 CUDA_VISIBLE_DEVICES before anything initialises CUDA.
+
+Controller and workers talk through pytest-xdist's own channels: the controller decides the run
+(results directory, start time, each worker's GPU) and hands it to every worker in
+``workerinput["nvfp4"]`` (:func:`pytest_configure_node`); each worker sends back what it is and how
+many cases it recorded in ``workeroutput["nvfp4"]``, which the controller reads when the worker
+goes down (:func:`pytest_testnodedown`) and writes into session.json.  The cases themselves never
+wait for that: each worker appends them to its own fsync'd result stream as they happen, so a
+worker killed mid-session (a sticky CUDA error ends the process on purpose) loses nothing recorded.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import json
 import os
 import shlex
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-_GPU_LIST_ENV = "NVFP4_HARNESS_GPUS"
-_WPG_ENV = "NVFP4_HARNESS_WORKERS_PER_GPU"
-_RESULTS_ENV = "NVFP4_HARNESS_RESULTS"
-_START_ENV = "NVFP4_HARNESS_START"
+_KEY = "nvfp4"
 _FROM_CLI_ENV = "NVFP4_HARNESS_FROM_CLI"  # set by `nvfp4-harness fuzz`: it renders the report itself
+"""The key of this plugin's entries in xdist's ``workerinput`` / ``workeroutput`` dicts."""
 
 
-def _pin_worker_to_gpu() -> str | None:
-    """In an xdist worker, restrict CUDA to this worker's GPU (controller set the GPU list).  The
-    controller also passes it in the worker's spawn environment (see pytest_configure); this is the
-    fallback for workers started some other way."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    gpus = os.environ.get(_GPU_LIST_ENV)
-    if not worker or not gpus:
-        return None
-    ids = [g for g in gpus.split(",") if g != ""]
-    wpg = max(1, int(os.environ.get(_WPG_ENV, "1")))
-    idx = int(worker.lstrip("gw") or 0)
-    gpu = ids[(idx // wpg) % len(ids)]
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    return gpu
+@dataclass
+class RunPlan:
+    """What the controller decides for a session and tells every worker (``workerinput["nvfp4"]``)."""
+    results_dir: str
+    start: float                      # time.time() at the controller's start
+    gpus: list[str]                   # CUDA_VISIBLE_DEVICES entries the workers share
+    workers_per_gpu: int = 1
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # controller: what workers sent back
+    recorded: int = 0                 # cases recorded in this session (all workers)
+    crashed: list[str] = field(default_factory=list)  # workers that went down with an error
 
+    def gpu_of(self, worker: str) -> str | None:
+        """The GPU of xdist worker ``gwN``: workers_per_gpu consecutive workers per GPU, round robin."""
+        if not self.gpus or not worker.startswith("gw"):
+            return None
+        idx = int(worker[2:] or 0)
+        return self.gpus[(idx // self.workers_per_gpu) % len(self.gpus)]
 
-_PINNED_GPU = _pin_worker_to_gpu()
+    def for_worker(self, worker: str) -> dict[str, Any]:
+        return {"results_dir": self.results_dir, "start": self.start, "gpu": self.gpu_of(worker)}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -117,7 +130,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return os.cpu_count() or 1
 
 
-def _register_profiles(redis_url: str | None = None) -> None:
+def _register_profiles(redis_url: str | None = None, results_dir: str | None = None) -> None:
     from hypothesis import HealthCheck, Phase, settings
 
     from harness.campaign import example_database
@@ -132,7 +145,7 @@ def _register_profiles(redis_url: str | None = None) -> None:
     # no explain phase: it re-runs a failing case under a tracer, which makes Triton kernels crawl
     phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
     settings.register_profile("ci", derandomize=True, max_examples=4, database=None, phases=phases, **common)
-    database = example_database(db_path, redis_url, os.environ.get(_RESULTS_ENV))
+    database = example_database(db_path, redis_url, results_dir)
     settings.register_profile("fuzz", max_examples=60, database=database, phases=phases, **common)
     settings.register_profile("replay", max_examples=1, phases=[Phase.explicit, Phase.reuse],
                               database=database, **common)
@@ -155,26 +168,37 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def _worker_input(config: pytest.Config) -> dict[str, Any]:
+    return config.workerinput.get(_KEY, {})  # type: ignore[attr-defined]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "nvfp4: a property-suite case of nvfp4-harness")
     if not _is_worker(config):
-        # controller (or plain run): decide the GPU list and the run directory for the workers
+        # controller (or plain run): decide the GPU list and the results dir for the workers
+        start = time.time()
         gpus = _visible_gpus()
         wpg = max(1, config.getoption("--nvfp4-workers-per-gpu"))
-        os.environ[_GPU_LIST_ENV] = ",".join(gpus)
-        os.environ[_WPG_ENV] = str(wpg)
+        _load_plugins(config)
+        _check_selection(config)
+        # after every check: a refused command leaves no empty run directory behind
+        plan = RunPlan(str(_run_dir(config)), start, gpus, wpg)
+        config._nvfp4_plan = plan  # type: ignore[attr-defined]
         tx = getattr(config.option, "tx", None)
         if gpus and tx and all(t == "popen" for t in tx):
             # each xdist worker gets its GPU in its environment before its interpreter starts (a
             # worker that sets CUDA_VISIBLE_DEVICES itself can be too late: anything that touches
             # CUDA at start-up fixes the device list); a restarted worker reuses its spec
-            config.option.tx = [f"popen//env:CUDA_VISIBLE_DEVICES={gpus[(i // wpg) % len(gpus)]}"
-                                for i in range(len(tx))]
-        os.environ[_START_ENV] = str(time.time())
+            config.option.tx = [f"popen//env:CUDA_VISIBLE_DEVICES={plan.gpu_of(f'gw{i}')}" for i in range(len(tx))]
     else:
-        _pin_worker_to_gpu()
-        _share_cpu_threads(config.workerinput.get("workercount", 1))
-    _register_profiles(config.getoption("--nvfp4-redis"))
+        # the fallback for workers started without the spawn environment: still before any test
+        # (and so before anything in this process initialises CUDA)
+        gpu = _worker_input(config).get("gpu")
+        if gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        _share_cpu_threads(config.workerinput.get("workercount", 1))  # type: ignore[attr-defined]
+    _register_profiles(config.getoption("--nvfp4-redis"), config._nvfp4_plan.results_dir  # type: ignore[attr-defined]
+                       if not _is_worker(config) else _worker_input(config).get("results_dir"))
     from hypothesis import settings
 
     profile = config.getoption("--nvfp4-profile") or "ci"
@@ -194,6 +218,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config._nvfp4_campaign = campaign.is_campaign(profile, config.getoption("--nvfp4-budget"))  # type: ignore[attr-defined]
     if config._nvfp4_campaign and _is_worker(config):  # type: ignore[attr-defined]
         campaign.install_worker_signal_handlers()
+    if _is_worker(config):
+        _load_plugins(config)
+
+
+def _load_plugins(config: pytest.Config) -> None:
     from harness.backends import registry
 
     for spec in config.getoption("--nvfp4-plugin"):
@@ -201,10 +230,6 @@ def pytest_configure(config: pytest.Config) -> None:
             registry.load_plugin(spec)
         except registry.PluginError as exc:  # one line, exit status 4, no INTERNALERROR
             raise pytest.UsageError(str(exc).replace("--plugin ", "--nvfp4-plugin ", 1)) from None
-    if not _is_worker(config):
-        _check_selection(config)
-        # after every check: a refused command leaves no empty run directory behind
-        os.environ[_RESULTS_ENV] = str(_run_dir(config))
 
 
 def _run_dir(config: pytest.Config) -> Path:
@@ -259,25 +284,11 @@ def _check_selection(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_sessionstart(session: pytest.Session) -> None:
-    config = session.config
-    if not _is_worker(config) and getattr(config, "_nvfp4_campaign", False):
-        from harness import campaign
-
-        tx = getattr(config.option, "tx", None) or []
-        workers = len(tx) if getattr(config.option, "dist", "no") != "no" else 1
-        config._nvfp4_controller = campaign.Controller(  # type: ignore[attr-defined]
-            os.environ[_RESULTS_ENV], config.getoption("--nvfp4-budget"), max(1, workers),
-            float(os.environ[_START_ENV])).start()
-    if not _is_worker(session.config) and _is_property_run(session.config):
-        from harness import env, results
-
-        results.write_session(os.environ[_RESULTS_ENV], {
-            "started": results.now(), "argv": list(session.config.invocation_params.args),
-            "command": os.environ.get("NVFP4_HARNESS_COMMAND") or shlex.join(
-                ["python", "-m", "pytest", *session.config.invocation_params.args]),
-            "profile": session.config._nvfp4_profile,  # type: ignore[attr-defined]
-            "environment": env.current().to_dict()})
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """Controller, per xdist worker (a replacement for a crashed one too): hand it the run plan."""
+    plan: RunPlan = node.config._nvfp4_plan
+    node.workerinput[_KEY] = plan.for_worker(node.workerinput["workerid"])
 
 
 def _is_property_run(config: pytest.Config) -> bool:
@@ -290,18 +301,74 @@ def _is_property_run(config: pytest.Config) -> bool:
     return any({"properties", "regressions"} & set(Path(str(a).split("::")[0]).parts) for a in config.args)
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _is_worker(session.config):
+def _write_session_start(config: pytest.Config, plan: "RunPlan") -> None:
+    from harness import env, results
+
+    results.write_session(plan.results_dir, {
+        "started": _dt.datetime.fromtimestamp(plan.start, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "argv": list(config.invocation_params.args), "profile": config._nvfp4_profile,  # type: ignore[attr-defined]
+        "command": os.environ.get("NVFP4_HARNESS_COMMAND") or shlex.join(
+            ["python", "-m", "pytest", *config.invocation_params.args]),
+        "environment": env.current().to_dict()})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    if _is_worker(config):
         return
-    controller = getattr(session.config, "_nvfp4_controller", None)
+    plan: RunPlan = config._nvfp4_plan  # type: ignore[attr-defined]
+    campaign_run = getattr(config, "_nvfp4_campaign", False)
+    if campaign_run:
+        from harness import campaign
+
+        tx = getattr(config.option, "tx", None) or []
+        workers = len(tx) if getattr(config.option, "dist", "no") != "no" else 1
+        config._nvfp4_controller = campaign.Controller(  # type: ignore[attr-defined]
+            plan.results_dir, config.getoption("--nvfp4-budget"), max(1, workers), plan.start).start()
+    if campaign_run or config.getoption("--nvfp4-results"):
+        # a run asked to record (nvfp4-harness fuzz, a campaign): session.json from the start, so a
+        # run that is killed still says when, where and how it ran
+        _write_session_start(config, plan)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """Controller: a worker finished (or died): keep what it sent back."""
+    plan: RunPlan = node.config._nvfp4_plan
+    worker = node.workerinput["workerid"]
+    sent = json.loads(getattr(node, "workeroutput", {}).get(_KEY) or "null")
+    if sent:
+        plan.workers[worker] = sent["info"]
+        plan.recorded += sent["recorded"]
+    if error:  # killed (a sticky CUDA error ends the worker after recording the crash): no output
+        plan.crashed.append(worker)
+        plan.workers.setdefault(worker, {"worker": worker, "gpu": plan.gpu_of(worker),
+                                         "crashed": str(error)[:500]})
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    harness_session: HarnessSession | None = getattr(config, "_nvfp4_session", None)
+    if _is_worker(config):
+        if harness_session is not None and harness_session.recorded:
+            # as JSON text: execnet carries builtin types only (torch.__version__ is a str subclass)
+            config.workeroutput[_KEY] = json.dumps({"info": harness_session.info,  # type: ignore[attr-defined]
+                                                    "recorded": harness_session.recorded}, default=str)
+        return
+    controller = getattr(config, "_nvfp4_controller", None)
     if controller is not None:
         controller.stop()
-    res = os.environ.get(_RESULTS_ENV)
-    if res and any(Path(res).glob("results-*.jsonl")):  # this session recorded cases
-        from harness import results
+    plan: RunPlan = config._nvfp4_plan  # type: ignore[attr-defined]
+    if harness_session is not None and harness_session.recorded:  # a run without xdist
+        plan.workers[harness_session.worker] = harness_session.info
+        plan.recorded += harness_session.recorded
+    if not plan.recorded and not plan.crashed:
+        return  # this session ran no property case: leave the results directory alone
+    from harness import results
 
-        tot = results.finalize(res)
-        session.config._nvfp4_totals = tot  # type: ignore[attr-defined]
+    _write_session_start(config, plan)
+    config._nvfp4_totals = results.finalize(plan.results_dir, workers=plan.workers)  # type: ignore[attr-defined]
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
@@ -310,7 +377,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         return
     from harness import results
 
-    res = os.environ.get(_RESULTS_ENV)
+    plan: RunPlan = config._nvfp4_plan
+    res = plan.results_dir
     terminalreporter.write_sep("=", "nvfp4-harness")
     hint = "" if os.environ.get(_FROM_CLI_ENV) else f" (report: nvfp4-harness report {res} -o {res}/report.html)"
     records, _ = results.load_results(res)
@@ -325,7 +393,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(
             f"accepted overflow: {over['outputs']} outputs in {over['results']} cases were ±inf where the "
             f"reference ± its error bound reaches the output format's overflow threshold (within the bound)")
-    for w in results.read_workers(res):
+    for name in sorted(plan.workers):
+        w = plan.workers[name]
+        if w.get("crashed"):
+            terminalreporter.write_line(f"  worker {name}: crashed ({(w['crashed'] or '?').splitlines()[0][:120]})")
+            continue
         e = w.get("environment", {})
         phys = w.get("physical_gpu") or {}
         where = (f"GPU {w.get('gpu')} of CUDA_VISIBLE_DEVICES ({e.get('gpu_name')}; NVML: physical GPU "
@@ -351,22 +423,29 @@ class HarnessSession:
         from harness import env
 
         self.config = config
-        self.worker = config.workerinput["workerid"] if _is_worker(config) else "main"  # type: ignore[attr-defined]
-        self.results_dir = Path(os.environ.get(_RESULTS_ENV, "results"))
+        if _is_worker(config):
+            self.worker = config.workerinput["workerid"]  # type: ignore[attr-defined]
+            plan = _worker_input(config)
+        else:
+            self.worker = "main"
+            plan = config._nvfp4_plan.for_worker(self.worker)  # type: ignore[attr-defined]
+        self.results_dir = Path(plan["results_dir"])
+        self.start = float(plan["start"])
+        self.gpu = plan["gpu"]
         self.env = env.current()
-        self.start = float(os.environ.get(_START_ENV, time.time()))
         self.budget = config.getoption("--nvfp4-budget")
         self._stream = None
-        self.gpu = _PINNED_GPU
+        self.recorded = 0
+        self.info: dict[str, Any] = {}
+        """What this worker is (sent to the controller, see pytest_sessionfinish)."""
+        config._nvfp4_session = self  # type: ignore[attr-defined]
+        self.campaign = None  # harness.campaign.WorkerCampaign, once the first pair of a campaign starts
         self._stops: dict[str, str] = {}     # test -> why it stopped before max_examples
         self.refusals: dict[str, list[str]] = {}  # test -> the refusal reasons of its examples
-        self.campaign = None  # harness.campaign.WorkerCampaign, once the first pair of a campaign starts
 
     @property
     def stream(self):
         if self._stream is None:
-            import json
-
             from harness.results import ResultStream
 
             self._stream = ResultStream(self.results_dir, self.worker)
@@ -382,7 +461,7 @@ class HarnessSession:
                 torch.cuda.synchronize()
                 info["physical_gpu"] = physical_gpu()
                 del keep
-            (self.results_dir / f"worker-{self.worker}.json").write_text(json.dumps(info, indent=2))
+            self.info = info
         return self._stream
 
     def over_budget(self) -> bool:
@@ -405,6 +484,7 @@ class HarnessSession:
         extra = {"gpu": self.gpu, "final": final, "scope": scope}
         self.stream.write(make_record(trial, outcome, worker=self.worker, test=test, level=level,
                                       case_file=case_file, extra=extra))
+        self.recorded += 1
         if self.campaign is not None:
             self.campaign.note_record(outcome.status, final)
 
@@ -442,9 +522,10 @@ class HarnessSession:
         from harness.runner import NOT_APPLICABLE, ContextLost, execute
         from harness.trial import Outcome
 
-        if self.over_budget():
+        if self.over_budget() and self.campaign is None:
             self._stops.setdefault(test, f"time budget (--nvfp4-budget {self.budget:g} s) spent")
             return None
+
         try:
             final = current_build_context().is_final
         except Exception:
@@ -455,21 +536,19 @@ class HarnessSession:
         except ContextLost as exc:
             self.record(trial, Outcome("crash", str(exc)), test, level, True)
             os._exit(3)  # the CUDA context is gone: xdist restarts a fresh worker for the next tests
+        if self.campaign is not None:
+            self.campaign.note_example(outcome.status)
         # a property that cannot be checked on this backend skips the whole test (scope "test");
         # any other skip is one example the backend refused
         whole_test = outcome.status == "skip" and outcome.reason.startswith(NOT_APPLICABLE)
         if outcome.status == "skip" and not whole_test:
             self.refusals.setdefault(test, []).append(outcome.reason)
-        if self.campaign is not None:
-            self.campaign.note_example(outcome.status)
         if outcome.status != "fail" or final:
             self.record(trial, outcome, test, level, final, scope="test" if whole_test else "case")
         return outcome
 
     def end_test(self, test: str, stop_reason: str) -> None:
         """Record why a property test stopped (Hypothesis statistics in the report)."""
-        import json
-
         reason = self._stops.get(test) or stop_reason
         with open(self.results_dir / f"tests-{self.worker}.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"test": test, "stop_reason": reason}) + "\n")

@@ -392,21 +392,20 @@ def accepted_overflow(records: list[dict]) -> dict[str, int]:
     return {"outputs": sum(counts), "results": len(counts)}
 
 
-def finalize(results_dir: Path | str) -> dict:
+def finalize(results_dir: Path | str, workers: dict[str, dict] | None = None) -> dict:
     """Aggregate the workers' streams: totals (and accepted overflow) into session.json, statistics
-    into hypothesis.json.  Returns the outcome totals plus ``accepted_overflow`` (:func:`accepted_overflow`)."""
+    into hypothesis.json.  Returns the outcome totals plus ``accepted_overflow`` (:func:`accepted_overflow`).
+
+    ``workers``: what each worker of the session said about itself (worker id -> GPU, pid,
+    environment; see harness/pytest_plugin.py), kept in session.json when given.
+    """
     records, warnings = load_results(results_dir)
     tot = totals(records)
     overflow = accepted_overflow(records)
-    workers = {}
-    for path in sorted(Path(results_dir).glob("worker-*.json")):
-        try:
-            info = json.loads(path.read_text())
-            workers[info.get("worker", path.stem)] = info
-        except (json.JSONDecodeError, OSError) as exc:
-            warnings.append(f"{path.name}: unreadable ({exc})")
-    write_session(results_dir, {"finished": now(), "totals": tot, "accepted_overflow": overflow,
-                                "warnings": warnings, "workers": workers})
+    data = {"finished": now(), "totals": tot, "accepted_overflow": overflow, "warnings": warnings}
+    if workers is not None:
+        data["workers"] = workers
+    write_session(results_dir, data)
     stats = hypothesis_statistics(records, read_test_ends(results_dir))
     tmp = Path(results_dir) / "hypothesis.json.tmp"
     tmp.write_text(json.dumps(stats, indent=2))

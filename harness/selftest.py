@@ -80,6 +80,10 @@ class _Hunt:
 
 
 def hunt(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Score:
+    from harness.grouped import registry as grouped_registry
+
+    if grouped_registry.is_grouped(mutant_name):  # the grouped level has its own problems and strategies
+        return hunt_grouped(mutant_name, budget_s=budget_s, examples=examples)
     m = registry.get(mutant_name)
     sizes = suite.sizes_for(env.current().device)
     expected = getattr(m, "expected_property", None)
@@ -137,11 +141,67 @@ def hunt(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Sc
     return score
 
 
+def hunt_grouped(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Score:
+    """:func:`hunt` for a grouped mutant (:mod:`harness.grouped.mutants`): the grouped strategies,
+    engine and properties, the same search, scoring and parent check."""
+    from harness.grouped import registry as grouped_registry, strategies
+    from harness.grouped.checks import execute as execute_grouped
+    from harness.grouped.problem import GROUPED_PROPERTIES, GroupedTrial
+
+    m = grouped_registry.get(mutant_name)
+    sz = strategies.sizes_for(env.current().device)
+    score = Score(mutant_name, m.planted, m.expected_property, parent=m.parent)
+    sup = m.support(env.current())
+    if not sup:
+        score.notes.append(f"cannot run here: {sup.reason}")
+        return score
+    props = [m.expected_property] + [p for p in GROUPED_PROPERTIES if p != m.expected_property]
+    t_all = time.perf_counter()
+    for prop in props:
+        if time.perf_counter() - t_all >= budget_s:
+            break
+        state = {"n": 0, "first": None, "first_n": 0}
+        t0 = time.perf_counter()
+
+        def failed(trial: GroupedTrial) -> bool:
+            state["n"] += 1
+            bad = execute_grouped(trial).status in ("fail", "crash")
+            if bad and state["first"] is None:
+                state["first"], state["first_n"] = time.perf_counter() - t0, state["n"]
+            return bad
+
+        cfg = settings(max_examples=examples, derandomize=True, database=None, deadline=None,
+                       phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck),
+                       report_multiple_bugs=False)
+        try:
+            minimal = find(strategies.grouped_trials(mutant_name, prop, sz), failed, settings=cfg)
+        except (NoSuchExample, Unsatisfiable):
+            continue
+        score.caught_by = prop
+        score.examples = state["first_n"]
+        score.seconds = round((t0 - t_all) + (state["first"] or 0.0), 3)
+        score.minimized = minimal.to_dict()
+        score.failure = execute_grouped(minimal).reason
+        parent = GroupedTrial(m.parent, minimal.property, minimal.problem, minimal.poison)
+        try:
+            score.parent_outcome = execute_grouped(parent).status
+        except Exception as exc:  # noqa: BLE001
+            score.parent_outcome = f"error: {exc}"
+        break
+    score.total_seconds = round(time.perf_counter() - t_all, 3)
+    if score.caught_by and score.seconds > budget_s:
+        score.notes.append(f"first failure after {score.seconds:.1f} s, over the {budget_s:.0f} s budget")
+    return score
+
+
 def run(mutants: list[str] | None = None, *, budget_s: float = 60.0, examples: int = 200,
         progress=None) -> list[Score]:
     # mutants whose bug changes no result are the sanitizer's (harness.sanitizer.run.selftest), not the properties'
+    from harness.grouped import registry as grouped_registry
+
     names = mutants or [b.name for b in registry.all_backends(include_mutants=True)
-                        if b.mutant and getattr(b, "oracle", "properties") == "properties"]
+                        if b.mutant and getattr(b, "oracle", "properties") == "properties"] + \
+        [b.name for b in grouped_registry.all_backends(include_mutants=True) if b.mutant]
     scores = []
     for name in names:
         s = hunt(name, budget_s=budget_s, examples=examples)
@@ -155,6 +215,9 @@ def _minimized_text(s: Score) -> str:
     if not s.minimized:
         return "-"
     p = s.minimized["problem"]
+    if "tokens" in p:  # grouped level
+        return (f"tokens={p['tokens']} experts={p['experts']} splits={[sum(e == x for r in p['topk_ids'] for x in r) for e in range(p['experts'])]} "
+                f"top_k={len(p['topk_ids'][0])} n={p['n']} k={p['k']} {p['out_dtype']}")
     poison = {k: v for k, v in s.minimized["poison"].items() if v}
     extra = f" batch={p['batch']}" if p.get("batch") else ""
     pz = ",".join(f"{k}=0x{v:02X}" if isinstance(v, int) and not isinstance(v, bool) else k
@@ -187,7 +250,14 @@ def main(budget_s: float = 60.0, examples: int = 200, mutants: list[str] | None 
     e = env.current()
     print(f"self-test on {e.summary()}; budget {budget_s:.0f} s per mutant", flush=True)
     if mutants:
+        from harness.grouped import registry as grouped_registry
+
         for name in mutants:
+            if grouped_registry.is_grouped(name):
+                if not grouped_registry.get(name).mutant:
+                    print(f"nvfp4-harness: error: --mutant {name!r} is not a planted-bug backend", file=sys.stderr)
+                    return 2
+                continue
             if not registry.get(name).mutant:
                 print(f"nvfp4-harness: error: --mutant {name!r} is not a planted-bug backend", file=sys.stderr)
                 return 2

@@ -236,7 +236,7 @@ def tp_cases(degrees: Iterable[int] = DEFAULT_DEGREES,
              catalog: Iterable[LayerShape] = CATALOG) -> Iterator[tuple[LayerShape, int, TPShard | str]]:
     """Every (layer, tp, per-rank shard) of the catalog; a shard that cannot be built is its message.
 
-    Yields ``(layer, tp, TPShard)`` when :func:`harness.pipeline.shard` accepts the split and
+    Yields ``(layer, tp, TPShard)`` when :func:`shard` accepts the split and
     ``(layer, tp, "<ShardError message>")`` when it raises :class:`ShardError`.
     """
     degrees = tuple(degrees)

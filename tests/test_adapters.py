@@ -21,7 +21,7 @@ import torch
 
 import harness.kernels  # noqa: F401  (sets TRITON_INTERPRET on a CPU-only machine)
 from harness import env as env_mod
-from harness.backends import flashinfer_fp4
+from harness.backends import _flashinfer, flashinfer_fp4
 from harness.backends.protocol import Unsupported
 from harness.format import BLOCK_SIZE
 from harness.optional import import_optional
@@ -304,7 +304,7 @@ def test_flashinfer_support_reasons(name):
 
 
 def test_flashinfer_support_when_not_importable(monkeypatch):
-    monkeypatch.setattr(flashinfer_fp4, "_IMPORT_CACHE", {})
+    monkeypatch.setattr(_flashinfer, "_IMPORT_CACHE", {})
     monkeypatch.setitem(sys.modules, "flashinfer", None)  # makes `import flashinfer` raise
     verdict = FI_BACKENDS["flashinfer-cutlass"].support(fake_env(100))
     assert not verdict and verdict.reason.startswith("flashinfer is not importable (ModuleNotFoundError")
@@ -324,7 +324,7 @@ def test_flashinfer_refusals_become_unsupported_and_failures_stay():
         RuntimeError("cudnnGraphNotSupportedError: no engine"),
     ]
     for exc in refusals:
-        unsup = flashinfer_fp4.translate_refusal(exc, prefix)
+        unsup = _flashinfer.translate_refusal(exc, prefix)
         assert isinstance(unsup, Unsupported), exc
         assert str(unsup) == f"{prefix}: {type(exc).__name__}: {exc}"  # the library's message, shown as it is
     failures = [
@@ -336,7 +336,7 @@ def test_flashinfer_refusals_become_unsupported_and_failures_stay():
         AssertionError("input_tensor.shape[0] must be multiples of 32"),
     ]
     for exc in failures:
-        assert flashinfer_fp4.translate_refusal(exc, prefix) is None, exc
+        assert _flashinfer.translate_refusal(exc, prefix) is None, exc
 
 
 def test_refusal_status_codes_must_be_identifiers():
@@ -344,7 +344,7 @@ def test_refusal_status_codes_must_be_identifiers():
 
     with pytest.raises(ValueError, match="expected one identifier"):
         refusal_message(RuntimeError("x"), status_codes=("not supported on",))
-    for codes in (flashinfer_fp4.REFUSAL_STATUS_CODES,):
+    for codes in (_flashinfer.REFUSAL_STATUS_CODES,):
         refusal_message(RuntimeError("x"), status_codes=codes)  # the adapters' own codes are identifiers
 
 

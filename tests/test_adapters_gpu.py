@@ -21,7 +21,7 @@ import torch
 
 import harness.kernels  # noqa: F401  (sets TRITON_INTERPRET on a CPU-only machine)
 from harness import checks, data
-from harness.backends import dot_scaled, flashinfer_fp4, quantizers, scaled_mm
+from harness.backends import _flashinfer, dot_scaled, flashinfer_fp4, quantizers, scaled_mm
 from harness.backends.protocol import Unsupported
 from harness.format import (BLOCK_SIZE, block_scale_and_inverse, global_scale_encode_divisor, reference_quantize,
                             unpack_e2m1)
@@ -75,7 +75,7 @@ def test_mm_fp4_adapter_on_this_gpu(name, record_property):
         record_property("unsupported", msg)
         assert msg.startswith(f"{name}: flashinfer mm_fp4(backend={b.fi_backend!r}) refused: ")
         # recognised by FlashInfer's own refusal class, not by its wording
-        assert isinstance(info.value.__cause__, flashinfer_fp4.refusal_types()), repr(info.value.__cause__)
+        assert isinstance(info.value.__cause__, _flashinfer.refusal_types()), repr(info.value.__cause__)
         assert fi.mm_fp4.is_backend_supported(b.fi_backend, cc()) is False
         return
     if not verdict:
@@ -169,7 +169,7 @@ def test_flashinfer_quantizer_on_this_gpu(layout, record_property):
         record_property("refused", str(exc))
         assert exc.__cause__ is not None, "a refusal must be the library's own exception"
         assert quantizers.library_refuses_device(x.device) is not None or \
-            isinstance(exc.__cause__, flashinfer_fp4.refusal_types())
+            isinstance(exc.__cause__, _flashinfer.refusal_types())
         assert cc() < 100, f"refused on SM{cc()}: {exc}"
         return
     assert (packed.dtype, tuple(packed.shape)) == (torch.uint8, (rows, k // 2))

@@ -20,6 +20,7 @@ from harness.backends import dot_scaled, scaled_mm
 from harness.backends._refusal import as_unsupported
 from harness.backends.protocol import Unsupported
 from harness.format import BLOCK_SIZE, e2m1_decode, unpack_e2m1
+from harness.kernels.gemm import dot_scaled_gemm
 from harness.layouts import ScaleLayout, unswizzle
 from harness.pipeline import build_gemm_operands, operands_for
 from harness.problem import GemmProblem, Poison
@@ -147,7 +148,7 @@ def test_dot_scaled_kernel_plumbing_under_the_interpreter(a_layout):
     for t in (ops.a, ops.w):  # 118..135 = 2**-9 .. 2**8 read as e8m0
         t.scales.copy_(torch.randint(118, 136, t.scales.shape, dtype=torch.uint8, generator=g))
     out = torch.full((ops.m, ops.w.rows_alloc), float("nan"), dtype=torch.float32)
-    dot_scaled.launch(ops, out)
+    dot_scaled_gemm(ops, out)
     ref = (_deq_e8m0(ops.a) @ _deq_e8m0(ops.w).T) * ops.alpha.double()
     bound = 1e-6 * ((_deq_e8m0(ops.a).abs() @ _deq_e8m0(ops.w).abs().T) * ops.alpha.double()) + 1e-30
     assert torch.all((out.double() - ref).abs() <= bound)
@@ -160,7 +161,7 @@ def test_dot_scaled_interpreter_reads_e4m3_scales_as_e8m0():
     for t in (ops.a, ops.w):
         t.scales.fill_(0x7E)
     out = torch.empty((ops.m, ops.w.rows_alloc), dtype=torch.float32)
-    dot_scaled.launch(ops, out)
+    dot_scaled_gemm(ops, out)
     dot = e2m1_decode(unpack_e2m1(ops.a.packed)).double() @ e2m1_decode(unpack_e2m1(ops.w.packed)).double().T
     as_e4m3 = dot * 448.0 * 448.0 * ops.alpha.double()
     as_e8m0 = dot * 0.5 * 0.5 * ops.alpha.double()

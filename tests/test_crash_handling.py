@@ -53,3 +53,27 @@ def test_sticky_cuda_error_is_a_crash_and_the_session_goes_on(tmp_path):
     assert passes == {"determinism", "output_coverage"}
     session = json.loads((results / "session.json").read_text())
     assert session["totals"]["crash"] == len(crashes)
+    # a killed worker cannot send what it is back through xdist's workeroutput: the controller
+    # records that it went down, with the GPU it had given it
+    crashed = {r["worker"] for r in crashes}
+    assert crashed <= {w for w, info in session["workers"].items() if info.get("crashed") and "gpu" in info}
+    assert session["started"] <= session["finished"]
+
+
+def test_workers_report_back_through_xdist_and_the_session_is_written_once(tmp_path):
+    results = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "NVFP4_HARNESS"))}
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", str(REPO / "properties"), "-q", "-p", "no:cacheprovider", "-n", "1",
+         "--nvfp4-backends", "triton-emu-8x4", "--nvfp4-properties", "determinism",
+         "--nvfp4-results", str(results)],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    session = json.loads((results / "session.json").read_text())
+    assert session["totals"]["pass"] >= 1 and session["totals"]["fail"] == 0
+    (worker, info), = session["workers"].items()  # the one worker, from its workeroutput
+    assert worker == "gw0" and info["worker"] == "gw0" and info["pid"] != os.getpid()
+    assert info["environment"]["device"] == session["environment"]["device"]
+    assert f"worker gw0: pid {info['pid']} on" in out
+    assert sorted(p.name for p in results.iterdir()) == ["cases", "hypothesis.json", "results-gw0.jsonl", "session.json"]

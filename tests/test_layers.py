@@ -22,27 +22,34 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, ...]] = [
     # the number format, scale layouts and the machine: no harness imports
     ("harness", "harness.format", "harness.layouts", "harness.env", "harness.optional"),
-    # Triton kernels: pipeline, test data and GEMMs
-    ("harness.kernels", "harness.kernels.*"),
+    # Triton kernels of the pipeline (quantize, dequantize, pad) and of the test data
+    ("harness.kernels", "harness.kernels.nvfp4", "harness.kernels.data"),
     # deterministic test data (its Triton path is a kernel)
     ("harness.data",),
     # the data model: problems, poison, TP shards of real models; trials, outcomes, vocabulary
-    ("harness.problem", "harness.tp_catalog"),
+    ("harness.problem", "harness.tp_catalog", "harness.grouped", "harness.grouped.problem"),
     ("harness.trial",),
     # compute-sanitizer's output and the operand map (what an address means): parsing, no GPU
     ("harness.sanitizer", "harness.sanitizer.findings", "harness.sanitizer.operands"),
     # operands from problems; Hypothesis strategies over the model
-    ("harness.pipeline", "harness.strategies"),
+    ("harness.pipeline", "harness.strategies", "harness.grouped.pipeline", "harness.grouped.strategies",
+     "harness.grouped.transforms"),
+    # the GEMM kernels the harness runs itself, on pipeline operands
+    ("harness.kernels.gemm",),
     # the reference (fp64 GEMM or exact int8 digit planes) and its error bound
-    ("harness.oracle", "harness.exact_reference"),
+    ("harness.oracle", "harness.exact_reference", "harness.grouped.reference"),
     # backends: the protocol, shared adapter helpers, the registry, the adapters, planted bugs
-    ("harness.backends", "harness.backends.*", "harness.mutants"),
+    ("harness.backends", "harness.backends.*", "harness.mutants", "harness.grouped.protocol",
+     "harness.grouped.registry", "harness.grouped.mutants"),
     # the verdicts
     ("harness.checks",),
-    # running trials: experiments per level and the engine; the memory a case needs
-    ("harness.experiments", "harness.experiments.*", "harness.runner", "harness.memory"),
+    # putting each property to the test, per level; the engine that runs and classifies them; the
+    # memory a case needs; the grouped level's engine (it classifies outcomes as the runner does)
+    ("harness.experiments",),
+    ("harness.experiments.*",),
+    ("harness.runner", "harness.memory", "harness.grouped.checks"),
     # what is kept of a run: case files, the suite's plan
-    ("harness.cases", "harness.suite", "harness.tracking"),
+    ("harness.cases", "harness.suite", "harness.tracking", "harness.grouped.cases"),
     # the results directory (writing and reading)
     ("harness.results", "harness.verified"),
     # the HTML report of a results directory

@@ -15,6 +15,7 @@ import pytest
 from harness import selftest
 from harness.backends import registry
 from harness.backends.protocol import Backend
+from harness.grouped import registry as grouped_registry
 from harness.trial import properties_for
 
 CATCH_BUDGET_S = 60.0
@@ -98,3 +99,24 @@ def test_mutant_is_caught(name: str, record_property) -> None:
         assert score.minimized["problem"]["m"] == 1
         poisoned = [r for r in ("m_pad", "n_pad", "k_tail", "data") if score.minimized["poison"][r]]
         assert poisoned == ["m_pad"]
+
+
+GROUPED_MUTANTS = [b.name for b in grouped_registry.all_backends(include_mutants=True) if b.mutant]
+
+
+@pytest.mark.parametrize("name", GROUPED_MUTANTS)
+def test_grouped_mutant_is_caught(name: str, record_property) -> None:
+    """Grouped mutants (harness.grouped.mutants) through the same self-test engine; the
+    routed-scale-twice bug needs neither a second expert nor a second token, so its hunt must
+    shrink to one of each."""
+    backend = grouped_registry.get(name)
+    assert backend.planted and backend.parent and not grouped_registry.get(backend.parent).mutant
+    score = selftest.hunt(name, budget_s=CATCH_BUDGET_S, examples=MAX_EXAMPLES)
+    print("\n" + selftest.scoreboard([score]).splitlines()[2])
+    record_property("minimized", score.minimized)
+    assert score.caught_by == backend.expected_property, (name, score.caught_by, score.notes)
+    assert score.seconds < CATCH_BUDGET_S, f"{name}: first failure took {score.seconds:.1f} s"
+    assert score.parent_outcome == "pass", f"parent {score.parent} on the minimized trial: {score.parent_outcome}"
+    if name == "mutant-grouped-routed-scale-twice":
+        p = score.minimized["problem"]
+        assert (p["tokens"], p["experts"]) == (1, 1)

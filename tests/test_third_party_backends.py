@@ -27,7 +27,9 @@ from harness.data import DISTRIBUTIONS
 from harness.format import global_scale_encode_divisor, reference_quantize
 from harness.layouts import ScaleLayout, swizzle
 from harness.pipeline import GemmProblem
-from harness.runner import Trial, evaluate_checkpoint, execute
+from harness.experiments.checkpoint import evaluate_checkpoint
+from harness.runner import execute
+from harness.trial import Trial
 
 SHAPES = [(5, 7, 64), (33, 17, 128)]
 

@@ -1,11 +1,11 @@
 """``triton-dot-scaled``: NVFP4 GEMM on Triton's ``tl.dot_scaled`` (e2m1 x e2m1, e4m3 scales, group 16).
 
-The kernel reads the pipeline's buffers as they are:
+The kernel (:func:`harness.kernels.gemm.dot_scaled_gemm`) reads the pipeline's buffers as they are:
 
 * packed codes of A [m, k_alloc/2] and W [n_alloc, k_alloc/2] (uint8; ``tl.dot_scaled`` takes fp4
   "packed into uint8 inputs with the first element in lower bits", our nibble order), W loaded as a
   [BLOCK_K/2, BLOCK_N] tile (packed along K, ``rhs_k_pack=True``);
-* scale bytes at their layout's byte offsets (:func:`harness.kernels.nvfp4._scale_offset`), so the
+* scale bytes at their layout's byte offsets (:func:`harness.kernels.nvfp4.scale_offset`), so the
   128x4 (or 8x4 / linear) buffers are unswizzled in the kernel, into [BLOCK_M, BLOCK_K/16] and
   [BLOCK_N, BLOCK_K/16] tiles (the rhs scale is NOT transposed, per ``tl.dot_scaled``'s docstring),
   bitcast to ``tl.float8e4nv``, which makes ``dot_scaled`` use NVFP4's group of 16;
@@ -39,8 +39,7 @@ import triton
 import triton.language as tl
 
 from harness.backends.protocol import GemmBackend, Precision, Requirements, Support, Unsupported
-from harness.format import BLOCK_SIZE
-from harness.kernels.nvfp4 import LAYOUT_ID, _scale_offset
+from harness.kernels.gemm import dot_scaled_gemm
 from harness.layouts import ScaleLayout
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,64 +53,6 @@ INTERPRETER_REASON = (
     "the Triton interpreter (TRITON_INTERPRET=1, triton {ver}) decodes tl.dot_scaled scale bytes as e8m0 "
     "(2**(byte-127)) even for float8e4nv scales (triton/runtime/interpreter.py _dot_scaled_scale_to_f32), "
     "so NVFP4's e4m3 scales give wrong results on the CPU; needs a CUDA GPU (native on SM100+)")
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@triton.jit
-def _dot_scaled_kernel(
-    a_ptr, stride_am, a_sf_ptr, a_sf_kb,
-    w_ptr, stride_wn, w_sf_ptr, w_sf_kb,
-    alpha_ptr, out_ptr, stride_om,
-    m, n_alloc, kbytes, kblocks,
-    A_LAYOUT: tl.constexpr, W_LAYOUT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """out[m, n_alloc] = alpha * sum over k_alloc of (code_a * sf_a) (code_w * sf_w)."""
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = rm < m
-    n_ok = rn < n_alloc
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, kbytes * 2, BLOCK_K):
-        kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)           # byte columns
-        ks = k0 // 16 + tl.arange(0, BLOCK_K // 16)         # k-blocks
-        kb_ok = kb < kbytes
-        ks_ok = ks < kblocks
-        a = tl.load(a_ptr + rm[:, None] * stride_am + kb[None, :], mask=m_ok[:, None] & kb_ok[None, :], other=0)
-        w = tl.load(w_ptr + kb[:, None] + rn[None, :] * stride_wn, mask=kb_ok[:, None] & n_ok[None, :], other=0)
-        sa = tl.load(a_sf_ptr + _scale_offset(rm[:, None], ks[None, :], a_sf_kb, A_LAYOUT),
-                     mask=m_ok[:, None] & ks_ok[None, :], other=0)
-        sw = tl.load(w_sf_ptr + _scale_offset(rn[:, None], ks[None, :], w_sf_kb, W_LAYOUT),
-                     mask=n_ok[:, None] & ks_ok[None, :], other=0)
-        acc = tl.dot_scaled(a, sa.to(tl.float8e4nv, bitcast=True), "e2m1",
-                            w, sw.to(tl.float8e4nv, bitcast=True), "e2m1", acc)
-    acc = acc * tl.load(alpha_ptr)
-    tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
-
-
-def tiles() -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K): 128 x 128 output tiles, 128 K elements (8 scale blocks) per step."""
-    return 128, 128, 128
-
-
-def launch(ops: "GemmOperands", out: torch.Tensor, *, compile_only: bool = False):
-    """Compile (``compile_only``) or run the kernel on ``ops`` into ``out`` [m, n_alloc]."""
-    a, w = ops.a, ops.w
-    bm, bn, bk = tiles()
-    grid = (triton.cdiv(ops.m, bm), triton.cdiv(w.rows_alloc, bn))
-    alpha = ops.alpha.reshape(1).to(device=a.packed.device, dtype=torch.float32)
-    args = (a.packed, a.packed.stride(0), a.scales, a.scales.shape[1],
-            w.packed, w.packed.stride(0), w.scales, w.scales.shape[1],
-            alpha, out, out.stride(0),
-            ops.m, w.rows_alloc, a.k_alloc // 2, a.k_alloc // BLOCK_SIZE)
-    meta = dict(A_LAYOUT=LAYOUT_ID[a.layout], W_LAYOUT=LAYOUT_ID[w.layout], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
-    if compile_only:
-        return _dot_scaled_kernel.warmup(*args, grid=grid, **meta)
-    return _dot_scaled_kernel[grid](*args, **meta)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -209,7 +150,7 @@ class TritonDotScaled(GemmBackend):
         diag: dict = {"text": ""}
         try:
             with captured_stderr_fd(diag):
-                launch(ops, res, compile_only=True)
+                dot_scaled_gemm(ops, res, compile_only=True)
         except Exception as exc:
             if cc < NATIVE_CC:
                 detail = mlir_failure_summary(diag["text"])
@@ -220,7 +161,7 @@ class TritonDotScaled(GemmBackend):
             _reemit(diag["text"])
             raise
         _reemit(diag["text"])
-        launch(ops, res)
+        dot_scaled_gemm(ops, res)
         return res
 
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from harness.backends._refusal import as_unsupported
+from harness.backends._flashinfer import import_flashinfer, translate_refusal
 from harness.backends.protocol import GemmBackend, Precision, Requirements, Support, Unsupported
 from harness.format import BLOCK_SIZE
 from harness.layouts import ScaleLayout, swizzle, unswizzle
@@ -70,49 +70,9 @@ AUTO_CCS = CUTLASS_CCS | CUDNN_CCS | CUTE_DSL_CCS | CUTEDSL_LL_CCS | B12X_CCS
 TRTLLM_EPILOGUE_TILE_M = 128
 """``epilogue_tile_m`` of the TRT-LLM weight shuffle (``nvfp4_quantize(do_shuffle=True)`` uses 128)."""
 
-# Status codes by which the libraries under mm_fp4 refuse a call on hardware they do not support
-# (matched as whole identifiers).  FlashInfer's own refusals are its exception classes
-# (refusal_types()).  Anything else raised by mm_fp4 is a failure.
-REFUSAL_STATUS_CODES = (
-    "CUBLAS_STATUS_NOT_SUPPORTED",   # cuDNN's cuBLAS-backed FP4 engine
-    "cudnnGraphNotSupportedError",   # cuDNN frontend: no engine for this graph here
-)
-
-
-# ----------------------------------------------------------------------------------------------
-# Importing FlashInfer (slow: several seconds; optional)
-# ----------------------------------------------------------------------------------------------
-_IMPORT_CACHE: dict[str, tuple[ModuleType | None, str | None]] = {}
-
-
-def import_flashinfer() -> tuple[ModuleType | None, str | None]:
-    """(flashinfer module, None) or (None, why it cannot be imported).  Cached per process."""
-    if "flashinfer" not in _IMPORT_CACHE:
-        try:
-            mod = importlib.import_module("flashinfer")
-            _IMPORT_CACHE["flashinfer"] = (mod, None)
-        except Exception as exc:  # noqa: BLE001 - any import failure makes the backend unavailable
-            _IMPORT_CACHE["flashinfer"] = (None, f"{type(exc).__name__}: {exc}")
-    return _IMPORT_CACHE["flashinfer"]
-
 
 def _gemm_base() -> ModuleType:
     return importlib.import_module("flashinfer.gemm.gemm_base")
-
-
-def refusal_types() -> tuple[type, ...]:
-    """FlashInfer's own exception classes for "this backend / GPU / library is not supported"."""
-    fi, _ = import_flashinfer()
-    if fi is None:
-        return ()
-    utils = importlib.import_module("flashinfer.utils")
-    return tuple(getattr(utils, n) for n in ("BackendSupportedError", "GPUArchitectureError", "LibraryError")
-                 if hasattr(utils, n))
-
-
-def translate_refusal(exc: BaseException, prefix: str) -> Unsupported | None:
-    """:class:`Unsupported` for a FlashInfer capability refusal, None for anything else (a failure)."""
-    return as_unsupported(exc, prefix, types=refusal_types(), status_codes=REFUSAL_STATUS_CODES)
 
 
 def _cc_list(ccs) -> str:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from harness.backends._flashinfer import import_flashinfer, refusal_types
 from harness.backends._refusal import as_unsupported
 from harness.backends.protocol import BackendContractError, QuantizerBackend, Requirements, Support, Unsupported
 from harness.format import BLOCK_SIZE
@@ -105,8 +106,6 @@ class FlashInferQuantizer(QuantizerBackend):
                                          a_layouts=(layout,), w_layout=layout, in_dtypes=self.INPUT_DTYPES)
 
     def support(self, env: "Environment") -> Support:
-        from harness.backends.flashinfer_fp4 import import_flashinfer
-
         fi, err = import_flashinfer()
         if fi is None:
             return Support(False, f"flashinfer is not importable ({err})")
@@ -128,8 +127,6 @@ class FlashInferQuantizer(QuantizerBackend):
 
     def call_kwargs(self, x: torch.Tensor, global_scale: torch.Tensor) -> dict:
         """Keyword arguments of ``flashinfer.fp4_quantize`` (pure)."""
-        from harness.backends.flashinfer_fp4 import import_flashinfer
-
         kw = dict(input=x, global_scale=global_scale.reshape(1).to(device=x.device, dtype=torch.float32),
                   sf_vec_size=BLOCK_SIZE, sf_use_ue8m0=False,
                   is_sf_swizzled_layout=self.layout is not L.LINEAR,
@@ -142,8 +139,6 @@ class FlashInferQuantizer(QuantizerBackend):
         return kw
 
     def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from harness.backends.flashinfer_fp4 import import_flashinfer, refusal_types
-
         rows, k = _check_input(self.name, x, global_scale)
         if x.dtype not in self.INPUT_DTYPES:
             raise Unsupported(f"{self.name}: flashinfer fp4_quantize takes {[str(d) for d in self.INPUT_DTYPES]} "
@@ -172,8 +167,6 @@ def library_device_check():
     """FlashInfer's own device check for its block-scale quantization kernels,
     ``flashinfer.utils._check_block_scale_quantization_support(device, op_name)`` (raises for a
     device they cannot run on), or None where the installed FlashInfer has none (or is absent)."""
-    from harness.backends.flashinfer_fp4 import import_flashinfer
-
     fi, _ = import_flashinfer()
     if fi is None:
         return None

@@ -21,15 +21,16 @@ LEAVE = -1
 """Fill value meaning: do not write this padding region (keep what the buffer held)."""
 
 
-def _interpreted() -> bool:
+def interpreting() -> bool:
+    """Whether Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _kernel_device(t: torch.Tensor) -> torch.device:
+def kernel_device(t: torch.Tensor) -> torch.device:
     """Where Triton can run on ``t``: the tensor's own device, except that CPU tensors go to the GPU
     when kernels are compiled for it (results come back on the caller's device; the bytes are the
     same on both, which tests/test_pipeline.py checks)."""
-    if t.device.type == "cpu" and not _interpreted():
+    if t.device.type == "cpu" and not interpreting():
         if not torch.cuda.is_available():
             raise RuntimeError("Triton kernels need a CUDA GPU or TRITON_INTERPRET=1; neither is available")
         return torch.device("cuda")
@@ -63,13 +64,13 @@ def _sm_count(dev: torch.device) -> int:
 def _tiles(rows: int) -> tuple[int, int, int]:
     """(rows, k-blocks, warps) per program; under the interpreter each program costs Python
     overhead, so fewer, larger programs run faster there."""
-    if _interpreted():
+    if interpreting():
         return min(128, max(8, triton.next_power_of_2(rows))), 16, 4
     return QUANT_TILES_GPU
 
 
 @triton.jit
-def _scale_offset(r, kb, padded_kb, LAYOUT: tl.constexpr):
+def scale_offset(r, kb, padded_kb, LAYOUT: tl.constexpr):
     if LAYOUT == 0:
         off = r * padded_kb + kb
     elif LAYOUT == 1:
@@ -101,7 +102,7 @@ def _e4m3_encode_nonneg(a):
 
 
 @triton.jit
-def _e4m3_decode(b):
+def e4m3_decode(b):
     """e4m3fn byte (int32 0..255) -> fp32, NaN for 0x7F / 0xFF."""
     sign = (b >> 7) & 1
     exp = (b >> 3) & 0xF
@@ -114,7 +115,7 @@ def _e4m3_decode(b):
 
 
 @triton.jit
-def _e2m1_encode(x):
+def e2m1_encode(x):
     """fp32 (already scaled) -> e2m1 code (int32 0..15), RNE, saturating at 6, sign kept.
 
     Bit arithmetic instead of seven threshold comparisons (the reference in harness.format uses
@@ -132,7 +133,7 @@ def _e2m1_encode(x):
 
 
 @triton.jit
-def _e2m1_decode(c):
+def e2m1_decode(c):
     """e2m1 code (int32 0..15) -> fp32."""
     mag = c & 7
     e = mag >> 1
@@ -144,10 +145,10 @@ def _e2m1_decode(c):
 
 
 @triton.jit
-def _block_scales(amax, gs):
+def block_scales(amax, gs):
     """Block-scale byte and element multiplier from the block amax (harness.format's order)."""
     sf_code = _e4m3_encode_nonneg(tl.div_rn(gs * amax, 6.0))
-    sf_val = _e4m3_decode(sf_code)
+    sf_val = e4m3_decode(sf_code)
     nonzero = sf_val != 0.0
     inv = tl.where(nonzero, tl.div_rn(1.0, tl.div_rn(tl.where(nonzero, sf_val, 1.0), gs)), 0.0)
     return sf_code, inv
@@ -176,7 +177,7 @@ def _store_scales(scale_ptr, r, kb, sf_code, rows, kblocks, sf_rows, sf_kb, row_
     each padding region with its own fill (or left alone)."""
     r2 = r[:, None]
     kb2 = kb[None, :]
-    off = _scale_offset(r2.to(tl.int64), kb2, sf_kb, LAYOUT)
+    off = scale_offset(r2.to(tl.int64), kb2, sf_kb, LAYOUT)
     if EVEN:
         tl.store(scale_ptr + off, sf_code.to(tl.uint8))
     else:
@@ -202,7 +203,7 @@ def _store_scale_words(scale_ptr, r, pid_k, sf_code, sf_kb, LAYOUT: tl.constexpr
     shift = (tl.arange(0, 4) * 8)[None, None, :]
     word = tl.sum(code4 << shift, axis=2)  # disjoint bits: the sum is the OR
     kb_first = pid_k * BLOCK_KB + tl.arange(0, BLOCK_KB // 4) * 4
-    off = _scale_offset(r[:, None].to(tl.int64), kb_first[None, :], sf_kb, LAYOUT) // 4
+    off = scale_offset(r[:, None].to(tl.int64), kb_first[None, :], sf_kb, LAYOUT) // 4
     if EVICT:
         tl.store(scale_ptr + off, word, cache_modifier=".cs")
     else:
@@ -236,9 +237,9 @@ def _quantize_tile(
         xe = (word << 16).to(tl.float32, bitcast=True)
         xo = (word & -65536).to(tl.float32, bitcast=True)
         amax = tl.max(tl.reshape(tl.maximum(tl.abs(xe), tl.abs(xo)), (BLOCK_R, BLOCK_KB, 8)), axis=2)
-        sf_code, inv = _block_scales(amax, gs)
+        sf_code, inv = block_scales(amax, gs)
         inv_w = tl.reshape(tl.broadcast_to(inv[:, :, None], (BLOCK_R, BLOCK_KB, 8)), (BLOCK_R, BLOCK_KB * 8))
-        byte = _e2m1_encode(xe * inv_w) | (_e2m1_encode(xo * inv_w) << 4)
+        byte = e2m1_encode(xe * inv_w) | (e2m1_encode(xo * inv_w) << 4)
         if EVEN and EVICT:
             tl.store(packed_ptr + r[:, None].to(tl.int64) * stride_pr + wcol[None, :], byte.to(tl.uint8),
                      cache_modifier=".cs")
@@ -252,9 +253,9 @@ def _quantize_tile(
         x = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xr + k[None, :] * stride_xk,
                     mask=real_x, other=0.0).to(tl.float32)
         x3 = tl.reshape(x, (BLOCK_R, BLOCK_KB, 16))
-        sf_code, inv = _block_scales(tl.max(tl.abs(x3), axis=2), gs)
+        sf_code, inv = block_scales(tl.max(tl.abs(x3), axis=2), gs)
         qe, qo = tl.split(tl.reshape(x3 * inv[:, :, None], (BLOCK_R, BLOCK_KB * 8, 2)))
-        byte = _e2m1_encode(qe) | (_e2m1_encode(qo) << 4)  # [BLOCK_R, BLOCK_KB * 8]
+        byte = e2m1_encode(qe) | (e2m1_encode(qo) << 4)  # [BLOCK_R, BLOCK_KB * 8]
         col = pid_k * BLOCK_KB * 8 + tl.arange(0, BLOCK_KB * 8)
         real_b = (r[:, None] < rows) & (col[None, :] < kblocks * 8)
         _store_bytes(packed_ptr, stride_pr, r[:, None], col[None, :], byte, real_b, data_rows, data_kbytes,
@@ -335,7 +336,7 @@ def quantize_into(
     layout = ScaleLayout.parse(layout)
     sf_rows, sf_kb = padded_shape(layout, data_rows, data_k // 16)
     home = x.device
-    dev = _kernel_device(x)
+    dev = kernel_device(x)
     if dev != home:
         res_p, res_s = quantize_into(
             x.to(dev), global_scale.to(dev), layout, data_rows=data_rows, data_k=data_k, row_fill=row_fill,
@@ -399,10 +400,10 @@ def _dequantize_kernel(
     real2 = (r[:, None] < rows) & (kb[None, :] < kblocks)
     # only real bytes are read: padding never reaches the output
     byte = tl.load(packed_ptr + r3 * stride_pr + kb3 * 8 + j3, mask=real3, other=0).to(tl.int32)
-    sf = tl.load(scale_ptr + _scale_offset(r[:, None], kb[None, :], sf_kb, LAYOUT), mask=real2, other=0)
-    s = _e4m3_decode(sf.to(tl.int32))
-    ve = _e2m1_decode(byte & 0xF) * s[:, :, None]
-    vo = _e2m1_decode(byte >> 4) * s[:, :, None]
+    sf = tl.load(scale_ptr + scale_offset(r[:, None], kb[None, :], sf_kb, LAYOUT), mask=real2, other=0)
+    s = e4m3_decode(sf.to(tl.int32))
+    ve = e2m1_decode(byte & 0xF) * s[:, :, None]
+    vo = e2m1_decode(byte >> 4) * s[:, :, None]
     if APPLY_GS:
         ve = ve * inv_gs
         vo = vo * inv_gs
@@ -419,7 +420,7 @@ def dequantize_from(packed: torch.Tensor, scales: torch.Tensor, layout: ScaleLay
     multiply by the reciprocal, so it is not exact).  Reads no padding byte.
     """
     layout = ScaleLayout.parse(layout)
-    dev = _kernel_device(packed)
+    dev = kernel_device(packed)
     if dev != packed.device:
         return dequantize_from(packed.to(dev), scales.to(dev), layout, rows, k,
                                global_scale if global_scale is None or isinstance(global_scale, float)
@@ -455,8 +456,8 @@ def pad_bytes(src: torch.Tensor, rows: int, cols: int, fill: int = 0) -> torch.T
         raise ValueError(f"pad_bytes: target {rows}x{cols} is smaller than {tuple(src.shape)}")
     if not 0 <= fill <= 255:
         raise ValueError(f"pad_bytes: fill={fill} must be a byte 0..255")
-    if _kernel_device(src) != src.device:
-        return pad_bytes(src.to(_kernel_device(src)), rows, cols, fill).to(src.device)
+    if kernel_device(src) != src.device:
+        return pad_bytes(src.to(kernel_device(src)), rows, cols, fill).to(src.device)
     src = src.contiguous()
     dst = torch.empty((rows, cols), dtype=torch.uint8, device=src.device)
     grid = (ceil_div(rows, 32), ceil_div(cols, 64))

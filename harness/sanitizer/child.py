@@ -55,7 +55,7 @@ def run_child(spec_path: Path, map_path: Path) -> int:
     from harness.backends.protocol import Unsupported
     from harness.layouts import ScaleLayout
     from harness.pipeline import operands_for
-    from harness.runner import linear_inputs
+    from harness.experiments.linear import linear_inputs
     from harness.trial import Trial
 
     spec = json.loads(spec_path.read_text())

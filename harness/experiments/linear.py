@@ -1,0 +1,79 @@
+"""Linear-level experiments: a serving engine's NVFP4 linear layer (quantize, pad, GEMM, slice, bias).
+
+:class:`LinearExperiment` gives the layer activations of the problem's shape (``batch`` leading
+dimensions), a checkpoint weight shard (ModelOpt / compressed-tensors layout) and a bias, and
+compares with :func:`harness.oracle.reference_linear`.  Stale-memory poison fills and frees device
+memory before each call (:func:`harness.experiments.poison_allocator`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from harness import checks
+from harness.backends.protocol import BackendContractError, LinearBackend
+from harness.data import generate
+from harness.experiments import poison_allocator, sync
+from harness.layouts import round_up
+from harness.oracle import error_bound, reference_linear
+from harness.pipeline import CheckpointWeight
+from harness.problem import GemmProblem
+from harness.trial import PropertyResult, Trial
+
+
+def linear_inputs(problem: GemmProblem, device) -> tuple[torch.Tensor, CheckpointWeight, torch.Tensor]:
+    shape = tuple(problem.batch) if problem.batch else (problem.m,)
+    x = generate(problem.distribution, (*shape, problem.k), 2 * problem.seed, problem.torch_in_dtype, device)
+    weight = CheckpointWeight.from_dense(problem.weights(device))
+    bias = problem.bias(device).to(problem.torch_in_dtype)
+    return x, weight, bias
+
+
+class LinearExperiment:
+    """The linear-level properties of ``backend`` on ``trial``: a serving engine's NVFP4 linear layer
+    on activations of the problem's shape and a checkpoint weight shard."""
+
+    def __init__(self, backend: LinearBackend, trial: Trial, device):
+        self.backend, self.trial, self.problem, self.dev = backend, trial, trial.problem, device
+        self.x, self.weight, self.bias = linear_inputs(self.problem, device)
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for t in (self.x, self.weight.packed, self.weight.scales, self.weight.weight_scale_2, self.bias):
+            h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def call(self, x=None) -> torch.Tensor:
+        x = self.x if x is None else x
+        if self.trial.poison.stale_memory:
+            poison_allocator(self.dev)
+        out = self.backend.run(x, self.weight, self.bias)
+        sync()
+        want = (*x.shape[:-1], self.weight.n)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise BackendContractError(f"output shape {got}, expected {want} for input {tuple(x.shape)}")
+        return out
+
+    def reference_agreement(self) -> PropertyResult:
+        out = self.call()
+        req = self.backend.requirements
+        ref = reference_linear(self.x, self.weight, self.bias, round_up(self.problem.k, req.k_align),
+                               dense_activation=req.activation == "bf16")
+        bound = error_bound(ref, req.precision, out.dtype, bias_in_out_dtype=True)
+        flat = out.reshape(-1, out.shape[-1])
+        return checks.reference_agreement(flat, ref, bound, out.dtype, bias_in_out_dtype=True)
+
+    def determinism(self) -> PropertyResult:
+        return checks.determinism(self.call().clone(), self.call().clone())
+
+    def batch_invariance(self) -> PropertyResult:
+        x2 = self.x.reshape(-1, self.problem.k)
+        extra = generate(self.problem.distribution, (1 + self.problem.seed % 97, self.problem.k), 2 * self.problem.seed + 2,
+                         self.problem.torch_in_dtype, self.dev) * 0.5
+        small = self.call(x2)
+        large = self.call(torch.cat([x2, extra]))
+        return checks.batch_invariance(small, large, x2.shape[0])

@@ -1,0 +1,20 @@
+"""The grouped (mixture-of-experts) level: grouped NVFP4 quantize and grouped GEMMs with routing.
+
+A mixture-of-experts layer runs NVFP4 through grouped kernels: one activation tensor split into
+per-expert sections (some empty), per-expert global scales, per-expert scale tiles padded inside
+one swizzled buffer, and the routing weights applied before the top-k outputs of a token are summed.
+The modules follow the GEMM level's data flow:
+
+* :mod:`harness.grouped.problem`   the problem, poison and trial model (plain, serialisable data);
+* :mod:`harness.grouped.pipeline`  grouped quantization into one buffer, per-expert weights, operands;
+* :mod:`harness.grouped.reference` the exact fp64 reference with routing weights and its error bound;
+* :mod:`harness.grouped.protocol`  what a grouped backend declares and does;
+* :mod:`harness.grouped.checks`    the grouped properties and the engine that runs one trial;
+* :mod:`harness.grouped.strategies` Hypothesis strategies (shrink to one expert and one token);
+* :mod:`harness.grouped.cases`     grouped case files that replay bit for bit;
+* :mod:`harness.grouped.mutants`   planted-bug grouped backends (public bug classes), hunted by
+  :func:`harness.selftest.hunt` like every mutant;
+* :mod:`harness.grouped.transforms` columnwise casts, the random Hadamard transform, stochastic rounding.
+
+Backends: :mod:`harness.backends.grouped_triton` (Triton emulation, GPU and CPU interpreter).
+"""
