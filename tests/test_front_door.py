@@ -210,7 +210,7 @@ def test_a_refused_example_does_not_end_the_test(tmp_path: Path) -> None:
                      "--nvfp4-backends", "example-odd-m-refuser,example-all-refuser",
                      "--nvfp4-examples", "8", "--nvfp4-results", "res", "-rs", cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:]
-    assert "1 passed, 1 skipped" in res.stdout
+    assert re.search(r"\b1 passed, \d+ skipped", res.stdout), res.stdout[-2000:]
     assert "every example was refused" in res.stdout and "refuses everything" in res.stdout
     recs = _records(tmp_path / "res" / "latest")
     odd = [r for r in recs if r["backend"] == "example-odd-m-refuser"]
