@@ -283,7 +283,6 @@ def _check_selection(config: pytest.Config) -> None:
                                            for lv, b in {b.level: b for b in backends}.items()))
 
 
-@pytest.hookimpl(tryfirst=True)
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
     """Controller, per xdist worker (a replacement for a crashed one too): hand it the run plan."""
