@@ -11,7 +11,7 @@ Schema ``nvfp4-harness/case/1``::
     {"schema": "nvfp4-harness/case/1", "id": str, "created": ISO 8601 time,
      "backend": registered backend name, "level": "gemm" | "linear" | "quantizer" | "checkpoint",
      "property": one of harness.trial.PROPERTIES,
-     "problem": {m, n, k, out_dtype, in_dtype, distribution, seed, origin?, batch?},
+     "problem": {m, n, k, out_dtype, in_dtype, distribution, seed, origin?, batch?, calibration?},
      "poison": {m_pad, n_pad, k_tail, data, stale_memory},
      "a_layout"?: "linear" | "128x4" | "8x4" | null, "tp"?: int >= 1, "parallel"?: "column" | "row",
      "environment": {device, gpu_name, compute_capability, driver, cuda, torch, triton, ...},
@@ -73,7 +73,7 @@ _TOP_ORDER = ("schema", "id", "created", "backend", "level", "property", "proble
               "tp", "parallel", "environment", "observed", "digest", "note", "expect", "tracks", "reproduced",
               "replay")
 _PROBLEM_REQUIRED = ("m", "n", "k", "out_dtype", "in_dtype", "distribution", "seed")
-_PROBLEM_OPTIONAL = ("origin", "batch")
+_PROBLEM_OPTIONAL = ("origin", "batch", "calibration")
 _ENV_STR_FIELDS = ("device", "gpu_name", "driver", "cuda", "torch", "triton", "flashinfer", "hypothesis",
                    "python", "torchao", "compressed_tensors", "modelopt")
 _ENV_INT_FIELDS = ("compute_capability", "gpu_count")
@@ -497,9 +497,13 @@ def _parse_problem(c: _Checker, d: Any) -> GemmProblem:
         for i, b in enumerate(batch):
             c.integer(b, f"problem.batch[{i}]", minimum=1)
         batch = tuple(batch)
+    calibration = p.get("calibration")
+    if calibration is not None and (isinstance(calibration, bool) or not isinstance(calibration, (int, float))):
+        raise c.fail("problem.calibration", calibration, "a positive ratio (runtime amax / calibrated amax) or null")
     try:
         return GemmProblem(m=p["m"], n=p["n"], k=p["k"], out_dtype=p["out_dtype"], in_dtype=p["in_dtype"],
-                           distribution=p["distribution"], seed=p["seed"], origin=origin, batch=batch)
+                           distribution=p["distribution"], seed=p["seed"], origin=origin, batch=batch,
+                           calibration=None if calibration is None else float(calibration))
     except ValueError as exc:
         raise _from_model_error(c, exc, "problem", p) from None
 

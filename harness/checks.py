@@ -391,6 +391,96 @@ def quantizer_agreement(packed: torch.Tensor, scales_logical: torch.Tensor, ref_
                            "changed_rows": _rows_list(bad_sf.any(1) | real_diffs.any(1))})
 
 
+def input_isolation(clean: torch.Tensor, dirty: torch.Tensor, bad_row: int, kind: str,
+                    static_scale: bool) -> PropertyResult:
+    """11. One real input row holding NaN/Inf (``kind``) leaves every other row bit-identical.
+
+    ``clean``/``dirty``: outputs [rows, n] without and with the bad row.  With a static activation
+    scale (``static_scale``: a checkpoint's input_scale) the scale does not depend on the data, so a
+    bad row must stay in its row: any other row that changes fails.  With a dynamic per-tensor scale
+    the bad value sets the tensor's amax and so every row's scale: the spread is a property of the
+    design, reported (``classification`` ``per_tensor_spread``), not failed.
+    """
+    bits = torch.int16 if clean.element_size() == 2 else torch.int32
+    c, d = clean.contiguous().view(bits), dirty.contiguous().view(bits)
+    others = torch.ones(clean.shape[0], dtype=torch.bool, device=clean.device)
+    others[bad_row] = False
+    changed = (c != d).any(dim=1) & others
+    changed_rows = _rows_list(changed)
+    n_changed = int(changed.sum())
+    nan_rows = _rows_list((~torch.isfinite(dirty)).any(dim=1) & others)
+    scale = "static" if static_scale else "dynamic"
+    measure = {"bad_row": bad_row, "bad_value": kind, "scale": scale, "changed_rows": changed_rows,
+               "nan_rows": nan_rows, "rows_affected": n_changed}
+    if n_changed == 0:
+        measure["classification"] = "isolated"
+        return PropertyResult("input_isolation", True,
+                              f"{kind} in row {bad_row} stays in its row ({scale} activation scale)", measure)
+    if not static_scale:
+        measure["classification"] = "per_tensor_spread"
+        return PropertyResult("input_isolation", True,
+                              f"{kind} in row {bad_row} reaches {n_changed} other rows through the dynamic "
+                              f"per-tensor scale (a property of the design, reported)", measure)
+    measure["classification"] = "spread"
+    return PropertyResult("input_isolation", False,
+                          f"{kind} in row {bad_row} changed {n_changed} other rows ({len(nan_rows)} NaN/Inf) "
+                          f"although the activation scale is static", measure)
+
+
+PADDING_CONSUMERS: dict[str, tuple[str, ...]] = {
+    "m_pad": ("flashinfer-trtllm-8x4 / linear-sglang-trtllm for m <= 32 (TRT-LLM's 8x4 path reads padding-row "
+              "scales into real rows: vLLM #37563, FlashInfer #2861)",),
+    "k_tail": ("every GEMM classified needs_zeroed_tail by the k_tail property (hardware block-scaled GEMMs "
+               "read the K tail: vLLM PR #31099)",),
+    "data": ("GEMMs that read whole packed tiles past K (the K-tail codes multiply the K-tail scales)",),
+}
+"""Consumer kernels for which a quantizer's non-zero padding in a region is unsafe (report text)."""
+
+QUANTIZER_PADDING_REGIONS: tuple[str, ...] = ("m_pad", "k_tail", "data")
+"""Padding regions of a quantizer's output: scale rows past the real rows, scale k-blocks past K of
+the real rows, packed bytes past [rows, k/2]."""
+
+
+def quantizer_padding(scales: torch.Tensor, regions: torch.Tensor, packed: torch.Tensor, rows: int, k: int,
+                      declared: tuple[str, ...] = ()) -> PropertyResult:
+    """9b. The padding contract of a quantizer: every padding byte it returns is zero.
+
+    ``scales`` is the scale buffer in storage order, ``regions`` its :class:`~harness.layouts.PaddingMap`
+    regions (same number of bytes); ``packed`` the packed codes, real region [rows, k/2].  Counts
+    the padding bytes and the non-zero ones per region (:data:`QUANTIZER_PADDING_REGIONS`).  Non-zero
+    bytes fail, except in a region the backend ``declared`` it leaves (``leaves_padding``): those
+    pass and the measure names the consumer kernels for which that is unsafe (:data:`PADDING_CONSUMERS`).
+    """
+    from harness.layouts import Region
+
+    flat = scales.reshape(-1).cpu()
+    reg = regions.reshape(-1).cpu()
+    total: dict[str, int] = {}
+    nonzero: dict[str, int] = {}
+    for name, code in (("m_pad", int(Region.M_PAD)), ("k_tail", int(Region.K_TAIL))):
+        sel = reg == code
+        total[name] = int(sel.sum())
+        nonzero[name] = int((flat[sel] != 0).sum())
+    pk = packed.cpu()
+    data_mask = torch.ones(pk.shape, dtype=torch.bool)
+    data_mask[:rows, :k // 2] = False
+    total["data"] = int(data_mask.sum())
+    nonzero["data"] = int((pk[data_mask] != 0).sum())
+    bad = [r for r in QUANTIZER_PADDING_REGIONS if nonzero[r] and r not in declared]
+    left = [r for r in QUANTIZER_PADDING_REGIONS if nonzero[r] and r in declared]
+    measure = {"padding_bytes": total, "padding_nonzero": nonzero, "padding_declared_left": list(declared)}
+    if left:
+        measure["padding_unsafe_for"] = [c for r in left for c in PADDING_CONSUMERS[r]]
+    counts = ", ".join(f"{r} {nonzero[r]}/{total[r]}" for r in QUANTIZER_PADDING_REGIONS)
+    if bad:
+        return PropertyResult("quantizer_agreement", False,
+                              f"non-zero padding bytes the quantizer does not declare ({counts} non-zero); "
+                              f"unsafe for {'; '.join(c for r in bad for c in PADDING_CONSUMERS[r])}", measure)
+    summary = "padding zero" if not left else \
+        f"padding left as declared ({counts} non-zero; unsafe for {'; '.join(measure['padding_unsafe_for'])})"
+    return PropertyResult("quantizer_agreement", True, summary, measure)
+
+
 def batch_invariance(small: torch.Tensor, large: torch.Tensor, m: int) -> PropertyResult:
     """10. (reported, not required) Row r's output is the same with m rows as with more rows."""
     a = small[:m].contiguous()

@@ -12,12 +12,19 @@ import torch
 
 from harness.format import E2M1_MAGNITUDES
 
-DISTRIBUTIONS = ("normal", "heavy_tailed", "zero_blocks", "tiny", "saturating", "on_grid")
+DISTRIBUTIONS = ("normal", "heavy_tailed", "zero_blocks", "tiny", "saturating", "on_grid",
+                 "all_zero", "zero_rows", "one_outlier")
 """normal: approximately N(0,1) (sum of four uniforms).  heavy_tailed: normal with 1% outliers
 scaled by up to 2^10.  zero_blocks: normal with ~30% of 16-blocks all zero.  tiny: most blocks
 2^-20..2^-12 of the peak, so their e4m3 block scales fall into the subnormal range.  saturating:
 every block holds a value at the tensor's amax (block scale 448).  on_grid: exact e2m1 values times
-powers of two (quantization is lossless)."""
+powers of two (quantization is lossless).  Degenerate inputs: all_zero: every element 0 (amax 0,
+global scale 1 by convention); zero_rows: normal with ~25% of the rows (and row 0) all zero inside a
+non-zero tensor; one_outlier: normal with one element (index seed mod numel) 2^12 times the peak, so
+one value sets the global scale and every other block's scale is tiny."""
+
+DEGENERATE = ("all_zero", "zero_rows", "one_outlier")
+"""Distributions made from "normal" by exact torch operations after generation (same on every device)."""
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _MASK32 = 0xFFFFFFFF
@@ -92,8 +99,25 @@ def generate(distribution: str, shape: tuple[int, ...], seed: int, dtype: torch.
     if kdev.type == "cpu":
         return generate_reference(distribution, shape, seed, dtype, dev)
     consts = {s: _stream_constant(seed, s) for s in (0, 1, 2, 3, 10, 11, 20, 30, 31, 40, 41, 50, 51, 52)}
-    x = generate_fp32(distribution, numel, consts, kdev)
+    base = "normal" if distribution in DEGENERATE else distribution
+    x = generate_fp32(base, numel, consts, kdev)
+    if distribution in DEGENERATE:
+        x = _degenerate(distribution, x, shape, seed)
     return x.reshape(shape).to(dtype).to(dev)
+
+
+def _degenerate(distribution: str, x: torch.Tensor, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """The degenerate kinds of :data:`DEGENERATE` from flat normal values ``x`` (exact operations only)."""
+    numel = x.numel()
+    if distribution == "all_zero":
+        return torch.zeros_like(x)
+    idx = torch.arange(numel, device=x.device, dtype=torch.int64)
+    if distribution == "zero_rows":
+        row = idx // max(1, int(shape[-1]) if shape else 1)
+        zero = (_uniform(row, seed, 60) < 0.25) | (row == 0)
+        return torch.where(zero, torch.zeros_like(x), x)
+    # one_outlier: 2^12 times the largest normal value (|x| < 3.47), exact in every dtype's range
+    return torch.where(idx == seed % max(numel, 1), torch.full_like(x, 4.0 * 2.0 ** 12), x)
 
 
 def generate_reference(distribution: str, shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.bfloat16,
@@ -104,6 +128,8 @@ def generate_reference(distribution: str, shape: tuple[int, ...], seed: int, dty
     idx = torch.arange(numel, device=device, dtype=torch.int64)
     blk = idx // 16  # block index of each element
     x = _normal(idx, seed, 0)
+    if distribution in DEGENERATE:
+        return _degenerate(distribution, x, shape, seed).reshape(shape).to(dtype)
     if distribution == "heavy_tailed":
         outlier = _uniform(idx, seed, 10) < 0.01
         power = _hash32(idx, seed, 11) % 11  # 0..10

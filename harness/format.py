@@ -150,6 +150,33 @@ def decode_multiplier_to_encode_divisor(d: torch.Tensor | float) -> torch.Tensor
     return 1.0 / torch.as_tensor(d, dtype=torch.float32)
 
 
+def calibrated_amax(runtime_amax: torch.Tensor | float, calibration: float) -> torch.Tensor:
+    """The amax a static (calibrated) scale was computed from, for a calibration ratio
+    ``calibration = runtime amax / calibrated amax`` (fp32; ``runtime_amax / calibration``).
+
+    A ratio above 1 models activations that exceed the calibration data (ModelOpt's ``input_scale``
+    is ``calibrated amax / 2688``): the encode divisor is then larger than the tensor's own, block
+    scales above 448 saturate (e4m3 satfinite) and codes at +-6.  A ratio of exactly 1 is the
+    dynamic scale.  Raises ValueError for a ratio that is not a positive finite number.
+    """
+    if isinstance(calibration, bool) or not isinstance(calibration, (int, float)) or \
+            not (0 < float(calibration) < float("inf")):
+        raise ValueError(f"calibration={calibration!r}: expected a positive finite ratio "
+                         f"(runtime amax / calibrated amax)")
+    amax = torch.as_tensor(runtime_amax, dtype=torch.float32)
+    return ieee_div(amax, float(calibration)) if calibration != 1 else amax
+
+
+def static_global_scale(runtime_amax: torch.Tensor | float, calibration: float | None) -> torch.Tensor:
+    """The encode divisor a quantizer uses: the tensor's own (``calibration`` None, dynamic) or a
+    static one calibrated on data whose amax was ``runtime_amax / calibration``
+    (:func:`calibrated_amax`).  fp32, same shape as ``runtime_amax``."""
+    amax = torch.as_tensor(runtime_amax, dtype=torch.float32)
+    if calibration is None:
+        return global_scale_encode_divisor(amax)
+    return global_scale_encode_divisor(calibrated_amax(amax, calibration))
+
+
 def gemm_alpha(gs_a: torch.Tensor | float, gs_b: torch.Tensor | float) -> torch.Tensor:
     """alpha = 1 / (gs_a * gs_b) in fp32, the factor a GEMM applies to its block-scaled sum."""
     ga = torch.as_tensor(gs_a, dtype=torch.float32)

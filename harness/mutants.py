@@ -289,6 +289,34 @@ class RowsUnwritten(GemmMutant):
         return out
 
 
+class WritesPastOutput(GemmMutant):
+    name = "mutant-writes-past-output"
+    parent = EMU_128x4
+    expected_property = "output_coverage"
+    planted = ("An epilogue that stores one row past the output it was handed (store mask rows < m + 1; the "
+               "under-allocated-buffer write class of vLLM PR #55456): the real rows are right and nothing "
+               "raises, but the bytes after the buffer are overwritten. Planted at the torch level: after the "
+               "parent's GEMM, row m is written through the output's storage, only where that storage has room "
+               "for it (so the process's own memory is never corrupted; the harness's guarded buffers always "
+               "have room). With an output it allocates itself, the mutant allocates m + 1 rows and returns the "
+               "first m, as such a kernel's wrapper would.")
+    description = "triton-emu-128x4 writing one row past the end of the output buffer it is handed"
+
+    def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
+        shape = (ops.m, ops.w.rows_alloc)
+        if out is None:
+            own = torch.empty((ops.m + 1, shape[1]), dtype=ops.out_dtype, device=ops.a.packed.device)
+            out = own[:ops.m]
+        res = self.base.run(ops, out)
+        row = res.numel()
+        esize = res.element_size()
+        if res.is_contiguous() and res.untyped_storage().nbytes() >= (res.storage_offset() + row + shape[1]) * esize:
+            past = torch.empty(0, dtype=res.dtype, device=res.device).set_(
+                res.untyped_storage(), res.storage_offset() + row, (1, shape[1]))
+            past.copy_(res[-1:] if ops.m else torch.zeros_like(past))
+        return res
+
+
 class Nondeterministic(GemmMutant):
     name = "mutant-nondeterministic"
     parent = EMU_128x4
@@ -378,11 +406,13 @@ class KTailUninit(LinearMutant):
                "NaN). Caught whenever K is not a multiple of the policy's k_align (32).")
     summary = "linear-vllm over triton-emu-128x4 whose activation scale buffer's K tail is uninitialized"
 
-    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int):
+    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int,
+                       global_scale: torch.Tensor | None = None):
         from harness.format import global_scale_encode_divisor
 
         m, k = x2d.shape
-        gs = global_scale_encode_divisor(x2d.float().abs().amax()).reshape(1).to(x2d.device)
+        gs = global_scale_encode_divisor(x2d.float().abs().amax()).reshape(1).to(x2d.device) \
+            if global_scale is None else global_scale.reshape(1).to(x2d.device)
         scales = _uninitialized(padded_shape(layout, m, k_alloc // BLOCK_SIZE), x2d.device)
         packed, scales = quantize_into(x2d, gs, layout, data_rows=m, data_k=k_alloc, row_fill=0,
                                        ktail_fill=LEAVE, data_fill=0, scales=scales)
@@ -453,7 +483,8 @@ class StaticActScale(LinearMutant):
         self._static_gs = (1.0 / weight.global_scale).to(torch.float32).reshape(1)
         return super().prepare_weight(weight, gemm)
 
-    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int):
+    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int,
+                       global_scale: torch.Tensor | None = None):
         m, k = x2d.shape
         gs = self._static_gs.to(x2d.device)
         packed, scales = quantize_into(x2d, gs, layout, data_rows=m, data_k=k_alloc)
@@ -471,6 +502,40 @@ class GlobalScaleConvention(LinearMutant):
     def prepare_weight(self, weight: CheckpointWeight, gemm: GemmBackend):
         w = super().prepare_weight(weight, gemm)
         return replace(w, global_scale=weight.weight_scale_2.to(torch.float32).reshape(1))
+
+
+class InputScaleMismatch(LinearMutant):
+    name = "mutant-input-scale-mismatch"
+    expected_property = "reference_agreement"
+    planted = ("The activations are quantized with a static scale that is not the one alpha is computed from (TRT-LLM "
+               "PR #11322: one expert's static input_scale used for every expert; the dense analogue is another "
+               "layer's input_scale). Modelled on a ModelOpt checkpoint with a static input_scale: the layer "
+               "quantizes x with its own dynamic amax (the scale of another tensor, here the one every batch "
+               "happens to have) while alpha = input_scale * weight_scale_2 as the checkpoint says, so every "
+               "output is off by the calibration ratio. Invisible with dynamic scales; at ratio exactly 1 the "
+               "two scales still differ by the rounding of 1/input_scale, which moves block scales and codes "
+               "across rounding points.")
+    summary = "linear-vllm over triton-emu-128x4 quantizing x with one scale and computing alpha from another"
+
+    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int,
+                       global_scale: torch.Tensor | None = None):
+        a = super().quantize_input(x2d, layout, k_alloc)  # dynamic: not the scale alpha will use
+        return a if global_scale is None else replace(a, global_scale=global_scale.reshape(1).to(x2d.device))
+
+
+class StaticScaleIgnored(LinearMutant):
+    name = "mutant-static-scale-ignored"
+    expected_property = "input_isolation"
+    planted = ("A layer that ignores the checkpoint's static input_scale and quantizes every batch with its own "
+               "dynamic amax, computing alpha consistently from it: finite batches come out within quantization "
+               "noise of the static path, but one NaN/Inf token sets the batch's amax and so every row's scale, "
+               "and the whole batch turns NaN (what static scales exist to prevent; the calibrated-scale "
+               "class of TRT-LLM PR #11322).")
+    summary = "linear-vllm over triton-emu-128x4 quantizing activations dynamically despite a static input_scale"
+
+    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int,
+                       global_scale: torch.Tensor | None = None):
+        return super().quantize_input(x2d, layout, k_alloc)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -506,6 +571,45 @@ class FastMathQuantizer(QuantizerMutant):
         inv = torch.where(sf == 0, torch.zeros_like(sf), _bf16_truncate(1.0 / (sf / gs)))
         codes = e2m1_encode(xf * inv.unsqueeze(-1)).reshape(rows, k)
         return pack_e2m1(codes), swizzle(sf_byte, self.layout, fill=0)
+
+
+class NonSaturatingQuantizer(QuantizerMutant):
+    name = "mutant-quantizer-no-satfinite"
+    planted = ("Block scale converted to e4m3 without saturation (cvt.rn.e4m3x2.f32 without .satfinite, or a "
+               "hand-written encoder without the clamp): where the activations exceed a static (calibrated) "
+               "scale, gs*amax_block/6 rounds past 448 and the scale byte becomes 0x7F, e4m3's NaN, instead of "
+               "saturating at 448 (0x7E); the block's codes follow the NaN scale. Correct for every dynamic "
+               "scale (block scales never exceed 448 there), so only the calibration dimension shows it "
+               "(TRT-LLM PR #11322 is the static-scale bug class; NVFP4-NOTES 'The format').")
+    description = "torch NVFP4 quantizer whose block scales overflow to e4m3 NaN instead of saturating at 448"
+
+    def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, k = x.shape
+        xf = x.float().reshape(rows, k // BLOCK_SIZE, BLOCK_SIZE)
+        gs = global_scale.reshape(()).to(device=x.device, dtype=torch.float32)
+        v = ieee_div(gs * xf.abs().amax(dim=-1), 6.0)
+        # round-to-nearest-even past 448: [464, inf) rounds to 480, whose e4m3fn encoding is 0x7F (NaN)
+        sf_byte = torch.where(v >= 464.0, torch.full_like(v, 0x7F, dtype=torch.uint8), e4m3_encode(v))
+        sf = e4m3_decode(sf_byte)
+        inv = torch.where(sf == 0, torch.zeros_like(sf), ieee_div(1.0, ieee_div(sf, gs)))
+        codes = e2m1_encode(xf * inv.unsqueeze(-1)).reshape(rows, k)
+        return pack_e2m1(codes), swizzle(sf_byte, self.layout, fill=0)
+
+
+class NanPaddingQuantizer(QuantizerMutant):
+    name = "mutant-quantizer-nan-padding"
+    parent = QUANT_PARENT
+    planted = ("A quantizer that writes every real byte right but leaves NaN (0x7F) in the scale buffer's padding "
+               "rows, as a torch.empty buffer holding a previous NaN does (vLLM #37563: the padding rows of "
+               "the swizzled activation scales were never zeroed, and TRT-LLM's 8x4 GEMM path reads them into "
+               "real rows; vLLM's fix zeroes them). Its real bytes equal the parent's; only the padding "
+               "contract sees it (any m that is not a multiple of the layout's 128-row tile).")
+    description = "quant-triton-128x4 filling the scale buffer's padding rows with e4m3 NaN"
+
+    def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, k = x.shape
+        return quantize_into(x, global_scale.reshape(1).to(device=x.device, dtype=torch.float32), self.layout,
+                             data_rows=rows, data_k=k, row_fill=0x7F, ktail_fill=0, data_fill=0)
 
 
 class CompiledOutQuantizer(QuantizerMutant):
@@ -721,7 +825,8 @@ class WritesRowPastOutput(GemmMaskedLate):
     planted = ("An epilogue whose store mask is off by one row (rows < m + 1): it writes one row past an output "
                "allocated for exactly m rows. Under PyTorch's caching allocator the stray row lands in whatever "
                "block follows and no output the harness reads changes; the under-allocated-buffer write class of "
-               "vLLM PR #55456.")
+               "vLLM PR #55456. (Where the harness hands the output, output_coverage, the guard bytes around it "
+               "see the write too: harness.guard; its CPU twin is mutant-writes-past-output.)")
     description = "triton-emu-128x4 storing one row past the end of an exact-size output"
 
 
@@ -759,6 +864,7 @@ MUTANT_CLASSES: tuple[type[Backend], ...] = (
     PadRowScales, PadColScales, KTailUninit, NoSlice, BiasBeforeSlice, ActNotKPadded, ThreeDShape,
     StaticActScale, Bf16GlobalScale, NibbleSwap, SwizzleOffByOne, FastMathQuantizer, RowsUnwritten,
     Nondeterministic, GlobalScaleConvention, Fp16Epilogue, CompiledOutQuantizer,
+    NonSaturatingQuantizer, InputScaleMismatch, NanPaddingQuantizer, WritesPastOutput, StaticScaleIgnored,
     ReadsUnwrittenPadScales, WritesRowPastOutput, QuantizerReadsPastRows, GlobalScaleInvertedLoader,
     NibbleOrderLoader, ScalesSwizzledTwiceLoader,
 )

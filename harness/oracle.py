@@ -175,7 +175,8 @@ def reference_gemm(ops) -> Reference:
 def reference_linear(x: torch.Tensor, weight: "CheckpointWeight", bias: torch.Tensor | None, k_terms: int,
                      dense_activation: bool = False):
     """fp64 reference of an NVFP4 linear layer: the activation quantized by the reference quantizer
-    with a dynamic per-tensor global scale (or kept dense for W4A16), the checkpoint weight
+    with a dynamic per-tensor global scale or the checkpoint's static one (``weight.input_scale``;
+    saturating where x exceeds the calibration), or kept dense for W4A16, the checkpoint weight
     dequantized, alpha computed in fp32 from the two global scales, bias added."""
     k = x.shape[-1]
     x2 = x.reshape(-1, k)
@@ -187,7 +188,9 @@ def reference_linear(x: torch.Tensor, weight: "CheckpointWeight", bias: torch.Te
         alpha = (1.0 / gs_w).to(torch.float32)
     else:
         a_bits = 6
-        gs = global_scale_encode_divisor(x2.float().abs().amax()).reshape(1).to(x.device)
+        gs = weight.input_global_scale
+        gs = global_scale_encode_divisor(x2.float().abs().amax()).reshape(1).to(x.device) if gs is None \
+            else gs.to(x.device)
         codes, sf = reference_quantize(x2, gs)
         a = reference_dequantize(codes, sf)
         alpha = gemm_alpha(gs, gs_w)

@@ -15,7 +15,14 @@ from typing import Literal
 
 import torch
 
-from harness.format import BLOCK_SIZE, gemm_alpha, global_scale_encode_divisor, pack_e2m1, reference_quantize
+from harness.format import (
+    BLOCK_SIZE,
+    decode_multiplier_to_encode_divisor,
+    gemm_alpha,
+    global_scale_encode_divisor,
+    pack_e2m1,
+    reference_quantize,
+)
 from harness.kernels.nvfp4 import LEAVE, dequantize_from, quantize_into
 from harness.layouts import OperandRole, PaddingMap, Region, ScaleLayout, offset_grid, padding_map, round_up
 from harness.problem import CLEAN, GemmProblem, Poison
@@ -202,6 +209,16 @@ class CheckpointWeight:
     packed: torch.Tensor         # uint8 [n, k/2]
     scales: torch.Tensor         # uint8 [n, k/16] e4m3 bytes, linear layout
     weight_scale_2: torch.Tensor  # fp32 [1], decode multiplier (amax / 2688)
+    input_scale: torch.Tensor | None = None  # fp32 [1], static activation decode multiplier (calibrated amax / 2688)
+
+    @property
+    def input_global_scale(self) -> torch.Tensor | None:
+        """The encode divisor activations are quantized with under a static ``input_scale``
+        (``1 / input_scale``, vLLM's ``input_scale_inv`` and SGLang's ``input_scale_inv`` of their
+        ModelOpt NVFP4 linear methods); None when activations are scaled dynamically."""
+        if self.input_scale is None:
+            return None
+        return decode_multiplier_to_encode_divisor(self.input_scale).reshape(1)
 
     @property
     def n(self) -> int:
@@ -276,13 +293,18 @@ def pad_weight(weight: CheckpointWeight, policy: PaddingPolicy, layout: ScaleLay
 
 
 def quantize_activation(x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int, *, m_fill: int = 0,
-                        k_tail_fill: int = 0, stale_buffers: bool = False) -> QuantizedTensor:
-    """Dynamic per-tensor activation quantization into a padded buffer (what a linear layer does).
+                        k_tail_fill: int = 0, stale_buffers: bool = False,
+                        global_scale: torch.Tensor | None = None) -> QuantizedTensor:
+    """Per-tensor activation quantization into a padded buffer (what a linear layer does): with the
+    dynamic scale of ``x2d``'s own amax, or the static encode divisor ``global_scale`` (fp32 [1],
+    a checkpoint's ``1 / input_scale``; block scales then saturate at 448 where x exceeds the
+    calibration).
 
     With ``stale_buffers`` the buffers come from ``torch.empty`` and padding is left as it was.
     """
     m, k = x2d.shape
-    gs = global_scale_encode_divisor(x2d.float().abs().amax()).reshape(1).to(x2d.device)
+    gs = global_scale_encode_divisor(x2d.float().abs().amax()).reshape(1).to(x2d.device) if global_scale is None \
+        else global_scale.reshape(1).to(device=x2d.device, dtype=torch.float32)
     fill = LEAVE if stale_buffers else None
     packed, scales = quantize_into(
         x2d, gs, layout, data_rows=m, data_k=k_alloc,

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from harness import data as data_mod
-from harness.format import BLOCK_SIZE
+from harness.format import BLOCK_SIZE, static_global_scale
 
 POISON_REGIONS: tuple[str, ...] = ("m_pad", "n_pad", "k_tail", "data")
 """Byte-valued padding regions, in :class:`Poison` field order: activation padding rows (m_pad),
@@ -95,6 +95,7 @@ class GemmProblem:
     seed: int = 0
     origin: str | None = None          # e.g. "Nemotron-3-Nano-30B-A3B moe_intermediate 1856 / TP4 row"
     batch: tuple[int, ...] | None = None  # linear level: leading dims of x ([batch, seq] -> m=batch*seq)
+    calibration: float | None = None   # runtime amax / calibrated amax of the activations; None: dynamic
 
     def __post_init__(self) -> None:
         for name in ("m", "n", "k"):
@@ -109,6 +110,11 @@ class GemmProblem:
         if self.distribution not in data_mod.DISTRIBUTIONS:
             raise ValueError(f"problem.distribution={self.distribution!r}: expected one of "
                              f"{list(data_mod.DISTRIBUTIONS)}")
+        if self.calibration is not None:
+            c = self.calibration
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < float(c) < float("inf"):
+                raise ValueError(f"problem.calibration={c!r}: expected a positive finite ratio (runtime amax / "
+                                 f"calibrated amax) or null for a dynamic scale")
         if self.batch is not None:
             prod = 1
             for b in self.batch:
@@ -130,6 +136,13 @@ class GemmProblem:
     def weights(self, device) -> torch.Tensor:
         return data_mod.generate(self.distribution, (self.n, self.k), 2 * self.seed + 1, self.torch_in_dtype,
                                  device)
+
+    def activation_global_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The activations' encode divisor, fp32 [1] on ``x``'s device: ``x``'s own amax (dynamic,
+        ``calibration`` None) or the static scale calibrated for ``calibration``
+        (:func:`harness.format.static_global_scale`)."""
+        amax = x.float().abs().amax()
+        return static_global_scale(amax, self.calibration).reshape(1).to(x.device)
 
     def bias(self, device) -> torch.Tensor:
         g = torch.Generator().manual_seed(int(self.seed) + 7919)

@@ -40,7 +40,9 @@ class Replay:
         lines = [f"case      {self.case.id}",
                  f"backend   {t.backend} ({self.case.level}), property {t.property}",
                  f"problem   m={p.m} n={p.n} k={p.k} out={p.out_dtype} data={p.distribution} seed={p.seed}"
-                 + (f" batch={list(p.batch)}" if p.batch else "") + (f"  [{p.origin}]" if p.origin else ""),
+                 + (f" batch={list(p.batch)}" if p.batch else "")
+                 + (f" calibration={p.calibration:g} (static activation scale)" if p.calibration is not None else "")
+                 + (f"  [{p.origin}]" if p.origin else ""),
                  f"poison    " + (", ".join(f"{r}=0x{getattr(t.poison, r):02X}" for r in POISON_REGIONS
                                             if getattr(t.poison, r)) or "none")
                  + (" + stale memory" if t.poison.stale_memory else "")

@@ -217,6 +217,42 @@ def gemm_problems(*, max_m: int = 4096, max_nk_blocks: int = 256,
     )
 
 
+REAL_SHARD_K: tuple[int, ...] = (176, 464, 3696)
+"""Per-rank K of real TP shards (row-parallel down projections, :mod:`harness.tp_catalog`): 176 (11
+k-blocks: GLM-4.5-Air MoE intermediate 1408 / TP8), 464 (29 k-blocks: Nemotron-3-Nano MoE intermediate
+1856 / TP4), 3696 (231 k-blocks: Qwen2.5-72B intermediate 29568 / TP8)."""
+
+REAL_SHARD_N: tuple[int, ...] = (232, 464, 3696)
+"""Per-rank N of real TP shards (232 = 1856/8 is a multiple of 8, not of 16)."""
+
+LARGE_M: tuple[int, ...] = (4097, 8191, 8192, 16384)
+"""Large M, where persistent-kernel scheduling bugs appear (more tiles than SMs, wave tails)."""
+
+
+def large_problems(*, max_m: int = 16384, max_nk_blocks: int = 96,
+                   out_dtypes: Sequence[str] = ("bfloat16", "float16"), ragged_n: bool = False,
+                   max_seed: int = 15) -> SearchStrategy[GemmProblem]:
+    """Large GEMM problems: m from :data:`LARGE_M` (capped at ``max_m``), K of a real TP shard
+    (:data:`REAL_SHARD_K`), n from the usual strategy or a real shard's N (232 with ``ragged_n``).
+    For GPU profiles only; shrinks to the smallest m and K."""
+    ms = [m for m in LARGE_M if m <= max_m] or [max_m]
+    ns = [n for n in REAL_SHARD_N if ragged_n or n % BLOCK_SIZE == 0]
+    return st.builds(
+        GemmProblem,
+        m=st.sampled_from(ms), n=st.one_of(st.sampled_from(ns), kn_values(max_nk_blocks)),
+        k=st.sampled_from(REAL_SHARD_K),
+        out_dtype=_ordered_choice(out_dtypes, "large_problems(out_dtypes)"),
+        distribution=distributions(), seed=st.integers(0, max_seed), origin=st.none())
+
+
+def rarely(rare: SearchStrategy, usual: SearchStrategy, share: float) -> SearchStrategy:
+    """``rare`` in about ``share`` of the draws (0 < share <= 1), ``usual`` otherwise; shrinks to ``usual``."""
+    if not 0 < share <= 1:
+        raise ValueError(f"rarely: share={share!r}: expected a probability in (0, 1]")
+    slots = max(1, round(1 / share))
+    return st.integers(0, slots - 1).flatmap(lambda i: rare if i == slots - 1 else usual)
+
+
 def tp_entries(*, degrees: Iterable[int] = DEFAULT_DEGREES, catalog: Iterable[LayerShape] = CATALOG,
                max_unsplit_dim: int | None = None,
                max_weight_elements: int | None = None) -> list[tuple[LayerShape, int, int, int, str]]:
@@ -300,6 +336,28 @@ def with_batch_dims(problems: SearchStrategy[GemmProblem]) -> SearchStrategy[Gem
     return build()
 
 
+CALIBRATION_RATIOS: tuple[float, ...] = (1.0, 0.5, 1.0 + 2.0 ** -7, 1.0 + 2.0 ** -4, 2.0, 2.0 ** 10)
+"""Calibration ratios (runtime amax / calibrated amax) of a static activation scale: exactly the
+calibration, below it, just above it (1 + 2^-7: the largest block scale, 451.5, rounds back to 448;
+1 + 2^-4: 476, past the 464 midpoint where a non-saturating conversion gives e4m3 NaN), above it (block scales saturate at 448 in the blocks near the amax) and far above it (2^10: most
+block scales and codes saturate).  Exact binary fractions, so a case file replays them exactly."""
+
+
+def calibrations(ratios: Sequence[float] = CALIBRATION_RATIOS) -> SearchStrategy[float | None]:
+    """A calibration ratio for :attr:`GemmProblem.calibration`, or None (the dynamic scale, the
+    shrink target); half the draws are static."""
+    if not ratios or any(not 0 < r < float("inf") for r in ratios):
+        raise ValueError(f"calibrations: ratios={ratios!r}: expected positive finite numbers")
+    return st.one_of(st.none(), st.sampled_from(tuple(ratios)))
+
+
+def with_calibration(problems: SearchStrategy[GemmProblem],
+                     ratios: Sequence[float] = CALIBRATION_RATIOS) -> SearchStrategy[GemmProblem]:
+    """``problems`` whose activations are sometimes quantized with a static (calibrated) global
+    scale (:func:`calibrations`); shrinks to the dynamic scale."""
+    return st.tuples(problems, calibrations(ratios)).map(lambda pc: pc[0].with_(calibration=pc[1]))
+
+
 def linear_problems(*, from_catalog: bool = False, **kwargs) -> SearchStrategy[GemmProblem]:
     """Problems for the linear-layer level: like :func:`gemm_problems` (or :func:`tp_problems` when
     ``from_catalog``), sometimes with a 3-D input ``[batch, seq, k]`` (``GemmProblem.batch``).
@@ -326,7 +384,9 @@ def gemm_cases(problems: SearchStrategy[GemmProblem] | None = None,
 
 __all__ = [
     "NAMED_POISON_BYTES", "POISON_REGIONS", "SMALL_M", "TILE_BOUNDARY_M",
-    "block_counts", "catalog_block_counts", "distributions", "divisors", "gemm_cases", "gemm_problems",
-    "kn_values", "linear_problems", "m_values", "poison_bytes", "poisons", "ragged_n_values",
-    "tp_entries", "tp_problems", "with_batch_dims",
+    "CALIBRATION_RATIOS", "LARGE_M", "REAL_SHARD_K", "REAL_SHARD_N",
+    "block_counts", "calibrations", "catalog_block_counts", "distributions", "divisors", "gemm_cases",
+    "gemm_problems", "kn_values", "large_problems", "linear_problems", "m_values", "poison_bytes", "poisons",
+    "ragged_n_values", "rarely",
+    "tp_entries", "tp_problems", "with_batch_dims", "with_calibration",
 ]

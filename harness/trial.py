@@ -34,12 +34,13 @@ PROPERTIES: tuple[str, ...] = (
     "quantizer_agreement",
     "batch_invariance",
     "checkpoint_convention",
+    "input_isolation",
 )
 """Every property, in report order (:mod:`harness.checks` holds the verdicts)."""
 
 GEMM_PROPERTIES = ("reference_agreement", "row_isolation", "column_isolation", "k_tail", "output_coverage",
                    "determinism", "clean_rejection", "tp_consistency", "batch_invariance")
-LINEAR_PROPERTIES = ("reference_agreement", "determinism", "batch_invariance")
+LINEAR_PROPERTIES = ("reference_agreement", "determinism", "batch_invariance", "input_isolation")
 QUANTIZER_PROPERTIES = ("quantizer_agreement",)
 CHECKPOINT_PROPERTIES = ("checkpoint_convention",)
 LEVEL_PROPERTIES = {"gemm": GEMM_PROPERTIES, "linear": LINEAR_PROPERTIES, "quantizer": QUANTIZER_PROPERTIES,

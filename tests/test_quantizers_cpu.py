@@ -99,6 +99,9 @@ TORCHAO_DIFFERENCES = {
     "tiny": (705, 6071, 2),        # blocks whose reference scale is e4m3-subnormal
     "saturating": (0, 0, 0),
     "on_grid": (0, 0, 0),
+    "all_zero": (1024, 0, 0),      # every block is zero: 64 rows x 16 blocks at 0x08 instead of 0x00
+    "zero_rows": (256, 0, 0),      # the 16 all-zero rows' blocks
+    "one_outlier": (0, 0, 11),     # adjacent codes at e2m1 ties (the other order of the element scale)
 }
 
 

@@ -42,8 +42,25 @@ def _needs(module: str) -> None:
     pytest.importorskip(module, reason=f"{module} is not installed (pip install -e '.[oracles]')")
 
 
-@pytest.mark.parametrize("name", sorted({**QUANTIZERS, **CHECKPOINTS}))
-@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+KNOWN_FINDINGS = {
+    ("ckpt-modelopt", "all_zero"): "nvidia-modelopt exports an all-zero tensor with weight_scale_2 = 0 and "
+                                   "input_scale = 0, so the engine's encode divisor 1 / input_scale is inf (the "
+                                   "harness's convention: a global scale of 1); an all-zero calibration would "
+                                   "quantize x * inf = NaN",
+}
+"""Library behaviour the degenerate distributions found: each must keep failing (strict xfail) until a
+release changes it, and is then reviewed."""
+
+
+def _library_cases():
+    for name in sorted({**QUANTIZERS, **CHECKPOINTS}):
+        for distribution in DISTRIBUTIONS:
+            why = KNOWN_FINDINGS.get((name, distribution))
+            marks = [pytest.mark.xfail(strict=True, reason=why)] if why else []
+            yield pytest.param(distribution, name, marks=marks, id=f"{distribution}-{name}")
+
+
+@pytest.mark.parametrize("distribution, name", list(_library_cases()))
 def test_library_backend_agrees_with_the_reference(name, distribution, record_property):
     _needs({**QUANTIZERS, **CHECKPOINTS}[name])
     backend = registry.get(name)

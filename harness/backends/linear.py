@@ -1,6 +1,7 @@
 """Linear-level backends: a serving engine's NVFP4 linear layer built on a GEMM backend.
 
-Each one does what vLLM / SGLang do around the kernel: dynamic activation quantization, padding to
+Each one does what vLLM / SGLang do around the kernel: activation quantization (dynamic, or with
+the checkpoint's static ``input_scale`` as their ModelOpt NVFP4 linear methods do), padding to
 the kernel's alignment under a production :class:`~harness.pipeline.PaddingPolicy`, swizzle, GEMM,
 slice back to the logical N, bias after the slice.  This is where the real padding bugs live
 (NVFP4-NOTES.md bug classes 2-6, 9).
@@ -29,6 +30,8 @@ from harness.pipeline import (
 class EngineLinear(LinearBackend):
     """``y = x @ W^T + b`` the way a serving engine runs it on ``gemm`` (and ``small_m_gemm`` for
     m <= policy.small_m_max when the policy switches layouts, as the TRT-LLM 8x4 path does)."""
+
+    static_input_scale = True
 
     def __init__(self, policy: PaddingPolicy, gemm_name: str, small_m_gemm_name: str | None = None,
                  name: str | None = None) -> None:
@@ -68,8 +71,10 @@ class EngineLinear(LinearBackend):
         return self.gemm, self.gemm.requirements.a_layouts[0]
 
     # The steps are separate methods so that a planted-bug variant (harness.mutants) overrides one.
-    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int):
-        return quantize_activation(x2d, layout, k_alloc)
+    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int,
+                       global_scale: torch.Tensor | None = None):
+        """Activations quantized dynamically, or with the checkpoint's static scale ``global_scale``."""
+        return quantize_activation(x2d, layout, k_alloc, global_scale=global_scale)
 
     def prepare_weight(self, weight: CheckpointWeight, gemm: GemmBackend):
         req = gemm.requirements
@@ -104,7 +109,7 @@ class EngineLinear(LinearBackend):
             a = quantize_activation(x2d, layout, k_alloc)
             ops = GemmOperands(a, w, (1.0 / w.global_scale).to(torch.float32).reshape(1), x.dtype, a_dense=a_dense)
         else:
-            a = self.quantize_input(x2d, layout, k_alloc)
+            a = self.quantize_input(x2d, layout, k_alloc, weight.input_global_scale)
             ops = GemmOperands(a, w, gemm_alpha(a.global_scale, w.global_scale).reshape(1), x.dtype)
         out = gemm.run(ops)
         out = self.finish(out, weight.n, bias)

@@ -174,6 +174,10 @@ class GemmBackend(Backend):
 
 class LinearBackend(Backend):
     level: ClassVar[Level] = "linear"
+    #: the layer quantizes activations with the checkpoint's static ``weight.input_scale`` when it has
+    #: one (vLLM's / SGLang's ModelOpt NVFP4 linear methods); a layer that always scales dynamically
+    #: leaves it False and is not run on calibrated problems (``GemmProblem.calibration``)
+    static_input_scale: ClassVar[bool] = False
 
     @abc.abstractmethod
     def run(self, x: torch.Tensor, weight: "CheckpointWeight", bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -183,6 +187,11 @@ class LinearBackend(Backend):
 class QuantizerBackend(Backend):
     level: ClassVar[Level] = "quantizer"
     layout: ScaleLayout = ScaleLayout.SWIZZLED_128x4
+    #: padding regions of the scale buffer (``"m_pad"``: rows past the real rows; ``"k_tail"``:
+    #: k-blocks past K of real rows) and ``"data"`` (packed bytes past [rows, k/2]) this quantizer
+    #: declares it leaves unwritten; every other padding byte must be zero (the padding contract:
+    #: vLLM's fix for #37563 zeroes them, because TRT-LLM's 8x4 GEMM path reads them)
+    leaves_padding: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

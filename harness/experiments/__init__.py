@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.backends.protocol import Unsupported
+from harness import guard
+from harness.backends.protocol import BackendContractError, Unsupported
 
 STICKY_CUDA_ERRORS = ("illegal memory access", "illegal instruction", "misaligned address",
                       "unspecified launch failure", "device-side assert", "an illegal address",
@@ -45,6 +46,14 @@ def sync() -> None:
     """Wait for the GPU (a no-op without CUDA), so errors surface inside the call that caused them."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def check_guards(handed: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`BackendContractError` when the backend wrote outside a buffer it was handed
+    (the guard bytes of :mod:`harness.guard` around it changed)."""
+    bad = guard.check(handed)
+    if bad:
+        raise BackendContractError("wrote outside the buffers it was handed (guard bytes changed): " + "; ".join(bad))
 
 
 def poison_allocator(device: torch.device, byte: int = 0x7F, sizes: tuple[int, ...] = ()) -> None:

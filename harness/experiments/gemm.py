@@ -13,16 +13,33 @@ from dataclasses import replace
 
 import torch
 
-from harness import checks
+from harness import checks, guard
 from harness.backends.protocol import BackendContractError, GemmBackend, Unsupported
 from harness.data import generate
-from harness.experiments import NotApplicable, classify_exception, sync
+from harness.experiments import NotApplicable, check_guards, classify_exception, sync
 from harness.format import BLOCK_SIZE, global_scale_encode_divisor
 from harness.layouts import ScaleLayout, round_up
 from harness.oracle import error_bound, reference_gemm
-from harness.pipeline import operands_from
+from harness.pipeline import GemmOperands, operands_from
 from harness.problem import CLEAN, Poison, poison_kind
 from harness.trial import PropertyResult, Trial
+
+
+def guard_operands(ops: GemmOperands) -> tuple[GemmOperands, dict[str, torch.Tensor]]:
+    """``ops`` with every tensor a backend receives copied inside guard bytes (:mod:`harness.guard`),
+    and those tensors by name."""
+    a = replace(ops.a, packed=guard.guarded(ops.a.packed), scales=guard.guarded(ops.a.scales),
+                global_scale=guard.guarded(ops.a.global_scale))
+    w = replace(ops.w, packed=guard.guarded(ops.w.packed), scales=guard.guarded(ops.w.scales),
+                global_scale=guard.guarded(ops.w.global_scale))
+    dense = guard.guarded(ops.a_dense) if ops.a_dense is not None else None
+    guarded = replace(ops, a=a, w=w, alpha=guard.guarded(ops.alpha), a_dense=dense)
+    handed = {"a.packed": a.packed, "a.scales": a.scales, "a.global_scale": a.global_scale,
+              "w.packed": w.packed, "w.scales": w.scales, "w.global_scale": w.global_scale,
+              "alpha": guarded.alpha}
+    if dense is not None:
+        handed["a_dense"] = dense
+    return guarded, handed
 
 
 class GemmExperiment:
@@ -49,7 +66,8 @@ class GemmExperiment:
     def _gs(self, which: str, t: torch.Tensor) -> torch.Tensor:
         cache = self.__dict__.setdefault("_gs_cache", {})
         if which not in cache:
-            cache[which] = global_scale_encode_divisor(t.float().abs().amax()).reshape(1).to(t.device)
+            cache[which] = self.problem.activation_global_scale(t) if which == "a" else \
+                global_scale_encode_divisor(t.float().abs().amax()).reshape(1).to(t.device)
         return cache[which]
 
     def ops(self, poison: Poison, x=None, w=None, **kw):
@@ -57,8 +75,8 @@ class GemmExperiment:
         args = dict(a_layout=self.layout, w_layout=req.w_layout, n_align=req.n_align, k_align=req.k_align,
                     poison=poison, activation=req.activation)
         # the problem's own tensors: their global scales once per case, not per operand build
-        if x is None:
-            args["gs_a"] = self._gs("a", self.x)
+        # activations: dynamic, or the problem's static (calibrated) scale
+        args["gs_a"] = self._gs("a", self.x) if x is None else self.problem.activation_global_scale(x)
         if w is None:
             args["gs_w"] = self._gs("w", self.w)
         args.update(kw)
@@ -68,8 +86,12 @@ class GemmExperiment:
         return ops
 
     def call(self, ops, out=None) -> torch.Tensor:
+        ops, handed = guard_operands(ops)
+        if out is not None:
+            handed["out"] = out
         res = self.backend.run(ops, out=out) if out is not None else self.backend.run(ops)
         sync()
+        check_guards(handed)
         want = (ops.m, ops.w.rows_alloc)
         if not isinstance(res, torch.Tensor) or tuple(res.shape) != want or res.dtype != ops.out_dtype:
             got = (tuple(res.shape), res.dtype) if isinstance(res, torch.Tensor) else type(res).__name__
@@ -121,7 +143,8 @@ class GemmExperiment:
 
     def output_coverage(self) -> PropertyResult:
         ops = self.ops(CLEAN)
-        out = torch.full((ops.m, ops.w.rows_alloc), float("nan"), dtype=ops.out_dtype, device=self.dev)
+        out = guard.guarded(torch.empty((ops.m, ops.w.rows_alloc), dtype=ops.out_dtype, device=self.dev),
+                            fill=float("nan"))
         res = self.call(ops, out=out)
         ref, _ = self.reference(ops)
         if res.data_ptr() != out.data_ptr():
@@ -186,7 +209,7 @@ class GemmExperiment:
         if self.trial.parallel == "column":
             w_full = generate(p.distribution, (p.n * tp, p.k), 2 * p.seed + 1, p.torch_in_dtype, self.dev)
             gs_w = global_scale_encode_divisor(w_full.float().abs().amax()).reshape(1).to(self.dev)
-            gs_a = global_scale_encode_divisor(self.x.float().abs().amax()).reshape(1).to(self.dev)
+            gs_a = self._gs("a", self.x)
             full = self.call(self.ops(CLEAN, w=w_full, gs_a=gs_a, gs_w=gs_w))[:, :p.n * tp]
             shard_ops = [self.ops(CLEAN, w=w_full[i * p.n:(i + 1) * p.n], gs_a=gs_a, gs_w=gs_w) for i in range(tp)]
             shards = [self.call(o)[:, :p.n] for o in shard_ops]
@@ -218,7 +241,7 @@ class GemmExperiment:
     def batch_invariance(self) -> PropertyResult:
         p = self.problem
         extra = generate(p.distribution, (1 + p.seed % 97, p.k), 2 * p.seed + 2, p.torch_in_dtype, self.dev)
-        gs_a = global_scale_encode_divisor(self.x.float().abs().amax()).reshape(1).to(self.dev)
+        gs_a = self._gs("a", self.x)
         small = self.call(self.ops(CLEAN, gs_a=gs_a))
         large = self.call(self.ops(CLEAN, x=torch.cat([self.x, extra]), gs_a=gs_a))
         return checks.batch_invariance(small[:, :p.n], large[:, :p.n], p.m)

@@ -12,10 +12,12 @@ import hashlib
 
 import torch
 
-from harness import checks
+from dataclasses import replace
+
+from harness import checks, guard
 from harness.backends.protocol import BackendContractError, LinearBackend
 from harness.data import generate
-from harness.experiments import poison_allocator, sync
+from harness.experiments import NotApplicable, check_guards, poison_allocator, sync
 from harness.layouts import round_up
 from harness.oracle import error_bound, reference_linear
 from harness.pipeline import CheckpointWeight
@@ -27,6 +29,9 @@ def linear_inputs(problem: GemmProblem, device) -> tuple[torch.Tensor, Checkpoin
     shape = tuple(problem.batch) if problem.batch else (problem.m,)
     x = generate(problem.distribution, (*shape, problem.k), 2 * problem.seed, problem.torch_in_dtype, device)
     weight = CheckpointWeight.from_dense(problem.weights(device))
+    if problem.calibration is not None:
+        # ModelOpt's static activation scale: the decode multiplier calibrated amax / 2688
+        weight = replace(weight, input_scale=(1.0 / problem.activation_global_scale(x)).to(torch.float32))
     bias = problem.bias(device).to(problem.torch_in_dtype)
     return x, weight, bias
 
@@ -37,21 +42,37 @@ class LinearExperiment:
 
     def __init__(self, backend: LinearBackend, trial: Trial, device):
         self.backend, self.trial, self.problem, self.dev = backend, trial, trial.problem, device
+        if self.problem.calibration is not None and backend.requirements.activation != "bf16" and \
+                not getattr(backend, "static_input_scale", False):
+            raise NotApplicable("the layer quantizes activations dynamically (no static input_scale path), "
+                                f"the problem's calibration={self.problem.calibration:g} needs one")
         self.x, self.weight, self.bias = linear_inputs(self.problem, device)
 
     @property
     def digest(self) -> str:
         h = hashlib.sha256()
-        for t in (self.x, self.weight.packed, self.weight.scales, self.weight.weight_scale_2, self.bias):
+        extra = (self.weight.input_scale,) if self.weight.input_scale is not None else ()
+        for t in (self.x, self.weight.packed, self.weight.scales, self.weight.weight_scale_2, *extra, self.bias):
             h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
     def call(self, x=None) -> torch.Tensor:
         x = self.x if x is None else x
+        x = guard.guarded(x)
+        weight = replace(self.weight, packed=guard.guarded(self.weight.packed),
+                         scales=guard.guarded(self.weight.scales),
+                         weight_scale_2=guard.guarded(self.weight.weight_scale_2),
+                         input_scale=None if self.weight.input_scale is None else guard.guarded(self.weight.input_scale))
+        bias = guard.guarded(self.bias)
+        handed = {"x": x, "weight.packed": weight.packed, "weight.scales": weight.scales,
+                  "weight.weight_scale_2": weight.weight_scale_2, "bias": bias}
+        if weight.input_scale is not None:
+            handed["weight.input_scale"] = weight.input_scale
         if self.trial.poison.stale_memory:
             poison_allocator(self.dev)
-        out = self.backend.run(x, self.weight, self.bias)
+        out = self.backend.run(x, weight, bias)
         sync()
+        check_guards(handed)
         want = (*x.shape[:-1], self.weight.n)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -77,3 +98,16 @@ class LinearExperiment:
         small = self.call(x2)
         large = self.call(torch.cat([x2, extra]))
         return checks.batch_invariance(small, large, x2.shape[0])
+
+    def input_isolation(self) -> PropertyResult:
+        x2 = self.x.reshape(-1, self.problem.k)
+        m = x2.shape[0]
+        if m < 2:
+            raise NotApplicable("one row: no other row to isolate")
+        bad_row, col = self.problem.seed % m, (self.problem.seed * 7) % self.problem.k
+        kind = ("nan", "inf")[(self.problem.seed // m) % 2]
+        dirty_x = x2.clone()
+        dirty_x[bad_row, col] = float("nan") if kind == "nan" else float("inf")
+        clean = self.call(x2)
+        dirty = self.call(dirty_x)
+        return checks.input_isolation(clean, dirty, bad_row, kind, self.weight.input_scale is not None)

@@ -11,11 +11,11 @@ from collections.abc import Callable
 
 import torch
 
-from harness import checks
+from harness import checks, guard
 from harness.backends.protocol import BackendContractError, QuantizerBackend
-from harness.experiments import sync
-from harness.format import block_scale_and_inverse, global_scale_encode_divisor, reference_quantize
-from harness.layouts import ScaleLayout, unswizzle
+from harness.experiments import check_guards, sync
+from harness.format import BLOCK_SIZE, block_scale_and_inverse, reference_quantize
+from harness.layouts import OperandRole, ScaleLayout, padding_map, unswizzle
 from harness.trial import PropertyResult, Trial
 
 
@@ -49,10 +49,31 @@ def quantizer_agreement(backend: QuantizerBackend, trial: Trial, device) -> tupl
     """The verdict, and a function computing the input's sha256 digest."""
     p = trial.problem
     x = p.activations(device)
-    gs = global_scale_encode_divisor(x.float().abs().amax()).reshape(1).to(device)
-    packed, scales = backend.quantize(x, gs)
+    gs = p.activation_global_scale(x)
+    handed = {"x": guard.guarded(x), "global_scale": guard.guarded(gs)}
+    packed, scales = backend.quantize(handed["x"], handed["global_scale"])
     sync()
+    check_guards(handed)
     logical = unswizzle(scales.reshape(scales.shape[0], -1).view(torch.uint8).cpu(), backend.layout) \
         if backend.layout is not ScaleLayout.LINEAR else scales.view(torch.uint8).cpu()
     declared = tuple(getattr(backend, "known_differences", ()))
-    return bytes_against_reference(x, gs, packed, logical, declared, "quantizer_agreement"), input_digest(x)
+    result = bytes_against_reference(x, gs, packed, logical, declared, "quantizer_agreement")
+    # the padding contract: padding bytes per region, zero unless the backend declares it leaves them
+    pm = padding_map(backend.layout, OperandRole.ACTIVATION, p.m, p.k // BLOCK_SIZE)
+    if scales.numel() != pm.regions.numel():
+        raise BackendContractError(f"scale buffer has {scales.numel()} bytes; layout {backend.layout.value!r} for "
+                                   f"{p.m} x {p.k // BLOCK_SIZE} scales needs {tuple(pm.regions.shape)}")
+    pad = checks.quantizer_padding(scales.view(torch.uint8), pm.regions, packed.view(torch.uint8), p.m, p.k,
+                                   tuple(getattr(backend, "leaves_padding", ())))
+    result.measure.update(pad.measure)
+    if not pad.ok:
+        result.summary = pad.summary if result.ok else f"{result.summary}; {pad.summary}"
+        result.ok = False
+    elif "padding_unsafe_for" in pad.measure:
+        result.summary = f"{result.summary}; {pad.summary}"
+    # the saturating path: real block scales at 448 (e4m3 satfinite), under a static scale
+    result.measure["saturated_scales"] = int((logical[:p.m, :p.k // BLOCK_SIZE] == 0x7E).sum())
+    if p.calibration is not None:
+        result.measure["calibration"] = p.calibration
+    # the global scale is a function of x unless it is calibrated: then it is part of the inputs
+    return result, (input_digest(x) if p.calibration is None else input_digest(x, gs))

@@ -74,6 +74,8 @@ def _problem_text(p: Any) -> str:
         parts.append(f"x shape {list(p['batch']) + [p.get('k')]}")
     parts.append(f"{_short_dtype(p.get('in_dtype'))} → {_short_dtype(p.get('out_dtype'))}")
     parts.append(f"{p.get('distribution')} seed {p.get('seed')}")
+    if p.get("calibration") is not None:
+        parts.append(f"static scale, calibration ratio {p['calibration']:g}")
     if p.get("origin"):
         parts.append(str(p["origin"]))
     return " · ".join(parts)
