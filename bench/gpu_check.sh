@@ -22,6 +22,12 @@ if [[ $what == fuzz || $what == all ]]; then
   cp bench/verified.json "$out/verified.json"
   nvfp4-harness record-verified "$out/res" --file "$out/verified.json" \
       --source "bench/gpu_check.sh fuzz, $(date -u +%F)" | tee "$out/verified.txt"
+  # no horizontal overflow at 1280 and 1920 px; screenshots report-1280.png, report-1920.png
+  if [[ -x ${NVFP4_CHROMIUM:-/usr/bin/chromium} ]]; then
+    python3 -m harness.report.browser "$out/report.html" --screenshots "$out" 2>&1 | tee "$out/browser.txt"
+  else
+    echo "chromium missing: copy $out/report.html to a machine with it and run python3 -m harness.report.browser"
+  fi
   tar czf "$out/results.tgz" -C "$out" res && rm -rf "$out/res"
 fi
 if [[ $what == regressions || $what == all ]]; then

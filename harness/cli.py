@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -24,6 +25,37 @@ DEFAULT_VERIFIED = REPO_ROOT / "bench" / "verified.json"
 
 class UsageError(Exception):
     """A bad argument: printed as ``nvfp4-harness: error: ...`` with exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _user_path(text: str | Path) -> Path:
+    """A path the user typed, resolved against the working directory the command was started in."""
+    return Path(os.path.abspath(os.path.expanduser(str(text))))
+
+
+def _plugin_spec(spec: str) -> str:
+    """A plugin file named relative to the user's working directory, made absolute (module names
+    are kept as they are)."""
+    return str(_user_path(spec)) if spec.endswith(".py") or Path(spec).exists() else spec
 
 
 def _load_plugins(specs: list[str]) -> None:
@@ -55,24 +87,38 @@ def cmd_backends(args) -> int:
                           "load_errors": registry.load_errors()}, indent=2))
         return 0
     print(f"environment: {e.summary()}")
-    w = max(len(r["name"]) for r in rows) if rows else 10
     for level in ("gemm", "linear", "quantizer", "checkpoint"):
         sel = [r for r in rows if r["level"] == level]
         if not sel:
             continue
         print(f"\n{level}-level backends")
-        for r in sel:
-            mark = "yes" if r["available"] else "no "
-            lay = f"A {'/'.join(r['a_layouts'])}, W {r['w_layout']}" if level not in ("quantizer", "checkpoint") else \
-                f"layout {'/'.join(r['a_layouts'])}"
-            align = f"N%{r['n_align']} K%{r['k_align']}" + (f" m<={r['m_max']}" if r['m_max'] else "")
-            print(f"  {r['name']:<{w}}  {mark}  {lay:<24} {align:<18} {r['reason']}")
-            if not r["name"].startswith("mutant-"):
-                print(f"  {'':<{w}}       {r['verified_summary']}")
+        print(_backend_table(sel, level))
     errs = registry.load_errors()
     for mod, err in errs.items():
         print(f"\nwarning: {mod}: {err}", file=sys.stderr)
     return 0
+
+
+def _backend_table(rows: list[dict], level: str) -> str:
+    """One aligned table: a header row, then one row per backend (the reason column is last and
+    free-running)."""
+    if level in ("quantizer", "checkpoint"):
+        head = ("backend", "runs", "scale layout", "reason")
+        body = [(r["name"], "yes" if r["available"] else "no", "/".join(r["a_layouts"]), r["reason"]) for r in rows]
+    else:
+        head = ("backend", "runs", "A scales", "W scales", "N align", "K align", "m max", "reason")
+        body = [(r["name"], "yes" if r["available"] else "no", "/".join(r["a_layouts"]), r["w_layout"],
+                 str(r["n_align"]), str(r["k_align"]), str(r["m_max"]) if r["m_max"] else "-", r["reason"])
+                for r in rows]
+    widths = [max(len(str(x[i])) for x in (head, *body)) for i in range(len(head) - 1)]
+    lines = []
+    for i, row in enumerate((head, *body)):
+        cells = [f"{str(c):<{w}}" for c, w in zip(row, widths)] + [str(row[-1])]
+        lines.append(("  " + "  ".join(cells)).rstrip())
+        r = rows[i - 1] if i else None
+        if r is not None and r.get("verified_summary") and not r["name"].startswith("mutant-"):
+            lines.append(" " * (4 + widths[0]) + r["verified_summary"])  # under the "runs" column
+    return "\n".join(lines)
 
 
 def _properties_dir() -> Path:
@@ -83,23 +129,52 @@ def _properties_dir() -> Path:
     return d
 
 
-def cmd_fuzz(args) -> int:
+def _check_selection(args) -> None:
+    """Unknown names, and a backend/property selection that leaves nothing to run, are usage errors."""
     from harness.backends import registry
+    from harness.trial import PROPERTIES, properties_for
+
+    backends = None
+    if args.backends not in ("all", "mutants"):
+        names = [n.strip() for n in args.backends.split(",") if n.strip()]
+        if not names:
+            raise UsageError(f"--backends {args.backends!r}: expected comma-separated backend names, 'all' or 'mutants'")
+        backends = [registry.get(n) for n in names]
+    if args.properties == "all":
+        return
+    wanted = [p.strip() for p in args.properties.split(",") if p.strip()]
+    for p in wanted or [args.properties]:
+        if p not in PROPERTIES:
+            raise UsageError(f"--properties: unknown property {p!r}; expected some of {list(PROPERTIES)}")
+    pool = backends if backends is not None else registry.all_backends(include_mutants=args.backends == "mutants")
+    pool = [b for b in pool if b.mutant] if args.backends == "mutants" else pool
+    if not any(p in properties_for(b) for b in pool for p in wanted):
+        by_level = {}
+        for b in pool:
+            by_level.setdefault(b.level, properties_for(b))
+        raise UsageError(f"--properties {args.properties!r} applies to none of the selected backends "
+                         f"({', '.join(b.name for b in pool)}); their properties are: "
+                         + "; ".join(f"{lv}-level: {', '.join(ps)}" for lv, ps in by_level.items()))
+
+
+def user_command(argv: list[str] | None) -> str:
+    """What the user typed, as one shell line (shown in the report's "command" row)."""
+    return shlex.join(["nvfp4-harness", *(sys.argv[1:] if argv is None else argv)])
+
+
+def cmd_fuzz(args) -> int:
+    from harness import results as results_mod
 
     _load_plugins(args.plugin)
-    if args.backends not in ("all", "mutants"):
-        for name in args.backends.split(","):
-            registry.get(name.strip())
-    if args.properties != "all":
-        from harness.trial import PROPERTIES
-
-        for p in args.properties.split(","):
-            if p.strip() not in PROPERTIES:
-                raise UsageError(f"--properties: unknown property {p.strip()!r}; expected some of {list(PROPERTIES)}")
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
+    _check_selection(args)
+    root = _user_path(args.results)
+    report = _user_path(args.report)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--results {args.results!r} is a file: expected a results folder")
+    run_id = results_mod.new_run_id()
+    run_dir = root / run_id
     cmd = [sys.executable, "-m", "pytest", str(_properties_dir()), "-p", "no:cacheprovider", "-q",
-           "--nvfp4-results", str(results), "--nvfp4-profile", args.profile,
+           "--nvfp4-results", str(root), "--nvfp4-run-id", run_id, "--nvfp4-profile", args.profile,
            "--nvfp4-backends", args.backends, "--nvfp4-properties", args.properties]
     if args.workers != "0":
         cmd += ["-n", args.workers]
@@ -108,24 +183,28 @@ def cmd_fuzz(args) -> int:
     if args.examples:
         cmd += ["--nvfp4-examples", str(args.examples)]
     for spec in args.plugin or []:
-        cmd += ["--nvfp4-plugin", spec]
+        cmd += ["--nvfp4-plugin", _plugin_spec(spec)]
     cmd += ["--nvfp4-shard", args.shard] if args.shard else []
     cmd += ["--nvfp4-redis", args.redis] if args.redis else []
-    print("running:", " ".join(cmd), flush=True)
+    print(f"run directory: {run_dir}", flush=True)
+    env = {**os.environ, "NVFP4_HARNESS_FROM_CLI": "1", "NVFP4_HARNESS_COMMAND": args.command_line}
     from harness.campaign import call_interruptible
 
-    # Ctrl-C / SIGTERM: the campaign stops after the running examples, then the report is rendered
-    rc, interrupted = call_interruptible(cmd, cwd=str(REPO_ROOT))
+    # Ctrl-C / SIGTERM: the campaign stops after the running examples, then the report is rendered;
+    # the user's working directory: relative paths (.hypothesis/, plugins) mean what they typed
+    rc, interrupted = call_interruptible(cmd, env=env)
     from harness.report import render_report
-    from harness.results import finalize
 
-    if any(results.glob("results-*.jsonl")):
-        finalize(results)
-        out = render_report(results, Path(args.report))
+    if run_dir.is_dir() and any(run_dir.glob("results-*.jsonl")):
+        results_mod.finalize(run_dir)
+        out = render_report(run_dir, report)
         print(f"report: {out}")
     else:
-        print("no results were recorded", file=sys.stderr)
+        print(f"nvfp4-harness: error: no results were recorded in {run_dir} (pytest exit status {rc})",
+              file=sys.stderr)
+        return rc or 1
     if interrupted:  # stopped by the user or the system: the report holds what ran; say so in the status
+        print("nvfp4-harness: interrupted: the report shows the cases recorded until then", file=sys.stderr)
         return 128 + interrupted
     # pytest: 0 all passed, 1 some failed; both mean the job ran. Anything else is an error.
     return rc
@@ -139,7 +218,7 @@ def cmd_replay(args) -> int:
         from harness.sanitizer.run import replay_command_line
 
         return replay_command_line(args.case, backend=args.backend, tool=args.tool, sanitizer=args.sanitizer)
-    r = replay(args.case, backend=args.backend)
+    r = replay(_user_path(args.case), backend=args.backend)
     print(r.diagnosis())
     return r.exit_code
 
@@ -148,30 +227,35 @@ def cmd_promote(args) -> int:
     from harness.replay import promote
 
     path = promote(args.case, name=args.name, note=args.note, expect=args.expect, tracks=args.tracks,
-                   dest=Path(args.dest) if args.dest else None)
+                   dest=_user_path(args.dest) if args.dest else None, force=args.force)
     print(f"promoted to {path}")
     return 0
 
 
 def cmd_report(args) -> int:
+    from harness.results import resolve_run_dir
     from harness.report import render_report
 
-    dirs = [Path(d) for d in args.results_dir]
-    for d in dirs:
-        if not d.is_dir():
-            raise UsageError(f"RESULTS_DIR {str(d)!r}: no such directory (expected the folder a fuzz run wrote)")
+    dirs = []
+    for given in args.results_dir:
+        try:
+            dirs.append(resolve_run_dir(_user_path(given)))
+        except FileNotFoundError:
+            raise UsageError(f"RESULTS_DIR {given!r}: no such directory (expected the folder a fuzz run wrote)") from None
+        except ValueError as exc:
+            raise UsageError(f"RESULTS_DIR {given!r}: {exc}") from None
     if len(dirs) > 1:  # several nodes of one campaign: one report of their merged results
         from harness.campaign import merge_results
         from harness.results import finalize
 
-        merged = Path(args.merged) if args.merged else Path(args.output).with_suffix(".results")
+        merged = _user_path(args.merged) if args.merged else _user_path(args.output).with_suffix(".results")
         d = merge_results(dirs, merged)
         finalize(d)
         print(f"merged results of {len(dirs)} directories: {d}")
     else:
         d = dirs[0]
-    out = render_report(d, Path(args.output))
-    print(f"report: {out}")
+    out = render_report(d, _user_path(args.output))
+    print(f"report of {d}: {out}")
     return 0
 
 
@@ -188,7 +272,7 @@ def cmd_selftest(args) -> int:
     from harness.selftest import main as selftest_main
 
     return selftest_main(budget_s=args.budget, examples=args.examples, mutants=args.mutant,
-                         json_out=Path(args.json) if args.json else None)
+                         json_out=_user_path(args.json) if args.json else None)
 
 
 def cmd_record_verified(args) -> int:
@@ -225,9 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--backends", default="all", help="comma-separated names, 'all' or 'mutants'")
     f.add_argument("--properties", default="all", help="comma-separated property names or 'all'")
     f.add_argument("--profile", default="fuzz", choices=("ci", "fuzz", "replay"))
-    f.add_argument("--examples", type=int, default=None, help="max Hypothesis examples per test")
-    f.add_argument("--budget", type=float, default=None, help="time budget in seconds")
-    f.add_argument("--results", default="results", help="results directory (default: results)")
+    f.add_argument("--examples", type=_positive_int, default=None, help="max Hypothesis examples per test")
+    f.add_argument("--budget", type=_positive_seconds, default=None,
+                   help="time budget in seconds, checked before every example")
+    f.add_argument("--results", default="results",
+                   help="results root: this run writes RESULTS/<run-id>/ and points RESULTS/latest at it "
+                        "(default: results)")
     f.add_argument("--report", default="reports/index.html", help="HTML report path")
     f.add_argument("-n", "--workers", default="auto", help="xdist workers: auto (one per GPU / core), N, or 0")
     f.add_argument("--plugin", action="append", default=[], help="backend plugin module or .py file")
@@ -269,20 +356,22 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--expect", default="xfail", choices=("pass", "xfail"),
                     help="xfail: known failing (tracks an upstream issue); pass: must pass")
     pr.add_argument("--tracks", default=None, help="upstream issue the known failure tracks")
+    pr.add_argument("--force", action="store_true", help="replace a regression case of the same --name")
     pr.add_argument("--dest", default=None, help=argparse.SUPPRESS)
     pr.set_defaults(func=cmd_promote)
 
-    rep = sub.add_parser("report", help="render the HTML report of a results directory")
+    rep = sub.add_parser("report", help="render the HTML report of a run directory")
     rep.add_argument("results_dir", nargs="+",
-                     help="results directory; several (one per node of a campaign) are merged into one report")
+                     help="a run directory, or a results root (its latest run); several (one per node of a "
+                          "campaign) are merged into one report")
     rep.add_argument("-o", "--output", default="reports/index.html")
     rep.add_argument("--merged", default=None,
                      help="where the merged results of several directories go (default: OUTPUT's name with .results)")
     rep.set_defaults(func=cmd_report)
 
     s = sub.add_parser("selftest", help="run the property suite against every planted-bug backend")
-    s.add_argument("--budget", type=float, default=60.0, help="seconds allowed per mutant (default 60)")
-    s.add_argument("--examples", type=int, default=200, help="max examples per mutant and property")
+    s.add_argument("--budget", type=_positive_seconds, default=60.0, help="seconds allowed per mutant (default 60)")
+    s.add_argument("--examples", type=_positive_int, default=200, help="max examples per mutant and property")
     s.add_argument("--mutant", action="append", default=None, help="only this mutant (repeatable)")
     s.add_argument("--json", default=None, help="also write the scoreboard as JSON here")
     s.set_defaults(func=cmd_selftest)
@@ -298,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = user_command(argv)
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:

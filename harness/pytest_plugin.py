@@ -21,9 +21,12 @@ worker killed mid-session (a sticky CUDA error ends the process on purpose) lose
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
+import shlex
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,7 @@ from typing import Any
 import pytest
 
 _KEY = "nvfp4"
+_FROM_CLI_ENV = "NVFP4_HARNESS_FROM_CLI"  # set by `nvfp4-harness fuzz`: it renders the report itself
 """The key of this plugin's entries in xdist's ``workerinput`` / ``workeroutput`` dicts."""
 
 
@@ -65,10 +69,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--nvfp4-profile", default=None, choices=("ci", "fuzz", "replay"),
                 help="Hypothesis profile: ci (derandomized, small), fuzz (random, example database, many "
                      "examples), replay (only stored examples). Default: ci")
-    g.addoption("--nvfp4-examples", type=int, default=None, help="override max_examples per test")
-    g.addoption("--nvfp4-budget", type=float, default=None,
-                help="time budget in seconds for the whole session; tests starting later are skipped")
-    g.addoption("--nvfp4-results", default=None, help="results directory (default: results/)")
+    g.addoption("--nvfp4-examples", type=_positive_int, default=None,
+                help="override max_examples per test (a positive integer)")
+    g.addoption("--nvfp4-budget", type=_positive_seconds, default=None,
+                help="time budget in seconds for the whole session, checked before every example; "
+                     "tests starting later are skipped")
+    g.addoption("--nvfp4-results", default=None,
+                help="results root: each session writes its own run directory ROOT/<run-id>/ and points "
+                     "ROOT/latest at it (default: results/ for a property run; a temporary folder when "
+                     "the property suite runs only as part of the whole test suite)")
+    g.addoption("--nvfp4-run-id", default=None, help="name of this session's run directory (default: "
+                                                     "UTC time and a random suffix)")
     g.addoption("--nvfp4-plugin", action="append", default=[],
                 help="extra backend plugin: a module name or a path to a .py file (repeatable)")
     g.addoption("--nvfp4-workers-per-gpu", type=int, default=1, help="xdist workers per GPU with -n auto")
@@ -77,6 +88,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--nvfp4-redis", default=os.environ.get("NVFP4_HARNESS_REDIS"),
                 help="redis://HOST:PORT/DB: share the example database of the fuzz and replay profiles "
                      "with every node (default: $NVFP4_HARNESS_REDIS; the local .hypothesis/ always too)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
 
 
 def _visible_gpus() -> list[str]:
@@ -106,7 +137,7 @@ def _register_profiles(redis_url: str | None = None, results_dir: str | None = N
 
     # function_scoped_fixture: the property suite's `backend` fixture is meant to run once per test
     # (support and time-budget gate before Hypothesis starts), not once per example
-    common = dict(deadline=None, print_blob=True,
+    common = dict(deadline=None, print_blob=False,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                          HealthCheck.filter_too_much, HealthCheck.differing_executors,
                                          HealthCheck.function_scoped_fixture])
@@ -145,10 +176,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "nvfp4: a property-suite case of nvfp4-harness")
     if not _is_worker(config):
         # controller (or plain run): decide the GPU list and the results dir for the workers
+        start = time.time()
         gpus = _visible_gpus()
         wpg = max(1, config.getoption("--nvfp4-workers-per-gpu"))
-        res = config.getoption("--nvfp4-results") or "results"
-        plan = RunPlan(str(Path(res).resolve()), time.time(), gpus, wpg)
+        _load_plugins(config)
+        _check_selection(config)
+        # after every check: a refused command leaves no empty run directory behind
+        plan = RunPlan(str(_run_dir(config)), start, gpus, wpg)
         config._nvfp4_plan = plan  # type: ignore[attr-defined]
         tx = getattr(config.option, "tx", None)
         if gpus and tx and all(t == "popen" for t in tx):
@@ -184,10 +218,69 @@ def pytest_configure(config: pytest.Config) -> None:
     config._nvfp4_campaign = campaign.is_campaign(profile, config.getoption("--nvfp4-budget"))  # type: ignore[attr-defined]
     if config._nvfp4_campaign and _is_worker(config):  # type: ignore[attr-defined]
         campaign.install_worker_signal_handlers()
-    for spec in config.getoption("--nvfp4-plugin"):
-        from harness.backends import registry
+    if _is_worker(config):
+        _load_plugins(config)
 
-        registry.load_plugin(spec)
+
+def _load_plugins(config: pytest.Config) -> None:
+    from harness.backends import registry
+
+    for spec in config.getoption("--nvfp4-plugin"):
+        try:
+            registry.load_plugin(spec)
+        except registry.PluginError as exc:  # one line, exit status 4, no INTERNALERROR
+            raise pytest.UsageError(str(exc).replace("--plugin ", "--nvfp4-plugin ", 1)) from None
+
+
+def _run_dir(config: pytest.Config) -> Path:
+    """This session's own run directory: ROOT/<run-id>/, with ROOT/latest pointing at it.  Relative
+    paths resolve against the working directory pytest was started in."""
+    from harness.results import new_run_dir
+
+    root = config.getoption("--nvfp4-results")
+    if root is None:
+        # the whole test suite (README's test command) must not add runs to the user's results/
+        root = "results" if _is_property_run(config) else tempfile.mkdtemp(prefix="nvfp4-harness-results-")
+    root_path = Path(root)
+    if not root_path.is_absolute():
+        root_path = Path(config.invocation_params.dir) / root_path
+    try:
+        return new_run_dir(root_path, config.getoption("--nvfp4-run-id"))
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(f"--nvfp4-results {str(root)!r}: {exc}") from None
+
+
+def _check_selection(config: pytest.Config) -> None:
+    """Unknown backend or property names, and a selection that leaves no (backend, property) pair,
+    are usage errors (one line, exit status 4), not a silent "1 skipped"."""
+    from harness.backends import registry
+    from harness.trial import PROPERTIES
+
+    props = config.getoption("--nvfp4-properties")
+    wanted = None
+    if props not in ("all", None):
+        wanted = [p.strip() for p in props.split(",") if p.strip()]
+        unknown = [p for p in wanted if p not in PROPERTIES]
+        if unknown or not wanted:
+            raise pytest.UsageError(f"--nvfp4-properties: unknown property {(unknown or [props])[0]!r}; "
+                                    f"expected a comma-separated list of {', '.join(PROPERTIES)} or 'all'")
+    names = config.getoption("--nvfp4-backends")
+    if names in ("all", "mutants", None):
+        return
+    try:
+        backends = [registry.get(n.strip()) for n in names.split(",") if n.strip()]
+    except registry.UnknownBackendError as exc:
+        raise pytest.UsageError(f"--nvfp4-backends: {exc}") from None
+    if wanted is not None:
+        from harness.trial import properties_for
+
+        if not any(p in properties_for(b) for b in backends for p in wanted):
+            levels = {b.name: b.level for b in backends}
+            raise pytest.UsageError(
+                f"--nvfp4-properties {props!r} applies to none of --nvfp4-backends {names!r} "
+                f"({', '.join(f'{n}: {lv}-level' for n, lv in levels.items())}); the properties of each "
+                f"level are: " + "; ".join(f"{lv}: {', '.join(properties_for(b))}"
+                                           for lv, b in {b.level: b for b in backends}.items()))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -197,12 +290,24 @@ def pytest_configure_node(node) -> None:
     node.workerinput[_KEY] = plan.for_worker(node.workerinput["workerid"])
 
 
+def _is_property_run(config: pytest.Config) -> bool:
+    """A session that names the property suite or the regression corpus on its command line (or a
+    results folder), as opposed to the whole test suite collected from ``testpaths``."""
+    if config.getoption("--nvfp4-results"):
+        return True
+    if getattr(config, "args_source", pytest.Config.ArgsSource.ARGS) != pytest.Config.ArgsSource.ARGS:
+        return False
+    return any({"properties", "regressions"} & set(Path(str(a).split("::")[0]).parts) for a in config.args)
+
+
 def _write_session_start(config: pytest.Config, plan: "RunPlan") -> None:
     from harness import env, results
 
     results.write_session(plan.results_dir, {
         "started": _dt.datetime.fromtimestamp(plan.start, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "argv": list(config.invocation_params.args), "profile": config._nvfp4_profile,  # type: ignore[attr-defined]
+        "command": os.environ.get("NVFP4_HARNESS_COMMAND") or shlex.join(
+            ["python", "-m", "pytest", *config.invocation_params.args]),
         "environment": env.current().to_dict()})
 
 
@@ -267,29 +372,44 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     tot = getattr(config, "_nvfp4_totals", None)
-    if tot:
-        plan: RunPlan = config._nvfp4_plan
-        res = plan.results_dir
-        terminalreporter.write_sep("=", "nvfp4-harness")
+    if not tot:
+        return
+    from harness import results
+
+    plan: RunPlan = config._nvfp4_plan
+    res = plan.results_dir
+    terminalreporter.write_sep("=", "nvfp4-harness")
+    hint = "" if os.environ.get(_FROM_CLI_ENV) else f" (report: nvfp4-harness report {res} -o {res}/report.html)"
+    records, _ = results.load_results(res)
+    cases = results.totals([r for r in records if not results.is_test_skip(r)])
+    n_skipped = sum(1 for r in records if results.is_test_skip(r))
+    # cases (executed examples) and whole tests skipped before any example are different units
+    terminalreporter.write_line(
+        f"cases: {cases['pass']} passed, {cases['fail']} failed, {cases['crash']} crashed, {cases['skip']} refused "
+        f"by the backend; {n_skipped} tests skipped before any example; results in {res}{hint}")
+    over = tot.get("accepted_overflow") or {}
+    if over.get("outputs"):
         terminalreporter.write_line(
-            f"cases: {tot['pass']} passed, {tot['fail']} failed, {tot['skip']} skipped, {tot['crash']} crashed; "
-            f"results in {res} (report: nvfp4-harness report {res} -o reports/index.html)")
-        over = tot.get("accepted_overflow") or {}
-        if over.get("outputs"):
-            terminalreporter.write_line(
-                f"accepted overflow: {over['outputs']} outputs in {over['results']} cases were ±inf where the "
-                f"reference ± its error bound reaches the output format's overflow threshold (within the bound)")
-        for name in sorted(plan.workers):
-            w = plan.workers[name]
-            if w.get("crashed"):
-                terminalreporter.write_line(f"  worker {name}: crashed ({(w['crashed'] or '?').splitlines()[0][:120]})")
-                continue
-            e = w.get("environment", {})
-            phys = w.get("physical_gpu") or {}
-            where = (f"GPU {w.get('gpu')} of CUDA_VISIBLE_DEVICES ({e.get('gpu_name')}; NVML: physical GPU "
-                     f"{phys.get('nvml_index', '?')}, {phys.get('uuid', '?')}, bus {phys.get('pci_bus_id', '?')})"
-                     if e.get("device") == "cuda" else "CPU (Triton interpreter)")
-            terminalreporter.write_line(f"  worker {w.get('worker')}: pid {w.get('pid')} on {where}")
+            f"accepted overflow: {over['outputs']} outputs in {over['results']} cases were ±inf where the "
+            f"reference ± its error bound reaches the output format's overflow threshold (within the bound)")
+    for name in sorted(plan.workers):
+        w = plan.workers[name]
+        if w.get("crashed"):
+            terminalreporter.write_line(f"  worker {name}: crashed ({(w['crashed'] or '?').splitlines()[0][:120]})")
+            continue
+        e = w.get("environment", {})
+        phys = w.get("physical_gpu") or {}
+        where = (f"GPU {w.get('gpu')} of CUDA_VISIBLE_DEVICES ({e.get('gpu_name')}; NVML: physical GPU "
+                 f"{phys.get('nvml_index', '?')}, {phys.get('uuid', '?')}, bus {phys.get('pci_bus_id', '?')})"
+                 if e.get("device") == "cuda" else "CPU (Triton interpreter)")
+        terminalreporter.write_line(f"  worker {w.get('worker')}: pid {w.get('pid')} on {where}")
+    failures = results.new_failures(res)
+    if failures:
+        terminalreporter.write_sep("-", f"new failures ({len(failures)}): each replays with one command")
+        for f in failures:
+            terminalreporter.write_line(f"{f['backend']} · {f['property']} ({f['outcome']}): {f['reason']}")
+            terminalreporter.write_line(f"  case file: {f['case_path']}")
+            terminalreporter.write_line(f"  replay:    {f['replay']}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,6 +439,8 @@ class HarnessSession:
         """What this worker is (sent to the controller, see pytest_sessionfinish)."""
         config._nvfp4_session = self  # type: ignore[attr-defined]
         self.campaign = None  # harness.campaign.WorkerCampaign, once the first pair of a campaign starts
+        self._stops: dict[str, str] = {}     # test -> why it stopped before max_examples
+        self.refusals: dict[str, list[str]] = {}  # test -> the refusal reasons of its examples
 
     @property
     def stream(self):
@@ -344,17 +466,21 @@ class HarnessSession:
     def over_budget(self) -> bool:
         return self.budget is not None and time.time() - self.start > self.budget
 
+    def stop_reason(self, test: str) -> str | None:
+        return self._stops.get(test)
+
     def selected(self, kind: str) -> list[str] | None:
         value = self.config.getoption(f"--nvfp4-{kind}")
         return None if value in ("all", None) else [v.strip() for v in value.split(",") if v.strip()]
 
-    def record(self, trial, outcome, test: str, level: str, final: bool) -> None:
+    def record(self, trial, outcome, test: str, level: str, final: bool, scope: str = "case") -> None:
         from harness.results import make_record, save_failure_case
 
         case_file = None
         if outcome.status in ("fail", "crash") and final:
             case_file = save_failure_case(self.results_dir, trial, outcome, level, self.env.to_dict())
-        extra = {"gpu": self.gpu, "final": final}
+        # scope "test": a whole test skipped before any example ran; "case": one executed example
+        extra = {"gpu": self.gpu, "final": final, "scope": scope}
         self.stream.write(make_record(trial, outcome, worker=self.worker, test=test, level=level,
                                       case_file=case_file, extra=extra))
         self.recorded += 1
@@ -381,15 +507,23 @@ class HarnessSession:
         from harness.trial import Outcome, Trial
 
         trial = Trial(backend.name, prop, GemmProblem(1, 16, 16))
-        self.record(trial, Outcome("skip", reason), test, backend.level, True)
+        self.record(trial, Outcome("skip", reason), test, backend.level, True, scope="test")
 
     def run(self, trial, test: str, digest: bool = False):
-        """Execute a trial inside a Hypothesis test; record it; end the process on a lost context."""
+        """Execute a trial inside a Hypothesis test; record it; end the process on a lost context.
+
+        The time budget is checked before every example: once it is spent the example is not run
+        and ``None`` is returned (the property suite rejects it, so Hypothesis ends the test quickly
+        with the examples already run)."""
         from hypothesis.control import current_build_context
 
         from harness.backends import registry
-        from harness.runner import ContextLost, execute
+        from harness.runner import NOT_APPLICABLE, ContextLost, execute
         from harness.trial import Outcome
+
+        if self.over_budget() and self.campaign is None:
+            self._stops.setdefault(test, f"time budget (--nvfp4-budget {self.budget:g} s) spent")
+            return None
 
         try:
             final = current_build_context().is_final
@@ -403,9 +537,20 @@ class HarnessSession:
             os._exit(3)  # the CUDA context is gone: xdist restarts a fresh worker for the next tests
         if self.campaign is not None:
             self.campaign.note_example(outcome.status)
+        # a property that cannot be checked on this backend skips the whole test (scope "test");
+        # any other skip is one example the backend refused
+        whole_test = outcome.status == "skip" and outcome.reason.startswith(NOT_APPLICABLE)
+        if outcome.status == "skip" and not whole_test:
+            self.refusals.setdefault(test, []).append(outcome.reason)
         if outcome.status != "fail" or final:
-            self.record(trial, outcome, test, level, final)
+            self.record(trial, outcome, test, level, final, scope="test" if whole_test else "case")
         return outcome
+
+    def end_test(self, test: str, stop_reason: str) -> None:
+        """Record why a property test stopped (Hypothesis statistics in the report)."""
+        reason = self._stops.get(test) or stop_reason
+        with open(self.results_dir / f"tests-{self.worker}.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"test": test, "stop_reason": reason}) + "\n")
 
 
 @pytest.fixture(scope="session")

@@ -52,12 +52,18 @@ class Replay:
                          f"({self.outcome.digest} != {self.case.digest}); this is not the same case")
         elif self.digest_ok:
             lines.append("operands  rebuilt bit for bit (digest matches)")
-        verdict = {"pass": "PASSES now", "fail": "STILL FAILS", "crash": "CRASHED", "skip": "cannot run here"}[o.status]
+        if t.backend != self.case.backend:  # the same inputs on another backend: says nothing of a fix
+            verdict = {"pass": f"PASSES on {t.backend} (the case failed on {self.case.backend})",
+                       "fail": f"FAILS on {t.backend} too", "crash": f"CRASHED on {t.backend}",
+                       "skip": f"{t.backend} cannot run here"}[o.status]
+        else:
+            verdict = {"pass": "PASSES now", "fail": "STILL FAILS", "crash": "CRASHED",
+                       "skip": "cannot run here"}[o.status]
         lines.append(f"result    {verdict}: {o.reason or (o.result.summary if o.result else '')}")
         for key, label in (("nan_rows", "NaN rows"), ("changed_rows", "rows"), ("changed_cols", "columns")):
             if m.get(key):
                 vals = m[key]
-                lines.append(f"  {label:<8}{vals[:16]}{' ...' if len(vals) > 16 else ''}")
+                lines.append(f"  {label + ' ':<10}{vals[:16]}{' ...' if len(vals) > 16 else ''}")
         if m.get("max_err_units") is not None:
             lines.append(f"  max error {m['max_err_units']:.4g} x bound" + (f" at {m['argmax']}" if m.get("argmax") else ""))
         if m.get("region"):
@@ -80,8 +86,11 @@ def replay(path: str | Path, backend: str | None = None) -> Replay:
 
 
 def promote(path: str | Path, *, name: str | None = None, note: str | None = None, expect: str = "xfail",
-            tracks: str | None = None, dest: Path | None = None) -> Path:
-    """Copy a case into the regression corpus with a name, a note and an expectation."""
+            tracks: str | None = None, dest: Path | None = None, force: bool = False) -> Path:
+    """Copy a case into the regression corpus with a name, a note and an expectation.
+
+    Raises ValueError for a bad ``name``/``expect``, and when ``dest/<name>.json`` exists already
+    (unless ``force``: then it is replaced), so one failure never lands twice under two names."""
     if expect not in ("pass", "xfail"):
         raise ValueError(f"--expect={expect!r}: expected 'pass' or 'xfail'")
     case = load_case(path)
@@ -93,5 +102,8 @@ def promote(path: str | Path, *, name: str | None = None, note: str | None = Non
     if not stem or any(c in stem for c in "/\\") or stem.startswith("."):
         raise ValueError(f"--name={name!r}: expected a plain file name (letters, digits, '-', '_')")
     target = dest / f"{stem}.json"
+    if target.exists() and not force:
+        raise ValueError(f"--name={stem!r}: {target} already exists; choose another --name, or pass "
+                         f"--force to replace it")
     case.replay = ""
-    return save_case(case, target)
+    return save_case(case, target, overwrite=force)

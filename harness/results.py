@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import os
 import re
+import secrets
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +24,116 @@ from harness.trial import OUTCOMES, Outcome, Trial, json_safe
 
 RESULT_SCHEMA = "nvfp4-harness/result/1"
 SESSION_SCHEMA = "nvfp4-harness/session/1"
+
+
+LATEST = "latest"
+"""The link in a results root that names its newest run directory."""
+
+
+def new_run_id() -> str:
+    """A run id that sorts by start time: ``20261201-002549-3fa2`` (UTC, then a random suffix so that
+    two runs started in the same second never share a directory)."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def new_run_dir(root: Path | str, run_id: str | None = None) -> Path:
+    """Create the run directory ``root/<run_id>/`` of one session and point ``root/latest`` at it.
+
+    Each run writes only its own directory, so runs never pile up into one report; combining runs
+    is an explicit act (the report of several run directories).  Raises ValueError for a run id that
+    is not a plain folder name or names a run directory that already exists, OSError when the root
+    cannot be created."""
+    run_id = run_id or new_run_id()
+    if not run_id or run_id in (".", "..", LATEST) or any(c in run_id for c in "/\\"):
+        raise ValueError(f"run id {run_id!r} is not a plain folder name")
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file, expected a results folder")
+    root.mkdir(parents=True, exist_ok=True)
+    run = root / run_id
+    try:
+        run.mkdir()
+    except FileExistsError:
+        raise ValueError(f"run directory {run} already exists (each run gets its own)") from None
+    (run / "cases").mkdir()
+    link = root / LATEST
+    tmp = root / f".{LATEST}.{run_id}.tmp"
+    try:
+        os.symlink(run_id, tmp, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:  # a file system without symbolic links: the run is still printed by path
+        tmp.unlink(missing_ok=True)
+    return run.resolve()
+
+
+def is_run_dir(path: Path | str) -> bool:
+    return any(Path(path).glob("results-*.jsonl")) or (Path(path) / "session.json").is_file()
+
+
+def resolve_run_dir(path: Path | str) -> Path:
+    """The run directory named by ``path``: ``path`` itself when it holds a run, else the run that
+    ``path/latest`` points at (a results root).  Raises FileNotFoundError when ``path`` is not a
+    folder, ValueError when it holds no run."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such directory (expected the folder a fuzz run wrote)")
+    if is_run_dir(path):
+        return path
+    latest = path / LATEST
+    if latest.is_dir() and is_run_dir(latest):
+        return latest.resolve()
+    raise ValueError(f"{path} holds no results (no results-*.jsonl or session.json, and no "
+                     f"'{LATEST}' run): expected the folder a fuzz run wrote")
+
+
+def read_workers(results_dir: Path | str) -> list[dict]:
+    """The worker-*.json files of a run, in name order (unreadable ones left out)."""
+    out = []
+    for path in sorted(Path(results_dir).glob("worker-*.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def new_failures(results_dir: Path | str) -> list[dict]:
+    """The minimized failures of a run, one per case file: backend, property, outcome, reason, the
+    case file's path and its replay command."""
+    from harness.cases import replay_command
+
+    records, _ = load_results(results_dir)
+    out, seen = [], set()
+    for r in records:
+        ref = r.get("case_file")
+        if r.get("outcome") not in ("fail", "crash") or not ref or ref in seen:
+            continue
+        seen.add(ref)
+        path = (Path(results_dir) / ref).resolve()
+        out.append({"backend": r.get("backend"), "property": r.get("property"), "outcome": r.get("outcome"),
+                    "reason": r.get("reason") or "", "case_path": str(path), "replay": replay_command(path)})
+    return out
+
+
+def read_test_ends(results_dir: Path | str) -> dict[str, str]:
+    """test id -> why its Hypothesis run stopped (tests-<worker>.jsonl, written as each test ends)."""
+    out: dict[str, str] = {}
+    for path in sorted(Path(results_dir).glob("tests-*.jsonl")):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(doc, dict) and doc.get("test"):
+                out[str(doc["test"])] = str(doc.get("stop_reason") or "")
+    return out
+
+
+def is_test_skip(rec: dict) -> bool:
+    """A record of a whole test skipped before any example ran (backend unavailable, budget spent),
+    as opposed to one executed case.  Records without ``scope`` (older runs) count a skip as a test."""
+    scope = rec.get("scope")
+    return rec.get("outcome") == "skip" and (scope == "test" or scope is None)
 
 
 def now() -> str:
@@ -190,8 +301,11 @@ def _hypothesis_rows(doc: Any) -> list[dict[str, Any]] | None:
 
 
 def load_run(results_dir: str | Path) -> RunData:
-    """Parse a results directory: session.json, results-*.jsonl, cases/*.json and hypothesis.json."""
+    """Parse a run directory: session.json, results-*.jsonl, cases/*.json and hypothesis.json.  A
+    results root (a folder holding no run but a ``latest`` link) reads its latest run."""
     root = Path(results_dir)
+    if root.is_dir() and not is_run_dir(root) and (root / LATEST).is_dir() and is_run_dir(root / LATEST):
+        root = (root / LATEST).resolve()
     records, warnings = load_results(root)
     warnings = list(warnings)
     session = _read_json(root / "session.json", warnings)
@@ -229,18 +343,25 @@ def totals(records: list[dict]) -> dict:
     return {k: c.get(k, 0) for k in OUTCOMES}
 
 
-def hypothesis_statistics(records: list[dict]) -> list[dict]:
-    """Per-test statistics of the examples Hypothesis ran (from the result streams)."""
+def hypothesis_statistics(records: list[dict], stop_reasons: dict[str, str] | None = None) -> list[dict]:
+    """Per-test statistics of the examples Hypothesis ran (from the result streams), with each
+    test's stop reason (from :func:`read_test_ends`, else the record's)."""
     per: dict[str, dict] = defaultdict(lambda: {"examples": 0, "passing": 0, "failing": 0, "invalid": 0,
                                                 "runtime_s": 0.0, "stop_reason": ""})
     for r in records:
         s = per[r.get("test", "?")]
+        if r.get("scope") == "test":  # a test skipped before any example ran
+            s["stop_reason"] = s["stop_reason"] or f"skipped: {r.get('reason') or ''}".strip()
+            continue
         s["examples"] += 1
         o = r.get("outcome")
         s["passing" if o == "pass" else "failing" if o in ("fail", "crash") else "invalid"] += 1
         s["runtime_s"] += float(r.get("duration_s") or 0.0)
         if r.get("stop_reason"):
             s["stop_reason"] = r["stop_reason"]
+    for t, reason in (stop_reasons or {}).items():
+        if t in per and reason:
+            per[t]["stop_reason"] = reason
     return [{"test": t, **v, "runtime_s": round(v["runtime_s"], 3)} for t, v in sorted(per.items())]
 
 
@@ -285,7 +406,7 @@ def finalize(results_dir: Path | str, workers: dict[str, dict] | None = None) ->
     if workers is not None:
         data["workers"] = workers
     write_session(results_dir, data)
-    stats = hypothesis_statistics(records)
+    stats = hypothesis_statistics(records, read_test_ends(results_dir))
     tmp = Path(results_dir) / "hypothesis.json.tmp"
     tmp.write_text(json.dumps(stats, indent=2))
     os.replace(tmp, Path(results_dir) / "hypothesis.json")

@@ -39,14 +39,26 @@ class Score:
     parent: str | None = None
     parent_outcome: str | None = None  # the parent backend on the minimized case
     notes: list[str] = field(default_factory=list)
+    budget_cut: bool = False           # the budget ended the search before every property was searched
+
+    @property
+    def verdict(self) -> str:
+        """The property that caught the mutant; SURVIVED only after a complete search; BUDGET SPENT
+        when the time budget cut the search short (not a statement about the oracle)."""
+        return self.caught_by or ("BUDGET SPENT" if self.budget_cut else "SURVIVED")
 
     @property
     def ok(self) -> bool:
         return self.caught_by is not None and self.parent_outcome in (None, "pass", "skip")
 
 
+class _BudgetSpent(Exception):
+    """The mutant's time budget ran out before this property found a failure."""
+
+
 class _Hunt:
-    def __init__(self):
+    def __init__(self, deadline: float = float("inf")):
+        self.deadline = deadline  # perf_counter time; checked before every example until a failure
         self.examples = 0
         self.first_fail_s: float | None = None
         self.first_fail_examples = 0
@@ -54,6 +66,8 @@ class _Hunt:
         self.last_reason = ""
 
     def __call__(self, trial: Trial) -> bool:
+        if self.first_fail_s is None and time.perf_counter() > self.deadline:
+            raise _BudgetSpent()
         self.examples += 1
         out = execute(trial)
         failed = out.status in ("fail", "crash")
@@ -82,12 +96,19 @@ def hunt(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Sc
     if expected in props:
         props.remove(expected)
         props.insert(0, expected)
+    if not budget_s > 0 or examples < 1:  # a verdict from no search would be a false SURVIVED
+        raise ValueError(f"budget_s={budget_s!r}, examples={examples!r}: expected budget_s > 0 and examples >= 1")
     t_all = time.perf_counter()
+    searched = 0
     for prop in props:
         remaining = budget_s - (time.perf_counter() - t_all)
         if remaining <= 0:
+            score.notes.append(f"budget of {budget_s:g} s spent after searching {searched} of {len(props)} "
+                               f"properties ({', '.join(props[:searched])})")
+            score.budget_cut = True
             break
-        h = _Hunt()
+        searched += 1
+        h = _Hunt(deadline=t_all + budget_s)
         cfg = settings(max_examples=examples, derandomize=True, database=None, deadline=None,
                        phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck),
                        report_multiple_bugs=False)
@@ -95,6 +116,11 @@ def hunt(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Sc
             minimal = find(suite.trials(m, prop, sizes), h, settings=cfg)
         except (NoSuchExample, Unsatisfiable):
             continue
+        except _BudgetSpent:
+            score.notes.append(f"budget of {budget_s:g} s spent while searching {prop} ({h.examples} examples; "
+                               f"{searched} of {len(props)} properties searched)")
+            score.budget_cut = True
+            break
         score.caught_by = prop
         score.examples = h.first_fail_examples
         score.seconds = round((h.t0 - t_all) + (h.first_fail_s or 0.0), 3)  # from the start of this mutant's hunt
@@ -204,16 +230,18 @@ def scoreboard(scores: list[Score]) -> str:
     head = f"{'mutant':<34} {'caught by':<20} {'examples':>8} {'seconds':>8}  {'parent':<6}  minimized case"
     lines = [head, "-" * len(head)]
     for s in scores:
-        caught = s.caught_by or "SURVIVED"
+        caught = s.verdict
         parent = (s.parent_outcome or "-")[:6]
         lines.append(f"{s.mutant:<34} {caught:<20} {s.examples:>8} {s.seconds:>8.2f}  {parent:<6}  {_minimized_text(s)}")
         for n in s.notes:
             lines.append(f"{'':<34} note: {n}")
-    survived = [s.mutant for s in scores if not s.caught_by]
+    survived = [s.mutant for s in scores if not s.caught_by and not s.budget_cut]
+    cut = [s.mutant for s in scores if not s.caught_by and s.budget_cut]
     alarms = [s.mutant for s in scores if s.caught_by and not s.ok]
     lines.append("")
-    lines.append(f"{len(scores) - len(survived)}/{len(scores)} mutants caught"
+    lines.append(f"{len(scores) - len(survived) - len(cut)}/{len(scores)} mutants caught"
                  + (f"; SURVIVED: {', '.join(survived)}" if survived else "")
+                 + (f"; not caught before the budget ran out (raise --budget): {', '.join(cut)}" if cut else "")
                  + (f"; parent backend failed the minimized case (false alarm): {', '.join(alarms)}" if alarms else ""))
     return "\n".join(lines)
 
@@ -239,7 +267,7 @@ def main(budget_s: float = 60.0, examples: int = 200, mutants: list[str] | None 
                       f"it: run `nvfp4-harness sanitize --selftest`", file=sys.stderr)
                 return 2
     scores = run(mutants, budget_s=budget_s, examples=examples,
-                 progress=lambda s: print(f"  {s.mutant}: {s.caught_by or 'SURVIVED'} "
+                 progress=lambda s: print(f"  {s.mutant}: {s.verdict} "
                                           f"({s.examples} examples, {s.seconds:.2f} s)", flush=True))
     print()
     print(scoreboard(scores))

@@ -41,7 +41,13 @@ def _pytest_cmd(results: Path, *args: str) -> list[str]:
             "--nvfp4-profile", "fuzz", "--nvfp4-results", str(results), *args]
 
 
+def _run(results: Path) -> Path:
+    """The session's run directory under a results root (ROOT/latest), once the session made it."""
+    return results / "latest" if (results / "latest").is_dir() else results
+
+
 def _records(results: Path) -> list[dict]:
+    results = _run(results)
     out = []
     for path in sorted(results.glob("results-*.jsonl")):
         for line in path.read_text().splitlines():
@@ -187,7 +193,7 @@ def test_campaign_fuzzes_past_the_example_cap_until_the_budget_is_spent(tmp_path
                                       "--nvfp4-examples", "2", "--nvfp4-budget", str(budget)),
                           env=_env(tmp_path), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    plan = json.loads((results / "campaign" / "plan.json").read_text())
+    plan = json.loads((_run(results) / "campaign" / "plan.json").read_text())
     cases = _cases(results)
 
     def end(r):  # when the case ended (the record's time, to the second)
@@ -250,13 +256,13 @@ def test_killed_worker_loses_nothing_and_ctrl_c_keeps_every_case_and_renders_the
                             cwd=str(ROOT))
     try:
         def victim():
-            for st in campaign.worker_states(results):
+            for st in campaign.worker_states(_run(results)):
                 if st.get("cases", 0) >= 2 and st.get("current"):
                     return st
             return None
 
         st = _wait_for(victim, 240, "a worker with 2 recorded cases", proc)
-        stream = results / f"results-{st['worker']}.jsonl"
+        stream = _run(results) / f"results-{st['worker']}.jsonl"
         before = stream.read_text().splitlines()
         os.kill(st["pid"], signal.SIGKILL)
         _wait_for(lambda: not campaign._alive(st["pid"]), 10, "the worker to die")
@@ -274,11 +280,11 @@ def test_killed_worker_loses_nothing_and_ctrl_c_keeps_every_case_and_renders_the
     assert "crashed" in out.lower() or "replacing" in out.lower(), out[-3000:]
     # every case the workers counted is in the results directory, and in the session's totals
     recorded = _cases(results)
-    assert sum(s["cases"] for s in campaign.worker_states(results)) == len(recorded)
-    session = json.loads((results / "session.json").read_text())
+    assert sum(s["cases"] for s in campaign.worker_states(_run(results))) == len(recorded)
+    session = json.loads((_run(results) / "session.json").read_text())
     assert session.get("finished")
     assert session["totals"]["pass"] + session["totals"]["fail"] + session["totals"]["crash"] == len(recorded)
-    assert (results / "campaign" / "stop").exists()
+    assert (_run(results) / "campaign" / "stop").exists()
     assert "report:" in out and "torch-emu" in (tmp_path / "report.html").read_text()
 
 
@@ -412,7 +418,7 @@ def test_two_nodes_share_one_redis_a_failure_is_replayed_first_and_reports_merge
                               text=True) for i, r in ((1, r1), (2, r2))]
     try:
         # both campaigns run side by side; each is stopped (SIGINT) once it has something to show
-        _wait_for(lambda: any((r1 / "cases").glob("*.json")) if (r1 / "cases").is_dir() else False,
+        _wait_for(lambda: any((_run(r1) / "cases").glob("*.json")) if (_run(r1) / "cases").is_dir() else False,
                   240, "node 1's minimized failure", nodes[0])
         _wait_for(lambda: len(_cases(r2)) >= 2, 240, "node 2's cases", nodes[1])
         for p in nodes:
@@ -424,7 +430,7 @@ def test_two_nodes_share_one_redis_a_failure_is_replayed_first_and_reports_merge
                 p.kill()
     assert nodes[0].returncode == 1, outs[0][-3000:]     # the mutant's failure
     assert nodes[1].returncode == 0, outs[1][-3000:]
-    case_paths = sorted((r1 / "cases").glob("*.json"))  # the first failure, and any found after it
+    case_paths = sorted((_run(r1) / "cases").glob("*.json"))  # the first failure, and any found after it
     # every failing example node 1 ran (shrink steps included): what its database can hold, since
     # Hypothesis saves a failure only after the test (and so its record) has run; node 1 is stopped
     # while it may still be shrinking, so the saved example can be newer than the case file

@@ -30,6 +30,7 @@ def found_case(tmp_path_factory) -> Path:
          "--nvfp4-results", str(results)],
         capture_output=True, text=True, cwd=REPO, timeout=900)
     assert res.returncode == 1, res.stdout[-3000:]  # the mutant fails
+    results = results / "latest"  # this session's run directory
     cases = sorted((results / "cases").glob("*.json"))
     assert len(cases) == 1, [c.name for c in cases]
     records = [json.loads(line) for f in results.glob("results-*.jsonl") for line in f.read_text().splitlines()]
@@ -48,7 +49,7 @@ def test_the_case_file_replays_bit_for_bit_with_one_command(found_case):
     # the correct parent backend passes the same case
     ok = cli("replay", str(found_case), "--backend", "triton-emu-8x4")
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "PASSES now" in ok.stdout
+    assert "PASSES on triton-emu-8x4" in ok.stdout and "PASSES now" not in ok.stdout
 
 
 def test_promote_turns_the_case_into_an_xfail_regression(found_case, tmp_path):

@@ -43,6 +43,7 @@ def test_sticky_cuda_error_is_a_crash_and_the_session_goes_on(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 1, out[-3000:]
     assert "crashed" in out and ("replacing crashed worker" in out or "worker 'gw0' crashed" in out), out[-3000:]
+    results = results / "latest"  # this session's run directory
     records = [json.loads(line) for f in results.glob("results-*.jsonl") for line in f.read_text().splitlines()]
     crashes = [r for r in records if r["outcome"] == "crash"]
     assert crashes and all(r["backend"] == "test-sticky-cuda-error" for r in crashes)
@@ -69,10 +70,12 @@ def test_workers_report_back_through_xdist_and_the_session_is_written_once(tmp_p
         capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
+    results = results / "latest"  # this session's run directory
     session = json.loads((results / "session.json").read_text())
     assert session["totals"]["pass"] >= 1 and session["totals"]["fail"] == 0
     (worker, info), = session["workers"].items()  # the one worker, from its workeroutput
     assert worker == "gw0" and info["worker"] == "gw0" and info["pid"] != os.getpid()
     assert info["environment"]["device"] == session["environment"]["device"]
     assert f"worker gw0: pid {info['pid']} on" in out
-    assert sorted(p.name for p in results.iterdir()) == ["cases", "hypothesis.json", "results-gw0.jsonl", "session.json"]
+    assert sorted(p.name for p in results.iterdir()) == ["cases", "hypothesis.json", "results-gw0.jsonl", "session.json",
+                                                         "tests-gw0.jsonl"]

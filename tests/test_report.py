@@ -66,7 +66,8 @@ def build_results_dir(root: Path) -> dict:
     """Write a results directory as two xdist workers would (gw1 dies mid-line) and return facts about it."""
     root.mkdir(parents=True, exist_ok=True)
     session = {"schema": "nvfp4-harness/session/1", "started": "2026-11-21T20:00:00Z",
-               "finished": "2026-11-21T20:12:34Z", "argv": ["nvfp4-harness", "fuzz", "--profile", "ci", "-n", "2"],
+               "finished": "2026-11-21T20:12:34Z", "argv": ["/repo/properties", "-p", "no:cacheprovider"],
+               "command": "nvfp4-harness fuzz --profile ci -n 2",
                "profile": "ci", "environment": ENV_H200,
                "workers": {"gw0": {"gpu": 0, "environment": ENV_H200}, "gw1": {"gpu": 1, "environment": ENV_H200}},
                "totals": {"pass": 0, "fail": 0, "skip": 0, "crash": 0}}
@@ -219,8 +220,16 @@ def _section(html: str, sid: str) -> str:
 def test_report_summary_and_environment(report) -> None:
     _, html, facts = report
     summary = _section(html, "summary")
-    for k, v in facts["totals"].items():
-        assert f'<div class="card {k}"><div class="big">{v}</div>{k}</div>' in summary
+    t = facts["totals"]
+    # cases and skipped tests are different units: counted apart (these skips ran no example)
+    assert f'<div class="card total"><div class="big">{sum(t.values()) - t["skip"]}</div>cases run</div>' in summary
+    for k, label in (("pass", "passed"), ("fail", "failed"), ("crash", "crashed")):
+        assert f'<div class="card {k}"><div class="big">{t[k]}</div>{label}</div>' in summary
+    assert '<div class="card skip"><div class="big">0</div>refused</div>' in summary
+    assert f'<div class="big">{t["skip"]}</div>tests skipped</div>' in summary and t["skip"] == 4
+    # the command row shows what the user typed, not pytest's argv
+    assert '<td class="mono">nvfp4-harness fuzz --profile ci -n 2</td>' in summary
+    assert "no:cacheprovider" not in summary
     assert "2026-11-21 20:00:00 UTC" in summary and "12 min 34 s" in summary
     env = _section(html, "environment")
     for text in ("NVIDIA H200", "SM90 (9.0)", "580.65.06", "2.11.0+cu130", "3.6.0", "0.7.2.post1"):
@@ -232,7 +241,8 @@ def test_report_outcome_matrix(report) -> None:
     _, html, _ = report
     matrix = _section(html, "matrix")
     table = re.search(r'<table class="matrix" id="outcome-matrix">(.*?)</table>', matrix, re.S).group(1)
-    rows = {re.search(r'</span>([^<]+?) <span class="level">', r).group(1): r
+    assert re.search(r'<div class="scroll-x">\s*<table class="matrix" id="outcome-matrix">', matrix)
+    rows = {re.search(r'</svg>([^<]+?) <span class="level">', r).group(1): r
             for r in re.findall(r"<tr>\s*<td class=\"backend\">.*?</tr>", table, re.S)}
     assert set(rows) == {"flashinfer-cutlass", "scaled-mm", "torch-emu", "triton-emu-128x4", "triton-emu-8x4",
                          "vllm-linear"}
@@ -244,7 +254,8 @@ def test_report_outcome_matrix(report) -> None:
     assert 'class="cell fail"' in row_iso and 'href="#f' in row_iso
     assert '<span class="n pass">2</span><span class="n fail">2</span>' in row_iso
     assert 'class="cell crash"' in rows["scaled-mm"]
-    assert 'class="cell skip"' in rows["flashinfer-cutlass"]
+    assert 'class="cell skip skipped-test"' in rows["flashinfer-cutlass"] and ">skipped</td>" in rows["flashinfer-cutlass"]
+    assert '<span class="muted">4 skipped</span>' in rows["flashinfer-cutlass"]
     # skip reasons, deduplicated with a count, and hostile text escaped
     assert "this GPU (NVIDIA H200) is SM90 <span class=\"count\">× 3</span>" in matrix
     assert HOSTILE not in html
@@ -255,16 +266,18 @@ def test_report_isolation_matrix(report) -> None:
     _, html, _ = report
     iso = _section(html, "isolation")
     table = re.search(r'<table class="isolation" id="iso-triton-emu-8x4">(.*?)</table>', iso, re.S).group(1)
-    assert [h for h in re.findall(r"<th>(\w+)</th>", table)] == ["nan", "max", "zero", "finite", "stale"]
+    # only the poison kinds and regions this backend was tested with: no always-empty row or column
+    assert [h for h in re.findall(r"<th>(\w+)</th>", table)] == ["nan", "max", "zero", "finite"]
     rows = dict(re.findall(r'<tr><td class="mono">(\w+)</td>(.*?)</tr>', table, re.S))
-    assert list(rows) == ["m_pad", "n_pad", "k_tail", "data", "stale_memory"]
+    assert list(rows) == ["m_pad", "n_pad", "k_tail"]
     m_pad = re.findall(r"<td class=\"cell (\w+)\"", rows["m_pad"])
-    assert m_pad == ["fail", "fail", "pass", "pass", "empty"]
-    assert re.findall(r"<td class=\"cell (\w+)\"", rows["n_pad"]) == ["pass"] * 4 + ["empty"]
+    assert m_pad == ["fail", "fail", "pass", "pass"]
+    assert re.findall(r"<td class=\"cell (\w+)\"", rows["n_pad"]) == ["pass"] * 4
+    assert re.findall(r"<td class=\"cell (\w+)\"", rows["k_tail"]) == ["pass", "empty", "empty", "empty"]
     assert 'id="iso-vllm-linear"' in iso  # stale-memory poisoning of the linear-level backend
     stale = re.search(r'id="iso-vllm-linear">(.*?)</table>', iso, re.S).group(1)
-    assert re.search(r'stale_memory</td>(?:<td class="cell empty"[^>]*>·</td>\s*){4}<td class="cell pass"',
-                     re.sub(r"\n\s*", "", stale))
+    assert re.findall(r"<th>(\w+)</th>", stale) == ["stale"]
+    assert re.search(r'stale_memory</td><td class="cell pass"', re.sub(r"\n\s*", "", stale))
 
 
 def test_report_failures_with_replay_and_grid(report) -> None:
@@ -353,6 +366,9 @@ def test_report_error_plots(report) -> None:
     assert "(log2)" in plots[0] and "m (rows)" in plots[0] and ">K (log2)" in plots[1]
     for backend in ("torch-emu", "triton-emu-128x4", "triton-emu-8x4"):
         assert backend in errors
+    # the plot says why correct backends sit near the bound (output rounding dominates it)
+    note = re.search(r'<p class="legend-line" id="bound-note">(.*?)</p>', errors, re.S).group(1)
+    assert "rounding" in note and "error_bound" in note
 
 
 def test_report_hypothesis_and_warnings(report, results) -> None:
@@ -540,3 +556,108 @@ def test_report_renders_in_chromium_without_network(report, tmp_path: Path) -> N
         dest = REPO / "reports" / "screenshot.png"
         dest.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, dest)
+
+
+# ----------------------------------------------------------------------------------------------
+# A report of many backends: distinct series, collapsed skipped tests, no overflow in a browser
+# ----------------------------------------------------------------------------------------------
+
+def build_wide_results_dir(root: Path) -> list[str]:
+    """Every registered backend and mutant (40+) x every property of its level, a long failure, and
+    tests skipped before any example: the widest report a real run produces."""
+    from harness.backends import registry
+    from harness.trial import properties_for
+
+    root.mkdir(parents=True, exist_ok=True)
+    backends = registry.all_backends(include_mutants=True)
+    recs, hyp, n = [], [], 0
+    for b in backends:
+        for prop in properties_for(b):
+            n += 1
+            test = f"properties/test_properties.py::test_property[{b.name}::{prop}]"
+            if b.name.startswith("flashinfer"):
+                r = _record("gw0", n, b.name, prop, "skip", level=b.level, reason="needs SM100+; this GPU is SM90")
+                r.update(scope="test", test=test)
+                recs.append(r)
+                hyp.append({"test": test, "examples": 0, "passing": 0, "failing": 0, "invalid": 0, "runtime_s": 0,
+                            "stop_reason": "skipped: needs SM100+"})
+                continue
+            for i in range(2):
+                r = _record("gw0", n * 10 + i, b.name, prop, "pass", level=b.level, m=1 + 37 * i, k=16 << i,
+                            measure={"max_err_units": 0.9 - 0.1 * i} if prop == "reference_agreement" else
+                            {"region": "m_pad", "poison_kind": "nan"} if prop == "row_isolation" else {},
+                            poison={"m_pad": 0x7F} if prop == "row_isolation" else None)
+                r.update(scope="case", test=test)
+                recs.append(r)
+            hyp.append({"test": test, "examples": 2, "passing": 2, "failing": 0, "invalid": 0, "runtime_s": 0.1,
+                        "stop_reason": "settings.max_examples=2"})
+    long_reason = "max error " + "x".join(str(i) for i in range(200)) + " bound units"
+    r = _record("gw0", 99_999, backends[-1].name, "reference_agreement", "fail", reason=long_reason,
+                measure={"max_err_units": 3.5})
+    r.update(scope="case")
+    recs.append(r)
+    (root / "results-gw0.jsonl").write_text("".join(json.dumps(x) + "\n" for x in recs))
+    (root / "session.json").write_text(json.dumps({
+        "schema": "nvfp4-harness/session/1", "started": "2026-11-21T20:00:00Z", "finished": "2026-11-21T20:01:00Z",
+        "command": "nvfp4-harness fuzz --budget 900 " + " ".join(f"--plugin /very/long/path/plugin{i}.py" for i in range(12)),
+        "profile": "fuzz", "environment": ENV_H200}))
+    (root / "hypothesis.json").write_text(json.dumps(hyp))
+    return [b.name for b in backends]
+
+
+def test_series_styles_are_distinct_for_many_backends() -> None:
+    from harness.report.svg import series_styles
+
+    for count in (32, 40, 50, 75):
+        names = [f"backend-{i}" for i in range(count)]
+        styles = series_styles(names)
+        assert len(set(styles.values())) == count, count
+
+
+def test_wide_report_collapses_skipped_tests_and_encodes_backends(tmp_path: Path) -> None:
+    names = build_wide_results_dir(tmp_path / "run")
+    assert len(names) >= 32
+    html = render_report(tmp_path / "run", tmp_path / "r.html").read_text()
+    matrix = _section(html, "matrix")
+    markers = re.findall(r'<td class="backend">(<svg class="marker".*?</svg>)', matrix, re.S)
+    assert len(markers) == len(names) == len(set(markers))  # one distinct colour + marker per backend
+    hyp = _section(html, "hypothesis")
+    table = re.search(r'<table id="hypothesis-table">(.*?)</table>', hyp, re.S).group(1)
+    skipped = [n for n in names if n.startswith("flashinfer")]
+    assert skipped and not any(f"[{n}::" in table for n in skipped)  # collapsed, not ~170 rows
+    n_skipped = int(re.search(r"<summary>(\d+) tests skipped before any example", hyp).group(1))
+    assert n_skipped == len(re.findall(r'"scope": "test"', (tmp_path / "run" / "results-gw0.jsonl").read_text()))
+    assert "settings.max_examples=2" in table  # each run test shows its stop reason
+
+
+@needs_chromium
+@pytest.mark.parametrize("wide", [True, False], ids=["42-backends", "small-run"])
+def test_report_has_no_horizontal_overflow_at_1280_and_1920_px(tmp_path: Path, wide: bool) -> None:
+    from harness.report.browser import check_overflow
+
+    if wide:
+        build_wide_results_dir(tmp_path / "run")
+    else:
+        build_results_dir(tmp_path / "run")
+    page = render_report(tmp_path / "run", tmp_path / "r.html")
+    shots = Path(os.environ["NVFP4_REPORT_SCREENSHOTS"]) if os.environ.get("NVFP4_REPORT_SCREENSHOTS") else None
+    for check in check_overflow(page, (1280, 1920), screenshots=shots):
+        assert check.overflow == [], (check.width, check.overflow)
+
+
+@needs_chromium
+def test_overflow_check_catches_an_overflowing_table(tmp_path: Path) -> None:
+    """Positive control: the same report, its matrix without the scroll container and wider than
+    the window (as many large counts make it), is caught overflowing its card."""
+    from harness.report.browser import check_overflow
+
+    build_wide_results_dir(tmp_path / "run")
+    page = render_report(tmp_path / "run", tmp_path / "r.html")
+    html = page.read_text()
+    assert ".scroll-x { overflow-x:auto; max-width:100%; }" in html
+    broken = tmp_path / "broken.html"
+    broken.write_text(html.replace(".scroll-x { overflow-x:auto; max-width:100%; }", "")
+                      .replace("table.matrix td.cell {", "table.matrix { min-width:1800px; } table.matrix td.cell {"))
+    check = check_overflow(broken, (1280,))[0]
+    assert any(line.startswith("#matrix") for line in check.overflow), check.overflow
+    assert check_overflow(page, (1280,))[0].overflow == []  # and the real page, with them, does not

@@ -57,6 +57,8 @@ class Requirements:
     n_align: int = 1                                     # the weight's N is padded to this
     k_align: int = 16                                    # K (both operands) is padded to this
     out_dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
+    # input dtypes a quantizer accepts (the property suite draws only these)
+    in_dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
     m_max: int | None = None
     m_align: int = 1
     shuffled_weight: bool = False                        # TRT-LLM shuffle_matrix_a / _sf_a
@@ -123,6 +125,7 @@ class Backend(abc.ABC):
             "k_align": req.k_align,
             "m_max": req.m_max,
             "out_dtypes": [str(d).replace("torch.", "") for d in req.out_dtypes],
+            "in_dtypes": [str(d).replace("torch.", "") for d in req.in_dtypes],
             "compute_capabilities": sorted(req.compute_capabilities) if req.compute_capabilities else None,
             "packages": list(req.packages),
             "activation": req.activation,

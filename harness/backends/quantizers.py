@@ -103,7 +103,7 @@ class FlashInferQuantizer(QuantizerBackend):
         self.description = (f"flashinfer.fp4_quantize, {layout.value} scales (is_sf_swizzled_layout="
                             f"{layout is not L.LINEAR}, is_sf_8x4_layout={layout is L.SWIZZLED_8x4}); CUDA only")
         self.requirements = Requirements(compute_capabilities=FLASHINFER_QUANT_CCS, packages=("flashinfer",),
-                                         a_layouts=(layout,), w_layout=layout)
+                                         a_layouts=(layout,), w_layout=layout, in_dtypes=self.INPUT_DTYPES)
 
     def support(self, env: "Environment") -> Support:
         fi, err = import_flashinfer()
@@ -212,7 +212,8 @@ class TorchaoQuantizer(QuantizerBackend):
         self.name = name
         self.description = ("torchao.prototype.mx_formats nvfp4_quantize (per_tensor_scale = 1/gs, the decode "
                             f"multiplier), linear scales swizzled to {layout.value}; CPU or GPU")
-        self.requirements = Requirements(runs_on_cpu=True, packages=("torchao",), a_layouts=(layout,), w_layout=layout)
+        self.requirements = Requirements(runs_on_cpu=True, packages=("torchao",), a_layouts=(layout,), w_layout=layout,
+                                         in_dtypes=self.INPUT_DTYPES)
 
     @staticmethod
     def per_tensor_scale(global_scale: torch.Tensor) -> torch.Tensor:

@@ -93,7 +93,11 @@ def _from_module(mod, origin: str) -> list[Backend]:
 def load_plugin(spec: str) -> list[Backend]:
     """Register the backends of a plugin given as a module name or a path to a ``.py`` file."""
     path = Path(spec)
-    if spec.endswith(".py") or path.exists():
+    module_name = all(part.isidentifier() for part in spec.split("."))
+    if path.is_dir() and not module_name:
+        raise PluginError(f"--plugin {spec!r} is a directory: expected a .py file that defines backends() "
+                          f"or an importable module name")
+    if spec.endswith(".py") or (path.exists() and not path.is_dir()):
         if not path.is_file():
             raise PluginError(f"--plugin {spec!r}: no such file")
         name = f"nvfp4_harness_plugin_{path.stem}"
@@ -111,8 +115,15 @@ def load_plugin(spec: str) -> list[Backend]:
             mod = importlib.import_module(spec)
         except ImportError as exc:
             raise PluginError(f"--plugin {spec!r}: no module of that name can be imported ({exc})") from exc
+        except Exception as exc:  # the plugin's own code raised while being imported
+            raise PluginError(f"--plugin {spec!r}: importing it raised {type(exc).__name__}: {exc}") from exc
     _ensure_loaded()
-    found = _from_module(mod, f"plugin {spec!r}")
+    try:
+        found = _from_module(mod, f"plugin {spec!r}")
+    except PluginError:
+        raise
+    except Exception as exc:  # its backends() raised
+        raise PluginError(f"--plugin {spec!r}: its backends() raised {type(exc).__name__}: {exc}") from exc
     for b in found:
         register(b, replace=True)
     return found
@@ -132,6 +143,9 @@ def _ensure_loaded() -> None:
     if _LOADED:
         return
     _LOADED = True
+    # the Triton interpreter is chosen when harness.kernels is imported, and that must happen before
+    # any backend module imports triton (Triton reads the choice once; see harness/kernels/__init__.py)
+    importlib.import_module("harness.kernels")
     for modname in BUILTIN_MODULES + (MUTANT_MODULE,):
         try:
             mod = importlib.import_module(modname)

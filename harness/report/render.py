@@ -23,7 +23,7 @@ def _environment() -> jinja2.Environment:
         loader=jinja2.FileSystemLoader(str(Path(__file__).parent)),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["slug"] = _slug
-    env.filters["wbr"] = lambda s: Markup(str(escape(s)).replace("_", "_<wbr>"))  # long names wrap at "_"
+    env.filters["wbr"] = lambda s: Markup(re.sub(r"([_\[+,])", r"\1<wbr>", str(escape(s))))  # long names wrap
     return env
 
 

@@ -25,7 +25,54 @@ OUTCOME_COLORS = {"pass": "#16a34a", "fail": "#dc2626", "crash": "#7c3aed", "ski
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#ff9da7",
            "#e15759", "#bab0ac", "#1f3a93", "#8c6d1f", "#17becf", "#6b3e26", "#bcbd22", "#d62790",
            "#3f3f3f", "#2ca02c", "#9467bd", "#ff7f0e")
-"""One colour per backend (Tableau 10, then ten more), cycled when there are more backends."""
+"""Series colours (Tableau 10, then ten more)."""
+MARKERS = ("circle", "square", "triangle", "diamond", "triangle-down")
+"""Marker shapes; a series is a (colour, marker) pair, so 32 backends never share a look."""
+_STYLE_COLORS = PALETTE[:10]
+
+
+def series_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """A distinct (colour, marker) pair for every name, in the given order: ten colours times five
+    markers give 50 pairs; beyond that the colours continue around the hue circle (golden-angle
+    steps), so no two series ever share both colour and marker."""
+    out: dict[str, tuple[str, str]] = {}
+    n_pairs = len(_STYLE_COLORS) * len(MARKERS)
+    for i, name in enumerate(names):
+        marker = MARKERS[(i // len(_STYLE_COLORS)) % len(MARKERS)]
+        if i < n_pairs:
+            color = _STYLE_COLORS[i % len(_STYLE_COLORS)]
+        else:
+            hue = ((i - n_pairs) * 137.508) % 360
+            color = f"hsl({hue:.1f}, 62%, {38 + 14 * (((i - n_pairs) // 7) % 2)}%)"
+        out[name] = (color, marker)
+    return out
+
+
+def _marker_shape(marker: str, cx: float, cy: float, r: float, attrs: str, tip: str = "") -> str:
+    if marker == "square":
+        return (f'<rect x="{_f(cx - r * 0.9)}" y="{_f(cy - r * 0.9)}" width="{_f(1.8 * r)}" height="{_f(1.8 * r)}" '
+                f'{attrs}>{tip}</rect>')
+    if marker in ("triangle", "triangle-down", "diamond"):
+        if marker == "triangle":
+            pts = [(cx, cy - 1.2 * r), (cx + 1.1 * r, cy + 0.8 * r), (cx - 1.1 * r, cy + 0.8 * r)]
+        elif marker == "triangle-down":
+            pts = [(cx, cy + 1.2 * r), (cx + 1.1 * r, cy - 0.8 * r), (cx - 1.1 * r, cy - 0.8 * r)]
+        else:
+            pts = [(cx, cy - 1.25 * r), (cx + 1.1 * r, cy), (cx, cy + 1.25 * r), (cx - 1.1 * r, cy)]
+        return f'<polygon points="{" ".join(f"{_f(x)},{_f(y)}" for x, y in pts)}" {attrs}>{tip}</polygon>'
+    return f'<circle cx="{_f(cx)}" cy="{_f(cy)}" r="{_f(r)}" {attrs}>{tip}</circle>'
+
+
+def marker_svg(style: tuple[str, str] | str, size: float = 12) -> Markup:
+    """A small inline picture of a series' colour and marker (legends, table rows)."""
+    color, marker = (style, "circle") if isinstance(style, str) else style
+    r = size * 0.36
+    return Markup(f'<svg class="marker" width="{_f(size)}" height="{_f(size)}" viewBox="0 0 {_f(size)} {_f(size)}" '
+                  f'aria-hidden="true">{_marker_shape(marker, size / 2, size / 2, r, f"fill={_q(color)}")}</svg>')
+
+
+def _q(v: str) -> str:
+    return '"' + str(escape(v)) + '"'
 
 _MAX_GRID_CELLS = 60_000
 _FONT = 'font-family="system-ui, sans-serif" font-size="11"'
@@ -237,7 +284,7 @@ def _x_label(e: int) -> str:
     return f"{v // 1024}k" if v >= 4096 and v % 1024 == 0 else str(v)
 
 
-def scatter_svg(points: Sequence[Point], colors: Mapping[str, str], *, x_label: str, y_label: str,
+def scatter_svg(points: Sequence[Point], colors: Mapping[str, str | tuple[str, str]], *, x_label: str, y_label: str,
                 bound: float | None = 1.0, width: float = 580, height: float = 340) -> Markup:
     """A log2(x) / log10(y) scatter plot; non-finite y values sit in a band above the plot and values
     below the axis floor on its bottom edge.  ``bound`` draws a dashed horizontal line."""
@@ -289,15 +336,15 @@ def scatter_svg(points: Sequence[Point], colors: Mapping[str, str], *, x_label: 
         if p.x <= 0:
             continue
         cx = px(math.log2(p.x) + offset[p.series])
-        color = colors.get(p.series, "#6b7280")
+        style = colors.get(p.series, "#6b7280")
+        color, marker = (style, "circle") if isinstance(style, str) else style
         tip = f"<title>{escape(p.label)}</title>" if p.label else ""
         if p.y is None or not math.isfinite(p.y):
             out.append(f'<path d="M{_f(cx - 4)} {_f(band - 4)}l8 8m0 -8l-8 8" stroke="{color}" '
                        f'stroke-width="2">{tip}</path>')
             continue
         stroke = ' stroke="#111827" stroke-width="1.2"' if p.failed else ""
-        out.append(f'<circle cx="{_f(cx)}" cy="{_f(py(p.y))}" r="3.6" fill="{color}" fill-opacity="0.75"'
-                   f'{stroke}>{tip}</circle>')
+        out.append(_marker_shape(marker, cx, py(p.y), 3.6, f'fill={_q(color)} fill-opacity="0.75"{stroke}', tip))
     out.append(f'<text x="{_f(ml + pw / 2)}" y="{_f(height - 6)}" text-anchor="middle">{escape(x_label)} '
                f'(log2)</text>')
     out.append(f'<text transform="translate(14 {_f(mt + ph / 2)}) rotate(-90)" text-anchor="middle">'

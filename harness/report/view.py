@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 from markupsafe import Markup
 
 from harness.problem import POISON_KINDS, POISON_REGIONS, REGIONS, poison_kind
-from harness.report.svg import (OUTCOME_COLORS, PALETTE, GridError, Point, grid_legend_svg, grid_svg,
-                                outcome_bar_svg, parse_grid, scatter_svg)
-from harness.results import RunData, accepted_overflow, natural_key
+from harness.report.svg import (OUTCOME_COLORS, GridError, Point, grid_legend_svg, grid_svg, marker_svg,
+                                outcome_bar_svg, parse_grid, scatter_svg, series_styles)
+from harness.results import RunData, accepted_overflow, is_test_skip, natural_key
 from harness.sanitizer.findings import Finding
 from harness.trial import ISOLATION_PROPERTIES, OUTCOMES, PROPERTIES, json_number
 
@@ -282,32 +282,38 @@ def build_context(run: RunData) -> dict[str, Any]:
 
     Problems found on the way (totals that disagree with session.json, missing case files, records
     that name no poisoned region, grids that cannot be drawn) go into ``warnings``, never raise."""
-    records = run.records
+    all_records = run.records
     warnings = list(run.warnings)
     session = run.session or {}
-    totals = _counts(records)
+    test_skips = [r for r in all_records if is_test_skip(r)]
+    records = [r for r in all_records if not is_test_skip(r)]  # executed cases only
+    totals = _counts(records)  # cases (a "skip" here is an example the backend refused)
 
     # the run's time
     started, finished = _parse_time(session.get("started")), _parse_time(session.get("finished"))
-    rec_times = sorted(t for t in (_parse_time(r.get("time")) for r in records) if t is not None)
+    rec_times = sorted(t for t in (_parse_time(r.get("time")) for r in all_records) if t is not None)
     if started is None and rec_times:
         started = rec_times[0]
     duration = _duration((finished - started).total_seconds()) if started and finished else None
     session_totals = session.get("totals") if isinstance(session.get("totals"), Mapping) else None
     if session_totals:
-        differs = {k: (session_totals.get(k, 0), totals[k]) for k in OUTCOMES if session_totals.get(k, 0) != totals[k]}
+        read = _counts(all_records)
+        differs = {k: (session_totals.get(k, 0), read[k]) for k in OUTCOMES if session_totals.get(k, 0) != read[k]}
         if differs:
             warnings.append("session.json totals differ from the records read: " + ", ".join(
                 f"{k} {a} vs {b}" for k, (a, b) in differs.items()) + " (records lost to a crash or a truncated line?)")
 
     # backends x properties
-    backends = sorted({str(r.get("backend", "?")) for r in records})
-    colors = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(backends)}
-    props = _property_order(str(r.get("property", "?")) for r in records)
+    backends = sorted({str(r.get("backend", "?")) for r in all_records})
+    styles = series_styles(backends)  # a distinct (colour, marker) per backend, however many
+    markers = {b: marker_svg(st) for b, st in styles.items()}
+    props = _property_order(str(r.get("property", "?")) for r in all_records)
     by_cell: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    skipped_cell: dict[tuple[str, str], list[dict]] = defaultdict(list)
     levels: dict[str, str] = {}
-    for r in records:
-        by_cell[(str(r.get("backend", "?")), str(r.get("property", "?")))].append(r)
+    for r in all_records:
+        key = (str(r.get("backend", "?")), str(r.get("property", "?")))
+        (skipped_cell if is_test_skip(r) else by_cell)[key].append(r)
         levels.setdefault(str(r.get("backend", "?")), str(r.get("level", "")))
 
     # failures: records with outcome fail/crash, joined with their case files; unreferenced case files too
@@ -336,12 +342,20 @@ def build_context(run: RunData) -> dict[str, Any]:
         cells = []
         for p in props:
             c = _counts(by_cell.get((b, p), []))
-            cells.append({"counts": c, "cls": _cell_class(c), "link": first_failure.get((b, p)),
-                          "title": f"{b} · {p}: " + ", ".join(f"{v} {k}" for k, v in c.items() if v)})
+            skipped = skipped_cell.get((b, p), [])
+            cls = _cell_class(c)
+            title = f"{b} · {p}: " + ", ".join(f"{v} {'refused' if k == 'skip' else k}" for k, v in c.items() if v)
+            if skipped and cls == "empty":
+                cls = "skip"
+                title = f"{b} · {p}: test skipped: {skipped[0].get('reason') or '(no reason given)'}"
+            cells.append({"counts": c, "cls": cls, "link": first_failure.get((b, p)), "title": title,
+                          "test_skipped": bool(skipped) and not any(c.values())})
         skips = Counter(str(r.get("reason") or "(no reason given)") for p in props
-                        for r in by_cell.get((b, p), []) if r.get("outcome") == "skip")
-        matrix.append({"backend": b, "level": levels.get(b, ""), "color": colors[b], "cells": cells,
+                        for r in skipped_cell.get((b, p), []) + [x for x in by_cell.get((b, p), [])
+                                                                 if x.get("outcome") == "skip"])
+        matrix.append({"backend": b, "level": levels.get(b, ""), "marker": markers[b], "cells": cells,
                        "totals": _counts(r for p in props for r in by_cell.get((b, p), [])),
+                       "tests_skipped": sum(len(skipped_cell.get((b, p), [])) for p in props),
                        "skip_reasons": skips.most_common()})
 
     # isolation: backend x region x poison kind
@@ -373,7 +387,12 @@ def build_context(run: RunData) -> dict[str, Any]:
                                   f"{v} {k}" for k, v in c.items() if v) or "not tested")
                               + (f" ({', '.join(props_seen)})" if props_seen else "")})
             rows.append({"region": region, "cells": cells})
-        isolation.append({"backend": b, "color": colors.get(b, "#6b7280"), "kinds": kinds, "rows": rows})
+        # rows and columns that are empty for every cell carry no information: left out
+        keep_cols = [j for j in range(len(kinds)) if any(row["cells"][j]["cls"] != "empty" for row in rows)]
+        rows = [{"region": row["region"], "cells": [row["cells"][j] for j in keep_cols]}
+                for row in rows if any(row["cells"][j]["cls"] != "empty" for j in keep_cols)]
+        isolation.append({"backend": b, "marker": markers.get(b, ""), "kinds": [kinds[j] for j in keep_cols],
+                          "rows": rows})
 
     # differences from the reference quantizer that pass: legitimate rounding choices and the design
     # differences a backend declares (harness.checks.DESIGN_DIFFERENCES), summed per backend
@@ -404,20 +423,34 @@ def build_context(run: RunData) -> dict[str, Any]:
     plots = None
     if pts_m or pts_k:
         plots = {
-            "m": scatter_svg(pts_m, colors, x_label="m (rows)", y_label="max error / bound"),
-            "k": scatter_svg(pts_k, colors, x_label="K", y_label="max error / bound"),
+            "m": scatter_svg(pts_m, styles, x_label="m (rows)", y_label="max error / bound"),
+            "k": scatter_svg(pts_k, styles, x_label="K", y_label="max error / bound"),
             "n_points": len(pts_m), "nonfinite": nonfinite,
-            "legend": [(b, colors[b]) for b in plot_backends],
+            "legend": [(b, markers[b]) for b in plot_backends],
         }
 
     # Hypothesis
     hyp_cols = ["test", "examples", "passing", "failing", "invalid", "runtime_s", "stop_reason"]
     hypothesis = None
+    hypothesis_skipped: list[tuple[str, int]] = []
     if run.hypothesis is not None:
-        hypothesis = [[_fmt_cell(row.get(c), c) for c in hyp_cols] for row in run.hypothesis]
+        # a test whose only record is its skip ran no example: counted by reason, not listed
+        skipped_tests = {str(r.get("test")): str(r.get("reason") or "(no reason given)") for r in test_skips}
+        ran = {str(r.get("test")) for r in records}
+        hypothesis, reasons = [], Counter()
+        for row in run.hypothesis:
+            test = str(row.get("test"))
+            if test in skipped_tests and test not in ran:
+                reasons[skipped_tests[test]] += 1
+                continue
+            hypothesis.append([_fmt_cell(row.get(c), c) for c in hyp_cols])
+        hypothesis_skipped = reasons.most_common()
 
     env = session.get("environment") if isinstance(session.get("environment"), Mapping) else None
     total_time = sum(json_number(r.get("duration_s")) or 0.0 for r in records)
+    command = session.get("command") if isinstance(session.get("command"), str) else None
+    if command is None and session.get("argv"):
+        command = shlex.join(["python", "-m", "pytest", *(str(a) for a in session.get("argv") or [])])
     return {
         "title": "NVFP4 harness report",
         "results_dir": str(run.results_dir),
@@ -425,8 +458,9 @@ def build_context(run: RunData) -> dict[str, Any]:
         "started": started.strftime("%Y-%m-%d %H:%M:%S UTC") if started else None,
         "finished": finished.strftime("%Y-%m-%d %H:%M:%S UTC") if finished else None,
         "duration": duration, "profile": session.get("profile"),
-        "argv": " ".join(str(a) for a in session.get("argv") or []) or None,
-        "totals": totals, "n_records": len(records), "test_time": _duration(total_time),
+        "argv": command,
+        "totals": totals, "n_records": len(records), "n_test_skips": len(test_skips),
+        "test_time": _duration(total_time),
         "outcome_bar": outcome_bar_svg(totals), "outcome_colors": OUTCOME_COLORS,
         "environment": _env_rows(env), "workers": _worker_rows(run.session, records),
         "properties": props, "matrix": matrix,
@@ -435,10 +469,10 @@ def build_context(run: RunData) -> dict[str, Any]:
         "differences": differences,
         "accepted_overflow": accepted_overflow(records),
         "plots": plots,
-        "hypothesis": hypothesis, "hypothesis_cols": hyp_cols,
+        "hypothesis": hypothesis, "hypothesis_cols": hyp_cols, "hypothesis_skipped": hypothesis_skipped,
         "n_cases": len(run.cases),
         "tracking": _tracking_view(run.tracking),
-        "verified": _verified_view(records, warnings),
+        "verified": _verified_view(all_records, warnings),
         "warnings": warnings,
     }
 
