@@ -42,9 +42,17 @@ class Score:
     budget_cut: bool = False           # the budget ended the search before every property was searched
 
     @property
+    def ran(self) -> bool:
+        """False when the mutant cannot run on this machine (e.g. its library is not installed)."""
+        return not any(n.startswith("cannot run here") for n in self.notes)
+
+    @property
     def verdict(self) -> str:
         """The property that caught the mutant; SURVIVED only after a complete search; BUDGET SPENT
-        when the time budget cut the search short (not a statement about the oracle)."""
+        when the time budget cut the search short and CANNOT RUN HERE when no search was possible
+        (neither is a statement about the oracle)."""
+        if not self.ran:
+            return "CANNOT RUN HERE"
         return self.caught_by or ("BUDGET SPENT" if self.budget_cut else "SURVIVED")
 
     @property
@@ -235,11 +243,13 @@ def scoreboard(scores: list[Score]) -> str:
         lines.append(f"{s.mutant:<34} {caught:<20} {s.examples:>8} {s.seconds:>8.2f}  {parent:<6}  {_minimized_text(s)}")
         for n in s.notes:
             lines.append(f"{'':<34} note: {n}")
-    survived = [s.mutant for s in scores if not s.caught_by and not s.budget_cut]
-    cut = [s.mutant for s in scores if not s.caught_by and s.budget_cut]
+    idle = [s.mutant for s in scores if not s.ran]
+    survived = [s.mutant for s in scores if s.ran and not s.caught_by and not s.budget_cut]
+    cut = [s.mutant for s in scores if s.ran and not s.caught_by and s.budget_cut]
     alarms = [s.mutant for s in scores if s.caught_by and not s.ok]
     lines.append("")
-    lines.append(f"{len(scores) - len(survived) - len(cut)}/{len(scores)} mutants caught"
+    lines.append(f"{len(scores) - len(survived) - len(cut) - len(idle)}/{len(scores) - len(idle)} mutants caught"
+                 + (f" ({len(idle)} cannot run here: {', '.join(idle)})" if idle else "")
                  + (f"; SURVIVED: {', '.join(survived)}" if survived else "")
                  + (f"; not caught before the budget ran out (raise --budget): {', '.join(cut)}" if cut else "")
                  + (f"; parent backend failed the minimized case (false alarm): {', '.join(alarms)}" if alarms else ""))
@@ -275,6 +285,6 @@ def main(budget_s: float = 60.0, examples: int = 200, mutants: list[str] | None 
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({"environment": e.to_dict(), "budget_s": budget_s,
                                         "scores": [asdict(s) for s in scores]}, indent=2))
-    runnable = [s for s in scores if not any(n.startswith("cannot run here") for n in s.notes)]
+    runnable = [s for s in scores if s.ran]
     bad = [s for s in runnable if not s.ok or s.seconds > budget_s]
     return 1 if bad or not runnable else 0

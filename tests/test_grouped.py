@@ -17,6 +17,9 @@ from harness.grouped.problem import GroupedPoison, GroupedProblem, GroupedTrial
 from harness.grouped.reference import grouped_error_bound, reference_grouped
 from harness.oracle import Precision
 
+# where the harness's kernels run: compiled on a GPU node, under the Triton interpreter on a CPU
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 SPLITS = {
     "zero first": [0, 2, 3, 1],
     "zero middle": [2, 0, 3, 1],
@@ -57,11 +60,11 @@ def test_problem_rejects_bad_fields_naming_them(field, value):
 def test_case_file_round_trip_replays_bit_for_bit(tmp_path):
     trial = GroupedTrial("grouped-triton-emu", "token_isolation", _problem(SPLITS["zero middle"], input_scales="static"),
                          GroupedPoison(group_row_pad=0x7F, n_pad=0x7E, victim=2, victim_byte=0x08))
-    ops = build_grouped_operands(trial.problem, trial.poison)
+    ops = build_grouped_operands(trial.problem, trial.poison, device=DEVICE)
     path = save_case(tmp_path / "c.json", trial, ops.digest())
     again, digest = load_case(path)
     assert again == trial and json.loads(path.read_text())["level"] == "grouped"
-    ops2 = build_grouped_operands(again.problem, again.poison)
+    ops2 = build_grouped_operands(again.problem, again.poison, device=DEVICE)
     assert ops2.digest() == digest
     b = registry.get("grouped-triton-emu")
     assert torch.equal(b.run(ops).view(torch.int16), b.run(ops2).view(torch.int16))
@@ -103,7 +106,7 @@ def test_grouped_buffer_equals_per_group_reference_bytes_and_names_padding(name)
 
 def test_128_aligned_splits_have_no_group_row_padding():
     p = GroupedProblem.from_splits([128, 0, 128], 1, n=16, k=16, row_align=128)
-    ops = build_grouped_operands(p)
+    ops = build_grouped_operands(p, device=DEVICE)
     assert ops.a.row_offsets == (0, 128, 128, 256) and ops.a.sf_row_offsets == ops.a.row_offsets
     assert not bool((ops.a.padding_map() == GroupedRegion.GROUP_ROW_PAD).any())
     assert execute(GroupedTrial("grouped-triton-emu", "reference_agreement", p)).status == "pass"
@@ -111,7 +114,7 @@ def test_128_aligned_splits_have_no_group_row_padding():
 
 def test_reference_applies_routing_weights_and_bound_is_tight():
     p = _problem([1, 2, 1], top_k=2, n=16, k=32, row_align=(1, 1, 1))
-    ops = build_grouped_operands(p)
+    ops = build_grouped_operands(p, device=DEVICE)
     ref = reference_grouped(ops)
     t = 0
     want = sum(w * ref.per_expert[e].value[[tt for tt, _ in p.sections()[e]].index(t)]
@@ -139,7 +142,7 @@ def test_per_expert_view_names_the_expert_a_bug_touches():
     from harness.grouped.checks import reference_agreement
 
     p = GroupedProblem.from_splits([2, 0, 3], 1, n=40, k=32, seed=2, row_align=(1, 1, 1))
-    ops = build_grouped_operands(p)
+    ops = build_grouped_operands(p, device=DEVICE)
     good = reference_agreement(registry.get("grouped-triton-emu"), ops).measure["per_expert"]
     assert [v["tokens"] for v in good] == [2, 0, 3] and good[1]["max_err_units"] is None
     assert all(v["max_err_units"] <= 1 for v in good if v["tokens"])

@@ -61,7 +61,7 @@ class _WritesPastScales(QuantizerBackend):
     def quantize(self, x, global_scale):
         rows, k = x.shape
         out = quantize_into(x, global_scale.reshape(1).float(), self.layout, data_rows=rows, data_k=k)
-        st = torch.empty(0, dtype=torch.uint8).set_(global_scale.untyped_storage())
+        st = torch.empty(0, dtype=torch.uint8, device=global_scale.device).set_(global_scale.untyped_storage())
         st[global_scale.storage_offset() * 4 + 4] = 0
         return out
 

@@ -82,3 +82,21 @@ def test_padding_map_names_weight_rows_as_n_padding():
 def test_unknown_layout_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown scale layout '16x4'"):
         ScaleLayout.parse("16x4")
+
+
+@pytest.mark.parametrize("layout", list(ScaleLayout))
+def test_real_scales_read_only_the_real_region(layout):
+    """real_scales equals the unswizzled real region, and reads no padding byte: a buffer whose
+    padding holds NaN bytes gives the same result, and only real offsets are indexed."""
+    from harness.layouts import padded_shape, real_scales, swizzle, unswizzle
+
+    rows, kbs = 9, 5
+    linear = torch.randint(0, 0x7E, (rows, kbs), dtype=torch.uint8)
+    buf = swizzle(linear, layout, fill=0x7F)
+    assert buf.shape == padded_shape(layout, rows, kbs)
+    got = real_scales(buf, layout, rows, kbs)
+    assert torch.equal(got, linear) and torch.equal(got, unswizzle(buf, layout)[:rows, :kbs])
+    seen = torch.zeros(buf.numel(), dtype=torch.bool)
+    probe = torch.arange(buf.numel()).reshape(buf.shape)
+    seen[real_scales(probe, layout, rows, kbs).reshape(-1)] = True
+    assert int(seen.sum()) == rows * kbs  # exactly the real bytes' offsets

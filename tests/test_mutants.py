@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import selftest
+from harness import optional, selftest
 from harness.backends import registry
 from harness.backends.protocol import Backend
 from harness.grouped import registry as grouped_registry
@@ -88,6 +88,11 @@ def test_mutant_is_caught(name: str, record_property) -> None:
     record_property("seconds_to_failure", score.seconds)
     record_property("minimized", score.minimized)
 
+    if not score.ran:  # e.g. its library is not installed: an optional package, skipped with the reason
+        reason = "; ".join(score.notes)
+        if optional.required() and "not installed" in reason:
+            pytest.fail(f"{optional.REQUIRE_ENV}=1 (set by CI) but {reason}", pytrace=False)
+        pytest.skip(reason)
     assert score.caught_by == backend.expected_property, (name, score.caught_by, score.notes)  # type: ignore[attr-defined]
     assert score.seconds < CATCH_BUDGET_S, f"{name}: first failure took {score.seconds:.1f} s"
     if name in CAUGHT_IN_CI:
@@ -120,3 +125,15 @@ def test_grouped_mutant_is_caught(name: str, record_property) -> None:
     if name == "mutant-grouped-routed-scale-twice":
         p = score.minimized["problem"]
         assert (p["tokens"], p["experts"]) == (1, 1)
+
+
+def test_a_mutant_that_cannot_run_here_is_no_survivor():
+    """A mutant whose library is missing (e.g. a ModelOpt checkpoint loader on a machine without
+    nvidia-modelopt) was never searched: the scoreboard says so and calls it no survivor."""
+    idle = selftest.Score("mutant-x", "a planted bug", "checkpoint_convention",
+                          notes=["cannot run here: package 'nvidia-modelopt' is not installed"])
+    caught = selftest.Score("mutant-y", "another", "reference_agreement", caught_by="reference_agreement",
+                            parent_outcome="pass")
+    assert idle.verdict == "CANNOT RUN HERE" and not idle.ran and caught.ran
+    board = selftest.scoreboard([idle, caught])
+    assert "SURVIVED" not in board and "1/1 mutants caught (1 cannot run here: mutant-x)" in board

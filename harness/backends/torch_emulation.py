@@ -10,8 +10,9 @@ bf16 values is exact in fp32, so this is the bf16 x bf16 -> fp32-accumulate GEMM
 rounding to the output dtype (a bf16 ``torch.matmul`` would round its result to bf16 first, which
 is the wrong model for an fp16 output).
 
-Only the real region is read (scales are unswizzled with :func:`harness.layouts.unswizzle` and
-sliced to [rows, K/16]), so this backend is immune to every padding poison, the K tail included:
+Only the real region is read (the scales of [rows, K/16] are gathered from their own offsets by
+:func:`harness.layouts.real_scales`; compute-sanitizer's initcheck found the former full unswizzle
+reading every padding byte), so this backend is immune to every padding poison, the K tail included:
 it is the "masks everything" end of the spectrum the Triton emulation kernels are the other end of.
 Padding columns [n, n_alloc) of the output are written as zeros.
 """
@@ -24,7 +25,7 @@ import torch
 
 from harness.backends.protocol import GemmBackend, Precision, Requirements, Unsupported
 from harness.format import BLOCK_SIZE, e2m1_decode, e4m3_decode, unpack_e2m1
-from harness.layouts import ScaleLayout, unswizzle
+from harness.layouts import ScaleLayout, real_scales
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.pipeline import GemmOperands, QuantizedTensor
@@ -37,7 +38,7 @@ def dequantize_folded(t: "QuantizedTensor", dtype: torch.dtype = torch.bfloat16)
     cast to ``dtype`` a second one.
     """
     codes = unpack_e2m1(t.packed[:t.rows, :t.k // 2])
-    sf = unswizzle(t.scales, t.layout)[:t.rows, :t.kblocks]
+    sf = real_scales(t.scales, t.layout, t.rows, t.kblocks)
     v = e2m1_decode(codes).reshape(t.rows, t.kblocks, BLOCK_SIZE) * e4m3_decode(sf).unsqueeze(-1)
     gs = t.global_scale.reshape(1, 1).to(device=v.device, dtype=torch.float32)
     return (v.reshape(t.rows, t.k) / gs).to(dtype)
