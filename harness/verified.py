@@ -152,9 +152,16 @@ def save(record: dict[str, list[Entry]], path: str | os.PathLike[str] = DEFAULT_
     return p
 
 
+NOT_COMPUTING = ("clean_rejection",)
+"""Properties whose passing cases show no computation: clean_rejection passes when the backend
+refuses shapes outside its declared contract cleanly (triton-dot-scaled passes it on SM90, where its
+kernel does not even compile)."""
+
+
 def entries_from_results(results_dir: str | os.PathLike[str], source: str | None = None) -> dict[str, Entry]:
     """backend -> its entry for the run in ``results_dir`` (session.json's environment, the result
-    streams' outcomes).  Backends with computed cases only (pass / fail / crash); a backend whose
+    streams' outcomes).  Backends with computed cases only (pass / fail / crash, properties in
+    :data:`NOT_COMPUTING` left out); a backend whose
     every case was skipped is not entered (a skip is not evidence of anything).  Raises
     VerifiedFileError when the directory has no session environment or no records."""
     from harness.env import bare_version
@@ -181,6 +188,8 @@ def entries_from_results(results_dir: str | os.PathLike[str], source: str | None
         raise VerifiedFileError(f"{root}: no results-*.jsonl records: nothing ran")
     counts: dict[str, Counter] = {}
     for r in records:
+        if r.get("property") in NOT_COMPUTING:
+            continue
         counts.setdefault(str(r.get("backend")), Counter())[str(r.get("outcome"))] += 1
     out = {}
     for name, c in counts.items():

@@ -52,13 +52,14 @@ def test_malformed_record_names_field_and_value(tmp_path):
     assert verified.describe("torch-emu", {}).startswith("never run")
 
 
-def _results_dir(root: Path, outcomes: dict[str, list[str]], *, started: str, env: dict) -> Path:
+def _results_dir(root: Path, outcomes: dict[str, list[str]], *, started: str, env: dict,
+                 prop: str = "reference_agreement") -> Path:
     """A results directory as a run writes it (session.json + one worker's stream)."""
     records.write_session(root, {"started": started, "environment": env})
     stream = records.ResultStream(root, "gw0")
     for backend, statuses in outcomes.items():
         for st in statuses:
-            trial = Trial(backend, "reference_agreement", GemmProblem(m=1, n=16, k=16))
+            trial = Trial(backend, prop, GemmProblem(m=1, n=16, k=16))
             stream.write(records.make_record(trial, Outcome(st, "why"), worker="gw0", test="t", level="gemm"))
     stream.close()
     return root
@@ -128,3 +129,12 @@ def test_report_shows_where_each_backend_of_the_run_last_ran(tmp_path):
     section = html[html.index('id="verified"'):html.index('id="matrix"')]
     assert "flashinfer-cutlass" in section and "never run: the project has not seen it compute" in section
     assert "last run: SM90 (NVIDIA H200) 2026-11-21" in section
+
+
+def test_a_clean_refusal_is_not_evidence_of_computing(tmp_path):
+    """clean_rejection passes when a backend refuses out-of-contract shapes (triton-dot-scaled does on
+    SM90, where its kernel does not compile): such passes never make a backend "computed"."""
+    gpu_env = {**current().to_dict(), "device": "cuda", "compute_capability": 90, "gpu_name": "NVIDIA H200"}
+    run = _results_dir(tmp_path / "res", {"triton-dot-scaled": ["pass", "pass"]}, started="2026-12-01T01:02:03Z",
+                       env=gpu_env, prop="clean_rejection")
+    assert verified.entries_from_results(run) == {}
