@@ -479,8 +479,8 @@ def _check_backend(c: _Checker, name: str, level: str) -> None:
     try:
         backend = get(name)
     except UnknownBackendError as exc:
-        raise CaseFileError(c.source, "backend", f"backend={name!r}: {exc} (pass check_backend=False, or load "
-                                                 f"the plugin that defines it)", name) from None
+        raise CaseFileError(c.source, "backend", f"backend={name!r}: {exc} (load the plugin that defines it: "
+                                                 f"--plugin FILE_OR_MODULE)", name) from None
     if backend.level != level:
         raise c.fail("level", level, f"{backend.level!r}, the level of backend {name!r}")
 

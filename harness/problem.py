@@ -83,6 +83,10 @@ class Poison:
 CLEAN = Poison()
 
 
+MAX_GENERATED_ELEMENTS = 1 << 32
+"""The most elements :func:`harness.data.generate` makes for one tensor (its counter-based hash)."""
+
+
 @dataclass(frozen=True)
 class GemmProblem:
     """A logical NVFP4 GEMM: out[m, n] = A[m, k] @ W[n, k]^T, plus how its data is made."""
@@ -105,6 +109,10 @@ class GemmProblem:
         if self.k % BLOCK_SIZE:
             raise ValueError(f"problem.k={self.k}: expected a multiple of {BLOCK_SIZE} (one e4m3 scale per "
                              f"{BLOCK_SIZE} elements; a block cannot straddle a shard)")
+        for name, rows in (("m", self.m), ("n", self.n)):
+            if rows * self.k > MAX_GENERATED_ELEMENTS:
+                raise ValueError(f"problem.{name}={rows} with problem.k={self.k}: {rows * self.k} elements; expected "
+                                 f"at most 2^32 per operand (the harness's test-data generator)")
         data_mod.parse_dtype(self.out_dtype, "problem.out_dtype")
         data_mod.parse_dtype(self.in_dtype, "problem.in_dtype")
         if self.distribution not in data_mod.DISTRIBUTIONS:

@@ -71,6 +71,30 @@ class Replay:
         return "\n".join(lines)
 
 
+def check_fits(problem) -> None:
+    """Refuse a case that cannot fit in this machine's memory before building it, rather than be
+    killed by the OS half-way: the harness's peak is at most ``CASE_MEMORY_MULTIPLE`` times the
+    case's operand bytes (harness/memory.py, measured in bench/RESULTS.md).  Raises ValueError
+    naming the problem's shape, the estimate and what is available (GPU memory on a GPU node, the
+    host's available memory otherwise)."""
+    import os
+
+    from harness import env
+    from harness.memory import CASE_MEMORY_MULTIPLE, operand_bytes
+
+    need = CASE_MEMORY_MULTIPLE * operand_bytes(problem.m, problem.n, problem.k)
+    e = env.current()
+    if e.device == "cuda":
+        import torch
+
+        have, where = torch.cuda.mem_get_info()[0], "free GPU memory"
+    else:
+        have, where = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "available host memory"
+    if need > have:
+        raise ValueError(f"problem m={problem.m} n={problem.n} k={problem.k}: needs up to {need / 2**30:.1f} GiB "
+                         f"({CASE_MEMORY_MULTIPLE}x its operands); this machine has {have / 2**30:.1f} GiB of {where}")
+
+
 def replay(path: str | Path, backend: str | None = None) -> Replay:
     case = load_case(path)
     if backend is not None:
@@ -78,6 +102,7 @@ def replay(path: str | Path, backend: str | None = None) -> Replay:
 
         registry.get(backend)  # unknown names fail here, with the list of known ones
     trial = case.trial(backend)
+    check_fits(trial.problem)
     outcome = execute(trial, digest=True)
     digest_ok = None
     if case.digest and outcome.digest and (backend is None or backend == case.backend):

@@ -406,3 +406,19 @@ def test_ctrl_c_keeps_the_recorded_cases_and_writes_the_report(tmp_path: Path) -
     assert len(recs) >= 2
     html = (tmp_path / "r.html").read_text()
     assert re.search(rf'<div class="big">{len(recs)}</div>cases run', html)
+
+
+@pytest.mark.parametrize("shape, needles", [
+    ({"m": 10000000}, ("problem.m=10000000 with problem.k=704", "expected at most 2^32 per operand")),
+    ({"k": 16000000, "m": 1}, ("problem.n=704 with problem.k=16000000", "expected at most 2^32 per operand")),
+    ({"m": 200000, "n": 200000, "k": 16000}, ("problem m=200000 n=200000 k=16000: needs up to", "GiB of")),
+])
+def test_replay_of_an_impossible_shape_is_one_clear_error(tmp_path: Path, shape, needles) -> None:
+    """A case too large for the data generator, or for this machine's memory, is refused before
+    anything is built (not blamed on the backend, not killed by the OS)."""
+    doc = json.loads((REPO / "regressions" / "cases" / "torch-emu-fp16-overflow-m127.json").read_text())
+    doc["problem"].update(shape)
+    doc.pop("digest", None)
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(doc))
+    _one_clear_error(cli("replay", str(path), cwd=tmp_path, timeout=300), *needles)
