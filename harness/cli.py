@@ -47,6 +47,13 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _workers(text: str) -> str:
+    """``-n``: ``auto`` or a worker count >= 0 (0: no xdist, everything in this process)."""
+    if text == "auto" or (text.isdigit() and int(text) >= 0):
+        return text
+    raise argparse.ArgumentTypeError(f"expected 'auto' or a number of workers >= 0, got {text!r}")
+
+
 def _user_path(text: str | Path) -> Path:
     """A path the user typed, resolved against the working directory the command was started in."""
     return Path(os.path.abspath(os.path.expanduser(str(text))))
@@ -316,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results root: this run writes RESULTS/<run-id>/ and points RESULTS/latest at it "
                         "(default: results)")
     f.add_argument("--report", default="reports/index.html", help="HTML report path")
-    f.add_argument("-n", "--workers", default="auto", help="xdist workers: auto (one per GPU / core), N, or 0")
+    f.add_argument("-n", "--workers", default="auto", type=_workers,
+                   help="xdist workers: auto (one per GPU / core), N, or 0")
     f.add_argument("--plugin", action="append", default=[], help="backend plugin module or .py file")
     f.add_argument("--shard", default=None,
                    help="i/N: this node's share of the (backend, property) pairs of an N-node campaign")

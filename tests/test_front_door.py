@@ -422,3 +422,9 @@ def test_replay_of_an_impossible_shape_is_one_clear_error(tmp_path: Path, shape,
     path = tmp_path / "huge.json"
     path.write_text(json.dumps(doc))
     _one_clear_error(cli("replay", str(path), cwd=tmp_path, timeout=300), *needles)
+
+
+@pytest.mark.parametrize("value", ["-3", "two", "1.5"])
+def test_fuzz_workers_must_be_auto_or_a_count(tmp_path: Path, value: str) -> None:
+    _one_clear_error(cli("fuzz", "-n", value, "--backends", "torch-emu", cwd=tmp_path, timeout=120),
+                     f"argument -n/--workers: expected 'auto' or a number of workers >= 0, got {value!r}")
