@@ -455,3 +455,15 @@ def test_two_nodes_share_one_redis_a_failure_is_replayed_first_and_reports_merge
     assert all((merged / "cases" / c.name).exists() for c in case_paths)
     html = merged_html.read_text()
     assert "mutant-rows-unwritten" in html and "torch-emu" in html
+
+
+def test_the_fuzz_profile_stays_random_on_a_ci_machine() -> None:
+    """Hypothesis derandomizes its default profile where it detects CI (the CI variable); the fuzz
+    and replay profiles must not inherit that, or every fresh campaign run repeats its examples."""
+    code = ("from harness.pytest_plugin import _register_profiles; _register_profiles(); "
+            "from hypothesis import settings; "
+            "print(*(settings.get_profile(p).derandomize for p in ('fuzz', 'replay', 'ci')))")
+    env = {**os.environ, "CI": "true", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["False", "False", "True"], out.stdout
