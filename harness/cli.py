@@ -27,7 +27,8 @@ class UsageError(Exception):
     """A bad argument: printed as ``nvfp4-harness: error: ...`` with exit status 2."""
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type (the CLI and the pytest plugin's options): an integer > 0."""
     try:
         value = int(text)
     except ValueError:
@@ -37,7 +38,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_seconds(text: str) -> float:
+def positive_seconds(text: str) -> float:
+    """argparse type (the CLI and the pytest plugin's options): a finite number of seconds > 0."""
     try:
         value = float(text)
     except ValueError:
@@ -316,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--backends", default="all", help="comma-separated names, 'all' or 'mutants'")
     f.add_argument("--properties", default="all", help="comma-separated property names or 'all'")
     f.add_argument("--profile", default="fuzz", choices=("ci", "fuzz", "replay"))
-    f.add_argument("--examples", type=_positive_int, default=None, help="max Hypothesis examples per test")
-    f.add_argument("--budget", type=_positive_seconds, default=None,
+    f.add_argument("--examples", type=positive_int, default=None, help="max Hypothesis examples per test")
+    f.add_argument("--budget", type=positive_seconds, default=None,
                    help="time budget in seconds, checked before every example")
     f.add_argument("--results", default="results",
                    help="results root: this run writes RESULTS/<run-id>/ and points RESULTS/latest at it "
@@ -378,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     s = sub.add_parser("selftest", help="run the property suite against every planted-bug backend")
-    s.add_argument("--budget", type=_positive_seconds, default=60.0, help="seconds allowed per mutant (default 60)")
-    s.add_argument("--examples", type=_positive_int, default=200, help="max examples per mutant and property")
+    s.add_argument("--budget", type=positive_seconds, default=60.0, help="seconds allowed per mutant (default 60)")
+    s.add_argument("--examples", type=positive_int, default=200, help="max examples per mutant and property")
     s.add_argument("--mutant", action="append", default=None, help="only this mutant (repeatable)")
     s.add_argument("--json", default=None, help="also write the scoreboard as JSON here")
     s.set_defaults(func=cmd_selftest)

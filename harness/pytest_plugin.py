@@ -21,7 +21,6 @@ worker killed mid-session (a sticky CUDA error ends the process on purpose) lose
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
@@ -62,6 +61,8 @@ class RunPlan:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from harness.cli import positive_int, positive_seconds  # stdlib-only module: no torch at plugin load
+
     g = parser.getgroup("nvfp4-harness", "NVFP4 GEMM correctness harness")
     g.addoption("--nvfp4-backends", default="all",
                 help="comma-separated backend names, 'all' (default) or 'mutants' (the planted-bug backends)")
@@ -69,9 +70,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--nvfp4-profile", default=None, choices=("ci", "fuzz", "replay"),
                 help="Hypothesis profile: ci (derandomized, small), fuzz (random, example database, many "
                      "examples), replay (only stored examples). Default: ci")
-    g.addoption("--nvfp4-examples", type=_positive_int, default=None,
+    g.addoption("--nvfp4-examples", type=positive_int, default=None,
                 help="override max_examples per test (a positive integer)")
-    g.addoption("--nvfp4-budget", type=_positive_seconds, default=None,
+    g.addoption("--nvfp4-budget", type=positive_seconds, default=None,
                 help="time budget in seconds for the whole session, checked before every example; "
                      "tests starting later are skipped")
     g.addoption("--nvfp4-results", default=None,
@@ -88,26 +89,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--nvfp4-redis", default=os.environ.get("NVFP4_HARNESS_REDIS"),
                 help="redis://HOST:PORT/DB: share the example database of the fuzz and replay profiles "
                      "with every node (default: $NVFP4_HARNESS_REDIS; the local .hypothesis/ always too)")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
 
 
 def _visible_gpus() -> list[str]:
