@@ -154,16 +154,16 @@ def hunt_grouped(mutant_name: str, *, budget_s: float = 60.0, examples: int = 20
     engine and properties, the same search, scoring and parent check."""
     from harness.grouped import registry as grouped_registry, strategies
     from harness.grouped.checks import execute as execute_grouped
-    from harness.grouped.problem import GROUPED_PROPERTIES, GroupedTrial
+    from harness.grouped.problem import GroupedTrial
 
     m = grouped_registry.get(mutant_name)
-    sz = strategies.sizes_for(env.current().device)
+    device = env.current().device
     score = Score(mutant_name, m.planted, m.expected_property, parent=m.parent)
     sup = m.support(env.current())
     if not sup:
         score.notes.append(f"cannot run here: {sup.reason}")
         return score
-    props = [m.expected_property] + [p for p in GROUPED_PROPERTIES if p != m.expected_property]
+    props = [m.expected_property] + [p for p in m.properties if p != m.expected_property]
     t_all = time.perf_counter()
     for prop in props:
         if time.perf_counter() - t_all >= budget_s:
@@ -182,7 +182,7 @@ def hunt_grouped(mutant_name: str, *, budget_s: float = 60.0, examples: int = 20
                        phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck),
                        report_multiple_bugs=False)
         try:
-            minimal = find(strategies.grouped_trials(mutant_name, prop, sz), failed, settings=cfg)
+            minimal = find(strategies.trials_for(m, prop, device), failed, settings=cfg)
         except (NoSuchExample, Unsatisfiable):
             continue
         score.caught_by = prop
@@ -223,9 +223,10 @@ def _minimized_text(s: Score) -> str:
     if not s.minimized:
         return "-"
     p = s.minimized["problem"]
-    if "tokens" in p:  # grouped level
+    if "tokens" in p:  # grouped level (a fused-MoE problem has hidden and intermediate instead of n and k)
+        dims = f"hidden={p['hidden']} I={p['intermediate']}" if "intermediate" in p else f"n={p['n']} k={p['k']}"
         return (f"tokens={p['tokens']} experts={p['experts']} splits={[sum(e == x for r in p['topk_ids'] for x in r) for e in range(p['experts'])]} "
-                f"top_k={len(p['topk_ids'][0])} n={p['n']} k={p['k']} {p['out_dtype']}")
+                f"top_k={len(p['topk_ids'][0])} {dims} {p['out_dtype']}")
     poison = {k: v for k, v in s.minimized["poison"].items() if v}
     extra = (f" batch={p['batch']}" if p.get("batch") else "") + \
         (f" calibration={p['calibration']:g}" if p.get("calibration") is not None else "")

@@ -1,4 +1,4 @@
-"""The grouped (MoE) property suite: every grouped emulation backend x every grouped property,
+"""The grouped (MoE) property suite: every grouped and fused-MoE backend x each of its properties,
 fuzzed by Hypothesis with :mod:`harness.grouped.strategies` (small shapes under the CPU
 interpreter, larger ones, 128-aligned splits and N up to 2880 on a GPU).
 
@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from harness import campaign, env
 from harness.grouped import registry, strategies
 from harness.grouped.checks import execute
-from harness.grouped.problem import GROUPED_PROPERTIES
 
 EXAMPLES = 25 if env.current().device == "cuda" else 2
 """Examples per (backend, property): a handful on the CPU interpreter (CI), more on a GPU."""
@@ -31,7 +30,7 @@ def _pairs(config: pytest.Config) -> list:
         backends = [n.strip() for n in names.split(",") if registry.is_grouped(n.strip())]
     props = config.getoption("--nvfp4-properties", default="all")
     wanted = None if props in ("all", None) else {p.strip() for p in props.split(",")}
-    pairs = [(b, p) for b in backends for p in GROUPED_PROPERTIES if wanted is None or p in wanted]
+    pairs = [(b, p) for b in backends for p in registry.get(b).properties if wanted is None or p in wanted]
     pairs = campaign.shard_pairs(pairs, campaign.parse_shard(config.getoption("--nvfp4-shard", default=None)))
     return [pytest.param(b, p, id=f"{b}::{p}") for b, p in pairs]
 
@@ -46,11 +45,10 @@ def test_grouped_property(grouped_backend: str, grouped_property: str) -> None:
     support = backend.support(env.current())
     if not support:
         pytest.skip(f"{grouped_backend}: {support.reason}")
-    sz = strategies.sizes_for(env.current().device)
 
     @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
               suppress_health_check=list(HealthCheck))
-    @given(trial=strategies.grouped_trials(grouped_backend, grouped_property, sz))
+    @given(trial=strategies.trials_for(backend, grouped_property, env.current().device))
     def check(trial) -> None:
         out = execute(trial)
         assert out.status in ("pass", "skip"), f"{grouped_backend} {grouped_property}: {out.reason}"

@@ -33,11 +33,11 @@ LAYERS: list[tuple[str, ...]] = [
     ("harness.sanitizer", "harness.sanitizer.findings", "harness.sanitizer.operands"),
     # operands from problems; Hypothesis strategies over the model
     ("harness.pipeline", "harness.strategies", "harness.grouped.pipeline", "harness.grouped.strategies",
-     "harness.grouped.transforms"),
+     "harness.grouped.transforms", "harness.grouped.moe"),
     # the GEMM kernels the harness runs itself, on pipeline operands
     ("harness.kernels.gemm",),
     # the reference (fp64 GEMM or exact int8 digit planes) and its error bound
-    ("harness.oracle", "harness.exact_reference", "harness.grouped.reference"),
+    ("harness.oracle", "harness.exact_reference", "harness.grouped.reference", "harness.grouped.moe_reference"),
     # backends: the protocol, shared adapter helpers, the registry, the adapters, planted bugs
     ("harness.backends", "harness.backends.*", "harness.mutants", "harness.grouped.protocol",
      "harness.grouped.registry", "harness.grouped.mutants"),

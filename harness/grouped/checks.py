@@ -10,6 +10,16 @@
   token not routed to the victim unchanged, bit for bit.
 * ``zero_token_groups``: poisoning every zero-token expert's weights (packed bytes, scales, global
   scale) changes nothing, bit for bit (``grouped_bytes`` checks that they occupy no rows).
+
+Fused-MoE trials (a :class:`~harness.grouped.problem.MoeProblem`):
+
+* ``reference_agreement``: every output element within the bound of
+  :mod:`harness.grouped.moe_reference` (FC1 -> SwiGLU -> requantize -> FC2 -> routed sum), with the
+  trial's padding poison;
+* ``fused_unfused``: the fused backend equals the unfused composition of the grouped stages
+  (:func:`harness.backends.moe_triton.unfused_moe`): bit for bit where the backend declares
+  ``bitwise_unfused`` (same arithmetic), otherwise within the sum of both reference bounds
+  (``|fused - unfused| <= |fused - ref| + |ref - unfused|``).
 """
 
 from __future__ import annotations
@@ -20,11 +30,14 @@ from dataclasses import replace
 
 import torch
 
+from harness.backends.moe_triton import MoeTritonFused, unfused_moe
 from harness.backends.protocol import BackendContractError, Unsupported
 from harness.format import reference_quantize, pack_e2m1
 from harness.grouped import registry
 from harness.grouped.pipeline import GroupedOperands, build_grouped_operands
-from harness.grouped.problem import GROUPED_PROPERTIES, GroupedTrial
+from harness.grouped.moe import MoeOperands, build_moe_operands
+from harness.grouped.moe_reference import moe_error_bound, reference_moe
+from harness.grouped.problem import GroupedTrial, MoeProblem, properties_of
 from harness.grouped.reference import grouped_error_bound, reference_grouped
 from harness.layouts import ScaleLayout, swizzle
 from harness.oracle import Reference, compare
@@ -186,8 +199,94 @@ def zero_token_groups(backend, ops: GroupedOperands) -> PropertyResult:
     return PropertyResult("zero_token_groups", True, f"zero-token experts {zeros} disturb nothing", measure)
 
 
+# ----------------------------------------------------------------------------------------------
+# fused MoE
+# ----------------------------------------------------------------------------------------------
+def _moe_output(backend, ops: MoeOperands) -> torch.Tensor:
+    out = backend.run(ops)
+    p = ops.problem
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != p.tokens or \
+            out.shape[1] not in (p.hidden, ops.w2.n_alloc) or out.dtype != ops.out_dtype:
+        raise BackendContractError(f"{backend.name} returned {getattr(out, 'shape', out)} "
+                                   f"{getattr(out, 'dtype', '')}; expected [{p.tokens}, {p.hidden} or "
+                                   f"{ops.w2.n_alloc}] {ops.out_dtype}")
+    return out[:, :p.hidden]
+
+
+def _moe_check_scales(backend, ops: MoeOperands) -> None:
+    if ops.problem.fc1_input_scale not in backend.fc1_input_scales:
+        raise Unsupported(f"{backend.name} takes FC1 input scales {list(backend.fc1_input_scales)}; the problem "
+                          f"has {ops.problem.fc1_input_scale!r}")
+
+
+def _moe_view(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, ops: MoeOperands) -> list[dict]:
+    units = torch.nan_to_num((out.double() - ref.to(out.device)).abs() / bound.to(out.device).clamp_min(1e-300),
+                             nan=float("inf")).amax(dim=1).cpu()
+    return [{"expert": e, "tokens": len(sec), "max_err_units": max((float(units[t]) for t, _ in sec), default=None)}
+            for e, sec in enumerate(ops.problem.sections())]
+
+
+def moe_reference_agreement(backend, ops: MoeOperands) -> PropertyResult:
+    _moe_check_scales(backend, ops)
+    out = _moe_output(backend, ops)
+    ref = reference_moe(ops)
+    bound = moe_error_bound(ops, ref, backend)
+    agr = compare(out, Reference(ref.value, ref.value.abs(), ops.problem.intermediate), bound, ops.out_dtype)
+    view = _moe_view(out, ref.value, bound, ops)
+    measure = {"max_err_units": agr.max_err_units, "violations": agr.violations,
+               "argmax": list(agr.argmax) if agr.argmax else None, "nan_tokens": agr.nan_rows[:32],
+               "splits": list(ops.problem.splits), "per_expert": view}
+    if agr.ok:
+        return PropertyResult("reference_agreement", True, f"within bound ({agr.max_err_units:.3g} of it)", measure)
+    t = agr.argmax[0] if agr.argmax else None
+    bad = [v["expert"] for v in view if v["max_err_units"] is not None and not v["max_err_units"] <= 1.0]
+    return PropertyResult("reference_agreement", False,
+                          f"{agr.violations} elements outside the bound (max {agr.max_err_units:.3g}x at token {t}, "
+                          f"experts {list(ops.problem.topk_ids[t]) if t is not None else []}; experts with tokens "
+                          f"out of bound {bad}; non-finite tokens {agr.nan_rows[:8]})", measure)
+
+
+def fused_unfused(backend, ops: MoeOperands) -> PropertyResult:
+    _moe_check_scales(backend, ops)
+    fused = _moe_output(backend, ops)
+    unfused = unfused_moe(ops)[:, :ops.problem.hidden]
+    p = ops.problem
+    if backend.bitwise_unfused:
+        same = _same_bits(fused, unfused)
+        changed = [t for t in range(p.tokens) if not bool(same[t])]
+        measure = {"bitwise": True, "changed_tokens": changed[:32], "splits": list(p.splits)}
+        if changed:
+            diff = (fused.double() - unfused.double()).abs().nan_to_num(nan=float("inf")).max().item()
+            return PropertyResult("fused_unfused", False,
+                                  f"{len(changed)} of {p.tokens} tokens differ from the unfused grouped stages "
+                                  f"(max |diff| {diff:.3g}): tokens {changed[:8]}", measure)
+        return PropertyResult("fused_unfused", True, "bit for bit equal to the unfused grouped stages", measure)
+    ref = reference_moe(ops)
+    allowed = moe_error_bound(ops, ref, backend) + moe_error_bound(ops, ref, MoeTritonFused())
+    diff = (fused.double() - unfused.double()).abs()
+    bad = ~(diff <= allowed.to(diff.device))
+    measure = {"bitwise": False, "violations": int(bad.sum()), "splits": list(p.splits)}
+    if bool(bad.any()):
+        t = int(bad.any(dim=1).nonzero()[0])
+        return PropertyResult("fused_unfused", False, f"{int(bad.sum())} elements differ from the unfused grouped "
+                              f"stages by more than both bounds (first at token {t})", measure)
+    return PropertyResult("fused_unfused", True, "within both bounds of the unfused grouped stages", measure)
+
+
+def run_moe_property(backend, trial: GroupedTrial, device) -> tuple[PropertyResult, MoeOperands]:
+    if getattr(backend, "kind", "grouped") != "moe":
+        raise NotApplicable(f"{backend.name} is a grouped GEMM, not a fused-MoE layer")
+    ops = build_moe_operands(trial.problem, trial.poison, device=device)
+    fn = {"reference_agreement": moe_reference_agreement, "fused_unfused": fused_unfused}[trial.property]
+    return fn(backend, ops), ops
+
+
 def run_property(backend, trial: GroupedTrial, device) -> tuple[PropertyResult, GroupedOperands]:
     p = trial.problem
+    if isinstance(p, MoeProblem):
+        return run_moe_property(backend, trial, device)
+    if getattr(backend, "kind", "grouped") != "grouped":
+        raise NotApplicable(f"{backend.name} is a fused-MoE layer; the trial is a grouped GEMM")
     if trial.property == "token_isolation":
         victim = trial.poison.victim if trial.poison.victim is not None else 0
         clean = build_grouped_operands(p, device=device)
@@ -205,8 +304,8 @@ def execute(trial: GroupedTrial, device: torch.device | None = None, *, digest: 
     t0 = time.perf_counter()
     backend = registry.get(trial.backend)
     device = device or _device()
-    if trial.property not in GROUPED_PROPERTIES:
-        raise ValueError(f"property={trial.property!r}: expected one of {list(GROUPED_PROPERTIES)}")
+    if trial.property not in properties_of(trial.problem):
+        raise ValueError(f"property={trial.property!r}: expected one of {list(properties_of(trial.problem))}")
     sup = backend.support(env_mod.current())
     if not sup:
         return Outcome("skip", sup.reason, duration_s=time.perf_counter() - t0)

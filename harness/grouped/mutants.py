@@ -9,7 +9,9 @@ from typing import ClassVar
 
 import torch
 
+from harness.backends.moe_triton import MoeTritonFused
 from harness.grouped import registry
+from harness.grouped.moe import swiglu
 from harness.grouped.pipeline import GroupedOperands
 from harness.grouped.protocol import GroupedBackend
 from harness.layouts import offset_grid
@@ -178,6 +180,54 @@ class EmptyExpertLaunched(GroupedMutant):
         return out.to(ops.out_dtype)
 
 
+# ----------------------------------------------------------------------------------------------
+# fused MoE: planted in a copy of moe-triton-emu through the stages it exposes
+# ----------------------------------------------------------------------------------------------
+MOE_PARENT = "moe-triton-emu"
+
+
+class MoeMutant(PlantedBug, MoeTritonFused):
+    """A fused-MoE backend with one stage of its parent replaced by the bug."""
+    parent = MOE_PARENT
+
+
+class GateUpSwapped(MoeMutant):
+    name = "mutant-moe-gate-up-swapped"
+    expected_property = "reference_agreement"
+    planted = ("The two halves of FC1 read in the wrong order: silu(up) * gate instead of silu(gate) * up. "
+               "Checkpoints store w13 as [w1 = gate; w3 = up] (vLLM, ModelOpt) while FlashInfer's CUTLASS and "
+               "TRT-LLM-gen MoE kernels expect [w3; w1] (vLLM's reorder_w1w3_to_w3w1): a missing or doubled swap "
+               "is this bug.")
+    description = "moe-triton-emu applying silu to the up half and multiplying by the gate half"
+
+    def activation(self, h, i):
+        return swiglu(h[:, i:2 * i], h[:, :i])
+
+
+class Fc2OneInputScale(MoeMutant):
+    name = "mutant-moe-fc2-one-input-scale"
+    expected_property = "reference_agreement"
+    planted = ("TRT-LLM PR #11322 at FC2: expert 0's static FC2 input scale quantizes every expert's intermediate, "
+               "while each expert's FC2 alpha still uses its own input scale: every other expert's output is off "
+               "by the ratio of the two scales (and its block scales saturate where expert 0's scale is larger).")
+    description = "moe-triton-emu quantizing every intermediate with expert 0's FC2 input global scale"
+
+    def fc2_input_scale(self, ops, e):
+        return ops.fc2_input_scales[0:1]
+
+
+class Fc1Bf16Undeclared(MoeMutant):
+    name = "mutant-moe-fc1-bf16-intermediate"
+    expected_property = "fused_unfused"
+    planted = ("A fused kernel that stores FC1's fp32 accumulator as bf16 before the activation (the unfused "
+               "path keeps fp32), so the fused and unfused paths round the intermediate differently; the harness's "
+               "fused path must equal its unfused grouped stages bit for bit.")
+    description = "moe-triton-emu rounding FC1's result to bf16 before SwiGLU (declared fp32)"
+
+    def fc1_result(self, h):
+        return h.to(torch.bfloat16).float()
+
+
 def backends() -> list[GroupedBackend]:
     return [ExpertScaleStride(), StripedLastTile(), RoutedScaleTwice(), OneStaticInputScale(),
-            UnpaddedScaleOffsets(), EmptyExpertLaunched()]
+            UnpaddedScaleOffsets(), EmptyExpertLaunched(), GateUpSwapped(), Fc2OneInputScale(), Fc1Bf16Undeclared()]

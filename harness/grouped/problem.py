@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -30,6 +30,15 @@ from harness.format import BLOCK_SIZE
 GROUPED_PROPERTIES: tuple[str, ...] = ("reference_agreement", "grouped_bytes", "token_isolation",
                                        "zero_token_groups")
 """The grouped level's properties (:mod:`harness.grouped.checks` holds the verdicts)."""
+
+MOE_PROPERTIES: tuple[str, ...] = ("reference_agreement", "fused_unfused")
+"""The fused-MoE properties (:mod:`harness.grouped.moe_checks` holds the verdicts)."""
+
+FC1_INPUT_SCALES: tuple[str, ...] = ("per_expert", "shared")
+"""FC1 input global scale granularity of a fused-MoE problem: one per expert (FlashInfer's
+``cutlass_fused_moe`` accepts ``fc1_act_global`` of shape [E]), or one shared by every expert
+(the hidden states are quantized once, before routing, as ``trtllm_fp4_block_scale_moe`` takes
+them; vLLM then uses the smallest per-expert encode divisor)."""
 
 ROW_ALIGNS: tuple[int, ...] = (1, 8, 16, 64, 128)
 """Per-expert row paddings a grouped buffer uses (none, the 8x4 tile, 16, TRT-LLM's 64, CUTLASS's 128)."""
@@ -199,6 +208,148 @@ class GroupedProblem:
 
 
 @dataclass(frozen=True)
+class MoeProblem:
+    """A logical fused-MoE layer: FC1 (gate and up) -> SwiGLU -> NVFP4 requantize -> FC2 -> routed sum.
+
+    ``tokens`` hidden states of width ``hidden`` are routed as in :class:`GroupedProblem`
+    (``topk_ids``, ``topk_weights``, ``row_align``).  Expert ``e`` has two NVFP4 weights, each
+    with its own global scale (from its own amax): ``W13_e [2*intermediate, hidden]``, the gate
+    projection in rows ``[0, I)`` and the up projection in rows ``[I, 2I)`` (the checkpoint order
+    of vLLM's and ModelOpt's ``w13``: ``w1`` = gate, then ``w3`` = up), and ``W2_e [hidden,
+    intermediate]``.  Token ``t`` gets ``out[t] = sum_j w_tj * FC2_e(Q_e(silu(g) * u))`` with
+    ``[g | u] = FC1_e(Q(x_t))``.  FC1 input global scales are ``dynamic`` or ``static``
+    (``input_scales``, as in :class:`GroupedProblem`) and ``per_expert`` or ``shared``
+    (``fc1_input_scale``); the FC2 input global scales are static per expert, as ModelOpt
+    checkpoints store them (``w2_input_scale``): calibrated on the exact intermediate of the
+    expert's tokens, times a per-expert factor in [0.5, 1.25] from the seed, so live values may
+    exceed the calibration and saturate.  ``intermediate`` and ``hidden`` are multiples of 16;
+    ``intermediate % 128 == 64`` (192, 1856: TRT-LLM #10331) and ``hidden`` not a multiple of 128
+    (2880: vLLM #35497) are the shapes the strategies favour.
+    """
+    tokens: int
+    experts: int
+    hidden: int
+    intermediate: int
+    topk_ids: tuple[tuple[int, ...], ...]
+    topk_weights: tuple[tuple[float, ...], ...]
+    row_align: tuple[int, ...]
+    input_scales: Literal["dynamic", "static"] = "dynamic"
+    fc1_input_scale: Literal["per_expert", "shared"] = "per_expert"
+    out_dtype: str = "bfloat16"
+    in_dtype: str = "bfloat16"
+    distribution: str = "normal"
+    seed: int = 0
+    origin: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "intermediate"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % BLOCK_SIZE:
+                raise ValueError(f"problem.{name}={v!r}: expected a positive multiple of {BLOCK_SIZE}")
+        if self.fc1_input_scale not in FC1_INPUT_SCALES:
+            raise ValueError(f"problem.fc1_input_scale={self.fc1_input_scale!r}: expected one of "
+                             f"{list(FC1_INPUT_SCALES)}")
+        self.fc1()  # validates tokens, experts, routing, row_align, scales, dtypes, distribution
+
+    def fc1(self) -> GroupedProblem:
+        """FC1 as a grouped problem (n = 2 * intermediate, k = hidden): routing, sections, hidden states
+        and FC1 input scales come from it."""
+        return GroupedProblem(self.tokens, self.experts, 2 * self.intermediate, self.hidden, self.topk_ids,
+                              self.topk_weights, self.row_align, self.input_scales, self.out_dtype, self.in_dtype,
+                              self.distribution, self.seed, self.origin)
+
+    def fc2(self) -> GroupedProblem:
+        """FC2 as a grouped problem (n = hidden, k = intermediate), same routing."""
+        return replace(self.fc1(), n=self.hidden, k=self.intermediate, input_scales="static")
+
+    @property
+    def top_k(self) -> int:
+        return len(self.topk_ids[0])
+
+    def sections(self) -> list[list[tuple[int, int]]]:
+        return self.fc1().sections()
+
+    @property
+    def splits(self) -> tuple[int, ...]:
+        return self.fc1().splits
+
+    @property
+    def zero_token_experts(self) -> tuple[int, ...]:
+        return self.fc1().zero_token_experts
+
+    @property
+    def torch_out_dtype(self) -> torch.dtype:
+        return data_mod.parse_dtype(self.out_dtype)
+
+    @property
+    def torch_in_dtype(self) -> torch.dtype:
+        return data_mod.parse_dtype(self.in_dtype)
+
+    def _stream(self, stream: int) -> int:
+        return (int(self.seed) * 7919 + stream) & 0xFFFFFFFF
+
+    def hidden_states(self, device) -> torch.Tensor:
+        """Hidden states [tokens, hidden] in ``in_dtype`` (those of :meth:`fc1`)."""
+        return self.fc1().hidden(device)
+
+    def fc1_weight(self, e: int, device) -> torch.Tensor:
+        """Expert ``e``'s W13 [2 * intermediate, hidden] in ``in_dtype``: gate rows, then up rows."""
+        return data_mod.generate(self.distribution, (2 * self.intermediate, self.hidden), self._stream(2 + e),
+                                 self.torch_in_dtype, device)
+
+    def fc2_weight(self, e: int, device) -> torch.Tensor:
+        """Expert ``e``'s W2 [hidden, intermediate] in ``in_dtype`` (its own random stream)."""
+        return data_mod.generate(self.distribution, (self.hidden, self.intermediate),
+                                 self._stream(100003 + e), self.torch_in_dtype, device)
+
+    def fc2_scale_factors(self) -> torch.Tensor:
+        """fp32 [E]: the calibration factor of each expert's static FC2 input scale (0.5 .. 1.25)."""
+        g = torch.Generator().manual_seed(int(self.seed) + 4099)
+        return 0.5 + torch.randint(0, 4, (self.experts,), generator=g).float() * 0.25
+
+    @classmethod
+    def from_splits(cls, splits: Sequence[int], top_k: int, *, hidden: int, intermediate: int, seed: int = 0,
+                    row_align: Sequence[int] | int = 128, **kw: Any) -> "MoeProblem":
+        """A problem whose expert ``e`` gets exactly ``splits[e]`` tokens (see
+        :meth:`GroupedProblem.from_splits` for the routing and the routing weights)."""
+        g = GroupedProblem.from_splits(splits, top_k, n=16, k=16, seed=seed, row_align=row_align)
+        return cls(tokens=g.tokens, experts=g.experts, hidden=hidden, intermediate=intermediate, topk_ids=g.topk_ids,
+                   topk_weights=g.topk_weights, row_align=g.row_align, seed=seed, **kw)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["topk_ids"] = [list(r) for r in self.topk_ids]
+        d["topk_weights"] = [list(r) for r in self.topk_weights]
+        d["row_align"] = list(self.row_align)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MoeProblem":
+        d = dict(d)
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"problem: unknown field(s) {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
+        for key in ("topk_ids", "topk_weights"):
+            if key in d:
+                d[key] = tuple(tuple(r) for r in d[key])
+        if "row_align" in d:
+            d["row_align"] = tuple(d["row_align"])
+        return cls(**d)
+
+
+def problem_from_dict(d: Mapping[str, Any]) -> "GroupedProblem | MoeProblem":
+    """A grouped or a fused-MoE problem from its dict (a fused-MoE problem has ``intermediate``)."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"problem={d!r}: expected an object")
+    return MoeProblem.from_dict(d) if "intermediate" in d else GroupedProblem.from_dict(d)
+
+
+def properties_of(problem: "GroupedProblem | MoeProblem") -> tuple[str, ...]:
+    """The properties a trial of ``problem`` may test."""
+    return MOE_PROPERTIES if isinstance(problem, MoeProblem) else GROUPED_PROPERTIES
+
+
+@dataclass(frozen=True)
 class GroupedPoison:
     """Bytes written into each padding region of grouped operands (0 everywhere: clean), and the
     expert whose tokens and scales :func:`harness.grouped.checks.token_isolation` poisons.
@@ -233,15 +384,16 @@ class GroupedPoison:
 
 @dataclass(frozen=True)
 class GroupedTrial:
-    """One grouped property of one grouped backend on one case."""
+    """One grouped property of one grouped backend on one case (a fused-MoE case has a
+    :class:`MoeProblem`)."""
     backend: str
     property: str
-    problem: GroupedProblem
+    problem: GroupedProblem | MoeProblem
     poison: GroupedPoison = field(default_factory=GroupedPoison)
 
     def __post_init__(self) -> None:
-        if self.property not in GROUPED_PROPERTIES:
-            raise ValueError(f"trial.property={self.property!r}: expected one of {list(GROUPED_PROPERTIES)}")
+        if self.property not in properties_of(self.problem):
+            raise ValueError(f"trial.property={self.property!r}: expected one of {list(properties_of(self.problem))}")
         if self.poison.victim is not None and self.poison.victim >= self.problem.experts:
             raise ValueError(f"poison.victim={self.poison.victim}: expected an expert index < {self.problem.experts}")
 
@@ -251,5 +403,5 @@ class GroupedTrial:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GroupedTrial":
-        return cls(d["backend"], d["property"], GroupedProblem.from_dict(d["problem"]),
+        return cls(d["backend"], d["property"], problem_from_dict(d["problem"]),
                    GroupedPoison(**d.get("poison", {})))

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from harness.backends.protocol import Backend
+from harness.grouped.problem import GROUPED_PROPERTIES, MOE_PROPERTIES
 
 if TYPE_CHECKING:  # pragma: no cover
+    from harness.grouped.moe import MoeOperands
     from harness.grouped.pipeline import GroupedOperands, GroupedTensor
 
 
@@ -26,6 +28,9 @@ class GroupedBackend(Backend):
     """A grouped GEMM with routing weights (see the module docstring)."""
 
     level: ClassVar[str] = "grouped"  # type: ignore[assignment]
+    kind: ClassVar[str] = "grouped"
+    #: the properties the suite and the self-test put it to
+    properties: ClassVar[tuple[str, ...]] = GROUPED_PROPERTIES
     #: whether the backend quantizes ``ops.hidden`` itself (and implements :meth:`quantize`)
     quantizes: ClassVar[bool] = False
     intermediate: torch.dtype = torch.float32
@@ -36,3 +41,37 @@ class GroupedBackend(Backend):
     def quantize(self, ops: "GroupedOperands") -> "GroupedTensor":
         """The grouped activation buffer this backend builds from ``ops.hidden`` (quantizing backends)."""
         raise NotImplementedError(f"{self.name} does not quantize activations itself")
+
+
+class MoeBackend(Backend):
+    """A fused-MoE layer: FC1 (gate and up) -> SwiGLU -> NVFP4 requantize -> FC2 -> routed sum.
+
+    :meth:`run` receives :class:`~harness.grouped.moe.MoeOperands` and returns ``[tokens, hidden]``
+    in the problem's output dtype: ``out[t] = sum_j w_tj * alpha2_e * Q_e(silu(g) * u) @ W2_e^T`` with
+    ``[g | u] = alpha1_e * Q(x_t) @ W13_e^T`` (the harness's gate-then-up order) and ``Q_e`` the NVFP4
+    quantization with expert ``e``'s FC2 input scale.  What the backend rounds, for the error bound
+    of :mod:`harness.grouped.moe_reference`:
+
+    * ``requirements.precision``: both GEMMs (accumulator bits, exact products or not);
+    * ``fc1_out``: the dtype FC1's result is rounded to before the activation;
+    * ``activation_error``: ``(c0, c1)``: the relative error of evaluating ``silu(g) * u`` is at most
+      ``c0 + c1 * |g|`` (``c1`` covers an exponential computed as ``ex2.approx(g * log2(e))``,
+      whose argument rounding turns into an absolute error ``|g| * 2^-24`` in the exponent);
+    * ``act_out``: the dtype the activation is rounded to before the FC2 input quantization;
+    * ``fc1_input_scales``: the FC1 input-scale granularities it takes (``per_expert``, ``shared``);
+    * ``bitwise_unfused``: its output equals the unfused composition of the grouped stages
+      (:func:`harness.backends.moe_triton.unfused_moe`) bit for bit, not only within both bounds.
+    """
+
+    level: ClassVar[str] = "grouped"  # type: ignore[assignment]
+    kind: ClassVar[str] = "moe"
+    properties: ClassVar[tuple[str, ...]] = MOE_PROPERTIES
+    quantizes: ClassVar[bool] = True
+    fc1_out: torch.dtype = torch.float32
+    act_out: torch.dtype = torch.float32
+    activation_error: tuple[float, float] = (2.0 ** -21, 0.0)
+    fc1_input_scales: tuple[str, ...] = ("per_expert", "shared")
+    bitwise_unfused: bool = False
+
+    def run(self, ops: "MoeOperands") -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -8,7 +8,8 @@ import importlib
 from harness.backends.registry import UnknownBackendError
 from harness.grouped.protocol import GroupedBackend
 
-MODULES = ("harness.backends.grouped_triton", "harness.grouped.mutants")
+MODULES = ("harness.backends.grouped_triton", "harness.backends.moe_triton", "harness.backends.flashinfer_moe",
+           "harness.grouped.mutants")
 
 _REGISTRY: dict[str, GroupedBackend] = {}
 

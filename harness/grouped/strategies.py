@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from harness.grouped.problem import GroupedPoison, GroupedProblem, GroupedTrial, ROW_ALIGNS
+from harness.grouped.problem import FC1_INPUT_SCALES, GroupedPoison, GroupedProblem, GroupedTrial, MoeProblem, ROW_ALIGNS
 from harness.problem import POISON_BYTES
 
 
@@ -29,6 +29,27 @@ class GroupedSizes:
 CPU_SIZES = GroupedSizes(max_experts=4, max_split=6, max_kblocks=4, n_values=(16, 40, 64, 48, 192), aligned_splits=False)
 GPU_SIZES = GroupedSizes(max_experts=8, max_split=300, max_kblocks=32, n_values=(16, 40, 64, 192, 320, 1856, 2880),
                          aligned_splits=True)
+
+
+@dataclass(frozen=True)
+class MoeSizes:
+    """Fused-MoE shapes: ``intermediate`` values hold I % 128 == 64 (TRT-LLM #10331: 64, 192, 1856),
+    ``hidden`` values one that is not a multiple of 128 (vLLM #35497: 2880 on a GPU)."""
+    max_experts: int
+    max_split: int
+    hidden: tuple[int, ...]
+    intermediate: tuple[int, ...]
+    aligned_splits: bool
+
+
+MOE_CPU_SIZES = MoeSizes(max_experts=3, max_split=4, hidden=(16, 32, 48), intermediate=(16, 64, 32, 48),
+                         aligned_splits=False)
+MOE_GPU_SIZES = MoeSizes(max_experts=8, max_split=200, hidden=(64, 320, 2880), intermediate=(64, 192, 256, 1856),
+                         aligned_splits=True)
+
+
+def moe_sizes_for(device: str) -> MoeSizes:
+    return MOE_GPU_SIZES if device == "cuda" else MOE_CPU_SIZES
 
 
 def sizes_for(device: str) -> GroupedSizes:
@@ -62,6 +83,38 @@ def grouped_problems(draw, sz: GroupedSizes, *, need_zero: bool = False) -> Grou
         seed=draw(st.integers(0, 15)), row_align=row_align,
         input_scales=draw(st.sampled_from(("dynamic", "static"))),
         out_dtype=draw(st.sampled_from(("bfloat16", "float16"))))
+
+
+@st.composite
+def moe_problems(draw, sz: MoeSizes) -> MoeProblem:
+    """Fused-MoE problems; shrink to one expert, one token and the first sizes."""
+    g = draw(grouped_problems(GroupedSizes(sz.max_experts, sz.max_split, 1, (16,), sz.aligned_splits)))
+    return MoeProblem(tokens=g.tokens, experts=g.experts, hidden=draw(st.sampled_from(sz.hidden)),
+                      intermediate=draw(st.sampled_from(sz.intermediate)), topk_ids=g.topk_ids,
+                      topk_weights=g.topk_weights, row_align=g.row_align, input_scales=g.input_scales,
+                      fc1_input_scale=draw(st.sampled_from(FC1_INPUT_SCALES)), out_dtype=g.out_dtype,
+                      distribution=draw(st.sampled_from(("normal", "heavy_tailed", "zero_blocks", "on_grid"))),
+                      seed=g.seed)
+
+
+def moe_trials(backend_name: str, prop: str, sz: MoeSizes):
+    """Trials of ``prop`` for the fused-MoE backend ``backend_name`` (clean padding for
+    ``fused_unfused``; poisoned group row and N padding for ``reference_agreement``)."""
+    if prop == "reference_agreement":
+        @st.composite
+        def poisoned(draw):
+            poison = GroupedPoison(group_row_pad=draw(st.sampled_from((0, 0x7F))), n_pad=draw(st.sampled_from((0, 0x7F))),
+                                   data=draw(st.sampled_from((0, 0x77))))
+            return GroupedTrial(backend_name, prop, draw(moe_problems(sz)), poison)
+        return poisoned()
+    return st.builds(lambda p: GroupedTrial(backend_name, prop, p), moe_problems(sz))
+
+
+def trials_for(backend, prop: str, device: str):
+    """Trials of ``prop`` for a grouped or fused-MoE backend (its ``kind``) on ``device``'s sizes."""
+    if getattr(backend, "kind", "grouped") == "moe":
+        return moe_trials(backend.name, prop, moe_sizes_for(device))
+    return grouped_trials(backend.name, prop, sizes_for(device))
 
 
 def grouped_trials(backend_name: str, prop: str, sz: GroupedSizes):
