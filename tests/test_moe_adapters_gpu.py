@@ -47,6 +47,9 @@ def test_adapter_agrees_or_its_gate_is_confirmed(name, shape):
             assert out.status in ("pass", "skip"), f"{name} {prop}: {out.reason}"
             print(f"{name} {prop} {shape}: {out.status} {out.reason}")
         return
+    if shape is not SHAPES[0]:
+        pytest.skip(f"{name}: {sup.reason} (the gate is checked against the library on the first shape only: its "
+                    f"JIT build for this GPU can take minutes)")
     ops = build_moe_operands(p, device="cuda")
     fn = getattr(importlib.import_module("flashinfer.fused_moe"), b.fi_function)
     try:

@@ -8,8 +8,9 @@ installed signature and invert its reorderings); :meth:`run` makes the call on a
 turns FlashInfer's own refusal exceptions into :class:`~harness.backends.protocol.Unsupported`.
 
 Neither kernel has ever run for this project: no Blackwell GPU was available.  Their declared
-rounding (``fc1_out``, ``act_out``, ``activation_error``) is read from FlashInfer's own references
-and is unverified until they run (``tests/test_moe_adapters_gpu.py``).
+rounding (``fc1_out``, ``act_out``, ``activation_error``: bf16 for both intermediates, the coarser
+of what FlashInfer's code and references show) only widens the bound; it is unverified until they
+run (``tests/test_moe_adapters_gpu.py``).
 
 ``cutlass_fused_moe`` (operand contract from its docstring, FlashInfer's ``test_moe_nvfp4`` and the
 checks of ``csrc/fused_moe/cutlass_backend/flashinfer_cutlass_fused_moe_binding.cu``):
@@ -139,9 +140,10 @@ class FlashInferCutlassMoe(_FlashInferMoe):
     requirements = Requirements(compute_capabilities=CUTLASS_MOE_FP4_CCS, packages=("flashinfer",),
                                 out_dtypes=(torch.bfloat16, torch.float16), precision=_EXACT_FP32)
     # its activation kernel reads FC1's result from a buffer of the activation dtype (bf16/fp16:
-    # bf16, the coarser, is declared) and quantizes in fp32 (cutlass_fused_moe_kernels.cuh doActivation)
+    # bf16, the coarser, is declared; cutlass_fused_moe_kernels.cuh doActivation); the activation's
+    # own result is declared bf16 as well, the coarser choice, until a Blackwell run shows otherwise
     fc1_out = torch.bfloat16
-    act_out = torch.float32
+    act_out = torch.bfloat16
     activation_error = (2.0 ** -20, 2.0 ** -23)
     fc1_input_scales = ("per_expert", "shared")
 
@@ -201,8 +203,9 @@ class FlashInferTrtllmMoe(_FlashInferMoe):
     requirements = Requirements(compute_capabilities=None, packages=("flashinfer",), out_dtypes=(torch.bfloat16,),
                                 precision=_EXACT_FP32)
     # FlashInfer's own reference for this kernel rounds the activation to bf16 before quantizing it
-    # (tests/moe: run_moe_dequant, activation_output.to(torch.bfloat16)); FC1 stays in the fp32 epilogue
-    fc1_out = torch.float32
+    # (tests/moe: run_moe_dequant, activation_output.to(torch.bfloat16)); FC1's result is declared bf16
+    # too, the coarser choice, until a Blackwell run shows otherwise
+    fc1_out = torch.bfloat16
     act_out = torch.bfloat16
     activation_error = (2.0 ** -20, 2.0 ** -23)
     fc1_input_scales = ("shared",)

@@ -217,15 +217,20 @@ class Fc2OneInputScale(MoeMutant):
 
 
 class Fc1Bf16Undeclared(MoeMutant):
-    name = "mutant-moe-fc1-bf16-intermediate"
+    name = "mutant-moe-bf16-epilogue"
     expected_property = "fused_unfused"
-    planted = ("A fused kernel that stores FC1's fp32 accumulator as bf16 before the activation (the unfused "
-               "path keeps fp32), so the fused and unfused paths round the intermediate differently; the harness's "
-               "fused path must equal its unfused grouped stages bit for bit.")
-    description = "moe-triton-emu rounding FC1's result to bf16 before SwiGLU (declared fp32)"
+    planted = ("A fused kernel whose FC1 epilogue stores the fp32 accumulator as bf16 and evaluates SwiGLU in bf16 "
+               "(as an unfused bf16 silu_and_mul kernel would) while it declares, and its unfused path keeps, fp32: "
+               "the two paths round the intermediate differently, and where that moves an element across an e2m1 "
+               "rounding boundary the re-quantized intermediate differs by a whole step; the fused path must equal "
+               "its unfused grouped stages bit for bit.")
+    description = "moe-triton-emu with FC1's result and SwiGLU in bf16 (declared fp32)"
 
     def fc1_result(self, h):
-        return h.to(torch.bfloat16).float()
+        return h.to(torch.bfloat16)
+
+    def activation(self, h, i):
+        return swiglu(h[:, :i], h[:, i:2 * i]).float()
 
 
 def backends() -> list[GroupedBackend]:

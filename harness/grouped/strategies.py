@@ -42,7 +42,7 @@ class MoeSizes:
     aligned_splits: bool
 
 
-MOE_CPU_SIZES = MoeSizes(max_experts=3, max_split=4, hidden=(16, 32, 48), intermediate=(16, 64, 32, 48),
+MOE_CPU_SIZES = MoeSizes(max_experts=3, max_split=4, hidden=(16, 32, 48), intermediate=(64, 16, 32, 48),
                          aligned_splits=False)
 MOE_GPU_SIZES = MoeSizes(max_experts=8, max_split=200, hidden=(64, 320, 2880), intermediate=(64, 192, 256, 1856),
                          aligned_splits=True)
