@@ -14,7 +14,15 @@ The modules follow the GEMM level's data flow:
 * :mod:`harness.grouped.cases`     grouped case files that replay bit for bit;
 * :mod:`harness.grouped.mutants`   planted-bug grouped backends (public bug classes), hunted by
   :func:`harness.selftest.hunt` like every mutant;
-* :mod:`harness.grouped.transforms` columnwise casts, the random Hadamard transform, stochastic rounding.
+* :mod:`harness.grouped.transforms` columnwise casts, the random Hadamard transform, stochastic rounding;
+* :mod:`harness.grouped.moe`       the fused-MoE layer's operands (FC1 gate/up and FC2 weights, static
+  per-expert FC2 input scales);
+* :mod:`harness.grouped.moe_reference` its exact reference (FC1 -> SwiGLU -> requantize -> FC2 ->
+  routed sum) and the derived bound that admits exactly the requantization steps a correct backend
+  may take.
 
-Backends: :mod:`harness.backends.grouped_triton` (Triton emulation, GPU and CPU interpreter).
+Backends: :mod:`harness.backends.grouped_triton` (Triton emulation, GPU and CPU interpreter);
+fused MoE: :mod:`harness.backends.moe_triton` (Triton emulation) and
+:mod:`harness.backends.flashinfer_moe` (FlashInfer ``cutlass_fused_moe`` and
+``trtllm_fp4_block_scale_routed_moe``, Blackwell only).
 """
