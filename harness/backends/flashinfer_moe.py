@@ -145,7 +145,7 @@ class FlashInferCutlassMoe(_FlashInferMoe):
     fc1_out = torch.bfloat16
     act_out = torch.bfloat16
     activation_error = (2.0 ** -20, 2.0 ** -23)
-    fc1_input_scales = ("per_expert", "shared")
+    fc1_scale_granularities = ("per_expert", "shared")
 
     def support(self, env: "Environment") -> Support:
         fi, err = self._library()
@@ -208,7 +208,7 @@ class FlashInferTrtllmMoe(_FlashInferMoe):
     fc1_out = torch.bfloat16
     act_out = torch.bfloat16
     activation_error = (2.0 ** -20, 2.0 ** -23)
-    fc1_input_scales = ("shared",)
+    fc1_scale_granularities = ("shared",)
 
     def library_supports(self) -> bool:
         """FlashInfer's own check: ``is_trtllm_moe_supported(E2m1, E2m1)`` on the current device."""

@@ -214,8 +214,8 @@ def _moe_output(backend, ops: MoeOperands) -> torch.Tensor:
 
 
 def _moe_check_scales(backend, ops: MoeOperands) -> None:
-    if ops.problem.fc1_input_scale not in backend.fc1_input_scales:
-        raise Unsupported(f"{backend.name} takes FC1 input scales {list(backend.fc1_input_scales)}; the problem "
+    if ops.problem.fc1_input_scale not in backend.fc1_scale_granularities:
+        raise Unsupported(f"{backend.name} takes FC1 input scales {list(backend.fc1_scale_granularities)}; the problem "
                           f"has {ops.problem.fc1_input_scale!r}")
 
 

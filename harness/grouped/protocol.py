@@ -58,7 +58,7 @@ class MoeBackend(Backend):
       ``c0 + c1 * |g|`` (``c1`` covers an exponential computed as ``ex2.approx(g * log2(e))``,
       whose argument rounding turns into an absolute error ``|g| * 2^-24`` in the exponent);
     * ``act_out``: the dtype the activation is rounded to before the FC2 input quantization;
-    * ``fc1_input_scales``: the FC1 input-scale granularities it takes (``per_expert``, ``shared``);
+    * ``fc1_scale_granularities``: the FC1 input-scale granularities it takes (``per_expert``, ``shared``);
     * ``bitwise_unfused``: its output equals the unfused composition of the grouped stages
       (:func:`harness.backends.moe_triton.unfused_moe`) bit for bit, not only within both bounds.
     """
@@ -70,7 +70,7 @@ class MoeBackend(Backend):
     fc1_out: torch.dtype = torch.float32
     act_out: torch.dtype = torch.float32
     activation_error: tuple[float, float] = (2.0 ** -21, 0.0)
-    fc1_input_scales: tuple[str, ...] = ("per_expert", "shared")
+    fc1_scale_granularities: tuple[str, ...] = ("per_expert", "shared")
     bitwise_unfused: bool = False
 
     def run(self, ops: "MoeOperands") -> torch.Tensor:  # pragma: no cover - abstract
