@@ -4,21 +4,25 @@ interpreter, larger ones, 128-aligned splits and N up to 2880 on a GPU).
 
 ``--nvfp4-backends`` / ``--nvfp4-properties`` select among the grouped pairs as they do for the
 other levels (``mutants`` selects none: grouped mutants are hunted by the self-test), and
-``--nvfp4-shard i/N`` gives a campaign node its share of them.
+``--nvfp4-shard i/N`` gives a campaign node its share of them.  Every example is recorded in the
+run's results like the other levels' (harness/pytest_plugin.py): a minimized failure becomes a
+grouped case file with its per-expert view and a replay command, listed in the end-of-run summary.
+With the ``ci`` profile each pair runs :data:`EXAMPLES` derandomized examples; the ``fuzz`` and
+``replay`` profiles (and ``--nvfp4-examples``) apply here as they do to the other levels.
 """
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 
 from harness import campaign, env
 from harness.grouped import registry, strategies
-from harness.grouped.checks import execute
 from harness.grouped.problem import GROUPED_PROPERTIES
 
 EXAMPLES = 25 if env.current().device == "cuda" else 2
-"""Examples per (backend, property): a handful on the CPU interpreter (CI), more on a GPU."""
+"""Examples per (backend, property) with the ``ci`` profile: a handful on the CPU interpreter (CI),
+more on a GPU."""
 
 
 def _pairs(config: pytest.Config) -> list:
@@ -41,18 +45,38 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize(("grouped_backend", "grouped_property"), _pairs(metafunc.config))
 
 
-def test_grouped_property(grouped_backend: str, grouped_property: str) -> None:
-    backend = registry.get(grouped_backend)
-    support = backend.support(env.current())
-    if not support:
-        pytest.skip(f"{grouped_backend}: {support.reason}")
-    sz = strategies.sizes_for(env.current().device)
+def _settings(config: pytest.Config) -> settings:
+    explicit = config.getoption("--nvfp4-examples", default=None)
+    ci = (getattr(config, "_nvfp4_profile", None) or "ci") == "ci"
+    kw = {"max_examples": explicit or EXAMPLES, "derandomize": True, "database": None} if ci else {}
+    return settings(settings.default, deadline=None, suppress_health_check=list(HealthCheck), **kw)
 
-    @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
+
+def test_grouped_property(nvfp4_session, grouped_backend: str, grouped_property: str, request) -> None:
+    backend = registry.get(grouped_backend)
+    test = request.node.nodeid
+    support = backend.support(nvfp4_session.env)
+    if not support:
+        nvfp4_session.record_skip(backend, grouped_property, support.reason, test)
+        pytest.skip(f"{grouped_backend}: {support.reason}")
+    if nvfp4_session.over_budget():
+        nvfp4_session.record_skip(backend, grouped_property, "time budget (--nvfp4-budget) exhausted", test)
+        pytest.skip("time budget (--nvfp4-budget) exhausted")
+    sz = strategies.sizes_for(nvfp4_session.env.device)
+
+    @_settings(request.config)
     @given(trial=strategies.grouped_trials(grouped_backend, grouped_property, sz))
     def check(trial) -> None:
-        out = execute(trial)
+        out = nvfp4_session.run(trial, test)
+        if out is None:  # the time budget is spent
+            reject()
         assert out.status in ("pass", "skip"), f"{grouped_backend} {grouped_property}: {out.reason}"
 
-    check()
+    # one example database entry per (backend, property) pair, as for a parametrized test
+    check._hypothesis_internal_add_digest = test.encode()  # type: ignore[attr-defined]
+    try:
+        check()
+    except BaseException:
+        nvfp4_session.end_test(test, "failure found")
+        raise
+    nvfp4_session.end_test(test, "finished")
