@@ -182,6 +182,17 @@ def _parse_poison(c: _Checker, d: Any) -> GroupedPoison:
 
 def parse(doc: Any, source: str = "<dict>") -> GroupedCase:
     """Validate a parsed grouped case document.  Raises :class:`GroupedCaseError`."""
+    try:
+        return _parse(doc, source)
+    except GroupedCaseError:
+        raise
+    except CaseFileError as exc:  # the shared field checks of harness.cases
+        prefix = f"{exc.source}: "
+        msg = str(exc)[len(prefix):] if str(exc).startswith(prefix) else str(exc)
+        raise GroupedCaseError(exc.source, exc.field, msg, exc.value) from None
+
+
+def _parse(doc: Any, source: str) -> GroupedCase:
     c = _Checker(source)
     if isinstance(doc, dict) and doc.get("schema") != SCHEMA:
         raise GroupedCaseError(source, "schema", f"schema={doc.get('schema')!r}: expected {SCHEMA!r}",
