@@ -108,20 +108,34 @@ def test_replay_tells_a_changed_grouped_case_by_its_digest(grouped_run, tmp_path
     assert "DIGEST MISMATCH" in res.stdout
 
 
-def test_wrong_backends_sanitize_and_promote_of_a_grouped_case_are_one_line_errors(grouped_run, tmp_path):
+def _in_process_error(capsys, args: list[str], needle: str) -> None:
+    from harness import cli as cli_mod
+
+    with pytest.raises(SystemExit) as exc:
+        cli_mod.main(args)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("nvfp4-harness: error: "), err
+    assert needle in err, (needle, err)
+
+
+def test_wrong_backends_sanitize_and_promote_of_a_grouped_case_are_one_line_errors(grouped_run, tmp_path, capsys):
     case = str(grouped_run["cases"][0])
     _one_line_error(cli(tmp_path, "replay", case, "--backend", "nope"), "unknown backend 'nope'",
                     "grouped backends: grouped-triton-emu, grouped-triton-emu-fused")
     _one_line_error(cli(tmp_path, "replay", case, "--backend", "triton-emu-8x4"),
                     "--backend 'triton-emu-8x4': a gemm-level backend cannot run a grouped case")
-    _one_line_error(cli(tmp_path, "replay", case, "--sanitize"), "is a grouped case")
-    _one_line_error(cli(tmp_path, "promote", case, "--name", "x", "--dest", str(tmp_path / "corpus")),
-                    "nvfp4-harness/grouped-case/1")
+    # the same command line, in this process
+    for args, needle in ((["replay", case, "--sanitize"], "is a grouped case"),
+                         (["promote", case, "--name", "x", "--dest", str(tmp_path / "corpus")],
+                          "nvfp4-harness/grouped-case/1")):
+        _in_process_error(capsys, args, needle)
     assert not (tmp_path / "corpus").exists()
-    # and a grouped backend on a GEMM-level case
+    # and a grouped backend on a GEMM-level case (the same function the command calls)
+    from harness.replay import replay
+
     dense = next((REPO / "regressions" / "cases").glob("*.json"))
-    _one_line_error(cli(tmp_path, "replay", str(dense), "--backend", "grouped-triton-emu"),
-                    "a grouped backend cannot run a")
+    with pytest.raises(ValueError, match="--backend 'grouped-triton-emu': a grouped backend cannot run a"):
+        replay(dense, backend="grouped-triton-emu")
 
 
 def _valid_case(path: Path) -> dict:
@@ -184,32 +198,33 @@ def test_malformed_grouped_case_files_name_the_field_the_value_and_what_was_expe
             read_case(bad)
         msg = str(exc.value)
         assert msg.startswith(f"{bad}: ") and expected in msg and "\n" not in msg, (change, msg)
-    # the command line says the same in one line (three of them through a real process)
-    for change in ("k", "poison", "json"):
+    # the command line says the same in one line
+    for change in ("poison",):
         bad = tmp_path / f"bad-{change}.json"
         _one_line_error(cli(tmp_path, "replay", str(bad)), str(bad), MALFORMED[change])
 
 
-def test_backends_lists_the_grouped_level(tmp_path):
-    res = cli(tmp_path, "backends")
-    assert res.returncode == 0, res.stderr
-    table = res.stdout[res.stdout.index("grouped-level backends"):]
-    head = table.splitlines()[1].split()
-    assert head[:3] == ["backend", "runs", "quantizes"]
-    rows = {line.split()[0]: line.split() for line in table.splitlines()[2:] if line.startswith("  grouped-")}
-    assert rows["grouped-triton-emu"][1:3] == ["yes", "no"] and rows["grouped-triton-emu-fused"][1:3] == ["yes", "yes"]
-    assert "mutant-grouped" not in res.stdout
-    doc = json.loads(cli(tmp_path, "backends", "--json", "--mutants").stdout)
+def test_backends_json_lists_the_grouped_level(capsys):
+    """(The table's grouped block: tests/test_front_door.py::test_backends_table_has_a_header_and_aligned_columns.)"""
+    from harness import cli as cli_mod
+
+    assert cli_mod.main(["backends", "--json"]) == 0
+    plain = {b["name"] for b in json.loads(capsys.readouterr().out)["backends"] if b["level"] == "grouped"}
+    assert plain == {"grouped-triton-emu", "grouped-triton-emu-fused"}  # no mutants without --mutants
+    assert cli_mod.main(["backends", "--json", "--mutants"]) == 0
+    doc = json.loads(capsys.readouterr().out)
     grouped = {b["name"]: b for b in doc["backends"] if b["level"] == "grouped"}
+    assert grouped["grouped-triton-emu-fused"]["quantizes"] and not grouped["grouped-triton-emu"]["quantizes"]
     assert {"grouped-triton-emu", "grouped-triton-emu-fused", MUTANT} <= set(grouped)
     assert all(b["available"] and b["reason"] for b in grouped.values())  # CPU: the Triton interpreter
 
 
-def test_fuzz_selects_grouped_backends_and_refuses_unknown_ones(tmp_path):
+def test_fuzz_selects_grouped_backends_and_refuses_unknown_ones(tmp_path, capsys):
     _one_line_error(cli(tmp_path, "fuzz", "--backends", "nope"), "unknown backend 'nope'; known backends:",
                     "grouped backends: grouped-triton-emu")
-    _one_line_error(cli(tmp_path, "fuzz", "--backends", "grouped-triton-emu", "--properties", "row_isolation"),
-                    "applies to none of the selected backends", "grouped-level: reference_agreement")
+    _in_process_error(capsys, ["fuzz", "--backends", "grouped-triton-emu", "--properties", "row_isolation"],
+                      "applies to none of the selected backends (grouped-triton-emu); their properties are: "
+                      "grouped-level: reference_agreement")
     res = cli(tmp_path, "fuzz", "--backends", "grouped-triton-emu", "--properties", "zero_token_groups",
               "--profile", "ci", "--examples", "1", "-n", "0", "--results", "results", "--report", "r.html")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
