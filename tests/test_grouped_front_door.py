@@ -314,3 +314,15 @@ def test_the_grouped_report_in_a_browser_loads_nothing_and_does_not_overflow(tmp
     assert dom.count('<table class="experts">') == 2
     for check in check_overflow(page, (1280, 1920)):
         assert check.overflow == [], (check.width, check.overflow)
+
+
+def test_sanitize_leaves_grouped_case_files_out_and_says_so(tmp_path, capsys):
+    """A run's cases/ folder may hold grouped cases: ``sanitize`` names them as left out instead of
+    failing on them (compute-sanitizer reruns the other levels' cases)."""
+    from harness.sanitizer.run import command
+
+    _valid_case(tmp_path / "cases" / "g.json")
+    with pytest.raises(ValueError, match="nothing to sanitize"):
+        command([str(tmp_path / "cases")])
+    err = capsys.readouterr().err
+    assert "1 grouped case file(s) left out" in err and str(tmp_path / "cases" / "g.json") in err
