@@ -522,7 +522,8 @@ class HarnessSession:
 
         from harness.backends import registry
         from harness.grouped import registry as grouped_registry
-        from harness.runner import NOT_APPLICABLE, ContextLost, execute
+        from harness.grouped.checks import execute as execute_grouped
+        from harness.runner import NOT_APPLICABLE, ContextLost, execute as execute_gemm
         from harness.trial import Outcome
 
         if self.over_budget() and self.campaign is None:
@@ -534,8 +535,7 @@ class HarnessSession:
         except Exception:
             final = True
         grouped = grouped_registry.is_grouped(trial.backend)
-        if grouped:  # the grouped (MoE) level has its own engine
-            from harness.grouped.checks import execute
+        execute = execute_grouped if grouped else execute_gemm  # the grouped (MoE) level has its own engine
         level = "grouped" if grouped else registry.get(trial.backend).level
         try:
             outcome = execute(trial, digest=digest)

@@ -52,19 +52,8 @@ class Replay:
                                             if getattr(t.poison, r)) or "none")
                  + (" + stale memory" if t.poison.stale_memory else "")
                  + (f"; activation scales {t.a_layout}" if t.a_layout else "")]
-        if self.digest_ok is False:
-            lines.append(f"operands  DIGEST MISMATCH: rebuilt operands differ from the recorded ones "
-                         f"({self.outcome.digest} != {self.case.digest}); this is not the same case")
-        elif self.digest_ok:
-            lines.append("operands  rebuilt bit for bit (digest matches)")
-        if t.backend != self.case.backend:  # the same inputs on another backend: says nothing of a fix
-            verdict = {"pass": f"PASSES on {t.backend} (the case failed on {self.case.backend})",
-                       "fail": f"FAILS on {t.backend} too", "crash": f"CRASHED on {t.backend}",
-                       "skip": f"{t.backend} cannot run here"}[o.status]
-        else:
-            verdict = {"pass": "PASSES now", "fail": "STILL FAILS", "crash": "CRASHED",
-                       "skip": "cannot run here"}[o.status]
-        lines.append(f"result    {verdict}: {o.reason or (o.result.summary if o.result else '')}")
+        lines += _digest_lines(self.digest_ok, o.digest, self.case.digest)
+        lines.append(f"result    {_verdict(t.backend, self.case.backend, o)}")
         for key, label in (("nan_rows", "NaN rows"), ("changed_rows", "rows"), ("changed_cols", "columns")):
             if m.get(key):
                 vals = m[key]
