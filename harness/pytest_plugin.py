@@ -512,12 +512,13 @@ class HarnessSession:
         trial = Trial(backend.name, prop, GemmProblem(1, 16, 16))
         self.record(trial, Outcome("skip", reason), test, backend.level, True, scope="test")
 
-    def run(self, trial, test: str, digest: bool = False):
+    def run(self, trial, test: str, digest: bool = False, ignore_budget: bool = False):
         """Execute a trial inside a Hypothesis test; record it; end the process on a lost context.
 
         The time budget is checked before every example: once it is spent the example is not run
         and ``None`` is returned (the property suite rejects it, so Hypothesis ends the test quickly
-        with the examples already run)."""
+        with the examples already run).  ``ignore_budget``: the caller checks the budget itself (the
+        grouped suite), so the example always runs."""
         from hypothesis.control import current_build_context
 
         from harness.backends import registry
@@ -526,7 +527,7 @@ class HarnessSession:
         from harness.runner import NOT_APPLICABLE, ContextLost, execute as execute_gemm
         from harness.trial import Outcome
 
-        if self.over_budget() and self.campaign is None:
+        if self.over_budget() and self.campaign is None and not ignore_budget:
             self._stops.setdefault(test, f"time budget (--nvfp4-budget {self.budget:g} s) spent")
             return None
 

@@ -13,9 +13,10 @@ With the ``ci`` profile each pair runs :data:`EXAMPLES` derandomized examples; t
 
 from __future__ import annotations
 
+import time
+
 import pytest
-from hypothesis import HealthCheck, given, reject, settings
-from hypothesis.errors import Unsatisfiable
+from hypothesis import HealthCheck, given, settings
 
 from harness import campaign, env
 from harness.grouped import registry, strategies
@@ -53,6 +54,30 @@ def _settings(config: pytest.Config) -> settings:
     return settings(settings.default, deadline=None, suppress_health_check=list(HealthCheck), **kw)
 
 
+def _campaign_share_end(request: pytest.FixtureRequest, session) -> float:
+    """In a campaign (the fuzz profile with a budget), when this pair's even share of the time left
+    ends (the time left over this and every later property-suite pair of the session); no end
+    otherwise."""
+    if session.budget is None or not getattr(request.config, "_nvfp4_campaign", False):
+        return float("inf")
+    items = request.session.items
+    start = items.index(request.node) if request.node in items else 0
+    pairs = sum(1 for item in items[start:]
+                if {"grouped_backend", "backend_name"} & set(getattr(getattr(item, "callspec", None), "params", {})))
+    left = session.start + session.budget - time.time()
+    return time.time() + max(0.0, left) / max(1, pairs)
+
+
+def _final() -> bool:
+    """Whether Hypothesis is replaying the minimal failure it found (the run must not stop then)."""
+    from hypothesis.control import current_build_context
+
+    try:
+        return current_build_context().is_final
+    except Exception:  # noqa: BLE001 - outside a build context
+        return True
+
+
 def test_grouped_property(nvfp4_session, grouped_backend: str, grouped_property: str, request) -> None:
     backend = registry.get(grouped_backend)
     test = request.node.nodeid
@@ -64,24 +89,36 @@ def test_grouped_property(nvfp4_session, grouped_backend: str, grouped_property:
         nvfp4_session.record_skip(backend, grouped_property, "time budget (--nvfp4-budget) exhausted", test)
         pytest.skip("time budget (--nvfp4-budget) exhausted")
     sz = strategies.sizes_for(nvfp4_session.env.device)
+    share_end = _campaign_share_end(request, nvfp4_session)
+    found: list = []  # failing examples of this run
+    ran: list[str] = []  # outcomes of the examples run
 
     @_settings(request.config)
     @given(trial=strategies.grouped_trials(grouped_backend, grouped_property, sz))
     def check(trial) -> None:
-        # the session's time budget, before every example (in a campaign too: the grouped pairs
-        # take no share of it, they stop where it ends)
-        out = None if nvfp4_session.over_budget() else nvfp4_session.run(trial, test)
-        if out is None:  # the time budget is spent
-            reject()
+        # the session's time budget (in a campaign: this pair's share of it), before every example:
+        # it ends the Hypothesis run at once, but never once a failure was found (it is shrunk and
+        # its minimal example replayed and recorded first)
+        spent = nvfp4_session.over_budget() or time.time() > share_end
+        if spent and not found and not _final():
+            raise campaign.RunStopped()
+        out = nvfp4_session.run(trial, test, ignore_budget=True)
+        ran.append(out.status)
+        if out.status in ("fail", "crash"):
+            found.append(trial)
         assert out.status in ("pass", "skip"), f"{grouped_backend} {grouped_property}: {out.reason}"
 
     # one example database entry per (backend, property) pair, as for a parametrized test
     check._hypothesis_internal_add_digest = test.encode()  # type: ignore[attr-defined]
     try:
         check()
-    except Unsatisfiable:  # every example was rejected: the time budget ran out before the first one
-        nvfp4_session.end_test(test, "time budget (--nvfp4-budget) spent")
-        pytest.skip("time budget (--nvfp4-budget) spent")
+    except campaign.RunStopped:  # the time budget (or this pair's share of it) is spent: what ran is recorded
+        why = "time budget (--nvfp4-budget) spent" if nvfp4_session.over_budget() else \
+            "its share of the campaign budget was spent"
+        nvfp4_session.end_test(test, f"{why} after {len(ran)} example(s)")
+        if not ran:
+            pytest.skip(why)
+        return
     except BaseException:
         nvfp4_session.end_test(test, "failure found")
         raise
