@@ -90,8 +90,7 @@ def graphs_unavailable(device: torch.device) -> str | None:
 def capture_and_replay(call: Callable[[], torch.Tensor], refill: Callable[[], None], *,
                        warmup: int = GRAPH_WARMUP_CALLS) -> torch.Tensor:
     """Capture ``call`` in a ``torch.cuda.CUDAGraph``, run ``refill`` (which changes the captured
-    call's input buffers in place), replay, and return the captured call's output tensor (which the
-    replay overwrote).
+    call's input buffers in place) and replay.
 
     As torch's CUDA graphs documentation prescribes: ``warmup`` eager calls on a side stream that
     waits for the current one, the current stream then waiting for it, and the capture on that same
@@ -99,7 +98,8 @@ def capture_and_replay(call: Callable[[], torch.Tensor], refill: Callable[[], No
     of the warm-up calls propagate unchanged (an eager failure or refusal); an exception raised while
     capturing becomes :class:`GraphCaptureError` naming it (and the error it caused when the capture
     was closed, if any).  Errors of the replay surface at the final synchronisation, unchanged (a
-    sticky CUDA error is classified as a crash by :func:`classify_exception`)."""
+    sticky CUDA error is classified as a crash by :func:`classify_exception`).  Returns a copy of the
+    replayed output (anything else the call returned, as it is)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -121,4 +121,5 @@ def capture_and_replay(call: Callable[[], torch.Tensor], refill: Callable[[], No
     refill()
     graph.replay()
     torch.cuda.synchronize()
-    return out
+    # the output lives in the graph's private memory pool: a copy outlives the graph
+    return out.clone() if isinstance(out, torch.Tensor) else out
