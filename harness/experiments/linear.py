@@ -17,7 +17,8 @@ from dataclasses import replace
 from harness import checks, guard
 from harness.backends.protocol import BackendContractError, LinearBackend
 from harness.data import generate
-from harness.experiments import NotApplicable, check_guards, poison_allocator, sync
+from harness.experiments import NotApplicable, check_guards, classify_exception, poison_allocator, sync
+from harness.input_layout import CONTIGUOUS, snapshot, storage_changed, strided_view
 from harness.layouts import round_up
 from harness.oracle import error_bound, reference_linear
 from harness.pipeline import CheckpointWeight
@@ -46,6 +47,9 @@ class LinearExperiment:
                 not getattr(backend, "static_input_scale", False):
             raise NotApplicable("the layer quantizes activations dynamically (no static input_scale path), "
                                 f"the problem's calibration={self.problem.calibration:g} needs one")
+        if (self.problem.m == 0) != (trial.property == "empty_batch"):
+            raise NotApplicable("the empty_batch property, and only it, takes an empty batch (m=0); "
+                                f"problem.m={self.problem.m}")
         self.x, self.weight, self.bias = linear_inputs(self.problem, device)
 
     @property
@@ -56,15 +60,23 @@ class LinearExperiment:
             h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
-    def call(self, x=None) -> torch.Tensor:
+    def call(self, x=None, layout: str | None = None) -> torch.Tensor:
+        """The layer on ``x`` (default: the problem's activations, handed in the problem's
+        ``input_layout``; ``x`` given: contiguous unless ``layout`` says otherwise), every buffer
+        inside guard bytes; raises BackendContractError for a write outside them (or into x's
+        storage) and for an output of the wrong shape."""
+        layout = layout or (self.problem.input_layout if x is None else CONTIGUOUS)
         x = self.x if x is None else x
-        x = guard.guarded(x)
+        strided = strided_view(x, layout, self.problem.seed) if layout != CONTIGUOUS else None
+        x = guard.guarded(x) if strided is None else strided.view
+        before = snapshot(strided) if strided is not None else None
         weight = replace(self.weight, packed=guard.guarded(self.weight.packed),
                          scales=guard.guarded(self.weight.scales),
                          weight_scale_2=guard.guarded(self.weight.weight_scale_2),
                          input_scale=None if self.weight.input_scale is None else guard.guarded(self.weight.input_scale))
         bias = guard.guarded(self.bias)
-        handed = {"x": x, "weight.packed": weight.packed, "weight.scales": weight.scales,
+        handed = {"x" if strided is None else "x (storage)": x if strided is None else strided.storage,
+                  "weight.packed": weight.packed, "weight.scales": weight.scales,
                   "weight.weight_scale_2": weight.weight_scale_2, "bias": bias}
         if weight.input_scale is not None:
             handed["weight.input_scale"] = weight.input_scale
@@ -73,10 +85,13 @@ class LinearExperiment:
         out = self.backend.run(x, weight, bias)
         sync()
         check_guards(handed)
+        if strided is not None and (changed := storage_changed(strided, before)):
+            raise BackendContractError(f"wrote into its input: {changed}")
         want = (*x.shape[:-1], self.weight.n)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise BackendContractError(f"output shape {got}, expected {want} for input {tuple(x.shape)}")
+        self.geometry = {"input_layout": CONTIGUOUS} if strided is None else strided.describe()
         return out
 
     def reference_agreement(self) -> PropertyResult:
@@ -86,7 +101,10 @@ class LinearExperiment:
                                dense_activation=req.activation == "bf16")
         bound = error_bound(ref, req.precision, out.dtype, bias_in_out_dtype=True)
         flat = out.reshape(-1, out.shape[-1])
-        return checks.reference_agreement(flat, ref, bound, out.dtype, bias_in_out_dtype=True)
+        res = checks.reference_agreement(flat, ref, bound, out.dtype, bias_in_out_dtype=True)
+        if self.problem.input_layout != CONTIGUOUS:
+            res.measure.update(self.geometry)
+        return res
 
     def determinism(self) -> PropertyResult:
         return checks.determinism(self.call().clone(), self.call().clone())
@@ -111,3 +129,32 @@ class LinearExperiment:
         clean = self.call(x2)
         dirty = self.call(dirty_x)
         return checks.input_isolation(clean, dirty, bad_row, kind, self.weight.input_scale is not None)
+
+    def layout_invariance(self) -> PropertyResult:
+        """The outputs on the problem's ``input_layout`` view equal those on the contiguous copy bit
+        for bit, or the layer refuses the view (:func:`harness.checks.layout_invariance`)."""
+        dense = self.call(layout=CONTIGUOUS).clone()
+        layout = self.problem.input_layout
+        try:
+            view = self.call(layout=layout).clone()
+        except Exception as exc:  # noqa: BLE001 - a refusal is an allowed answer to a view
+            if isinstance(exc, BackendContractError) or classify_exception(exc)[0] == "crash":
+                raise
+            return checks.layout_invariance({}, strided_view(self.x, layout, self.problem.seed).describe(),
+                                            f"{type(exc).__name__}: {exc}".strip())
+        n = dense.shape[-1]
+        return checks.layout_invariance({"outputs": (dense.reshape(-1, n), view.reshape(-1, n))}, self.geometry)
+
+    def empty_batch(self) -> PropertyResult:
+        """An empty batch (m=0, x of shape ``[*batch, k]`` with a 0 leading dim) gives an empty
+        output ``[*batch, n]`` in x's dtype, or a refusal; guard bytes intact
+        (:func:`harness.checks.empty_batch`)."""
+        want = (*self.x.shape[:-1], self.weight.n)
+        try:
+            out = self.call()
+        except Exception as exc:  # noqa: BLE001 - a refusal is an allowed answer to an empty batch
+            if isinstance(exc, BackendContractError) or classify_exception(exc)[0] == "crash":
+                raise
+            return checks.empty_batch({}, {}, f"{type(exc).__name__}: {exc}".strip())
+        return checks.empty_batch({"output": (tuple(out.shape), want)},
+                                  {"output": (str(out.dtype), str(self.x.dtype))})
