@@ -13,7 +13,8 @@ import torch
 
 from harness import checks, guard
 from harness.backends.protocol import BackendContractError, QuantizerBackend
-from harness.experiments import NotApplicable, check_guards, classify_exception, sync
+from harness.backends.protocol import Unsupported
+from harness.experiments import NotApplicable, check_guards, refusal, sync
 from harness.format import BLOCK_SIZE, block_scale_and_inverse, reference_quantize
 from harness.input_layout import CONTIGUOUS, snapshot, storage_changed, strided_view
 from harness.layouts import OperandRole, ScaleLayout, padded_shape, padding_map, unswizzle
@@ -96,7 +97,13 @@ def quantizer_agreement(backend: QuantizerBackend, trial: Trial, device) -> tupl
     x, gs, digest = _inputs(trial, device)
     if p.m == 0:
         raise NotApplicable("an empty batch (m=0) has no bytes to compare: the empty_batch property checks it")
-    packed, scales, geometry = _quantize(backend, x, gs, p.input_layout, p.seed)
+    try:
+        packed, scales, geometry = _quantize(backend, x, gs, p.input_layout, p.seed)
+    except Exception as exc:
+        if p.input_layout == CONTIGUOUS or isinstance(exc, Unsupported):
+            raise
+        # refusing a view is allowed (layout_invariance reports it): nothing to compare here
+        raise Unsupported(f"refused the {p.input_layout} view: {refusal(exc)}") from exc
     logical = _logical_scales(backend, scales)
     declared = tuple(getattr(backend, "known_differences", ()))
     result = bytes_against_reference(x, gs, packed, logical, declared, "quantizer_agreement")
@@ -122,14 +129,6 @@ def quantizer_agreement(backend: QuantizerBackend, trial: Trial, device) -> tupl
     return result, digest
 
 
-def _refusal(exc: Exception) -> str:
-    """What a backend raised on a call it may refuse, as ``"Type: message"``; re-raises a broken
-    contract and a sticky CUDA error (those are failures and crashes, never refusals)."""
-    if isinstance(exc, BackendContractError) or classify_exception(exc)[0] == "crash":
-        raise exc
-    return f"{type(exc).__name__}: {exc}".strip()
-
-
 def layout_invariance(backend: QuantizerBackend, trial: Trial, device) -> tuple[PropertyResult, Callable[[], str]]:
     """The packed codes and real scale bytes on the problem's ``input_layout`` view equal those on
     the contiguous copy, or the backend refuses the view (:func:`harness.checks.layout_invariance`)."""
@@ -140,7 +139,7 @@ def layout_invariance(backend: QuantizerBackend, trial: Trial, device) -> tuple[
         v_packed, v_scales, geometry = _quantize(backend, x, gs, p.input_layout, p.seed)
     except Exception as exc:  # noqa: BLE001 - a refusal is an allowed answer to a view
         return checks.layout_invariance({}, strided_view(x, p.input_layout, p.seed).describe(),
-                                        _refusal(exc)), digest
+                                        refusal(exc)), digest
     kb = p.k // BLOCK_SIZE
 
     def real(t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,7 +160,7 @@ def empty_batch(backend: QuantizerBackend, trial: Trial, device) -> tuple[Proper
     try:
         packed, scales, _ = _quantize(backend, x, gs, p.input_layout, p.seed)
     except Exception as exc:  # noqa: BLE001 - a refusal is an allowed answer to an empty batch
-        return checks.empty_batch({}, {}, _refusal(exc)), digest
+        return checks.empty_batch({}, {}, refusal(exc)), digest
     want_sf = padded_shape(backend.layout, 0, p.k // BLOCK_SIZE)
     got_sf = tuple(scales.shape) if scales.numel() else want_sf  # an empty buffer of any 2-D shape is empty
     return checks.empty_batch({"packed codes": (tuple(packed.shape), (0, p.k // 2)), "block scales": (got_sf, want_sf)},

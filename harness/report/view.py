@@ -76,6 +76,10 @@ def _problem_text(p: Any) -> str:
     parts.append(f"{p.get('distribution')} seed {p.get('seed')}")
     if p.get("calibration") is not None:
         parts.append(f"static scale, calibration ratio {p['calibration']:g}")
+    if p.get("input_layout") not in (None, "contiguous"):
+        parts.append(f"x as a {str(p['input_layout']).replace('_', ' ')} view")
+    if p.get("m") == 0:
+        parts.append("empty batch")
     if p.get("origin"):
         parts.append(str(p["origin"]))
     return " · ".join(parts)
