@@ -502,8 +502,9 @@ def _parse_problem(c: _Checker, d: Any) -> GemmProblem:
     calibration = p.get("calibration")
     if calibration is not None and (isinstance(calibration, bool) or not isinstance(calibration, (int, float))):
         raise c.fail("problem.calibration", calibration, "a positive ratio (runtime amax / calibrated amax) or null")
-    input_layout = p.get("input_layout", CONTIGUOUS)
-    if input_layout not in INPUT_LAYOUTS:  # files written before input_layout existed: contiguous
+    input_layout = p.get("input_layout")
+    input_layout = CONTIGUOUS if input_layout is None else input_layout  # older files: contiguous
+    if not isinstance(input_layout, str) or input_layout not in INPUT_LAYOUTS:
         raise c.fail("problem.input_layout", input_layout, f"one of {list(INPUT_LAYOUTS)}")
     try:
         return GemmProblem(m=p["m"], n=p["n"], k=p["k"], out_dtype=p["out_dtype"], in_dtype=p["in_dtype"],
