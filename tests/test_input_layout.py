@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import find, settings
+from hypothesis.errors import NoSuchExample
 
 from harness import checks
 from harness.backends import registry
@@ -256,8 +257,8 @@ def test_m_0_belongs_to_empty_batch_only() -> None:
 # Strategies, case files, replay, report
 # ----------------------------------------------------------------------------------------------
 
-def _first(strategy, condition):
-    return find(strategy, condition, settings=settings(max_examples=300, database=None, deadline=None))
+def _first(strategy, condition, max_examples: int = 300):
+    return find(strategy, condition, settings=settings(max_examples=max_examples, database=None, deadline=None))
 
 
 def test_the_strategies_draw_views_and_empty_batches() -> None:
@@ -267,11 +268,11 @@ def test_the_strategies_draw_views_and_empty_batches() -> None:
         t = _first(inv, lambda t: True)
         assert t.problem.input_layout == "column_slice" and t.problem.m == 1  # the shrink target
         assert _first(inv, lambda t: t.problem.input_layout == "batch_strided")
-        with pytest.raises(Exception):
-            _first(inv, lambda t: t.problem.input_layout == "contiguous")
+        with pytest.raises(NoSuchExample):
+            _first(inv, lambda t: t.problem.input_layout == "contiguous", 40)
         empty = trials(b, "empty_batch", CPU_SIZES)
-        with pytest.raises(Exception):
-            _first(empty, lambda t: t.problem.m != 0)
+        with pytest.raises(NoSuchExample):
+            _first(empty, lambda t: t.problem.m != 0, 40)
         main = trials(b, "quantizer_agreement" if b.level == "quantizer" else "reference_agreement", CPU_SIZES)
         assert _first(main, lambda t: True).problem.input_layout == "contiguous"
         assert _first(main, lambda t: t.problem.input_layout == "column_major")
@@ -340,6 +341,7 @@ def test_the_replay_command_replays_a_dense_read_case(tmp_path) -> None:
     res = subprocess.run([sys.executable, "-m", "harness", "replay", str(path)], capture_output=True, text=True,
                          cwd=REPO, timeout=300)
     assert res.returncode == 1 and "rebuilt bit for bit (digest matches)" in res.stdout, res.stdout + res.stderr
+    assert "input_layout=column_slice" in res.stdout
     ok = subprocess.run([sys.executable, "-m", "harness", "replay", str(path), "--backend", QUANT],
                         capture_output=True, text=True, cwd=REPO, timeout=300)
     assert ok.returncode == 0, ok.stdout + ok.stderr
