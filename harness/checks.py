@@ -545,7 +545,7 @@ def _byte_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def layout_invariance(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], geometry: dict,
-                      refused: str | None = None) -> PropertyResult:
+                      refused: str | None = None, agreement: PropertyResult | None = None) -> PropertyResult:
     """12. The backend's bytes on a non-contiguous view of the input equal those on the contiguous
     copy (:mod:`harness.input_layout`), or the backend refuses the view.
 
@@ -553,6 +553,11 @@ def layout_invariance(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], geome
     packed codes and the real scale bytes; linear layer: the outputs), compared bit for bit;
     ``geometry``: the view's layout, strides and storage offset (:meth:`StridedInput.describe`);
     ``refused``: what the backend raised on the view (a refusal passes; it is reported).
+    ``agreement``: (linear level) :func:`reference_agreement` of the outputs on the view, given
+    when the bits may differ legitimately: a dense bf16 GEMM may pick another kernel or
+    accumulation order for a strided operand and round differently, so differing bits within the
+    reference's bound pass and are reported (``bitwise`` false); a quantizer's bytes have no such
+    freedom and are compared without it.
     Silent garbage (vLLM PR #49092: a column slice quantized as if dense) is the failure."""
     layout = geometry.get("input_layout", "?")
     measure = dict(geometry)
@@ -573,6 +578,7 @@ def layout_invariance(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], geome
         if bool(bad.any()):
             differ[name] = _rows_list(bad)
             measure[f"{name}_changed_rows_total"] = int(bad.sum())
+    measure["bitwise"] = not differ
     if not differ:
         return PropertyResult("layout_invariance", True,
                               f"{layout} view {tuple(next(iter(pairs.values()))[1].shape) if pairs else ()} "
@@ -580,9 +586,18 @@ def layout_invariance(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], geome
     all_rows = sorted({r for v in differ.values() for r in v})
     measure["changed_rows"] = all_rows[:64]
     what = ", ".join(f"{name} ({measure[f'{name}_changed_rows_total']} of {rows} rows)" for name in differ)
-    return PropertyResult("layout_invariance", False,
-                          f"{layout} view (strides {geometry.get('strides')}): {what} differ from the contiguous "
-                          f"copy's, first at row {all_rows[0]}", measure)
+    summary = (f"{layout} view (strides {geometry.get('strides')}): {what} differ from the contiguous "
+               f"copy's, first at row {all_rows[0]}")
+    if agreement is None:
+        return PropertyResult("layout_invariance", False, summary, measure)
+    for key in ("max_err_units", "violations", "nonfinite_violations", "nan_rows", "grid"):
+        if key in agreement.measure:
+            measure[key] = agreement.measure[key]
+    if agreement.ok:
+        return PropertyResult("layout_invariance", True,
+                              f"{summary}, within the reference's bound ({agreement.summary}; reported)", measure)
+    return PropertyResult("layout_invariance", False, f"{summary}; against the reference: {agreement.summary}",
+                          measure)
 
 
 def empty_batch(shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]], dtypes: dict[str, tuple[str, str]],
