@@ -369,3 +369,26 @@ def test_the_report_names_the_layout_and_the_empty_batch() -> None:
     assert "x as a column slice view" in _problem_text(GemmProblem(m=2, n=16, k=16, input_layout="column_slice").to_dict())
     assert "view" not in _problem_text(GemmProblem(m=2, n=16, k=16).to_dict())
     assert "empty batch" in _problem_text(GemmProblem(m=0, n=16, k=16).to_dict())
+
+
+def test_the_report_tables_views_and_empty_batches_per_backend() -> None:
+    from harness.report.view import EMPTY_BATCH, input_layout_rows
+
+    def rec(backend, outcome, **problem_and_measure):
+        measure = problem_and_measure.pop("measure", {})
+        problem = GemmProblem(n=16, k=16, **{"m": 2, **problem_and_measure}).to_dict()
+        return {"backend": backend, "outcome": outcome, "problem": problem, "measure": measure}
+
+    old = rec("q", "pass")
+    del old["problem"]["input_layout"]  # a record written before input_layout: contiguous, not tabled
+    records = [old, rec("q", "pass", input_layout="column_slice"),
+               rec("q", "pass", input_layout="column_slice", measure={"refused": "ValueError: no"}),
+               rec("q", "fail", input_layout="batch_strided"),
+               rec("l", "pass", input_layout="column_major", measure={"bitwise": False}),
+               rec("l", "pass", m=0), rec("q", "pass", m=0, measure={"refused": "RuntimeError: empty"})]
+    cols, rows = input_layout_rows(records)
+    assert cols == ["column_slice", "column_major", "batch_strided", "storage_offset", EMPTY_BATCH]
+    table = {r["backend"]: [(c["text"], c["cls"]) for c in r["cells"]] for r in rows}
+    assert table["q"] == [("2 pass (1 refused)", "pass"), ("–", "empty"), ("1 fail", "fail"), ("–", "empty"),
+                          ("1 pass (1 refused)", "pass")]
+    assert table["l"][1] == ("1 pass (1 within bound)", "pass") and table["l"][4] == ("1 pass", "pass")
