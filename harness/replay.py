@@ -47,6 +47,8 @@ class Replay:
                  f"problem   m={p.m} n={p.n} k={p.k} out={p.out_dtype} data={p.distribution} seed={p.seed}"
                  + (f" batch={list(p.batch)}" if p.batch else "")
                  + (f" calibration={p.calibration:g} (static activation scale)" if p.calibration is not None else "")
+                 + (f" input_layout={p.input_layout} (x as a non-contiguous view)"
+                    if p.input_layout != "contiguous" else "")
                  + (f"  [{p.origin}]" if p.origin else ""),
                  f"poison    " + (", ".join(f"{r}=0x{getattr(t.poison, r):02X}" for r in POISON_REGIONS
                                             if getattr(t.poison, r)) or "none")
