@@ -35,19 +35,27 @@ PROPERTIES: tuple[str, ...] = (
     "batch_invariance",
     "checkpoint_convention",
     "input_isolation",
+    "graph_replay",
+    "layout_invariance",
+    "empty_batch",
 )
 """Every property, in report order (:mod:`harness.checks` holds the verdicts)."""
 
 GEMM_PROPERTIES = ("reference_agreement", "row_isolation", "column_isolation", "k_tail", "output_coverage",
-                   "determinism", "clean_rejection", "tp_consistency", "batch_invariance")
-LINEAR_PROPERTIES = ("reference_agreement", "determinism", "batch_invariance", "input_isolation")
-QUANTIZER_PROPERTIES = ("quantizer_agreement",)
+                   "determinism", "clean_rejection", "tp_consistency", "batch_invariance", "graph_replay")
+LINEAR_PROPERTIES = ("reference_agreement", "determinism", "batch_invariance", "input_isolation", "graph_replay",
+                     "layout_invariance", "empty_batch")
+QUANTIZER_PROPERTIES = ("quantizer_agreement", "layout_invariance", "empty_batch")
 CHECKPOINT_PROPERTIES = ("checkpoint_convention",)
 LEVEL_PROPERTIES = {"gemm": GEMM_PROPERTIES, "linear": LINEAR_PROPERTIES, "quantizer": QUANTIZER_PROPERTIES,
                     "checkpoint": CHECKPOINT_PROPERTIES}
 LEVELS: tuple[str, ...] = tuple(LEVEL_PROPERTIES)
 """Backend levels: a GEMM on pipeline operands, a serving engine's linear layer, a quantizer, a
 checkpoint convention (a library's writer with a serving engine's loader)."""
+
+GPU_ONLY_PROPERTIES: tuple[str, ...] = ("graph_replay",)
+"""Properties that need a CUDA GPU whatever the backend runs on (a CUDA graph captures the call);
+elsewhere they are skipped as not applicable, and a mutant only they catch cannot be hunted."""
 
 ISOLATION_PROPERTIES = ("row_isolation", "column_isolation", "k_tail")
 """Properties that poison one padding region (``measure.region``, ``measure.poison_kind``)."""
@@ -121,8 +129,20 @@ class Outcome:
 
 
 def properties_for(backend) -> tuple[str, ...]:
-    """The properties that apply to ``backend`` (anything with a ``level``)."""
+    """The properties that apply to ``backend`` (anything with a ``level``; the grouped level's
+    are :data:`harness.grouped.problem.GROUPED_PROPERTIES`)."""
+    if backend.level == "grouped":
+        from harness.grouped.problem import GROUPED_PROPERTIES
+
+        return GROUPED_PROPERTIES
     return LEVEL_PROPERTIES[backend.level]
+
+
+def all_properties() -> tuple[str, ...]:
+    """Every property name a selection may use: :data:`PROPERTIES`, then the grouped level's."""
+    from harness.grouped.problem import GROUPED_PROPERTIES
+
+    return PROPERTIES + tuple(p for p in GROUPED_PROPERTIES if p not in PROPERTIES)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -208,7 +208,7 @@ def test_a_refused_example_does_not_end_the_test(tmp_path: Path) -> None:
     (tmp_path / "refusers.py").write_text(REFUSING_PLUGIN)
     res = pytest_run(str(REPO / "properties"), "--nvfp4-plugin", "refusers.py",
                      "--nvfp4-backends", "example-odd-m-refuser,example-all-refuser",
-                     "--nvfp4-examples", "8", "--nvfp4-results", "res", "-rs", cwd=tmp_path)
+                     "--nvfp4-properties", "quantizer_agreement", "--nvfp4-examples", "8", "--nvfp4-results", "res", "-rs", cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:]
     assert re.search(r"\b1 passed, \d+ skipped", res.stdout), res.stdout[-2000:]
     assert "every example was refused" in res.stdout and "refuses everything" in res.stdout
@@ -318,7 +318,12 @@ def test_backends_table_has_a_header_and_aligned_columns(tmp_path: Path) -> None
     assert res.returncode == 0, res.stderr
     blocks = re.split(r"\n(\w+)-level backends\n", res.stdout)
     tables = dict(zip(blocks[1::2], blocks[2::2]))
-    assert {"gemm", "linear", "quantizer"} <= set(tables)
+    assert {"gemm", "linear", "quantizer", "grouped"} <= set(tables)
+    # the grouped (MoE) level: its backends and planted bugs, whether each quantizes the activations itself
+    grouped = {line.split()[0]: line.split()[1:3] for line in tables["grouped"].splitlines()[1:]
+               if line.startswith("  ") and not line.startswith("   ")}
+    assert grouped["grouped-triton-emu"] == ["yes", "no"] and grouped["grouped-triton-emu-fused"] == ["yes", "yes"]
+    assert "mutant-grouped-routed-scale-twice" in grouped
     for level, text in tables.items():
         # table rows start two spaces in; a backend's "last run" note is a continuation line below it
         lines = [line for line in text.splitlines() if line.strip() and not line.startswith("   ")]

@@ -20,8 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: list[tuple[str, ...]] = [
-    # the number format, scale layouts and the machine: no harness imports
-    ("harness", "harness.format", "harness.layouts", "harness.env", "harness.optional", "harness.guard"),
+    # the number format, scale layouts and the machine: no harness imports (the input memory layouts
+    # build their views inside guard bytes)
+    ("harness", "harness.format", "harness.layouts", "harness.env", "harness.optional", "harness.guard",
+     "harness.input_layout"),
     # Triton kernels of the pipeline (quantize, dequantize, pad) and of the test data
     ("harness.kernels", "harness.kernels.nvfp4", "harness.kernels.data"),
     # deterministic test data (its Triton path is a kernel)
@@ -49,7 +51,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("harness.experiments.*",),
     ("harness.runner", "harness.memory", "harness.grouped.checks"),
     # what is kept of a run: case files, the suite's plan
-    ("harness.cases", "harness.suite", "harness.tracking", "harness.grouped.cases"),
+    ("harness.cases", "harness.suite", "harness.tracking", "harness.grouped.cases", "harness.grouped.records"),
     # the results directory (writing and reading)
     ("harness.results", "harness.verified"),
     # the HTML report of a results directory
