@@ -134,3 +134,14 @@ def test_mutants_planted_in_the_moe_stages_are_caught_and_the_parent_passes():
     for name in ("mutant-moe-gate-up-swapped", "mutant-moe-fc2-one-input-scale"):
         out = execute(GroupedTrial(name, "reference_agreement", p))
         assert out.status == "fail", (name, out.reason)
+
+
+def test_a_moe_case_file_replays_through_the_grouped_replay(tmp_path):
+    """``nvfp4-harness replay`` of a fused-MoE case: the digest matches and the property runs again."""
+    from harness.replay import replay_grouped
+
+    trial = GroupedTrial(EMU, "reference_agreement", _problem(splits=(1, 0, 1), top_k=1, hidden=16, intermediate=16,
+                                                               row_align=(1, 1, 1)))
+    path = save_case(tmp_path / "moe.json", trial, build_moe_operands(trial.problem, device=DEVICE).digest())
+    rep = replay_grouped(path)
+    assert rep.digest_ok is True and rep.outcome.status == "pass", rep.outcome.reason
