@@ -11,8 +11,9 @@ Schema ``nvfp4-harness/case/1``::
     {"schema": "nvfp4-harness/case/1", "id": str, "created": ISO 8601 time,
      "backend": registered backend name, "level": "gemm" | "linear" | "quantizer" | "checkpoint",
      "property": one of harness.trial.PROPERTIES,
-     "problem": {m, n, k, out_dtype, in_dtype, distribution, seed, origin?, batch?, calibration?},
-     "poison": {m_pad, n_pad, k_tail, data, stale_memory},
+     "problem": {m, n, k, out_dtype, in_dtype, distribution, seed, origin?, batch?, calibration?,
+                 partitions?, fused_on_disk?},
+     "poison": {m_pad, n_pad, k_tail, data, stale_memory, partition_slots?},
      "a_layout"?: "linear" | "128x4" | "8x4" | null, "tp"?: int >= 1, "parallel"?: "column" | "row",
      "environment": {device, gpu_name, compute_capability, driver, cuda, torch, triton, ...},
      "observed": {"summary": str, "max_err_units"?: number | null, "nan_rows"?: [int],
@@ -57,7 +58,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.layouts import ScaleLayout
-from harness.problem import REGIONS, GemmProblem, Poison
+from harness.problem import REGIONS, SLOT_REGIONS, GemmProblem, Poison
 from harness.trial import LEVELS, NONFINITE_SPELLINGS, PROPERTIES, Trial, json_safe
 
 SCHEMA = "nvfp4-harness/case/1"
@@ -73,7 +74,7 @@ _TOP_ORDER = ("schema", "id", "created", "backend", "level", "property", "proble
               "tp", "parallel", "environment", "observed", "digest", "note", "expect", "tracks", "reproduced",
               "replay")
 _PROBLEM_REQUIRED = ("m", "n", "k", "out_dtype", "in_dtype", "distribution", "seed")
-_PROBLEM_OPTIONAL = ("origin", "batch", "calibration")
+_PROBLEM_OPTIONAL = ("origin", "batch", "calibration", "partitions", "fused_on_disk")
 _ENV_STR_FIELDS = ("device", "gpu_name", "driver", "cuda", "torch", "triton", "flashinfer", "hypothesis",
                    "python", "torchao", "compressed_tensors", "modelopt")
 _ENV_INT_FIELDS = ("compute_capability", "gpu_count")
@@ -500,18 +501,32 @@ def _parse_problem(c: _Checker, d: Any) -> GemmProblem:
     calibration = p.get("calibration")
     if calibration is not None and (isinstance(calibration, bool) or not isinstance(calibration, (int, float))):
         raise c.fail("problem.calibration", calibration, "a positive ratio (runtime amax / calibrated amax) or null")
+    partitions = p.get("partitions")
+    if partitions is not None:
+        if not isinstance(partitions, list):
+            raise c.fail("problem.partitions", partitions,
+                         "a list of 2 or more output widths of a merged layer summing to n, or null")
+        for i, w in enumerate(partitions):
+            c.integer(w, f"problem.partitions[{i}]", minimum=1)
+        partitions = tuple(partitions)
+    fused = p.get("fused_on_disk", False)
+    if not isinstance(fused, bool):
+        raise c.fail("problem.fused_on_disk", fused, "true or false")
     try:
         return GemmProblem(m=p["m"], n=p["n"], k=p["k"], out_dtype=p["out_dtype"], in_dtype=p["in_dtype"],
                            distribution=p["distribution"], seed=p["seed"], origin=origin, batch=batch,
-                           calibration=None if calibration is None else float(calibration))
+                           calibration=None if calibration is None else float(calibration),
+                           partitions=partitions, fused_on_disk=fused)
     except ValueError as exc:
         raise _from_model_error(c, exc, "problem", p) from None
 
 
 def _parse_poison(c: _Checker, d: Any) -> Poison:
-    p = c.obj(d, "poison", REGIONS, ())
+    # the partition slots are optional: files written before merged layers existed leave them out
+    required = tuple(r for r in REGIONS if r not in SLOT_REGIONS)
+    p = c.obj(d, "poison", required, SLOT_REGIONS)
     try:
-        return Poison(**{name: p[name] for name in REGIONS})
+        return Poison(**{name: p[name] for name in REGIONS if name in p})
     except ValueError as exc:
         raise _from_model_error(c, exc, "poison", p) from None
 

@@ -42,9 +42,12 @@ class Replay:
                  f"problem   m={p.m} n={p.n} k={p.k} out={p.out_dtype} data={p.distribution} seed={p.seed}"
                  + (f" batch={list(p.batch)}" if p.batch else "")
                  + (f" calibration={p.calibration:g} (static activation scale)" if p.calibration is not None else "")
+                 + (f" partitions={list(p.partitions)} ({'fused' if p.fused_on_disk else 'split'} on disk)"
+                    if p.partitions else "")
                  + (f"  [{p.origin}]" if p.origin else ""),
                  f"poison    " + (", ".join(f"{r}=0x{getattr(t.poison, r):02X}" for r in POISON_REGIONS
                                             if getattr(t.poison, r)) or "none")
+                 + (f" + partition_slots=0x{t.poison.partition_slots:02X}" if t.poison.partition_slots else "")
                  + (" + stale memory" if t.poison.stale_memory else "")
                  + (f"; activation scales {t.a_layout}" if t.a_layout else "")]
         if self.digest_ok is False:

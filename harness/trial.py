@@ -35,12 +35,14 @@ PROPERTIES: tuple[str, ...] = (
     "batch_invariance",
     "checkpoint_convention",
     "input_isolation",
+    "partition_isolation",
 )
 """Every property, in report order (:mod:`harness.checks` holds the verdicts)."""
 
 GEMM_PROPERTIES = ("reference_agreement", "row_isolation", "column_isolation", "k_tail", "output_coverage",
                    "determinism", "clean_rejection", "tp_consistency", "batch_invariance")
-LINEAR_PROPERTIES = ("reference_agreement", "determinism", "batch_invariance", "input_isolation")
+LINEAR_PROPERTIES = ("reference_agreement", "determinism", "batch_invariance", "input_isolation",
+                     "partition_isolation")
 QUANTIZER_PROPERTIES = ("quantizer_agreement",)
 CHECKPOINT_PROPERTIES = ("checkpoint_convention",)
 LEVEL_PROPERTIES = {"gemm": GEMM_PROPERTIES, "linear": LINEAR_PROPERTIES, "quantizer": QUANTIZER_PROPERTIES,
@@ -49,7 +51,7 @@ LEVELS: tuple[str, ...] = tuple(LEVEL_PROPERTIES)
 """Backend levels: a GEMM on pipeline operands, a serving engine's linear layer, a quantizer, a
 checkpoint convention (a library's writer with a serving engine's loader)."""
 
-ISOLATION_PROPERTIES = ("row_isolation", "column_isolation", "k_tail")
+ISOLATION_PROPERTIES = ("row_isolation", "column_isolation", "k_tail", "partition_isolation")
 """Properties that poison one padding region (``measure.region``, ``measure.poison_kind``)."""
 
 OUTCOMES: tuple[str, ...] = ("pass", "fail", "crash", "skip")
@@ -99,6 +101,8 @@ class Trial:
         p = dict(d["problem"])
         if p.get("batch") is not None:
             p["batch"] = tuple(p["batch"])
+        if p.get("partitions") is not None:
+            p["partitions"] = tuple(p["partitions"])
         return cls(d["backend"], d["property"], GemmProblem(**p), Poison(**d.get("poison", {})),
                    d.get("a_layout"), int(d.get("tp") or 1), d.get("parallel") or "column")
 
