@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.cases import Case, load_case, save_case
-from harness.problem import POISON_REGIONS
+from harness.problem import POISON_REGIONS, SLOT_REGIONS
 from harness.runner import execute
 from harness.trial import Outcome, Trial
 
@@ -45,9 +45,8 @@ class Replay:
                  + (f" partitions={list(p.partitions)} ({'fused' if p.fused_on_disk else 'split'} on disk)"
                     if p.partitions else "")
                  + (f"  [{p.origin}]" if p.origin else ""),
-                 f"poison    " + (", ".join(f"{r}=0x{getattr(t.poison, r):02X}" for r in POISON_REGIONS
+                 f"poison    " + (", ".join(f"{r}=0x{getattr(t.poison, r):02X}" for r in POISON_REGIONS + SLOT_REGIONS
                                             if getattr(t.poison, r)) or "none")
-                 + (f" + partition_slots=0x{t.poison.partition_slots:02X}" if t.poison.partition_slots else "")
                  + (" + stale memory" if t.poison.stale_memory else "")
                  + (f"; activation scales {t.a_layout}" if t.a_layout else "")]
         if self.digest_ok is False:
