@@ -158,6 +158,21 @@ def test_unequal_partition_scales_are_requantized_to_the_merged_scale() -> None:
 # ----------------------------------------------------------------------------------------------
 # partition_isolation: sound on the correct layers, catches the mutant
 # ----------------------------------------------------------------------------------------------
+def test_the_verdict_fails_on_a_wrong_or_nonfinite_merged_scale_alone() -> None:
+    from harness import checks
+    from harness.trial import PropertyResult
+
+    ok = [PropertyResult("reference_agreement", True, "", {"max_err_units": 0.5})] * 2
+    one, nan = torch.tensor([1e-3]), torch.tensor([float("nan")])
+    assert checks.partition_isolation([("weight_scale_2", one, one)], ok, (16, 16), True, 0xFF, "nan").ok
+    for got, want in ((one * 2, one), (nan, nan), (None, one)):
+        res = checks.partition_isolation([("weight_scale_2", got, want)], ok, (16, 16), True, 0xFF, "nan")
+        assert not res.ok and res.measure["region"] == "partition_slots"
+    bad = [ok[0], PropertyResult("reference_agreement", False, "x", {"max_err_units": 9.0, "nan_rows": [1]})]
+    res = checks.partition_isolation([("weight_scale_2", one, one)], bad, (16, 16), False, 0, "zero")
+    assert not res.ok and res.measure["failed_partitions"] == [1] and res.measure["max_err_units"] == 9.0
+
+
 ENGINE_LAYERS = [LAYER, "linear-sglang[triton-emu-128x4]", "linear-sglang-trtllm[triton-emu-128x4+triton-emu-8x4]",
                  "linear-vllm[torch-emu]", "linear-vllm[triton-w4a16]"]
 
