@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
-import json
 import os
-import platform
 import sys
 import time
 
 import torch
+
+import _record
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,18 +85,13 @@ def main() -> int:
         if name.startswith("aten::") and ev.cpu_parent is None:
             counts["aten_ops"] += 1
     n = len(problems)
-    out = {"device": e.gpu_name or platform.processor() or "cpu",
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "torch": torch.__version__, "backend": args.backend, "cases": n,
+    out = {**_record.environment(), "backend": args.backend, "cases": n,
            "per_case": {k: v / n for k, v in sorted(counts.items())},
            "hypothesis_ms_per_example": hyp_s * 1e3,
            "top_ops_host_ms_per_case": {
                ev.key: ev.self_cpu_time_total / 1e3 / n
                for ev in sorted(prof.key_averages(), key=lambda a: -a.self_cpu_time_total)[:15]}}
-    print(json.dumps(out, indent=2))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    _record.emit(out, args.json)
     return 0
 
 

@@ -9,13 +9,13 @@ time next to the backend's.  Run on a GPU:  python bench/cases_per_second.py
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
 import time
 from collections import defaultdict
 
 import torch
+
+import _record
 
 
 def make_case(backend_name: str, dev: torch.device):
@@ -107,8 +107,7 @@ def main() -> int:
     rate = len(problems) / wall
 
     out = {"note": "steady state: a first pass over the same cases compiled every kernel variant",
-           "device": e.gpu_name or "cpu", "date": datetime.date.today().isoformat(), "backend": backend.name,
-           "torch": torch.__version__, "cases": len(problems), "wall_s": wall, "cases_per_s": rate}
+           **_record.environment(), "backend": backend.name, "cases": len(problems), "wall_s": wall, "cases_per_s": rate}
     if args.large:  # --large 0 skips the large case (CPU)
         phases.clear()
         big = GemmProblem(args.large, args.large, args.large)
@@ -122,10 +121,7 @@ def main() -> int:
             "large_backend_share": phases["backend"] / total,
             "large_harness_share": 1 - phases["backend"] / total,
             "large_harness_share_excluding_reference": (total - phases["backend"] - phases["reference"]) / total})
-    print(json.dumps(out, indent=2))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    _record.emit(out, args.json)
     return 0
 
 

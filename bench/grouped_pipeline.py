@@ -13,29 +13,13 @@ fused output agrees with the reference within the derived bound.  Run on a GPU:
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
 import time
 
 import torch
 
-
-def timed(fn, iters: int) -> float:
-    """Median seconds per call, CUDA events, after warm-up."""
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    times.sort()
-    return times[len(times) // 2]
+import _record
+from _record import cuda_median_seconds as timed
 
 
 def main() -> int:
@@ -51,8 +35,6 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench/grouped_pipeline.py: needs a CUDA GPU; none is visible", file=sys.stderr)
         return 4
-    import triton
-
     from harness.backends.grouped_triton import GroupedTritonFused, GroupedTritonGemm
     from harness.grouped.checks import reference_agreement
     from harness.grouped.pipeline import build_grouped_operands, grouped_quantize
@@ -83,8 +65,7 @@ def main() -> int:
     agreement = reference_agreement(fused, ops)
     flops = 2.0 * total * args.n * args.hidden
     out = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        **_record.environment(),
         "shape": {"experts": args.experts, "hidden": args.hidden, "n": args.n, "tokens": args.tokens,
                   "top_k": args.top_k, "splits": splits},
         "operands_build_s": build_s,
@@ -95,10 +76,7 @@ def main() -> int:
         "reference_fp64_s": ref_s,
         "fused_reference_agreement": {"ok": agreement.ok, "summary": agreement.summary},
     }
-    print(json.dumps(out, indent=2))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    _record.emit(out, args.json)
     return 0 if agreement.ok else 1
 
 

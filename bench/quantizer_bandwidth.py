@@ -10,28 +10,16 @@ the pure-torch reference quantizer on the same data.  Run on a GPU:  python benc
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 
 import torch
 
+import _record
+
 
 def timed(fn, iters: int) -> float:
-    """Median seconds per call, CUDA events, after warm-up."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    times.sort()
-    return times[len(times) // 2]
+    return _record.cuda_median_seconds(fn, iters, warmup=3)
 
 
 def main() -> int:
@@ -54,8 +42,7 @@ def main() -> int:
     y = torch.empty_like(x)
     t_copy = timed(lambda: y.copy_(x), args.iters)
     copy_bw = 2 * x.numel() * x.element_size() / t_copy
-    out = {"device": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
-           "torch": torch.__version__, "shape": [r, c], "copy_GBps": copy_bw / 1e9, "layouts": {}}
+    out = {**_record.environment(), "shape": [r, c], "copy_GBps": copy_bw / 1e9, "layouts": {}}
     from harness.kernels import nvfp4
 
     def run_cfg(layout, tiles, options, packed, scales):
@@ -126,10 +113,7 @@ def main() -> int:
     codes, sf = F.reference_quantize(x[:256], gs)
     p, s = quantize_into(x[:256].contiguous(), gs, ScaleLayout.LINEAR)
     out["bytes_match_reference"] = bool(torch.equal(p, F.pack_e2m1(codes)) and torch.equal(s, sf))
-    print(json.dumps(out, indent=2))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    _record.emit(out, args.json)
     return 0
 
 

@@ -12,15 +12,15 @@ Run:  python bench/reference_speed.py [--shapes 256x4096x4096,8192x8192x8192] [-
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
+
+import _record
 
 DEFAULT_GPU = ("64x4096x4096,256x4096x4096,1024x1024x1024,2048x2048x2048,4096x4096x4096,"
                "8192x8192x8192,16384x8192x8192")
@@ -102,13 +102,8 @@ def main() -> int:
         if all(r["speedup_int8"] > 1 for r in rows if r["m"] * r["n"] * r["k"] >= mnk):
             crossover = mnk
             break
-    out = {"device": env.current().gpu_name or platform.processor() or "cpu",
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "torch": torch.__version__, "rows": rows, "int8_faster_from_mnk": crossover}
-    print(json.dumps({k: v for k, v in out.items() if k != "rows"}, indent=2))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    out = {**_record.environment(), "rows": rows, "int8_faster_from_mnk": crossover}
+    _record.emit(out, args.json, shown={k: v for k, v in out.items() if k != "rows"})
     return 0
 
 

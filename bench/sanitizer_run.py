@@ -3,11 +3,13 @@ compute-sanitizer (memcheck and initcheck by default), then the sanitizer-only m
 Writes one JSON document (device, date, versions, every run with its time and findings).
 
     python bench/sanitizer_run.py --json OUT/sanitizer.json [--part corpus|sample|selftest|all]
-        [--sample 1] [--seed 0] [--tools memcheck,initcheck] [--backends all]
+        [--sample 1] [--seed 0] [--tools memcheck,initcheck] [--backends all] [--shard I/N]
 
 Each sanitized run is a child process under the tool (about 5-20 s each on an H200, mostly Python,
 torch and Triton start-up under instrumentation); ``--part`` splits the sweep into commands that
-fit a time limit.
+fit a time limit, and ``--shard I/N`` runs every N-th sanitized run starting at the I-th (0-based),
+so that N processes on one node share the sweep (the runs are independent child processes; the
+GPU is mostly idle while each starts under instrumentation).
 
 The same runs from the command line: ``nvfp4-harness sanitize regressions/cases --sample 3 --tool
 memcheck --tool initcheck`` and ``nvfp4-harness sanitize --selftest``.
@@ -35,7 +37,14 @@ def main() -> int:
     ap.add_argument("--tools", default="memcheck,initcheck")
     ap.add_argument("--corpus", default=str(ROOT / "regressions" / "cases"))
     ap.add_argument("--backends", default="all")
+    ap.add_argument("--shard", default="0/1", help="I/N: this process runs sanitized runs I, I+N, I+2N, ...")
     args = ap.parse_args()
+    try:
+        shard_i, shard_n = (int(v) for v in args.shard.split("/"))
+        if not 0 <= shard_i < shard_n:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--shard {args.shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
 
     from harness import env
     from harness.backends import registry
@@ -58,24 +67,25 @@ def main() -> int:
     doc["sanitizer"] = subprocess.run([path, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
 
     doc["part"] = args.part
+    doc["shard"] = args.shard
     chosen = []
     if args.part in ("corpus", "all"):
         chosen += [(load_case(p).trial(), f"corpus:{p.name}") for p in sz.cases_in([args.corpus])]
     if args.part in ("sample", "all"):
         names = sz._backend_names(args.backends)
         chosen += [(t, "sample") for t in sz.sample_trials(names, args.sample, args.seed)]
+    runs = [(trial, source, tool) for trial, source in chosen for tool in doc["tools"]]
     t_all = time.perf_counter()
-    for trial, source in chosen:
-        for tool in doc["tools"]:
-            res = sz.sanitize_trial(trial, tool)
-            p = trial.problem
-            doc["runs"].append({"source": source, "backend": trial.backend, "level": registry.get(trial.backend).level,
-                                "tool": tool, "m": p.m, "n": p.n, "k": p.k, "out_dtype": p.out_dtype,
-                                "a_layout": trial.a_layout, "status": res.status, "reason": res.reason,
-                                "error_count": res.error_count, "seconds": res.duration_s,
-                                "findings": [f.line() for f in res.findings]})
-            print(sz.describe(res), flush=True)
-            out.write_text(json.dumps(doc, indent=2))  # what ran is kept if a later run hangs
+    for trial, source, tool in runs[shard_i::shard_n]:
+        res = sz.sanitize_trial(trial, tool)
+        p = trial.problem
+        doc["runs"].append({"source": source, "backend": trial.backend, "level": registry.get(trial.backend).level,
+                            "tool": tool, "m": p.m, "n": p.n, "k": p.k, "out_dtype": p.out_dtype,
+                            "a_layout": trial.a_layout, "status": res.status, "reason": res.reason,
+                            "error_count": res.error_count, "seconds": res.duration_s,
+                            "findings": [f.line() for f in res.findings]})
+        print(sz.describe(res), flush=True)
+        out.write_text(json.dumps(doc, indent=2))  # what ran is kept if a later run hangs
     doc["sweep_seconds"] = round(time.perf_counter() - t_all, 1)
     scores = []
     if args.part in ("selftest", "all"):

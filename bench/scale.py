@@ -17,15 +17,15 @@ written and ``--plot-only`` draws it later on another machine).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
+
+import _record
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,9 +72,7 @@ def measure(reps: int, sweep: dict) -> dict:
         rows.append(row)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    return {"device": e.gpu_name or platform.processor() or "cpu",
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__, "case_memory_multiple": CASE_MEMORY_MULTIPLE,
+    return {**_record.environment(), "case_memory_multiple": CASE_MEMORY_MULTIPLE,
             "max_multiple": max(r["multiple"] for r in rows),
             "within_guarantee": all(r["multiple"] <= CASE_MEMORY_MULTIPLE for r in rows), "rows": rows}
 

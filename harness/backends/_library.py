@@ -13,7 +13,10 @@ import importlib
 import importlib.metadata
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
+
 from harness.backends.protocol import Support, Unsupported
+from harness.format import BLOCK_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.env import Environment
@@ -41,6 +44,16 @@ def library(module: str, who: str):
     if mod is None:
         raise Unsupported(f"{who}: {module} cannot be imported ({err})")
     return mod
+
+
+def check_rows_input(name: str, x: torch.Tensor, dtypes: tuple[torch.dtype, ...]) -> None:
+    """Refuse what a library's row quantizer cannot take: ``x`` must be ``[rows, k]`` with ``k`` a
+    multiple of the 16-element block (ValueError: a harness bug) in one of ``dtypes`` (Unsupported:
+    a declared limit of the library)."""
+    if x.ndim != 2 or x.shape[1] % BLOCK_SIZE:
+        raise ValueError(f"{name}: x must be [rows, k] with k a multiple of {BLOCK_SIZE}, got {tuple(x.shape)}")
+    if x.dtype not in dtypes:
+        raise Unsupported(f"{name}: takes {[str(d) for d in dtypes]}, got {x.dtype}")
 
 
 class LibraryBackend:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.backends._library import LibraryBackend, library
-from harness.backends.protocol import CheckpointBackend, LoadedLinear, QuantizerBackend, Requirements, Unsupported
+from harness.backends._library import LibraryBackend, check_rows_input, library
+from harness.backends.protocol import CheckpointBackend, LoadedLinear, QuantizerBackend, Requirements
 from harness.format import BLOCK_SIZE
 from harness.layouts import ScaleLayout
 
@@ -62,10 +62,7 @@ def quantize_and_pack(x: torch.Tensor, scale: torch.Tensor, gs: torch.Tensor) ->
 
 
 def _check(name: str, x: torch.Tensor) -> None:
-    if x.ndim != 2 or x.shape[1] % BLOCK_SIZE:
-        raise ValueError(f"{name}: x must be [rows, k] with k a multiple of {BLOCK_SIZE}, got {tuple(x.shape)}")
-    if x.dtype not in INPUT_DTYPES:
-        raise Unsupported(f"{name}: takes {[str(d) for d in INPUT_DTYPES]}, got {x.dtype}")
+    check_rows_input(name, x, INPUT_DTYPES)
 
 
 class CompressedTensorsQuantizer(LibraryBackend, QuantizerBackend):

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.backends._library import LibraryBackend, library
-from harness.backends.protocol import CheckpointBackend, LoadedLinear, QuantizerBackend, Requirements, Unsupported
+from harness.backends._library import LibraryBackend, check_rows_input, library
+from harness.backends.protocol import CheckpointBackend, LoadedLinear, QuantizerBackend, Requirements
 from harness.format import BLOCK_SIZE, E2M1_MAX, E4M3_MAX
 from harness.layouts import ScaleLayout
 
@@ -47,10 +47,7 @@ def quantize(x: torch.Tensor, weight_scale_2: torch.Tensor | None = None
 
 
 def _check(name: str, x: torch.Tensor) -> None:
-    if x.ndim != 2 or x.shape[1] % BLOCK_SIZE:
-        raise ValueError(f"{name}: x must be [rows, k] with k a multiple of {BLOCK_SIZE}, got {tuple(x.shape)}")
-    if x.dtype not in INPUT_DTYPES:
-        raise Unsupported(f"{name}: takes {[str(d) for d in INPUT_DTYPES]}, got {x.dtype}")
+    check_rows_input(name, x, INPUT_DTYPES)
 
 
 class ModelOptQuantizer(LibraryBackend, QuantizerBackend):
