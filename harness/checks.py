@@ -526,6 +526,41 @@ def quantizer_padding(scales: torch.Tensor, regions: torch.Tensor, packed: torch
     return PropertyResult("quantizer_agreement", True, summary, measure)
 
 
+def graph_replay(eager: torch.Tensor, replayed: torch.Tensor, m: int, n: int,
+                 poisoned: tuple[str, ...] = ()) -> PropertyResult:
+    """12. A call captured once in a CUDA graph, replayed after its inputs changed in place (new real
+    data; ``poisoned``: the padding regions then filled with poison), gives bit for bit what the same
+    backend computes eagerly on the new inputs.  Serving engines run decode this way: buffers are
+    captured once and whatever the capture call wrote or cached is not written again (vLLM #45741,
+    stale padding of a swizzled scale buffer; FlashInfer PR #3740 review: "the graph records the scale
+    tensor's address").
+
+    ``eager``, ``replayed``: outputs [rows >= m, cols >= n]; the real region [m, n] is compared.  A NaN
+    or Inf the replay has where eager execution is finite counts as changed, whatever the bits."""
+    bits = torch.int16 if eager.element_size() == 2 else torch.int32
+    e = eager[:m, :n].contiguous()
+    r = replayed[:m, :n].contiguous()
+    where = f" (padding poisoned after capture: {', '.join(poisoned)})" if poisoned else ""
+    measure = {"poisoned_after_capture": list(poisoned), "changed_rows": [], "changed_cols": [], "nan_rows": [],
+               "changed_elements": 0, "max_change": 0.0}
+    if torch.equal(e.view(bits), r.view(bits)):
+        return PropertyResult("graph_replay", True, f"replay bit-identical with eager execution on the new inputs{where}",
+                              measure)
+    nonfinite = ~torch.isfinite(r) & torch.isfinite(e)
+    bad = (e.view(bits) != r.view(bits)) | nonfinite
+    diff = (r.double() - e.double()).abs()
+    measure.update(
+        changed_rows=_rows_list(bad.any(dim=1)), changed_cols=_rows_list(bad.any(dim=0)),
+        nan_rows=_rows_list(nonfinite.any(dim=1)), changed_elements=int(bad.sum()),
+        max_change=float(torch.nan_to_num(diff, nan=float("inf")).max()) if diff.numel() else 0.0,
+        grid=_grid_from(bad, nonfinite, replayed.shape[0], replayed.shape[1], m, n))
+    summary = (f"{measure['changed_elements']} of {m * n} real outputs of the CUDA graph replay differ from eager "
+               f"execution on the same inputs, in {int(bad.any(dim=1).sum())} rows "
+               f"({int(nonfinite.any(dim=1).sum())} rows with a NaN/Inf eager execution does not have); max change "
+               f"{measure['max_change']:.3g}{where}")
+    return PropertyResult("graph_replay", False, summary, measure)
+
+
 def batch_invariance(small: torch.Tensor, large: torch.Tensor, m: int) -> PropertyResult:
     """10. (reported, not required) Row r's output is the same with m rows as with more rows."""
     a = small[:m].contiguous()

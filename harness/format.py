@@ -58,12 +58,25 @@ def e2m1_encode(x: torch.Tensor) -> torch.Tensor:
     return (code | sign).to(torch.uint8)
 
 
+_E2M1_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def _e2m1_table(device: torch.device) -> torch.Tensor:
+    """The 16 e2m1 values (fp32) on ``device``, built once per device: building it is a host-to-device
+    copy, which CUDA graph capture forbids, so a backend that decodes inside a captured call finds it
+    already there (made by an eager warm-up call)."""
+    table = _E2M1_TABLES.get(device)
+    if table is None:
+        table = torch.tensor(E2M1_MAGNITUDES + tuple(-v for v in E2M1_MAGNITUDES), dtype=torch.float32,
+                             device=device)
+        table[8] = -0.0
+        _E2M1_TABLES[device] = table
+    return table
+
+
 def e2m1_decode(codes: torch.Tensor) -> torch.Tensor:
     """Decode e2m1 codes (uint8 0..15) to float32."""
-    table = torch.tensor(E2M1_MAGNITUDES + tuple(-v for v in E2M1_MAGNITUDES), dtype=torch.float32,
-                         device=codes.device)
-    table[8] = -0.0
-    return table[codes.long() & 0xF]
+    return _e2m1_table(codes.device)[codes.long() & 0xF]
 
 
 def pack_e2m1(codes: torch.Tensor) -> torch.Tensor:
@@ -135,7 +148,8 @@ def global_scale_encode_divisor(amax: torch.Tensor | float) -> torch.Tensor:
     """
     amax = torch.as_tensor(amax, dtype=torch.float32)
     safe = torch.where(amax > 0, amax, torch.ones_like(amax))
-    gs = torch.tensor(FP4_AMAX_PRODUCT, dtype=torch.float32, device=safe.device) / safe
+    # full_like fills on the device (no host-to-device copy: safe inside CUDA graph capture)
+    gs = torch.full_like(safe, FP4_AMAX_PRODUCT) / safe
     return torch.where(amax > 0, gs, torch.ones_like(gs))
 
 

@@ -27,6 +27,7 @@ interpreter) and differs from it only by the bug:
 from __future__ import annotations
 
 import itertools
+import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING, ClassVar
 
@@ -59,7 +60,7 @@ from harness.kernels.nvfp4 import (
     quantize_into,
     scale_offset,
 )
-from harness.layouts import OperandRole, ScaleLayout, offset_grid, padded_shape, swizzle, unswizzle
+from harness.layouts import OperandRole, ScaleLayout, offset_grid, offsets, padded_shape, swizzle, unswizzle
 from harness.pipeline import VLLM_POLICY, CheckpointWeight, QuantizedTensor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -172,6 +173,31 @@ class PadRowScales(GemmMutant):
         pad_row = first + self.TILE - 1
         lg[first:m] = _larger_scale(lg[first:m], lg[pad_row].expand(m - first, -1))
         return replace(ops, a=_with_scales(ops.a, lg))
+
+
+class PadZeroedOnce(PadRowScales):
+    name = "mutant-pad-zeroed-once"
+    parent = EMU_8x4
+    expected_property = "graph_replay"
+    planted = ("The TRT-LLM small-m path reads padding-row activation scales into real rows (vLLM #37563 / "
+               "FlashInfer #2861, modelled as in mutant-pad-row-scales) and the layer makes that safe the way vLLM "
+               "PR #38148 does, by zeroing the scale padding, but only the first time it sees a scale buffer (a "
+               "buffer it has zeroed is marked and skipped). Eagerly every call brings a new buffer and the "
+               "padding is always zeroed; under a CUDA graph the warm-up call zeroes the static buffer, the "
+               "captured call skips it, the replay never zeroes it again, and padding written after capture "
+               "(stale or NaN: vLLM #45741, the swizzled scale buffer whose padding the quantizer never writes) "
+               "leaks into real rows.")
+    description = "triton-emu-8x4 reading padding-row scales, zeroed only on the first call with each buffer"
+
+    def run(self, ops: "GemmOperands", out: torch.Tensor | None = None) -> torch.Tensor:
+        a = ops.a
+        if not getattr(a.scales, "_padding_zeroed", False):
+            pr, pk = a.scales.shape
+            r = torch.arange(a.rows, pr, device=a.scales.device).unsqueeze(1)
+            kb = torch.arange(pk, device=a.scales.device).unsqueeze(0)
+            a.scales.view(-1)[offsets(a.layout, r, kb, pk).reshape(-1)] = 0
+            a.scales._padding_zeroed = True  # type: ignore[attr-defined]
+        return super().run(ops, out)
 
 
 class PadColScales(GemmMutant):
@@ -565,6 +591,39 @@ class FusedScaleOneSlot(LinearMutant):
         return ws2, ins
 
 
+class ScalePerInputBuffer(LinearMutant):
+    name = "mutant-scale-per-input-buffer"
+    expected_property = "graph_replay"
+    planted = ("The dynamic activation global scale (2688 / amax(x)) computed on the first call with an input "
+               "buffer and cached for that buffer (kept while the buffer lives), to save the amax reduction on "
+               "later calls. Eagerly every call brings a new buffer and the scale is always the batch's own; "
+               "under a CUDA graph the input buffer is static, the warm-up call computes the scale of the "
+               "capture-time data, the captured call reuses it, and every replay quantizes new tokens with that "
+               "stale scale (the graph records the scale tensor's address: FlashInfer PR #3740 review; NVFP4 "
+               "linear layers wrong only under CUDA graph capture: vLLM #54997). The checkpoint's static "
+               "input_scale path is unaffected.")
+    summary = "linear-vllm over triton-emu-128x4 caching the dynamic activation scale per input buffer"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cached: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+
+    def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int,
+                       global_scale: torch.Tensor | None = None):
+        from harness.format import global_scale_encode_divisor
+
+        if global_scale is None:
+            buf = x2d._base if x2d._base is not None else x2d  # the allocation every view of it shares
+            hit = self._cached.get(id(buf))
+            if hit is not None and hit[0]() is buf:
+                global_scale = hit[1]
+            else:
+                self._cached = {k: v for k, v in self._cached.items() if v[0]() is not None}
+                global_scale = global_scale_encode_divisor(x2d.float().abs().amax()).reshape(1).to(x2d.device)
+                self._cached[id(buf)] = (weakref.ref(buf), global_scale)
+        return super().quantize_input(x2d, layout, k_alloc, global_scale)
+
+
 # ----------------------------------------------------------------------------------------------
 # Quantizer level
 # ----------------------------------------------------------------------------------------------
@@ -894,7 +953,7 @@ MUTANT_CLASSES: tuple[type[Backend], ...] = (
     NonSaturatingQuantizer, InputScaleMismatch, NanPaddingQuantizer, WritesPastOutput, StaticScaleIgnored,
     FusedScaleOneSlot,
     ReadsUnwrittenPadScales, WritesRowPastOutput, QuantizerReadsPastRows, GlobalScaleInvertedLoader,
-    NibbleOrderLoader, ScalesSwizzledTwiceLoader,
+    NibbleOrderLoader, ScalesSwizzledTwiceLoader, PadZeroedOnce, ScalePerInputBuffer,
 )
 
 

@@ -22,7 +22,7 @@ from hypothesis.errors import NoSuchExample, Unsatisfiable
 from harness import env, suite
 from harness.backends import registry
 from harness.runner import execute
-from harness.trial import Trial, properties_for
+from harness.trial import GPU_ONLY_PROPERTIES, Trial, properties_for
 
 
 @dataclass
@@ -49,15 +49,22 @@ class Score:
     @property
     def verdict(self) -> str:
         """The property that caught the mutant; SURVIVED only after a complete search; BUDGET SPENT
-        when the time budget cut the search short and CANNOT RUN HERE when no search was possible
-        (neither is a statement about the oracle)."""
+        when the time budget cut the search short, NEEDS A GPU when only a GPU-only property
+        (:data:`~harness.trial.GPU_ONLY_PROPERTIES`) can catch it and there is no GPU, CANNOT RUN HERE
+        when no search was possible for another reason (none is a statement about the oracle)."""
         if not self.ran:
-            return "CANNOT RUN HERE"
+            return "NEEDS A GPU" if any(n.startswith(f"cannot run here: {NEEDS_GPU}") for n in self.notes) \
+                else "CANNOT RUN HERE"
         return self.caught_by or ("BUDGET SPENT" if self.budget_cut else "SURVIVED")
 
     @property
     def ok(self) -> bool:
         return self.caught_by is not None and self.parent_outcome in (None, "pass", "skip")
+
+
+NEEDS_GPU = "needs a GPU"
+"""Note prefix (after "cannot run here: ") of a mutant only a GPU-only property catches, on a machine
+without one."""
 
 
 class _BudgetSpent(Exception):
@@ -99,6 +106,10 @@ def hunt(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Sc
     sup = m.support(env.current())
     if not sup:
         score.notes.append(f"cannot run here: {sup.reason}")
+        return score
+    if expected in GPU_ONLY_PROPERTIES and env.current().device == "cpu":
+        # its eager properties pass by design: a search of them would report a false survivor
+        score.notes.append(f"cannot run here: {NEEDS_GPU}: {expected} captures a CUDA graph; this machine has none")
         return score
     props = list(properties_for(m))
     if expected in props:
@@ -249,8 +260,11 @@ def scoreboard(scores: list[Score]) -> str:
     cut = [s.mutant for s in scores if s.ran and not s.caught_by and s.budget_cut]
     alarms = [s.mutant for s in scores if s.caught_by and not s.ok]
     lines.append("")
+    gpu = [s.mutant for s in scores if s.verdict == "NEEDS A GPU"]
+    other = [m for m in idle if m not in gpu]
     lines.append(f"{len(scores) - len(survived) - len(cut) - len(idle)}/{len(scores) - len(idle)} mutants caught"
-                 + (f" ({len(idle)} cannot run here: {', '.join(idle)})" if idle else "")
+                 + (f" ({len(other)} cannot run here: {', '.join(other)})" if other else "")
+                 + (f" ({len(gpu)} need a GPU, not searched: {', '.join(gpu)})" if gpu else "")
                  + (f"; SURVIVED: {', '.join(survived)}" if survived else "")
                  + (f"; not caught before the budget ran out (raise --budget): {', '.join(cut)}" if cut else "")
                  + (f"; parent backend failed the minimized case (false alarm): {', '.join(alarms)}" if alarms else ""))

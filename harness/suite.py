@@ -111,6 +111,8 @@ def trials(backend: Backend, prop: str, sz: Sizes) -> SearchStrategy[Trial]:
     layout = _layouts(backend)
     if prop == "reference_agreement":
         return st.builds(build, hs.with_calibration(_problems(backend, sz)), hs.poisons(min_regions=0), layout)
+    if prop == "graph_replay":  # the poison is written after capture, into at least one region
+        return st.builds(build, hs.with_calibration(_problems(backend, sz)), hs.poisons(min_regions=1), layout)
     if prop == "row_isolation":
         return st.builds(build, _problems(backend, sz), hs.poisons(regions={"m_pad"}), layout)
     if prop == "column_isolation":

@@ -36,13 +36,14 @@ PROPERTIES: tuple[str, ...] = (
     "checkpoint_convention",
     "input_isolation",
     "partition_isolation",
+    "graph_replay",
 )
 """Every property, in report order (:mod:`harness.checks` holds the verdicts)."""
 
 GEMM_PROPERTIES = ("reference_agreement", "row_isolation", "column_isolation", "k_tail", "output_coverage",
-                   "determinism", "clean_rejection", "tp_consistency", "batch_invariance")
+                   "determinism", "clean_rejection", "tp_consistency", "batch_invariance", "graph_replay")
 LINEAR_PROPERTIES = ("reference_agreement", "determinism", "batch_invariance", "input_isolation",
-                     "partition_isolation")
+                     "partition_isolation", "graph_replay")
 QUANTIZER_PROPERTIES = ("quantizer_agreement",)
 CHECKPOINT_PROPERTIES = ("checkpoint_convention",)
 LEVEL_PROPERTIES = {"gemm": GEMM_PROPERTIES, "linear": LINEAR_PROPERTIES, "quantizer": QUANTIZER_PROPERTIES,
@@ -50,6 +51,10 @@ LEVEL_PROPERTIES = {"gemm": GEMM_PROPERTIES, "linear": LINEAR_PROPERTIES, "quant
 LEVELS: tuple[str, ...] = tuple(LEVEL_PROPERTIES)
 """Backend levels: a GEMM on pipeline operands, a serving engine's linear layer, a quantizer, a
 checkpoint convention (a library's writer with a serving engine's loader)."""
+
+GPU_ONLY_PROPERTIES: tuple[str, ...] = ("graph_replay",)
+"""Properties that need a CUDA GPU whatever the backend runs on (a CUDA graph captures the call);
+elsewhere they are skipped as not applicable, and a mutant only they catch cannot be hunted."""
 
 ISOLATION_PROPERTIES = ("row_isolation", "column_isolation", "k_tail", "partition_isolation")
 """Properties that poison one padding region (``measure.region``, ``measure.poison_kind``)."""

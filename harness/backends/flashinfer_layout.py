@@ -106,6 +106,8 @@ class FlashInferDequantGemm(GemmBackend):
         out_dtypes=(torch.bfloat16, torch.float16, torch.float32),
         # code * block scale is exact in fp32; the host matmul accumulates in fp32
         precision=Precision(accumulator_bits=24, operand_bits=None),
+        # decodes on the host (device-to-host copies): nothing a CUDA graph can capture
+        cuda_graphs=False,
     )
 
     def support(self, env: "Environment") -> Support:

@@ -9,7 +9,7 @@ slice back to the logical N, bias after the slice.  This is where the real paddi
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -23,10 +23,19 @@ from harness.pipeline import (
     GemmOperands,
     MergedCheckpoint,
     PaddingPolicy,
+    QuantizedTensor,
     merge_partitions,
     pad_weight,
     quantize_activation,
 )
+
+
+@dataclass
+class LoadedShard:
+    """A checkpoint weight shard as an :class:`EngineLinear` keeps it: the shard and, per GEMM backend
+    name, its padded and swizzled weight (:meth:`EngineLinear.prepare_weight`, made on first use)."""
+    weight: CheckpointWeight
+    prepared: dict[str, QuantizedTensor] = field(default_factory=dict)
 
 
 class EngineLinear(LinearBackend):
@@ -123,8 +132,19 @@ class EngineLinear(LinearBackend):
 
     def run(self, x: torch.Tensor, weight: CheckpointWeight | MergedCheckpoint,
             bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward(self.load(weight), x, bias)
+
+    def load(self, weight: CheckpointWeight | MergedCheckpoint) -> "LoadedShard":
+        """The shard with a place for its padded, swizzled weight per GEMM (prepared on first use); a
+        merged-partition checkpoint is merged first (:meth:`merge_partitions`), as at load time."""
         if isinstance(weight, MergedCheckpoint):
             weight = self.merge_partitions(weight)
+        return LoadedShard(weight)
+
+    def forward(self, loaded: object, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(loaded, LoadedShard):
+            raise TypeError(f"{self.name}: forward takes what load() returned, got {type(loaded).__name__}")
+        weight = loaded.weight
         k = x.shape[-1]
         if k != weight.k:
             raise ValueError(f"{self.name}: x has K={k} but the weight shard has K={weight.k}")
@@ -133,7 +153,9 @@ class EngineLinear(LinearBackend):
         x2d = x.reshape(-1, k)
         m = x2d.shape[0]
         gemm, layout = self.gemm_for(m)
-        w = self.prepare_weight(weight, gemm)
+        w = loaded.prepared.get(gemm.name)
+        if w is None:  # once per GEMM, as at load time: a captured call finds it prepared by the warm-up
+            w = loaded.prepared[gemm.name] = self.prepare_weight(weight, gemm)
         k_alloc = w.k_alloc if self.policy.pad_activation_k else k
         if gemm.requirements.activation == "bf16":
             a_dense = torch.zeros((m, k_alloc), dtype=x.dtype, device=x.device)

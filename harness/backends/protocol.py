@@ -67,6 +67,10 @@ class Requirements:
     # whose per-column arithmetic does not depend on N; library GEMMs that pick kernels by shape
     # (cuBLAS, autotuned CUTLASS) only promise agreement within the error bound.
     column_bitwise: bool = False
+    # The call can be captured in a CUDA graph and replayed (no host synchronisation, no host-to-device
+    # copy from pageable memory, no shape decided from data), as serving engines run decode.  False
+    # declares it cannot: the graph_replay property is then a skip that names this field, never a pass.
+    cuda_graphs: bool = True
     precision: Precision = field(default_factory=Precision)
 
 
@@ -129,6 +133,7 @@ class Backend(abc.ABC):
             "compute_capabilities": sorted(req.compute_capabilities) if req.compute_capabilities else None,
             "packages": list(req.packages),
             "activation": req.activation,
+            "cuda_graphs": req.cuda_graphs,
             "mutant": self.mutant,
         }
 
@@ -193,6 +198,19 @@ class LinearBackend(Backend):
         per-partition scale slots, then ``process_weights_after_loading``; returns the one weight it
         multiplies with (fp32 [1] ``weight_scale_2`` and ``input_scale``).  Only with ``merged_partitions``."""
         raise NotImplementedError(f"{self.name} does not load merged-partition weights")
+
+    def load(self, weight: "CheckpointWeight") -> object:
+        """What the layer keeps of a checkpoint weight shard after loading (a serving engine's
+        ``process_weights_after_loading``: padding, swizzle); handed to :meth:`forward`.  The default
+        keeps the shard as it is and leaves everything to :meth:`run`.  With ``merged_partitions``,
+        ``weight`` may be a :class:`~harness.pipeline.MergedCheckpoint` (merged here, as at load time)."""
+        return weight
+
+    def forward(self, loaded: object, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The per-call part of :meth:`run` on a weight :meth:`load` prepared: the part a serving
+        engine captures in a CUDA graph (the ``graph_replay`` property captures this call).  The
+        default calls :meth:`run`."""
+        return self.run(x, loaded, bias)  # type: ignore[arg-type]
 
 
 class QuantizerBackend(Backend):

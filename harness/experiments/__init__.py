@@ -12,12 +12,15 @@ named as the property (:data:`harness.trial.PROPERTIES`):
 
 The engine that runs them and classifies what happened is :mod:`harness.runner`.  What the
 experiments share is here: the classification of a backend's exception (:func:`classify_exception`,
-sticky CUDA errors), :class:`NotApplicable`, :func:`sync` and :func:`poison_allocator`.
+sticky CUDA errors), :class:`NotApplicable`, :func:`sync`, :func:`poison_allocator` and the CUDA
+graph capture of the ``graph_replay`` property (:func:`capture_and_replay`).
 """
 
 from __future__ import annotations
 
 import torch
+
+from collections.abc import Callable
 
 from harness import guard
 from harness.backends.protocol import BackendContractError, Unsupported
@@ -63,3 +66,60 @@ def poison_allocator(device: torch.device, byte: int = 0x7F, sizes: tuple[int, .
     sizes = sizes or tuple(1 << s for s in range(6, 22, 2))
     bufs = [torch.full((s,), byte, dtype=torch.uint8, device=device) for s in sizes]
     del bufs
+
+
+GRAPH_WARMUP_CALLS = 2
+"""Eager calls on the side stream before capture (Triton compiles, libraries pick and cache their
+kernels and workspaces then, not during capture: torch's CUDA graphs documentation, whole-network
+capture)."""
+
+
+class GraphCaptureError(Exception):
+    """The backend call raised while being captured in a CUDA graph: a failure of that backend (a call
+    that synchronises with the host, copies from pageable host memory or allocates outside PyTorch
+    cannot be captured), reported with the message."""
+
+
+def graphs_unavailable(device: torch.device) -> str | None:
+    """Why the ``graph_replay`` property cannot run on ``device`` (None when it can)."""
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return "CUDA graphs need a CUDA GPU; this machine has none (graph_replay is checked on GPU nodes)"
+    return None
+
+
+def capture_and_replay(call: Callable[[], torch.Tensor], refill: Callable[[], None], *,
+                       warmup: int = GRAPH_WARMUP_CALLS) -> torch.Tensor:
+    """Capture ``call`` in a ``torch.cuda.CUDAGraph``, run ``refill`` (which changes the captured
+    call's input buffers in place) and replay.
+
+    As torch's CUDA graphs documentation prescribes: ``warmup`` eager calls on a side stream that
+    waits for the current one, the current stream then waiting for it, and the capture on that same
+    side stream (``torch.cuda.graph(g, stream=s)``), default ``capture_error_mode`` ("global").  Errors
+    of the warm-up calls propagate unchanged (an eager failure or refusal); an exception raised while
+    capturing becomes :class:`GraphCaptureError` naming it (and the error it caused when the capture
+    was closed, if any).  Errors of the replay surface at the final synchronisation, unchanged (a
+    sticky CUDA error is classified as a crash by :func:`classify_exception`).  Returns a copy of the
+    replayed output (anything else the call returned, as it is)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, stream=stream):
+            out = call()
+    except Exception as exc:  # noqa: BLE001 - whatever the backend raised, named in the failure
+        msg = f"{type(exc).__name__}: {exc}".strip()
+        first = exc.__context__  # the backend's own error when closing the capture raised in turn
+        if first is not None and first is not exc:
+            msg = f"{type(first).__name__}: {first}".strip() + f"; closing the capture then raised {msg}"
+        raise GraphCaptureError(f"raised during CUDA graph capture: {msg}") from exc
+    torch.cuda.synchronize()
+    refill()
+    graph.replay()
+    torch.cuda.synchronize()
+    # the output lives in the graph's private memory pool: a copy outlives the graph
+    return out.clone() if isinstance(out, torch.Tensor) else out

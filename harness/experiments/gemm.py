@@ -9,6 +9,7 @@ of :mod:`harness.checks`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -16,13 +17,44 @@ import torch
 from harness import checks, guard
 from harness.backends.protocol import BackendContractError, GemmBackend, Unsupported
 from harness.data import generate
-from harness.experiments import NotApplicable, check_guards, classify_exception, sync
+from harness.experiments import (
+    NotApplicable,
+    capture_and_replay,
+    check_guards,
+    classify_exception,
+    graphs_unavailable,
+    sync,
+)
 from harness.format import BLOCK_SIZE, global_scale_encode_divisor
 from harness.layouts import ScaleLayout, round_up
 from harness.oracle import error_bound, reference_gemm
 from harness.pipeline import GemmOperands, operands_from
 from harness.problem import CLEAN, Poison, poison_kind
 from harness.trial import PropertyResult, Trial
+
+
+def operand_tensors(ops: GemmOperands) -> dict[str, torch.Tensor]:
+    """Every tensor of ``ops`` a backend reads, by name (``a_dense`` only for W4A16 operands)."""
+    named = {"a.packed": ops.a.packed, "a.scales": ops.a.scales, "a.global_scale": ops.a.global_scale,
+             "w.packed": ops.w.packed, "w.scales": ops.w.scales, "w.global_scale": ops.w.global_scale,
+             "alpha": ops.alpha}
+    if ops.a_dense is not None:
+        named["a_dense"] = ops.a_dense
+    return named
+
+
+def refill_operands(static: GemmOperands, fresh: GemmOperands) -> None:
+    """Copy every byte of ``fresh`` (new real data and its padding, poison included) into the buffers
+    of ``static`` in place: what changes between two replays of a captured call.  Raises ValueError
+    when the two do not have the same buffers (shapes, dtypes)."""
+    dst, src = operand_tensors(static), operand_tensors(fresh)
+    if dst.keys() != src.keys():
+        raise ValueError(f"refill_operands: buffers {sorted(src)} do not match the captured {sorted(dst)}")
+    for name, t in dst.items():
+        if t.shape != src[name].shape or t.dtype != src[name].dtype:
+            raise ValueError(f"refill_operands: {name} is {tuple(src[name].shape)} {src[name].dtype}, the captured "
+                             f"buffer {tuple(t.shape)} {t.dtype}")
+        t.copy_(src[name])
 
 
 def guard_operands(ops: GemmOperands) -> tuple[GemmOperands, dict[str, torch.Tensor]]:
@@ -34,12 +66,7 @@ def guard_operands(ops: GemmOperands) -> tuple[GemmOperands, dict[str, torch.Ten
                 global_scale=guard.guarded(ops.w.global_scale))
     dense = guard.guarded(ops.a_dense) if ops.a_dense is not None else None
     guarded = replace(ops, a=a, w=w, alpha=guard.guarded(ops.alpha), a_dense=dense)
-    handed = {"a.packed": a.packed, "a.scales": a.scales, "a.global_scale": a.global_scale,
-              "w.packed": w.packed, "w.scales": w.scales, "w.global_scale": w.global_scale,
-              "alpha": guarded.alpha}
-    if dense is not None:
-        handed["a_dense"] = dense
-    return guarded, handed
+    return guarded, operand_tensors(guarded)
 
 
 class GemmExperiment:
@@ -92,6 +119,11 @@ class GemmExperiment:
         res = self.backend.run(ops, out=out) if out is not None else self.backend.run(ops)
         sync()
         check_guards(handed)
+        return self._checked(res, ops)
+
+    @staticmethod
+    def _checked(res, ops) -> torch.Tensor:
+        """``res`` when it honours the protocol (shape [m, n_alloc], the operands' output dtype)."""
         want = (ops.m, ops.w.rows_alloc)
         if not isinstance(res, torch.Tensor) or tuple(res.shape) != want or res.dtype != ops.out_dtype:
             got = (tuple(res.shape), res.dtype) if isinstance(res, torch.Tensor) else type(res).__name__
@@ -237,6 +269,33 @@ class GemmExperiment:
             refs.append(ref)
             bounds.append(bound)
         return checks.tp_row_consistency(outs, refs, bounds, p.torch_out_dtype)
+
+    def graph_replay(self, replay: Callable | None = None) -> PropertyResult:
+        """Capture the backend's call on clean operands in a CUDA graph; then write new activations
+        (new real data; weights unchanged, as in serving) into the captured buffers and poison every
+        padding region the trial names (NaN 0x7F unless it draws another byte), replay, and compare
+        with eager execution on exactly those operands.  ``replay`` (default
+        :func:`~harness.experiments.capture_and_replay`) does capture, refill and replay; another
+        one is for testing the orchestration without a GPU."""
+        if not self.backend.requirements.cuda_graphs:
+            raise NotApplicable("the backend declares it cannot be captured in a CUDA graph "
+                                "(Requirements.cuda_graphs=False)")
+        if replay is None:
+            why = graphs_unavailable(self.dev)
+            if why:
+                raise NotApplicable(why)
+            replay = capture_and_replay
+        p = self.problem
+        poison = replace(self.trial.poison, stale_memory=False)
+        static, handed = guard_operands(self.ops(CLEAN))
+        x_new = generate(p.distribution, (p.m, p.k), 2 * p.seed + 3, p.torch_in_dtype, self.dev)
+        fresh = self.ops(poison, x=x_new)
+        out = replay(lambda: self.backend.run(static), lambda: refill_operands(static, fresh))
+        sync()
+        check_guards(handed)
+        out = self._checked(out, static)
+        eager = self.call(fresh)
+        return checks.graph_replay(eager, out, p.m, p.n, tuple(poison.regions()))
 
     def batch_invariance(self) -> PropertyResult:
         p = self.problem

@@ -15,6 +15,7 @@ allocated, every byte ``poison.partition_slots``; the reference multiplies with
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import torch
 
@@ -23,7 +24,14 @@ from dataclasses import replace
 from harness import checks, guard
 from harness.backends.protocol import BackendContractError, LinearBackend
 from harness.data import generate
-from harness.experiments import NotApplicable, check_guards, poison_allocator, sync
+from harness.experiments import (
+    NotApplicable,
+    capture_and_replay,
+    check_guards,
+    graphs_unavailable,
+    poison_allocator,
+    sync,
+)
 from harness.layouts import round_up
 from harness.oracle import error_bound, reference_linear, reference_merged_weight
 from harness.pipeline import CheckpointWeight, MergedCheckpoint, merged_checkpoint
@@ -87,6 +95,7 @@ class LinearExperiment:
         return h.hexdigest()
 
     def _guarded_weight(self) -> CheckpointWeight | MergedCheckpoint:
+        """A copy of the weight inside guard bytes (every shard and slot buffer of a merged one)."""
         w = self.weight
         if isinstance(w, MergedCheckpoint):
             shards = [replace(sh, packed=guard.guarded(sh.packed), scales=guard.guarded(sh.scales),
@@ -99,8 +108,9 @@ class LinearExperiment:
                        weight_scale_2=guard.guarded(w.weight_scale_2),
                        input_scale=None if w.input_scale is None else guard.guarded(w.input_scale))
 
-    def call(self, x=None) -> torch.Tensor:
-        x = self.x if x is None else x
+    def _guarded(self, x: torch.Tensor):
+        """(x, weight, bias, handed): copies of what the layer receives inside guard bytes, and those
+        tensors by name."""
         x = guard.guarded(x)
         weight = self._guarded_weight()
         bias = guard.guarded(self.bias)
@@ -112,16 +122,23 @@ class LinearExperiment:
                            "weight.weight_scale_2": weight.weight_scale_2})
             if weight.input_scale is not None:
                 handed["weight.input_scale"] = weight.input_scale
-        if self.trial.poison.stale_memory:
-            poison_allocator(self.dev)
-        out = self.backend.run(x, weight, bias)
-        sync()
-        check_guards(handed)
+        return x, weight, bias, handed
+
+    def _checked(self, out, x: torch.Tensor) -> torch.Tensor:
         want = (*x.shape[:-1], self.weight.n)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise BackendContractError(f"output shape {got}, expected {want} for input {tuple(x.shape)}")
         return out
+
+    def call(self, x=None) -> torch.Tensor:
+        x, weight, bias, handed = self._guarded(self.x if x is None else x)
+        if self.trial.poison.stale_memory:
+            poison_allocator(self.dev)
+        out = self.backend.run(x, weight, bias)
+        sync()
+        check_guards(handed)
+        return self._checked(out, x)
 
     def reference_agreement(self) -> PropertyResult:
         out = self.call()
@@ -186,3 +203,32 @@ class LinearExperiment:
             [(name, None if got is None else got.reshape(-1).float().cpu(), exp.reshape(-1).float().cpu())
              for name, got, exp in scales],
             results, self.problem.partitions, self.problem.fused_on_disk, byte, slot_poison_kind(byte))
+
+    def graph_replay(self, replay: Callable | None = None) -> PropertyResult:
+        """Load the weight once (:meth:`~harness.backends.protocol.LinearBackend.load`), capture the
+        layer's per-call part (:meth:`~harness.backends.protocol.LinearBackend.forward`) on the
+        problem's activations in a CUDA graph, write new activations into the captured input buffer
+        in place, replay, and compare with an eager call of the layer on the new activations.  The
+        layer pads internally, so the padding a replay may find stale lives in its own buffers, not in
+        any the harness owns.  ``replay``: as :meth:`GemmExperiment.graph_replay`."""
+        if not self.backend.requirements.cuda_graphs:
+            raise NotApplicable("the layer declares it cannot be captured in a CUDA graph "
+                                "(Requirements.cuda_graphs=False)")
+        if replay is None:
+            why = graphs_unavailable(self.dev)
+            if why:
+                raise NotApplicable(why)
+            replay = capture_and_replay
+        p = self.problem
+        x, weight, bias, handed = self._guarded(self.x)
+        x_new = generate(p.distribution, tuple(self.x.shape), 2 * p.seed + 3, p.torch_in_dtype, self.dev)
+        loaded = self.backend.load(weight)
+        if self.trial.poison.stale_memory:
+            poison_allocator(self.dev)
+        out = replay(lambda: self.backend.forward(loaded, x, bias), lambda: x.copy_(x_new))
+        sync()
+        check_guards(handed)
+        out = self._checked(out, x)
+        eager = self.call(x_new)
+        n = self.weight.n
+        return checks.graph_replay(eager.reshape(-1, n), out.reshape(-1, n), x_new.numel() // p.k, n)
