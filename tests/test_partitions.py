@@ -301,3 +301,20 @@ def test_a_merged_case_round_trips(tmp_path) -> None:
     assert again == trial
     second = execute(again, digest=True)
     assert second.digest == first.digest and second.reason == first.reason
+
+
+def test_a_merged_layer_under_the_graph_replay_orchestration() -> None:
+    """The layer merges at load time (LinearBackend.load), so the captured per-call part multiplies
+    with the merged weight; graph_replay's orchestration (CUDA graph factored out, as in
+    tests/test_graph_replay.py) passes on a merged layer with poisoned slots."""
+    from harness.experiments.linear import LinearExperiment
+    def host_replay(call, refill):  # capture_and_replay's call sequence without the graph
+        call()
+        call()
+        refill()
+        return call()
+
+    p = QKV.with_(fused_on_disk=True)
+    exp = LinearExperiment(registry.get(LAYER), Trial(LAYER, "graph_replay", p, Poison(partition_slots=0xFF)), "cpu")
+    res = exp.graph_replay(replay=host_replay)
+    assert res.ok, res.summary
