@@ -12,7 +12,7 @@ Schema ``nvfp4-harness/case/1``::
      "backend": registered backend name, "level": "gemm" | "linear" | "quantizer" | "checkpoint",
      "property": one of harness.trial.PROPERTIES,
      "problem": {m, n, k, out_dtype, in_dtype, distribution, seed, origin?, batch?, calibration?,
-                 partitions?, fused_on_disk?},
+                 partitions?, fused_on_disk?, input_layout?},
      "poison": {m_pad, n_pad, k_tail, data, stale_memory, partition_slots?},
      "a_layout"?: "linear" | "128x4" | "8x4" | null, "tp"?: int >= 1, "parallel"?: "column" | "row",
      "environment": {device, gpu_name, compute_capability, driver, cuda, torch, triton, ...},
@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from harness.input_layout import CONTIGUOUS, INPUT_LAYOUTS
 from harness.layouts import ScaleLayout
 from harness.problem import REGIONS, SLOT_REGIONS, GemmProblem, Poison
 from harness.trial import LEVELS, NONFINITE_SPELLINGS, PROPERTIES, Trial, json_safe
@@ -74,7 +75,7 @@ _TOP_ORDER = ("schema", "id", "created", "backend", "level", "property", "proble
               "tp", "parallel", "environment", "observed", "digest", "note", "expect", "tracks", "reproduced",
               "replay")
 _PROBLEM_REQUIRED = ("m", "n", "k", "out_dtype", "in_dtype", "distribution", "seed")
-_PROBLEM_OPTIONAL = ("origin", "batch", "calibration", "partitions", "fused_on_disk")
+_PROBLEM_OPTIONAL = ("origin", "batch", "calibration", "partitions", "fused_on_disk", "input_layout")
 _ENV_STR_FIELDS = ("device", "gpu_name", "driver", "cuda", "torch", "triton", "flashinfer", "hypothesis",
                    "python", "torchao", "compressed_tensors", "modelopt")
 _ENV_INT_FIELDS = ("compute_capability", "gpu_count")
@@ -496,7 +497,7 @@ def _parse_problem(c: _Checker, d: Any) -> GemmProblem:
         if not isinstance(batch, list) or not batch:
             raise c.fail("problem.batch", batch, "a non-empty list of leading dimensions, or null")
         for i, b in enumerate(batch):
-            c.integer(b, f"problem.batch[{i}]", minimum=1)
+            c.integer(b, f"problem.batch[{i}]", minimum=0)
         batch = tuple(batch)
     calibration = p.get("calibration")
     if calibration is not None and (isinstance(calibration, bool) or not isinstance(calibration, (int, float))):
@@ -512,11 +513,15 @@ def _parse_problem(c: _Checker, d: Any) -> GemmProblem:
     fused = p.get("fused_on_disk", False)
     if not isinstance(fused, bool):
         raise c.fail("problem.fused_on_disk", fused, "true or false")
+    input_layout = p.get("input_layout")
+    input_layout = CONTIGUOUS if input_layout is None else input_layout  # older files: contiguous
+    if not isinstance(input_layout, str) or input_layout not in INPUT_LAYOUTS:
+        raise c.fail("problem.input_layout", input_layout, f"one of {list(INPUT_LAYOUTS)}")
     try:
         return GemmProblem(m=p["m"], n=p["n"], k=p["k"], out_dtype=p["out_dtype"], in_dtype=p["in_dtype"],
                            distribution=p["distribution"], seed=p["seed"], origin=origin, batch=batch,
                            calibration=None if calibration is None else float(calibration),
-                           partitions=partitions, fused_on_disk=fused)
+                           partitions=partitions, fused_on_disk=fused, input_layout=input_layout)
     except ValueError as exc:
         raise _from_model_error(c, exc, "problem", p) from None
 

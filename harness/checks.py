@@ -615,3 +615,87 @@ def checkpoint_convention(bytes_check: PropertyResult, scales: dict[str, tuple[f
                  + bytes_check.summary)
     summary = ("checkpoint loads to the reference weight and scales; " if ok else "") + "; ".join(parts)
     return PropertyResult("checkpoint_convention", ok, summary, measure)
+
+
+def _byte_rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` [rows, ...] as bytes [rows, row_bytes] (bit-for-bit comparison, NaN payloads included)."""
+    t = t.detach().contiguous()
+    rows = t.shape[0] if t.ndim else 1
+    return t.view(torch.uint8).reshape(rows, -1)
+
+
+def layout_invariance(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], geometry: dict,
+                      refused: str | None = None, agreement: PropertyResult | None = None) -> PropertyResult:
+    """12. The backend's bytes on a non-contiguous view of the input equal those on the contiguous
+    copy (:mod:`harness.input_layout`), or the backend refuses the view.
+
+    ``pairs``: name -> (on the contiguous copy, on the view), each ``[rows, ...]`` (quantizer: the
+    packed codes and the real scale bytes; linear layer: the outputs), compared bit for bit;
+    ``geometry``: the view's layout, strides and storage offset (:meth:`StridedInput.describe`);
+    ``refused``: what the backend raised on the view (a refusal passes; it is reported).
+    ``agreement``: (linear level) :func:`reference_agreement` of the outputs on the view, given
+    when the bits may differ legitimately: a dense bf16 GEMM may pick another kernel or
+    accumulation order for a strided operand and round differently, so differing bits within the
+    reference's bound pass and are reported (``bitwise`` false); a quantizer's bytes have no such
+    freedom and are compared without it.
+    Silent garbage (vLLM PR #49092: a column slice quantized as if dense) is the failure."""
+    layout = geometry.get("input_layout", "?")
+    measure = dict(geometry)
+    if refused is not None:
+        measure["refused"] = refused[:500]
+        return PropertyResult("layout_invariance", True, f"refused the {layout} view: {refused[:200]}", measure)
+    differ: dict[str, list[int]] = {}
+    rows = 0
+    for name, (dense, view) in pairs.items():
+        a, b = _byte_rows(dense), _byte_rows(view)
+        rows = max(rows, a.shape[0])
+        if a.shape != b.shape:
+            measure["shapes"] = {name: [list(dense.shape), list(view.shape)]}
+            return PropertyResult("layout_invariance", False,
+                                  f"{layout} view: {name} has shape {tuple(view.shape)}, {tuple(dense.shape)} "
+                                  f"on the contiguous copy", measure)
+        bad = (a != b).any(dim=1)
+        if bool(bad.any()):
+            differ[name] = _rows_list(bad)
+            measure[f"{name}_changed_rows_total"] = int(bad.sum())
+    measure["bitwise"] = not differ
+    if not differ:
+        return PropertyResult("layout_invariance", True,
+                              f"{layout} view {tuple(next(iter(pairs.values()))[1].shape) if pairs else ()} "
+                              f"gives the contiguous copy's bytes", measure)
+    all_rows = sorted({r for v in differ.values() for r in v})
+    measure["changed_rows"] = all_rows[:64]
+    what = ", ".join(f"{name} ({measure[f'{name}_changed_rows_total']} of {rows} rows)" for name in differ)
+    summary = (f"{layout} view (strides {geometry.get('strides')}): {what} differ from the contiguous "
+               f"copy's, first at row {all_rows[0]}")
+    if agreement is None:
+        return PropertyResult("layout_invariance", False, summary, measure)
+    for key in ("max_err_units", "violations", "nonfinite_violations", "nan_rows", "grid"):
+        if key in agreement.measure:
+            measure[key] = agreement.measure[key]
+    if agreement.ok:
+        return PropertyResult("layout_invariance", True,
+                              f"{summary}, within the reference's bound ({agreement.summary}; reported)", measure)
+    return PropertyResult("layout_invariance", False, f"{summary}; against the reference: {agreement.summary}",
+                          measure)
+
+
+def empty_batch(shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]], dtypes: dict[str, tuple[str, str]],
+                refused: str | None = None) -> PropertyResult:
+    """13. An empty batch (m = 0) gives empty outputs of the right shape and dtype, or a refusal.
+
+    ``shapes``: name -> (returned, expected); ``dtypes``: name -> (returned, expected); ``refused``:
+    what the backend raised (a refusal passes; it is reported).  Writes outside the buffers (guard
+    bytes) and sticky CUDA errors are caught by the experiment before this verdict."""
+    if refused is not None:
+        return PropertyResult("empty_batch", True, f"refused the empty batch: {refused[:200]}",
+                              {"refused": refused[:500]})
+    measure = {"shapes": {k: [list(v[0]), list(v[1])] for k, v in shapes.items()},
+               "dtypes": {k: list(v) for k, v in dtypes.items()}}
+    bad = [f"{k} has shape {tuple(got)}, expected {tuple(want)}" for k, (got, want) in shapes.items()
+           if tuple(got) != tuple(want)]
+    bad += [f"{k} has dtype {got}, expected {want}" for k, (got, want) in dtypes.items() if got != want]
+    if bad:
+        return PropertyResult("empty_batch", False, "empty batch: " + "; ".join(bad), measure)
+    return PropertyResult("empty_batch", True,
+                          "empty batch: " + ", ".join(f"{k} {tuple(v[0])}" for k, v in shapes.items()), measure)

@@ -591,6 +591,34 @@ class FusedScaleOneSlot(LinearMutant):
         return ws2, ins
 
 
+def _read_as_dense(x: torch.Tensor) -> torch.Tensor:
+    """What a kernel that takes ``x.data_ptr()`` and assumes a dense row-major tensor reads: the
+    elements from ``x``'s first one on, in x's shape with contiguous strides (the storage around a
+    view included).  Equal to ``x`` when it is contiguous."""
+    strides, acc = [], 1
+    for size in reversed(x.shape):
+        strides.append(acc)
+        acc *= size
+    return x.as_strided(tuple(x.shape), tuple(reversed(strides)))
+
+
+DENSE_READ_BUG = ("reads x.data_ptr() as a dense row-major tensor and ignores x's strides (vLLM PR #49092: a "
+                  "column slice of a wider tensor, the Q/K/V part of a fused projection's output, quantized as if "
+                  "dense: row 0 right, every later row read from the wrong columns and rows, nothing raised). "
+                  "Right for contiguous inputs, also those at a storage offset; wrong for a column slice, a "
+                  "column-major (transposed-back) view and a batch with a gap.")
+
+
+class DenseReadLinear(LinearMutant):
+    name = "mutant-linear-dense-read"
+    expected_property = "layout_invariance"
+    planted = "A linear layer whose activation path " + DENSE_READ_BUG
+    summary = "linear-vllm over triton-emu-128x4 reading its input as if it were contiguous"
+
+    def run(self, x: torch.Tensor, weight: CheckpointWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return super().run(_read_as_dense(x), weight, bias)
+
+
 class ScalePerInputBuffer(LinearMutant):
     name = "mutant-scale-per-input-buffer"
     expected_property = "graph_replay"
@@ -713,6 +741,18 @@ class CompiledOutQuantizer(QuantizerMutant):
         packed = _uninitialized((rows, k // 2), x.device)
         scales = _uninitialized(padded_shape(self.layout, rows, k // BLOCK_SIZE), x.device)
         return packed, scales
+
+
+class DenseReadQuantizer(QuantizerMutant):
+    name = "mutant-quantizer-dense-read"
+    expected_property = "layout_invariance"
+    planted = "The parent's quantize kernel launched the way a wrapper that " + DENSE_READ_BUG
+    description = "quant-triton-128x4 reading its input as if it were contiguous"
+
+    def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, k = x.shape
+        return quantize_into(_read_as_dense(x), global_scale.reshape(1).to(device=x.device, dtype=torch.float32),
+                             self.layout, data_rows=rows, data_k=k, row_fill=0, ktail_fill=0, data_fill=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -953,7 +993,8 @@ MUTANT_CLASSES: tuple[type[Backend], ...] = (
     NonSaturatingQuantizer, InputScaleMismatch, NanPaddingQuantizer, WritesPastOutput, StaticScaleIgnored,
     FusedScaleOneSlot,
     ReadsUnwrittenPadScales, WritesRowPastOutput, QuantizerReadsPastRows, GlobalScaleInvertedLoader,
-    NibbleOrderLoader, ScalesSwizzledTwiceLoader, PadZeroedOnce, ScalePerInputBuffer,
+    NibbleOrderLoader, ScalesSwizzledTwiceLoader, PadZeroedOnce, ScalePerInputBuffer, DenseReadLinear,
+    DenseReadQuantizer,
 )
 
 

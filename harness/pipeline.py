@@ -423,7 +423,9 @@ def quantize_activation(x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int, *,
     With ``stale_buffers`` the buffers come from ``torch.empty`` and padding is left as it was.
     """
     m, k = x2d.shape
-    gs = global_scale_encode_divisor(x2d.float().abs().amax()).reshape(1).to(x2d.device) if global_scale is None \
+    # an empty batch (m=0) has amax 0, like an all-zero tensor (torch's amax of no elements raises)
+    amax = x2d.float().abs().amax() if x2d.numel() else torch.zeros((), device=x2d.device)
+    gs = global_scale_encode_divisor(amax).reshape(1).to(x2d.device) if global_scale is None \
         else global_scale.reshape(1).to(device=x2d.device, dtype=torch.float32)
     fill = LEAVE if stale_buffers else None
     packed, scales = quantize_into(

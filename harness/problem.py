@@ -18,6 +18,7 @@ import torch
 
 from harness import data as data_mod
 from harness.format import BLOCK_SIZE, static_global_scale
+from harness.input_layout import parse_input_layout
 
 POISON_REGIONS: tuple[str, ...] = ("m_pad", "n_pad", "k_tail", "data")
 """Byte-valued padding regions, in :class:`Poison` field order: activation padding rows (m_pad),
@@ -113,7 +114,12 @@ MAX_GENERATED_ELEMENTS = 1 << 32
 
 @dataclass(frozen=True)
 class GemmProblem:
-    """A logical NVFP4 GEMM: out[m, n] = A[m, k] @ W[n, k]^T, plus how its data is made."""
+    """A logical NVFP4 GEMM: out[m, n] = A[m, k] @ W[n, k]^T, plus how its data is made.
+
+    ``m`` may be 0 (an empty batch, which serving engines send; the linear and quantizer levels
+    put it to the test, the GEMM level needs m >= 1).  ``input_layout`` (one of
+    :data:`harness.input_layout.INPUT_LAYOUTS`) is how the linear and quantizer levels lay the
+    activations out in memory; the GEMM level builds its own operands and ignores it."""
     m: int
     n: int
     k: int
@@ -126,12 +132,16 @@ class GemmProblem:
     calibration: float | None = None   # runtime amax / calibrated amax of the activations; None: dynamic
     partitions: tuple[int, ...] | None = None  # linear level: output widths of a merged layer (q, k, v / gate, up)
     fused_on_disk: bool = False        # merged layer: the checkpoint stores one fused tensor, one scalar scale
+    input_layout: str = "contiguous"   # linear/quantizer level: how x lies in memory (harness.input_layout)
 
     def __post_init__(self) -> None:
-        for name in ("m", "n", "k"):
+        if isinstance(self.m, bool) or not isinstance(self.m, int) or self.m < 0:
+            raise ValueError(f"problem.m={self.m!r}: expected an integer >= 0 (0: an empty batch)")
+        for name in ("n", "k"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"problem.{name}={v!r}: expected a positive integer")
+        parse_input_layout(self.input_layout)
         if self.k % BLOCK_SIZE:
             raise ValueError(f"problem.k={self.k}: expected a multiple of {BLOCK_SIZE} (one e4m3 scale per "
                              f"{BLOCK_SIZE} elements; a block cannot straddle a shard)")
@@ -152,6 +162,8 @@ class GemmProblem:
         if self.batch is not None:
             prod = 1
             for b in self.batch:
+                if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+                    raise ValueError(f"problem.batch={self.batch}: expected leading dims that are integers >= 0")
                 prod *= b
             if prod != self.m:
                 raise ValueError(f"problem.batch={self.batch}: leading dims multiply to {prod}, not m={self.m}")
@@ -184,7 +196,7 @@ class GemmProblem:
         """The activations' encode divisor, fp32 [1] on ``x``'s device: ``x``'s own amax (dynamic,
         ``calibration`` None) or the static scale calibrated for ``calibration``
         (:func:`harness.format.static_global_scale`)."""
-        amax = x.float().abs().amax()
+        amax = x.float().abs().amax() if x.numel() else torch.zeros((), device=x.device)  # empty: as all-zero
         return static_global_scale(amax, self.calibration).reshape(1).to(x.device)
 
     def bias(self, device) -> torch.Tensor:

@@ -44,6 +44,8 @@ class Replay:
                  + (f" calibration={p.calibration:g} (static activation scale)" if p.calibration is not None else "")
                  + (f" partitions={list(p.partitions)} ({'fused' if p.fused_on_disk else 'split'} on disk)"
                     if p.partitions else "")
+                 + (f" input_layout={p.input_layout} (x as a non-contiguous view)"
+                    if p.input_layout != "contiguous" else "")
                  + (f"  [{p.origin}]" if p.origin else ""),
                  f"poison    " + (", ".join(f"{r}=0x{getattr(t.poison, r):02X}" for r in POISON_REGIONS + SLOT_REGIONS
                                             if getattr(t.poison, r)) or "none")

@@ -29,7 +29,7 @@ from harness.experiments import NotApplicable, classify_exception
 from harness.experiments.checkpoint import checkpoint_convention
 from harness.experiments.gemm import GemmExperiment
 from harness.experiments.linear import LinearExperiment
-from harness.experiments.quantizer import quantizer_agreement
+from harness.experiments import quantizer as quantizer_experiment
 from harness.trial import Outcome, PropertyResult, Trial, properties_for
 
 
@@ -103,7 +103,7 @@ def execute(trial: Trial, device: torch.device | None = None, *, digest: bool = 
             elif backend.level == "checkpoint":
                 result, holder = checkpoint_convention(backend, trial, device)  # type: ignore[arg-type]
             else:
-                result, holder = quantizer_agreement(backend, trial, device)  # type: ignore[arg-type]
+                result, holder = quantizer_experiment.run(backend, trial, device)  # type: ignore[arg-type]
     except NotApplicable as exc:
         return Outcome("skip", f"{NOT_APPLICABLE}{exc}", duration_s=time.perf_counter() - t0, a_layout=a_layout)
     except BackendContractError as exc:

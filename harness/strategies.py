@@ -27,6 +27,7 @@ from hypothesis.strategies import SearchStrategy
 
 from harness.data import DISTRIBUTIONS
 from harness.format import BLOCK_SIZE
+from harness.input_layout import CONTIGUOUS, INPUT_LAYOUTS
 from harness.problem import POISON_REGIONS, GemmProblem, Poison
 from harness.tp_catalog import CATALOG, DEFAULT_DEGREES, LayerShape, TPShard, origin_label, tp_cases
 
@@ -358,6 +359,31 @@ def with_calibration(problems: SearchStrategy[GemmProblem],
     return st.tuples(problems, calibrations(ratios)).map(lambda pc: pc[0].with_(calibration=pc[1]))
 
 
+NON_CONTIGUOUS_LAYOUTS: tuple[str, ...] = tuple(lay for lay in INPUT_LAYOUTS if lay != CONTIGUOUS)
+"""The views of :data:`harness.input_layout.INPUT_LAYOUTS` (all but ``contiguous``), column slice first."""
+
+
+def input_layouts(*, share: float = 1.0) -> SearchStrategy[str]:
+    """An ``input_layout``: a non-contiguous view in about ``share`` of the draws (0 < share <= 1;
+    1: always), ``contiguous`` otherwise; shrinks to contiguous (share < 1), else to ``column_slice``."""
+    views = st.sampled_from(NON_CONTIGUOUS_LAYOUTS)
+    return views if share >= 1 else rarely(views, st.just(CONTIGUOUS), share)
+
+
+def with_input_layout(problems: SearchStrategy[GemmProblem], *, share: float = 1.0) -> SearchStrategy[GemmProblem]:
+    """``problems`` whose activations are handed as a non-contiguous view (:func:`input_layouts`)."""
+    return st.tuples(problems, input_layouts(share=share)).map(lambda pl: pl[0].with_(input_layout=pl[1]))
+
+
+def empty_batches(problems: SearchStrategy[GemmProblem], *, three_d: bool = False,
+                  max_seq: int = 4) -> SearchStrategy[GemmProblem]:
+    """``problems`` made empty batches: m = 0, and with ``three_d`` sometimes leading dims
+    ``[0, seq]`` (a 3-D input with no batch); shrinks to ``[0, k]``."""
+    seq = st.none() if not three_d else st.one_of(st.none(), st.integers(1, max_seq))
+    return st.tuples(problems, seq).map(
+        lambda ps: ps[0].with_(m=0, batch=None if ps[1] is None else (0, ps[1])))
+
+
 def linear_problems(*, from_catalog: bool = False, **kwargs) -> SearchStrategy[GemmProblem]:
     """Problems for the linear-layer level: like :func:`gemm_problems` (or :func:`tp_problems` when
     ``from_catalog``), sometimes with a 3-D input ``[batch, seq, k]`` (``GemmProblem.batch``).
@@ -425,6 +451,7 @@ def gemm_cases(problems: SearchStrategy[GemmProblem] | None = None,
 __all__ = [
     "NAMED_POISON_BYTES", "POISON_REGIONS", "SMALL_M", "TILE_BOUNDARY_M",
     "CALIBRATION_RATIOS", "LARGE_M", "REAL_SHARD_K", "REAL_SHARD_N",
+    "NON_CONTIGUOUS_LAYOUTS", "empty_batches", "input_layouts", "with_input_layout",
     "block_counts", "calibrations", "catalog_block_counts", "distributions", "divisors", "gate_up_entries",
     "gemm_cases", "partition_widths", "with_partitions",
     "gemm_problems", "kn_values", "large_problems", "linear_problems", "m_values", "poison_bytes", "poisons",

@@ -36,6 +36,11 @@ GPU_SIZES = Sizes(max_m=1100, max_nk_blocks=96, tp_max_unsplit=1024, tp_max_weig
                   large_share=0.05)
 
 
+LAYOUT_SHARE = 0.25
+"""Share of quantizer_agreement, linear reference_agreement and empty_batch draws whose activations are
+a non-contiguous view (harness.input_layout); layout_invariance always draws one."""
+
+
 def sizes_for(device: str) -> Sizes:
     return GPU_SIZES if device == "cuda" else CPU_SIZES
 
@@ -81,8 +86,12 @@ def trials(backend: Backend, prop: str, sz: Sizes) -> SearchStrategy[Trial]:
     # static (calibrated) activation scales: the quantizer, the linear layer and the GEMM's reference
     # agreement (the other GEMM properties compare a backend with itself, the scale changes nothing there)
     if backend.level == "quantizer":
-        return st.builds(build, hs.with_calibration(hs.gemm_problems(
-            max_m=sz.max_m, max_nk_blocks=sz.max_nk_blocks, in_dtypes=in_dtypes)))
+        probs = hs.gemm_problems(max_m=sz.max_m, max_nk_blocks=sz.max_nk_blocks, in_dtypes=in_dtypes)
+        if prop == "layout_invariance":
+            return st.builds(build, hs.with_input_layout(probs))
+        if prop == "empty_batch":
+            return st.builds(build, hs.with_input_layout(hs.empty_batches(probs), share=LAYOUT_SHARE))
+        return st.builds(build, hs.with_input_layout(hs.with_calibration(probs), share=LAYOUT_SHARE))
     if backend.level == "checkpoint":
         # the degenerate kinds are left to the quantizer and linear levels: ModelOpt exports an all-zero
         # tensor with weight_scale_2 = 0 and input_scale = 0 (encode divisor inf), which the
@@ -107,6 +116,12 @@ def trials(backend: Backend, prop: str, sz: Sizes) -> SearchStrategy[Trial]:
                 probs = hs.rarely(merged, probs, 0.25)
         if getattr(backend, "static_input_scale", False):
             probs = hs.with_calibration(probs)
+        if prop == "layout_invariance":
+            probs = hs.with_input_layout(probs)
+        elif prop == "empty_batch":
+            probs = hs.with_input_layout(hs.empty_batches(probs, three_d=True), share=LAYOUT_SHARE)
+        elif prop == "reference_agreement":
+            probs = hs.with_input_layout(probs, share=LAYOUT_SHARE)
         return st.builds(build, probs, clean_slots)
     layout = _layouts(backend)
     if prop == "reference_agreement":

@@ -37,14 +37,16 @@ PROPERTIES: tuple[str, ...] = (
     "input_isolation",
     "partition_isolation",
     "graph_replay",
+    "layout_invariance",
+    "empty_batch",
 )
 """Every property, in report order (:mod:`harness.checks` holds the verdicts)."""
 
 GEMM_PROPERTIES = ("reference_agreement", "row_isolation", "column_isolation", "k_tail", "output_coverage",
                    "determinism", "clean_rejection", "tp_consistency", "batch_invariance", "graph_replay")
 LINEAR_PROPERTIES = ("reference_agreement", "determinism", "batch_invariance", "input_isolation",
-                     "partition_isolation", "graph_replay")
-QUANTIZER_PROPERTIES = ("quantizer_agreement",)
+                     "partition_isolation", "graph_replay", "layout_invariance", "empty_batch")
+QUANTIZER_PROPERTIES = ("quantizer_agreement", "layout_invariance", "empty_batch")
 CHECKPOINT_PROPERTIES = ("checkpoint_convention",)
 LEVEL_PROPERTIES = {"gemm": GEMM_PROPERTIES, "linear": LINEAR_PROPERTIES, "quantizer": QUANTIZER_PROPERTIES,
                     "checkpoint": CHECKPOINT_PROPERTIES}

@@ -43,7 +43,9 @@ def test_every_verdict_names_its_property() -> None:
                checks.output_coverage(z, 2, 2, torch.ones(2, 2, dtype=torch.bool)), checks.determinism(z, z),
                checks.clean_rejection(ValueError("no"), None, "m"), checks.tp_column_consistency(z, [z], 2),
                checks.batch_invariance(z, z, 2), checks.input_isolation(z, z, 0, "nan", True),
-               checks.graph_replay(z, z, 2, 2)]
+               checks.graph_replay(z, z, 2, 2),
+               checks.layout_invariance({"out": (z, z)}, {"input_layout": "column_slice"}),
+               checks.empty_batch({"out": ((0, 2), (0, 2))}, {})]
     one = torch.ones(1)
     results.append(checks.partition_isolation([("weight_scale_2", one, one)], [results[0]], (2,), False, 0, "zero"))
     assert {r.property for r in results} | {"quantizer_agreement", "checkpoint_convention"} == set(PROPERTIES)

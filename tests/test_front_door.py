@@ -208,7 +208,7 @@ def test_a_refused_example_does_not_end_the_test(tmp_path: Path) -> None:
     (tmp_path / "refusers.py").write_text(REFUSING_PLUGIN)
     res = pytest_run(str(REPO / "properties"), "--nvfp4-plugin", "refusers.py",
                      "--nvfp4-backends", "example-odd-m-refuser,example-all-refuser",
-                     "--nvfp4-examples", "8", "--nvfp4-results", "res", "-rs", cwd=tmp_path)
+                     "--nvfp4-properties", "quantizer_agreement", "--nvfp4-examples", "8", "--nvfp4-results", "res", "-rs", cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:]
     assert re.search(r"\b1 passed, \d+ skipped", res.stdout), res.stdout[-2000:]
     assert "every example was refused" in res.stdout and "refuses everything" in res.stdout

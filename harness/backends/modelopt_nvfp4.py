@@ -65,7 +65,7 @@ class ModelOptQuantizer(LibraryBackend, QuantizerBackend):
     def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _check(self.name, x)
         decode = (1.0 / global_scale.reshape(()).to(device=x.device, dtype=torch.float32))
-        packed, scale, _ = quantize(x.contiguous(), decode)
+        packed, scale, _ = quantize(x, decode)  # x as given: views too (layout_invariance)
         return packed, scale.view(torch.uint8)
 
 

@@ -17,6 +17,9 @@ global scale ``gs = 448*6/amax`` (FlashInfer's ``global_sf``).
   never hidden), and a refusal that the library's own device check confirms
   (``flashinfer.utils._check_block_scale_quantization_support``, where the installed version has
   it) is reported as unsupported with the library's message.
+* Every adapter hands the library ``x`` as it was handed (a non-contiguous view stays one, as a
+  serving engine passes it): the ``layout_invariance`` property judges what the library does with
+  it, computes the same bytes or refuses.
 * ``quant-torchao``: ``torchao.prototype.mx_formats.nvfp4_tensor.nvfp4_quantize`` with
   ``per_tensor_scale = 1/gs`` (torchao's convention is the decode multiplier, amax/2688:
   ``per_tensor_amax_to_scale``), returning linear scales that are laid out in 128x4 with
@@ -149,7 +152,7 @@ class FlashInferQuantizer(QuantizerBackend):
         if fi is None:
             raise Unsupported(f"{self.name}: flashinfer is not importable ({err})")
         try:
-            packed, scales = fi.fp4_quantize(**self.call_kwargs(x.contiguous(), global_scale))
+            packed, scales = fi.fp4_quantize(**self.call_kwargs(x, global_scale))  # x as given: views too
         except Exception as exc:
             prefix = f"{self.name}: flashinfer {getattr(fi, '__version__', '?')} fp4_quantize refused"
             unsup = as_unsupported(exc, prefix, types=refusal_types())
@@ -230,7 +233,7 @@ class TorchaoQuantizer(QuantizerBackend):
         except Exception as exc:  # noqa: BLE001 - any import failure makes the backend unavailable
             raise Unsupported(f"{self.name}: torchao cannot be imported ({type(exc).__name__}: {exc})") from exc
         pts = self.per_tensor_scale(global_scale.to(x.device))
-        scales_e4m3, packed = mod.nvfp4_quantize(x.contiguous(), BLOCK_SIZE, pts)
+        scales_e4m3, packed = mod.nvfp4_quantize(x, BLOCK_SIZE, pts)  # x as given: views too
         linear = scales_e4m3.view(torch.uint8).reshape(rows, k // BLOCK_SIZE)
         laid_out = linear if self.layout is L.LINEAR else swizzle(linear, self.layout, fill=0)
         return _check_output(self.name, self.layout, rows, k, packed, laid_out)

@@ -76,7 +76,7 @@ class TorchaoTensorQuantizer(LibraryBackend, QuantizerBackend):
                               f"got {x.dtype}")
         rows, k = x.shape
         pts = (1.0 / global_scale.reshape(()).to(device=x.device, dtype=torch.float32))
-        t = _nvfp4().NVFP4Tensor.to_nvfp4(x.contiguous(), block_size=BLOCK_SIZE, per_tensor_scale=pts,
+        t = _nvfp4().NVFP4Tensor.to_nvfp4(x, block_size=BLOCK_SIZE, per_tensor_scale=pts,  # x as given: views too
                                           is_swizzled_scales=self.layout is ScaleLayout.SWIZZLED_128x4)
         want = padded_shape(self.layout, rows, k // BLOCK_SIZE)
         scales = t.scale.view(torch.uint8)

@@ -45,6 +45,15 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
     return "fail", msg
 
 
+def refusal(exc: BaseException) -> str:
+    """What a backend raised on a call it may refuse (a non-contiguous view, an empty batch), as
+    ``"Type: message"``; re-raises a broken contract and a sticky CUDA error (a failure and a crash,
+    never a refusal)."""
+    if isinstance(exc, BackendContractError) or classify_exception(exc)[0] == "crash":
+        raise exc
+    return f"{type(exc).__name__}: {exc}".strip()
+
+
 def sync() -> None:
     """Wait for the GPU (a no-op without CUDA), so errors surface inside the call that caused them."""
     if torch.cuda.is_available():

@@ -77,6 +77,9 @@ class GemmExperiment:
         self.trial = trial
         self.problem = trial.problem
         self.dev = device
+        if self.problem.m == 0:
+            raise NotApplicable("an empty batch (m=0) is put to the test at the linear and quantizer levels "
+                                "(empty_batch); GEMM operands need m >= 1")
         req = backend.requirements
         self.layout = ScaleLayout.parse(trial.a_layout) if trial.a_layout else req.a_layouts[0]
         if self.layout not in req.a_layouts:

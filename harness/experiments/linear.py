@@ -22,7 +22,7 @@ import torch
 from dataclasses import replace
 
 from harness import checks, guard
-from harness.backends.protocol import BackendContractError, LinearBackend
+from harness.backends.protocol import BackendContractError, LinearBackend, Unsupported
 from harness.data import generate
 from harness.experiments import (
     NotApplicable,
@@ -30,8 +30,10 @@ from harness.experiments import (
     check_guards,
     graphs_unavailable,
     poison_allocator,
+    refusal,
     sync,
 )
+from harness.input_layout import CONTIGUOUS, StridedInput, snapshot, storage_changed, strided_view
 from harness.layouts import round_up
 from harness.oracle import error_bound, reference_linear, reference_merged_weight
 from harness.pipeline import CheckpointWeight, MergedCheckpoint, merged_checkpoint
@@ -70,6 +72,9 @@ class LinearExperiment:
                 not getattr(backend, "static_input_scale", False):
             raise NotApplicable("the layer quantizes activations dynamically (no static input_scale path), "
                                 f"the problem's calibration={self.problem.calibration:g} needs one")
+        if (self.problem.m == 0) != (trial.property == "empty_batch"):
+            raise NotApplicable("the empty_batch property, and only it, takes an empty batch (m=0); "
+                                f"problem.m={self.problem.m}")
         if self.problem.partitions is not None and not getattr(backend, "merged_partitions", False):
             raise NotApplicable("the layer loads no merged-partition weights (no per-partition scale slots), "
                                 f"the problem's partitions={list(self.problem.partitions)} need them")
@@ -108,13 +113,15 @@ class LinearExperiment:
                        weight_scale_2=guard.guarded(w.weight_scale_2),
                        input_scale=None if w.input_scale is None else guard.guarded(w.input_scale))
 
-    def _guarded(self, x: torch.Tensor):
+    def _guarded(self, x: torch.Tensor | StridedInput):
         """(x, weight, bias, handed): copies of what the layer receives inside guard bytes, and those
-        tensors by name."""
-        x = guard.guarded(x)
+        tensors by name (a :class:`StridedInput`: its view, over its guarded storage; a merged
+        weight: every shard and slot buffer)."""
+        storage = x.storage if isinstance(x, StridedInput) else None
+        x = x.view if isinstance(x, StridedInput) else guard.guarded(x)
         weight = self._guarded_weight()
         bias = guard.guarded(self.bias)
-        handed = {"x": x, "bias": bias}
+        handed = {"x" if storage is None else "x (storage)": x if storage is None else storage, "bias": bias}
         if isinstance(weight, MergedCheckpoint):
             handed.update({f"weight.{name}": t for name, t in weight.tensors().items()})
         else:
@@ -131,23 +138,47 @@ class LinearExperiment:
             raise BackendContractError(f"output shape {got}, expected {want} for input {tuple(x.shape)}")
         return out
 
-    def call(self, x=None) -> torch.Tensor:
-        x, weight, bias, handed = self._guarded(self.x if x is None else x)
+    def call(self, x=None, layout: str | None = None) -> torch.Tensor:
+        """The layer on ``x`` (default: the problem's activations, handed in the problem's
+        ``input_layout``; ``x`` given: contiguous unless ``layout`` says otherwise), every buffer
+        inside guard bytes; raises BackendContractError for a write outside them (or into x's
+        storage) and for an output of the wrong shape."""
+        layout = layout or (self.problem.input_layout if x is None else CONTIGUOUS)
+        x = self.x if x is None else x
+        strided = strided_view(x, layout, self.problem.seed) if layout != CONTIGUOUS else None
+        x, weight, bias, handed = self._guarded(x if strided is None else strided)
+        before = snapshot(strided) if strided is not None else None
         if self.trial.poison.stale_memory:
             poison_allocator(self.dev)
-        out = self.backend.run(x, weight, bias)
-        sync()
+        try:
+            out = self.backend.run(x, weight, bias)
+            sync()
+        except Exception as exc:
+            if strided is None or isinstance(exc, Unsupported):
+                raise
+            # refusing a view is allowed (layout_invariance reports it): nothing to compare here
+            raise Unsupported(f"refused the {layout} view: {refusal(exc)}") from exc
         check_guards(handed)
-        return self._checked(out, x)
+        if strided is not None and (changed := storage_changed(strided, before)):
+            raise BackendContractError(f"wrote into its input: {changed}")
+        out = self._checked(out, x)
+        self.geometry = {"input_layout": CONTIGUOUS} if strided is None else strided.describe()
+        return out
 
-    def reference_agreement(self) -> PropertyResult:
-        out = self.call()
+    def agreement(self, out: torch.Tensor) -> PropertyResult:
+        """:func:`checks.reference_agreement` of the layer's output ``out`` on the problem's activations."""
         req = self.backend.requirements
         ref = reference_linear(self.x, self.reference_weight, self.bias, round_up(self.problem.k, req.k_align),
                                dense_activation=req.activation == "bf16")
         bound = error_bound(ref, req.precision, out.dtype, bias_in_out_dtype=True)
         flat = out.reshape(-1, out.shape[-1])
         return checks.reference_agreement(flat, ref, bound, out.dtype, bias_in_out_dtype=True)
+
+    def reference_agreement(self) -> PropertyResult:
+        res = self.agreement(self.call())
+        if self.problem.input_layout != CONTIGUOUS:
+            res.measure.update(self.geometry)
+        return res
 
     def determinism(self) -> PropertyResult:
         return checks.determinism(self.call().clone(), self.call().clone())
@@ -232,3 +263,36 @@ class LinearExperiment:
         eager = self.call(x_new)
         n = self.weight.n
         return checks.graph_replay(eager.reshape(-1, n), out.reshape(-1, n), x_new.numel() // p.k, n)
+
+    def layout_invariance(self) -> PropertyResult:
+        """The outputs on the problem's ``input_layout`` view equal those on the contiguous copy bit
+        for bit, or (reported) differ only within the reference's bound, or the layer refuses the
+        view (:func:`harness.checks.layout_invariance`)."""
+        dense = self.call(layout=CONTIGUOUS).clone()
+        layout = self.problem.input_layout
+        try:
+            view = self.call(layout=layout).clone()
+        except Exception as exc:  # noqa: BLE001 - a refusal is an allowed answer to a view
+            return checks.layout_invariance({}, strided_view(self.x, layout, self.problem.seed).describe(),
+                                            refusal(exc))
+        n, geometry = dense.shape[-1], self.geometry
+        res = checks.layout_invariance({"outputs": (dense.reshape(-1, n), view.reshape(-1, n))}, geometry)
+        if res.ok or "shapes" in res.measure:
+            return res
+        # bits differ: a strided operand may legitimately round differently; garbage fails the reference
+        return checks.layout_invariance({"outputs": (dense.reshape(-1, n), view.reshape(-1, n))}, geometry,
+                                        agreement=self.agreement(view))
+
+    def empty_batch(self) -> PropertyResult:
+        """An empty batch (m=0, x of shape ``[*batch, k]`` with a 0 leading dim) gives an empty
+        output ``[*batch, n]`` in x's dtype, or a refusal; guard bytes intact
+        (:func:`harness.checks.empty_batch`)."""
+        want = (*self.x.shape[:-1], self.weight.n)
+        try:
+            out = self.call()
+        except Unsupported:
+            raise  # the backend declares it does not run this here: a skip, as for every property
+        except Exception as exc:  # noqa: BLE001 - a refusal is an allowed answer to an empty batch
+            return checks.empty_batch({}, {}, refusal(exc))
+        return checks.empty_batch({"output": (tuple(out.shape), want)},
+                                  {"output": (str(out.dtype), str(self.x.dtype))})

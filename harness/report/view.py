@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup
 
+from harness.input_layout import INPUT_LAYOUTS
 from harness.problem import POISON_KINDS, POISON_REGIONS, REGIONS, SLOT_REGIONS, poison_kind, slot_poison_kind
 from harness.report.svg import (OUTCOME_COLORS, GridError, Point, grid_legend_svg, grid_svg, marker_svg,
                                 outcome_bar_svg, parse_grid, scatter_svg, series_styles)
@@ -79,6 +80,10 @@ def _problem_text(p: Any) -> str:
     if p.get("partitions"):
         disk = "fused on disk" if p.get("fused_on_disk") else "split on disk"
         parts.append(f"merged partitions {list(p['partitions'])} ({disk})")
+    if p.get("input_layout") not in (None, "contiguous"):
+        parts.append(f"x as a {str(p['input_layout']).replace('_', ' ')} view")
+    if p.get("m") == 0:
+        parts.append("empty batch")
     if p.get("origin"):
         parts.append(str(p["origin"]))
     return " · ".join(parts)
@@ -285,6 +290,41 @@ def difference_rows(records: list[dict]) -> list[dict]:
     return out
 
 
+EMPTY_BATCH = "empty batch (m=0)"
+"""The input-layout table's column of empty batches."""
+
+
+def input_layout_rows(records: list[dict]) -> tuple[list[str], list[dict]]:
+    """(columns, rows) of the input memory layout table: per backend and non-contiguous
+    ``problem.input_layout`` (and empty batches), the executed cases by outcome, how many the backend
+    refused (``measure.refused``) and how many passed with bits that differ within the reference's
+    bound (``measure.bitwise`` false).  Records without ``input_layout`` are contiguous."""
+    cols = [lay for lay in INPUT_LAYOUTS if lay != "contiguous"] + [EMPTY_BATCH]
+    cells: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    for r in records:
+        p = r.get("problem") if isinstance(r.get("problem"), Mapping) else {}
+        layout = p.get("input_layout") or "contiguous"
+        col = EMPTY_BATCH if p.get("m") == 0 else (None if layout == "contiguous" else str(layout))
+        if col is None:
+            continue
+        measure = r.get("measure") if isinstance(r.get("measure"), Mapping) else {}
+        c = cells[str(r.get("backend", "?"))][col]
+        c[str(r.get("outcome"))] += 1
+        c["refused"] += "refused" in measure
+        c["within bound"] += measure.get("bitwise") is False and r.get("outcome") == "pass"
+    rows = []
+    for b in sorted(cells):
+        row = []
+        for col in cols + sorted(set(cells[b]) - set(cols)):
+            c = cells[b].get(col, Counter())
+            counts = {k: c.get(k, 0) for k in OUTCOMES}
+            text = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+            extra = ", ".join(f"{c[k]} {k}" for k in ("refused", "within bound") if c.get(k))
+            row.append({"cls": _cell_class(counts), "text": text + (f" ({extra})" if extra else "") or "–"})
+        rows.append({"backend": b, "cells": row})
+    return cols, rows
+
+
 def build_context(run: RunData) -> dict[str, Any]:
     """The template's variables for one parsed results directory (see ``report.html.j2``).
 
@@ -405,6 +445,7 @@ def build_context(run: RunData) -> dict[str, Any]:
     # differences from the reference quantizer that pass: legitimate rounding choices and the design
     # differences a backend declares (harness.checks.DESIGN_DIFFERENCES), summed per backend
     differences = difference_rows(records)
+    layout_cols, layout_rows = input_layout_rows(records)
 
     # error versus m and K (reference agreement)
     pts_m, pts_k = [], []
@@ -475,6 +516,7 @@ def build_context(run: RunData) -> dict[str, Any]:
         "isolation": isolation, "regions": REGIONS, "outcomes": OUTCOMES,
         "failures": failures, "grid_legend": grid_legend_svg("legend"),
         "differences": differences,
+        "input_layout_cols": layout_cols, "input_layouts": layout_rows,
         "accepted_overflow": accepted_overflow(records),
         "plots": plots,
         "hypothesis": hypothesis, "hypothesis_cols": hyp_cols, "hypothesis_skipped": hypothesis_skipped,
