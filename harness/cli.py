@@ -81,13 +81,17 @@ def cmd_backends(args) -> int:
 
     from harness import verified
 
+    from harness.grouped import registry as grouped_registry
+
     _load_plugins(args.plugin)
     e = env.current()
     record = verified.load(args.verified)
     rows = []
-    for b in registry.all_backends(include_mutants=args.mutants):
+    for b in [*registry.all_backends(include_mutants=args.mutants),
+              *grouped_registry.all_backends(include_mutants=args.mutants)]:
         s = b.support(e)
-        rows.append({**b.describe(), "available": bool(s), "reason": s.reason,
+        rows.append({**b.describe(), **({"quantizes": bool(b.quantizes)} if b.level == "grouped" else {}),
+                     "available": bool(s), "reason": s.reason,
                      "verified": [x.to_dict() for x in record.get(b.name, [])],
                      "ever_computed": verified.ever_computed(b.name, record),
                      "verified_summary": verified.describe(b.name, record)})
@@ -96,7 +100,7 @@ def cmd_backends(args) -> int:
                           "load_errors": registry.load_errors()}, indent=2))
         return 0
     print(f"environment: {e.summary()}")
-    for level in ("gemm", "linear", "quantizer", "checkpoint"):
+    for level in ("gemm", "linear", "quantizer", "checkpoint", "grouped"):
         sel = [r for r in rows if r["level"] == level]
         if not sel:
             continue
@@ -114,6 +118,11 @@ def _backend_table(rows: list[dict], level: str) -> str:
     if level in ("quantizer", "checkpoint"):
         head = ("backend", "runs", "scale layout", "reason")
         body = [(r["name"], "yes" if r["available"] else "no", "/".join(r["a_layouts"]), r["reason"]) for r in rows]
+    elif level == "grouped":  # MoE: one grouped activation buffer, per-expert weights
+        head = ("backend", "runs", "quantizes", "A scales", "W scales", "N align", "K align", "reason")
+        body = [(r["name"], "yes" if r["available"] else "no", "yes" if r.get("quantizes") else "no",
+                 "/".join(r["a_layouts"]), r["w_layout"], str(r["n_align"]), str(r["k_align"]), r["reason"])
+                for r in rows]
     else:
         head = ("backend", "runs", "A scales", "W scales", "N align", "K align", "m max", "reason")
         body = [(r["name"], "yes" if r["available"] else "no", "/".join(r["a_layouts"]), r["w_layout"],
@@ -141,21 +150,24 @@ def _properties_dir() -> Path:
 def _check_selection(args) -> None:
     """Unknown names, and a backend/property selection that leaves nothing to run, are usage errors."""
     from harness.backends import registry
-    from harness.trial import PROPERTIES, properties_for
+    from harness.grouped import registry as grouped_registry
+    from harness.trial import all_properties, properties_for
 
     backends = None
     if args.backends not in ("all", "mutants"):
         names = [n.strip() for n in args.backends.split(",") if n.strip()]
         if not names:
             raise UsageError(f"--backends {args.backends!r}: expected comma-separated backend names, 'all' or 'mutants'")
-        backends = [registry.get(n) for n in names]
+        backends = [grouped_registry.get_any(n) for n in names]  # GEMM-level, linear, ... and grouped
     if args.properties == "all":
         return
     wanted = [p.strip() for p in args.properties.split(",") if p.strip()]
     for p in wanted or [args.properties]:
-        if p not in PROPERTIES:
-            raise UsageError(f"--properties: unknown property {p!r}; expected some of {list(PROPERTIES)}")
-    pool = backends if backends is not None else registry.all_backends(include_mutants=args.backends == "mutants")
+        if p not in all_properties():
+            raise UsageError(f"--properties: unknown property {p!r}; expected some of {list(all_properties())}")
+    pool = backends if backends is not None else \
+        registry.all_backends(include_mutants=args.backends == "mutants") + \
+        ([] if args.backends == "mutants" else grouped_registry.all_backends())
     pool = [b for b in pool if b.mutant] if args.backends == "mutants" else pool
     if not any(p in properties_for(b) for b in pool for p in wanted):
         by_level = {}
@@ -224,7 +236,12 @@ def cmd_replay(args) -> int:
 
     _load_plugins(args.plugin)
     if args.sanitize:
+        from harness.grouped.cases import is_grouped_case_file
         from harness.sanitizer.run import replay_command_line
+
+        if is_grouped_case_file(_user_path(args.case)):
+            raise UsageError(f"--sanitize: {args.case} is a grouped case; compute-sanitizer reruns GEMM-level, "
+                             f"linear and quantizer cases only (replay it without --sanitize)")
 
         return replay_command_line(args.case, backend=args.backend, tool=args.tool, sanitizer=args.sanitizer)
     r = replay(_user_path(args.case), backend=args.backend)

@@ -239,21 +239,22 @@ def _check_selection(config: pytest.Config) -> None:
     """Unknown backend or property names, and a selection that leaves no (backend, property) pair,
     are usage errors (one line, exit status 4), not a silent "1 skipped"."""
     from harness.backends import registry
-    from harness.trial import PROPERTIES
+    from harness.grouped.registry import get_any
+    from harness.trial import all_properties
 
     props = config.getoption("--nvfp4-properties")
     wanted = None
     if props not in ("all", None):
         wanted = [p.strip() for p in props.split(",") if p.strip()]
-        unknown = [p for p in wanted if p not in PROPERTIES]
+        unknown = [p for p in wanted if p not in all_properties()]
         if unknown or not wanted:
             raise pytest.UsageError(f"--nvfp4-properties: unknown property {(unknown or [props])[0]!r}; "
-                                    f"expected a comma-separated list of {', '.join(PROPERTIES)} or 'all'")
+                                    f"expected a comma-separated list of {', '.join(all_properties())} or 'all'")
     names = config.getoption("--nvfp4-backends")
     if names in ("all", "mutants", None):
         return
     try:
-        backends = [registry.get(n.strip()) for n in names.split(",") if n.strip()]
+        backends = [get_any(n.strip()) for n in names.split(",") if n.strip()]
     except registry.UnknownBackendError as exc:
         raise pytest.UsageError(f"--nvfp4-backends: {exc}") from None
     if wanted is not None:
@@ -462,15 +463,31 @@ class HarnessSession:
         from harness.results import make_record, save_failure_case
 
         case_file = None
-        if outcome.status in ("fail", "crash") and final:
-            case_file = save_failure_case(self.results_dir, trial, outcome, level, self.env.to_dict())
         # scope "test": a whole test skipped before any example ran; "case": one executed example
         extra = {"gpu": self.gpu, "final": final, "scope": scope}
+        if level == "grouped" and scope == "case":
+            case_file = self._record_grouped(trial, outcome, final, extra)
+        elif outcome.status in ("fail", "crash") and final:
+            case_file = save_failure_case(self.results_dir, trial, outcome, level, self.env.to_dict())
         self.stream.write(make_record(trial, outcome, worker=self.worker, test=test, level=level,
                                       case_file=case_file, extra=extra))
         self.recorded += 1
         if self.campaign is not None:
             self.campaign.note_record(outcome.status, final)
+
+    def _record_grouped(self, trial, outcome, final: bool, extra: dict) -> str | None:
+        """A grouped failure: its per-expert view goes into the record (``experts``) and, once
+        minimized, its case file (harness.grouped.records); returns the case file's path."""
+        if outcome.status not in ("fail", "crash"):
+            return None
+        from harness import tracking
+        from harness.grouped import records, registry as grouped_registry
+
+        extra["experts"] = records.experts_or_note(trial, outcome.measure)
+        if not final:
+            return None
+        seen = tracking.sighting_now(self.env, grouped_registry.get(trial.backend))
+        return records.save_failure_case(self.results_dir, trial, outcome, self.env.to_dict(), [seen.to_dict()])
 
     def campaign_gate(self) -> None:
         """In a campaign, before every example: raises harness.campaign.RunStopped (a KeyboardInterrupt
@@ -491,22 +508,26 @@ class HarnessSession:
         from harness.problem import GemmProblem
         from harness.trial import Outcome, Trial
 
+        # a test that ran no example has no problem of its own: a placeholder keeps the record's shape
         trial = Trial(backend.name, prop, GemmProblem(1, 16, 16))
         self.record(trial, Outcome("skip", reason), test, backend.level, True, scope="test")
 
-    def run(self, trial, test: str, digest: bool = False):
+    def run(self, trial, test: str, digest: bool = False, ignore_budget: bool = False):
         """Execute a trial inside a Hypothesis test; record it; end the process on a lost context.
 
         The time budget is checked before every example: once it is spent the example is not run
         and ``None`` is returned (the property suite rejects it, so Hypothesis ends the test quickly
-        with the examples already run)."""
+        with the examples already run).  ``ignore_budget``: the caller checks the budget itself (the
+        grouped suite), so the example always runs."""
         from hypothesis.control import current_build_context
 
         from harness.backends import registry
-        from harness.runner import NOT_APPLICABLE, ContextLost, execute
+        from harness.grouped import registry as grouped_registry
+        from harness.grouped.checks import execute as execute_grouped
+        from harness.runner import NOT_APPLICABLE, ContextLost, execute as execute_gemm
         from harness.trial import Outcome
 
-        if self.over_budget() and self.campaign is None:
+        if self.over_budget() and self.campaign is None and not ignore_budget:
             self._stops.setdefault(test, f"time budget (--nvfp4-budget {self.budget:g} s) spent")
             return None
 
@@ -514,7 +535,9 @@ class HarnessSession:
             final = current_build_context().is_final
         except Exception:
             final = True
-        level = registry.get(trial.backend).level
+        grouped = grouped_registry.is_grouped(trial.backend)
+        execute = execute_grouped if grouped else execute_gemm  # the grouped (MoE) level has its own engine
+        level = "grouped" if grouped else registry.get(trial.backend).level
         try:
             outcome = execute(trial, digest=digest)
         except ContextLost as exc:
@@ -524,7 +547,9 @@ class HarnessSession:
             self.campaign.note_example(outcome.status)
         # a property that cannot be checked on this backend skips the whole test (scope "test");
         # any other skip is one example the backend refused
-        whole_test = outcome.status == "skip" and outcome.reason.startswith(NOT_APPLICABLE)
+        # (a grouped property that does not apply to one example, e.g. no zero-token expert in it,
+        # is that example's skip)
+        whole_test = outcome.status == "skip" and outcome.reason.startswith(NOT_APPLICABLE) and not grouped
         if outcome.status == "skip" and not whole_test:
             self.refusals.setdefault(test, []).append(outcome.reason)
         if outcome.status != "fail" or final:

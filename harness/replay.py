@@ -5,11 +5,16 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.cases import Case, load_case, save_case
 from harness.problem import POISON_REGIONS, SLOT_REGIONS
 from harness.runner import execute
 from harness.trial import Outcome, Trial
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.grouped.cases import GroupedCase
+    from harness.grouped.problem import GroupedTrial
 
 REGRESSIONS_DIR = Path(__file__).resolve().parents[1] / "regressions" / "cases"
 
@@ -51,19 +56,8 @@ class Replay:
                                             if getattr(t.poison, r)) or "none")
                  + (" + stale memory" if t.poison.stale_memory else "")
                  + (f"; activation scales {t.a_layout}" if t.a_layout else "")]
-        if self.digest_ok is False:
-            lines.append(f"operands  DIGEST MISMATCH: rebuilt operands differ from the recorded ones "
-                         f"({self.outcome.digest} != {self.case.digest}); this is not the same case")
-        elif self.digest_ok:
-            lines.append("operands  rebuilt bit for bit (digest matches)")
-        if t.backend != self.case.backend:  # the same inputs on another backend: says nothing of a fix
-            verdict = {"pass": f"PASSES on {t.backend} (the case failed on {self.case.backend})",
-                       "fail": f"FAILS on {t.backend} too", "crash": f"CRASHED on {t.backend}",
-                       "skip": f"{t.backend} cannot run here"}[o.status]
-        else:
-            verdict = {"pass": "PASSES now", "fail": "STILL FAILS", "crash": "CRASHED",
-                       "skip": "cannot run here"}[o.status]
-        lines.append(f"result    {verdict}: {o.reason or (o.result.summary if o.result else '')}")
+        lines += _digest_lines(self.digest_ok, o.digest, self.case.digest)
+        lines.append(f"result    {_verdict(t.backend, self.case.backend, o)}")
         for key, label in (("nan_rows", "NaN rows"), ("changed_rows", "rows"), ("changed_cols", "columns")):
             if m.get(key):
                 vals = m[key]
@@ -99,12 +93,109 @@ def check_fits(problem) -> None:
                          f"({CASE_MEMORY_MULTIPLE}x its operands); this machine has {have / 2**30:.1f} GiB of {where}")
 
 
-def replay(path: str | Path, backend: str | None = None) -> Replay:
+@dataclass
+class GroupedReplay:
+    """A grouped case replayed (see :func:`replay`); the same exit codes as :class:`Replay`."""
+    case: "GroupedCase"
+    trial: "GroupedTrial"
+    outcome: Outcome
+    digest_ok: bool | None
+
+    exit_code = Replay.exit_code
+
+    def diagnosis(self) -> str:
+        from harness.grouped.records import experts_or_note
+
+        t, o, m = self.trial, self.outcome, self.outcome.measure
+        p = t.problem
+        poison = ", ".join(f"{r}=0x{getattr(t.poison, r):02X}" for r in t.poison.regions()) or "none"
+        if t.property == "token_isolation":
+            poison += f"; victim expert {t.poison.victim if t.poison.victim is not None else 0} " \
+                      f"(weight scale byte 0x{t.poison.victim_byte:02X})"
+        lines = [f"case      {self.case.id}",
+                 f"backend   {t.backend} (grouped), property {t.property}",
+                 f"problem   tokens={p.tokens} experts={p.experts} top_k={p.top_k} n={p.n} k={p.k} "
+                 f"splits={list(p.splits)} row_align={list(p.row_align)} input_scales={p.input_scales} "
+                 f"out={p.out_dtype} data={p.distribution} seed={p.seed}" + (f"  [{p.origin}]" if p.origin else ""),
+                 f"poison    {poison}"]
+        lines += _digest_lines(self.digest_ok, o.digest, self.case.digest)
+        lines.append(f"result    {_verdict(t.backend, self.case.backend, o)}")
+        if o.status in ("pass", "fail"):
+            for row in experts_or_note(t, m):
+                err = row.get("max_err_units")
+                what = [f"{row['tokens']} tokens {row['token_ids'][:8]}{' ...' if row['tokens'] > 8 else ''}"]
+                if isinstance(err, (int, float)) or isinstance(err, str):
+                    what.append(f"max error {err if isinstance(err, str) else format(err, '.4g')} x bound")
+                if row["bad_tokens"]:
+                    what.append(f"tokens out of bound or changed {row['bad_tokens'][:8]}")
+                if row["padding"]:
+                    what.append("poisoned padding " + ", ".join(f"{x['region']}=0x{x['byte']:02X}" for x in row["padding"]))
+                flag = "DISAGREES" if row["disagrees"] else "ok"
+                role = f" ({row['role']})" if row["role"] else ""
+                lines.append(f"  expert {row['expert']}{role}: {flag}; " + "; ".join(what))
+        for key, label in (("changed_tokens", "changed tokens"), ("nan_tokens", "NaN tokens"),
+                           ("mismatches", "byte mismatches")):
+            if m.get(key):
+                vals = m[key]
+                lines.append(f"  {label}: {vals[:16]}{' ...' if len(vals) > 16 else ''}")
+        return "\n".join(lines)
+
+
+def _digest_lines(digest_ok: bool | None, now: str | None, recorded: str | None) -> list[str]:
+    if digest_ok is False:
+        return [f"operands  DIGEST MISMATCH: rebuilt operands differ from the recorded ones "
+                f"({now} != {recorded}); this is not the same case"]
+    return ["operands  rebuilt bit for bit (digest matches)"] if digest_ok else []
+
+
+def _verdict(backend: str, recorded_backend: str, o: Outcome) -> str:
+    if backend != recorded_backend:  # the same inputs on another backend: says nothing of a fix
+        verdict = {"pass": f"PASSES on {backend} (the case failed on {recorded_backend})",
+                   "fail": f"FAILS on {backend} too", "crash": f"CRASHED on {backend}",
+                   "skip": f"{backend} cannot run here"}[o.status]
+    else:
+        verdict = {"pass": "PASSES now", "fail": "STILL FAILS", "crash": "CRASHED", "skip": "cannot run here"}[o.status]
+    return f"{verdict}: {o.reason or (o.result.summary if o.result else '')}"
+
+
+def replay_grouped(path: str | Path, backend: str | None = None) -> GroupedReplay:
+    """Replay a grouped case file (:mod:`harness.grouped.cases`): rebuild its operands, compare
+    their digest with the recorded one, and run its property again, on ``backend`` when given (a
+    grouped backend; anything else raises UnknownBackendError or ValueError in one line)."""
+    from harness.grouped import registry as grouped_registry
+    from harness.grouped.cases import read_case
+    from harness.grouped.checks import execute as execute_grouped
+
+    case = read_case(path)
+    if backend is not None and not grouped_registry.is_grouped(backend):
+        level = grouped_registry.get_any(backend).level  # unknown names fail here, with both lists
+        raise ValueError(f"--backend {backend!r}: a {level}-level backend cannot run a grouped case; grouped "
+                         f"backends: {', '.join(sorted(b.name for b in grouped_registry.all_backends()))}")
+    if not grouped_registry.is_grouped(case.backend) and backend is None:
+        raise ValueError(f"{path}: backend={case.backend!r}: expected a grouped backend "
+                         f"({', '.join(sorted(b.name for b in grouped_registry.all_backends()))}), or name one "
+                         f"with --backend")
+    trial = case.trial_on(backend)
+    outcome = execute_grouped(trial, digest=True)
+    digest_ok = None
+    if case.digest and outcome.digest and (backend is None or backend == case.backend):
+        digest_ok = outcome.digest == case.digest
+    return GroupedReplay(case, trial, outcome, digest_ok)
+
+
+def replay(path: str | Path, backend: str | None = None) -> "Replay | GroupedReplay":
+    """Replay a case file: a GEMM-level, linear, quantizer or checkpoint case
+    (:mod:`harness.cases`) or a grouped one (:mod:`harness.grouped.cases`, told apart by its schema)."""
+    from harness.grouped.cases import is_grouped_case_file
+
+    if is_grouped_case_file(path):
+        return replay_grouped(path, backend)
     case = load_case(path)
     if backend is not None:
-        from harness.backends import registry
+        from harness.grouped import registry as grouped_registry
 
-        registry.get(backend)  # unknown names fail here, with the list of known ones
+        if grouped_registry.get_any(backend).level == "grouped":  # unknown names fail here, with both lists
+            raise ValueError(f"--backend {backend!r}: a grouped backend cannot run a {case.level}-level case")
     trial = case.trial(backend)
     check_fits(trial.problem)
     outcome = execute(trial, digest=True)
@@ -122,6 +213,12 @@ def promote(path: str | Path, *, name: str | None = None, note: str | None = Non
     (unless ``force``: then it is replaced), so one failure never lands twice under two names."""
     if expect not in ("pass", "xfail"):
         raise ValueError(f"--expect={expect!r}: expected 'pass' or 'xfail'")
+    from harness.grouped.cases import SCHEMA as GROUPED_SCHEMA, is_grouped_case_file
+
+    if is_grouped_case_file(path):
+        raise ValueError(f"{path}: schema={GROUPED_SCHEMA!r}: the regression corpus (regressions/cases) holds "
+                         f"GEMM-level, linear, quantizer and checkpoint cases only; keep the grouped case file and "
+                         f"replay it with `nvfp4-harness replay`")
     case = load_case(path)
     case.note = note if note is not None else case.note
     case.expect = expect  # type: ignore[assignment]

@@ -162,9 +162,11 @@ class ResultStream:
 
 def make_record(trial: Trial, outcome: Outcome, *, worker: str, test: str, level: str,
                 case_file: str | None = None, extra: dict | None = None) -> dict:
+    """One result record (docs/results-format.md) of ``trial`` (a GEMM-level :class:`Trial` or a
+    grouped trial: anything with ``to_dict``) and its ``outcome``; ``extra`` keys are added as they are."""
     rec = {
         "schema": RESULT_SCHEMA, "time": now(), "worker": worker, "test": test, "level": level,
-        **trial.to_dict(), "a_layout": outcome.a_layout or trial.a_layout,
+        **trial.to_dict(), "a_layout": outcome.a_layout or getattr(trial, "a_layout", None),
         "outcome": outcome.status, "reason": outcome.reason, "measure": outcome.measure, "duration_s": round(outcome.duration_s, 6),
         "digest": outcome.digest, "case_file": case_file,
     }
@@ -212,7 +214,7 @@ class RunData:
     results_dir: Path
     session: dict[str, Any] | None
     records: list[dict[str, Any]]
-    cases: dict[str, "Case"]                   # "cases/<name>.json" -> its Case
+    cases: dict[str, "Case"]                   # "cases/<name>.json" -> its Case (GroupedCase: grouped level)
     hypothesis: list[dict[str, Any]] | None
     warnings: list[str] = field(default_factory=list)
     tracking: list[dict[str, Any]] = field(default_factory=list)   # tracking-*.jsonl (harness.tracking)
@@ -317,9 +319,12 @@ def load_run(results_dir: str | Path) -> RunData:
     elif session is not None and session.get("schema") not in (None, SESSION_SCHEMA):
         warnings.append(f"session.json: schema {session.get('schema')!r} is not {SESSION_SCHEMA!r}; read anyway")
     cases: dict[str, Case] = {}
+    from harness.grouped.cases import is_grouped_case_file, read_case as read_grouped_case
+
     for path in sorted((root / "cases").glob("*.json")):
         try:
-            cases[f"cases/{path.name}"] = load_case(path, check_backend=False)
+            cases[f"cases/{path.name}"] = read_grouped_case(path) if is_grouped_case_file(path) \
+                else load_case(path, check_backend=False)
         except CaseFileError as exc:
             warnings.append(f"case file {exc}; not shown")
     hyp_path = root / "hypothesis.json"

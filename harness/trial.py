@@ -132,8 +132,20 @@ class Outcome:
 
 
 def properties_for(backend) -> tuple[str, ...]:
-    """The properties that apply to ``backend`` (anything with a ``level``)."""
+    """The properties that apply to ``backend`` (anything with a ``level``; the grouped level's
+    are :data:`harness.grouped.problem.GROUPED_PROPERTIES`)."""
+    if backend.level == "grouped":
+        from harness.grouped.problem import GROUPED_PROPERTIES
+
+        return GROUPED_PROPERTIES
     return LEVEL_PROPERTIES[backend.level]
+
+
+def all_properties() -> tuple[str, ...]:
+    """Every property name a selection may use: :data:`PROPERTIES`, then the grouped level's."""
+    from harness.grouped.problem import GROUPED_PROPERTIES
+
+    return PROPERTIES + tuple(p for p in GROUPED_PROPERTIES if p not in PROPERTIES)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from harness import campaign, env, suite
 from harness.backends import registry
+from harness.grouped import registry as grouped_registry
 from harness.runner import NOT_APPLICABLE
 from harness.trial import properties_for
 
@@ -24,7 +25,9 @@ def _pairs(config: pytest.Config) -> list:
     elif names in ("all", None):
         backends = registry.all_backends()
     else:
-        backends = [registry.get(n.strip()) for n in names.split(",") if n.strip()]
+        # grouped (MoE) backends are the grouped suite's (properties/test_grouped.py)
+        backends = [registry.get(n.strip()) for n in names.split(",")
+                    if n.strip() and not grouped_registry.is_grouped(n.strip())]
     props = config.getoption("--nvfp4-properties")
     wanted = None if props in ("all", None) else {p.strip() for p in props.split(",")}
     pairs = [(b.name, p) for b in backends for p in properties_for(b) if wanted is None or p in wanted]

@@ -318,7 +318,12 @@ def test_backends_table_has_a_header_and_aligned_columns(tmp_path: Path) -> None
     assert res.returncode == 0, res.stderr
     blocks = re.split(r"\n(\w+)-level backends\n", res.stdout)
     tables = dict(zip(blocks[1::2], blocks[2::2]))
-    assert {"gemm", "linear", "quantizer"} <= set(tables)
+    assert {"gemm", "linear", "quantizer", "grouped"} <= set(tables)
+    # the grouped (MoE) level: its backends and planted bugs, whether each quantizes the activations itself
+    grouped = {line.split()[0]: line.split()[1:3] for line in tables["grouped"].splitlines()[1:]
+               if line.startswith("  ") and not line.startswith("   ")}
+    assert grouped["grouped-triton-emu"] == ["yes", "no"] and grouped["grouped-triton-emu-fused"] == ["yes", "yes"]
+    assert "mutant-grouped-routed-scale-twice" in grouped
     for level, text in tables.items():
         # table rows start two spaces in; a backend's "last run" note is a continuation line below it
         lines = [line for line in text.splitlines() if line.strip() and not line.startswith("   ")]

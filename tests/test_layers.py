@@ -51,7 +51,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("harness.experiments.*",),
     ("harness.runner", "harness.memory", "harness.grouped.checks"),
     # what is kept of a run: case files, the suite's plan
-    ("harness.cases", "harness.suite", "harness.tracking", "harness.grouped.cases"),
+    ("harness.cases", "harness.suite", "harness.tracking", "harness.grouped.cases", "harness.grouped.records"),
     # the results directory (writing and reading)
     ("harness.results", "harness.verified"),
     # the HTML report of a results directory

@@ -108,12 +108,24 @@ def test_mutant_is_caught(name: str, record_property) -> None:
 
 GROUPED_MUTANTS = [b.name for b in grouped_registry.all_backends(include_mutants=True) if b.mutant]
 
+GROUPED_MINIMAL = {
+    # (tokens, experts) of the smallest case each bug shows on: the grouped strategies must shrink to it
+    "mutant-grouped-routed-scale-twice": (1, 1),   # any routed token
+    "mutant-grouped-n64-stripes": (1, 1),          # any expert's last, half-full weight scale tile
+    "mutant-grouped-expert-scale-stride": (1, 2),  # expert 0 reads its own scales: a token of expert >= 1
+    "mutant-grouped-one-input-scale": (1, 2),      # expert 0's scale is right for expert 0
+    "mutant-grouped-empty-expert-row": (1, 2),     # a zero-token expert before a non-empty one
+    "mutant-grouped-unpadded-sf-offsets": (2, 2),  # a token not routed to the poisoned expert, in the next section
+}
+"""Where the strategies shrink each grouped mutant's failure: one expert and one token wherever the
+bug allows it (a grouped mutant added without an entry here fails the test until it gets one)."""
+
 
 @pytest.mark.parametrize("name", GROUPED_MUTANTS)
 def test_grouped_mutant_is_caught(name: str, record_property) -> None:
-    """Grouped mutants (harness.grouped.mutants) through the same self-test engine; the
-    routed-scale-twice bug needs neither a second expert nor a second token, so its hunt must
-    shrink to one of each."""
+    """Grouped mutants (harness.grouped.mutants) through the same self-test engine; each hunt must
+    shrink to the smallest case its bug shows on (:data:`GROUPED_MINIMAL`: one expert and one token
+    wherever the bug allows it)."""
     backend = grouped_registry.get(name)
     assert backend.planted and backend.parent and not grouped_registry.get(backend.parent).mutant
     score = selftest.hunt(name, budget_s=CATCH_BUDGET_S, examples=MAX_EXAMPLES)
@@ -122,9 +134,9 @@ def test_grouped_mutant_is_caught(name: str, record_property) -> None:
     assert score.caught_by == backend.expected_property, (name, score.caught_by, score.notes)
     assert score.seconds < CATCH_BUDGET_S, f"{name}: first failure took {score.seconds:.1f} s"
     assert score.parent_outcome == "pass", f"parent {score.parent} on the minimized trial: {score.parent_outcome}"
-    if name == "mutant-grouped-routed-scale-twice":
-        p = score.minimized["problem"]
-        assert (p["tokens"], p["experts"]) == (1, 1)
+    p = score.minimized["problem"]
+    assert name in GROUPED_MINIMAL, f"{name}: declare the smallest case its bug shows on in GROUPED_MINIMAL"
+    assert (p["tokens"], p["experts"]) == GROUPED_MINIMAL[name], (name, p)
 
 
 def test_a_mutant_that_cannot_run_here_is_no_survivor():

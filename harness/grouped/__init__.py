@@ -11,7 +11,9 @@ The modules follow the GEMM level's data flow:
 * :mod:`harness.grouped.protocol`  what a grouped backend declares and does;
 * :mod:`harness.grouped.checks`    the grouped properties and the engine that runs one trial;
 * :mod:`harness.grouped.strategies` Hypothesis strategies (shrink to one expert and one token);
-* :mod:`harness.grouped.cases`     grouped case files that replay bit for bit;
+* :mod:`harness.grouped.cases`     grouped case files that replay bit for bit (``nvfp4-harness replay``);
+* :mod:`harness.grouped.records`   the per-expert view of a grouped failure, kept in its result
+  record and case file and drawn by the report;
 * :mod:`harness.grouped.mutants`   planted-bug grouped backends (public bug classes), hunted by
   :func:`harness.selftest.hunt` like every mutant;
 * :mod:`harness.grouped.transforms` columnwise casts, the random Hadamard transform, stochastic rounding.

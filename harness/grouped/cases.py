@@ -1,53 +1,298 @@
 """Grouped case files: a grouped trial as versioned JSON that rebuilds its operands bit for bit.
 
-A file holds ``schema`` (:data:`SCHEMA`), the trial (:meth:`GroupedTrial.to_dict`), the operands'
-sha256 ``digest`` when known and a ``replay`` command.  :func:`load_case` checks the schema and
-that the rebuilt operands have the recorded digest; a bad file raises :class:`GroupedCaseError`
-with one line naming the file, the field, the value and what was expected.
+Schema ``nvfp4-harness/grouped-case/1`` (:data:`SCHEMA`)::
+
+    {"schema": "nvfp4-harness/grouped-case/1", "id"?: str, "created"?: ISO 8601 time,
+     "backend": grouped backend name, "level"?: "grouped", "property": a grouped property,
+     "problem": GroupedProblem.to_dict(), "poison"?: GroupedPoison.to_dict(),
+     "environment"?: {device, gpu_name, ...}, "observed"?: {"summary": str, "experts"?: [...], ...},
+     "digest"?: sha256 hex | null, "note"?: str | null, "expect"?: "pass" | "xfail",
+     "tracks"?: str | null, "reproduced"?: [...], "replay"?: "nvfp4-harness replay path/to/case.json"}
+
+The trial's keys (backend, level, property, problem, poison) are written by
+:meth:`GroupedTrial.to_dict`; a failure recorded by the property suite also carries the id, the
+time, where it was seen, what was seen (``observed``, with the per-expert view of
+:func:`harness.grouped.records.expert_rows` under ``experts``) and its replay command.  Keys marked
+``?`` may be left out (files written before they existed load unchanged).  :func:`read_case`
+validates every field and raises :class:`GroupedCaseError` with one line naming the file, the field
+path, the value and what was expected.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import hashlib
 import json
-import os
-import tempfile
+import re
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
-from harness.grouped.problem import GroupedTrial
+from harness.cases import (CaseFileError, _Checker, _DIGEST_RE, _DuplicateKey, _ID_RE, _no_duplicate_keys,
+                           _parse_environment, _parse_reproduced, _write_atomic, replay_command)
+from harness.grouped.problem import GROUPED_PROPERTIES, GroupedPoison, GroupedProblem, GroupedTrial
+from harness.trial import json_safe
 
 SCHEMA = "nvfp4-harness/grouped-case/1"
+LEVEL = "grouped"
+
+_TOP_REQUIRED = ("schema", "backend", "property", "problem")
+_TOP_OPTIONAL = ("id", "created", "level", "poison", "environment", "observed", "digest", "note", "expect",
+                 "tracks", "reproduced", "replay")
+_TOP_ORDER = ("schema", "id", "created", "backend", "level", "property", "problem", "poison", "environment",
+              "observed", "digest", "note", "expect", "tracks", "reproduced", "replay")
+_INT_FIELDS = ("tokens", "experts", "n", "k", "seed")
+_STR_FIELDS = ("input_scales", "out_dtype", "in_dtype", "distribution")
 
 
-class GroupedCaseError(ValueError):
-    pass
+class GroupedCaseError(CaseFileError):
+    """A grouped case file that cannot be read: ``source: field=value: expected ...`` (one line)."""
 
 
+def is_grouped_document(doc: Any) -> bool:
+    return isinstance(doc, dict) and doc.get("schema") == SCHEMA
+
+
+def is_grouped_case_file(path: str | Path) -> bool:
+    """Whether ``path`` is a JSON document of the grouped schema (False for anything unreadable)."""
+    try:
+        return is_grouped_document(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
+@dataclass
+class GroupedCase:
+    """One grouped failure (or a hand-written grouped case) as a replayable record.
+
+    It answers to the attributes the report and the results reader use for every case file
+    (``id``, ``backend``, ``level``, ``property``, ``problem``, ``poison``, ``observed``,
+    ``a_layout``, ``replay``, ``expect``, ``tracks``, ``note``)."""
+    trial: GroupedTrial
+    id: str
+    created: str | None = None
+    observed: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    digest: str | None = None
+    note: str | None = None
+    expect: str = "pass"
+    tracks: str | None = None
+    reproduced: list[dict[str, Any]] = field(default_factory=list)
+    replay: str = ""
+
+    level = LEVEL
+    a_layout = None
+
+    @property
+    def backend(self) -> str:
+        return self.trial.backend
+
+    @property
+    def problem(self) -> GroupedProblem:
+        return self.trial.problem
+
+    @property
+    def poison(self) -> GroupedPoison:
+        return self.trial.poison
+
+    # last: the name shadows the builtin decorator inside the class body
+    property = property(lambda self: self.trial.property, doc="The property this case checks.")  # noqa: A003
+
+    def trial_on(self, backend: str | None = None) -> GroupedTrial:
+        """The trial this case records (on ``backend`` instead of its own, when given)."""
+        return replace(self.trial, backend=backend) if backend else self.trial
+
+    @classmethod
+    def create(cls, trial: GroupedTrial, *, observed: dict[str, Any] | None = None,
+               environment: dict[str, Any] | None = None, digest: str | None = None,
+               reproduced: list[dict[str, Any]] | None = None) -> "GroupedCase":
+        """A new case stamped with its content id and the current UTC time."""
+        return cls(trial, case_id(trial, digest), _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                   dict(observed or {"summary": ""}), dict(environment or {}), digest,
+                   reproduced=[dict(r) for r in reproduced or ()])
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = {"schema": SCHEMA, "id": self.id, "created": self.created, **self.trial.to_dict(),
+               "environment": json_safe(self.environment), "observed": json_safe(self.observed),
+               "digest": self.digest, "note": self.note, "expect": self.expect, "tracks": self.tracks,
+               "reproduced": [dict(r) for r in self.reproduced], "replay": self.replay}
+        return {k: doc[k] for k in _TOP_ORDER if k in doc and (k != "reproduced" or self.reproduced)}
+
+
+def case_id(trial: GroupedTrial, digest: str | None = None) -> str:
+    """``<property>-<backend>-<8 hex>``, stable under re-runs (the hash covers the trial and the digest)."""
+    content = {**trial.to_dict(), "digest": digest}
+    h = hashlib.sha256(json.dumps(json_safe(content), sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{trial.property}-{trial.backend}").strip("._-") or "case"
+    return f"{stem[:110]}-{h}"
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------------------------
+def _err(c: _Checker, exc: Exception, prefix: str) -> GroupedCaseError:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    m = re.match(rf"({prefix}\.[A-Za-z_]+)", msg)
+    if not m:
+        msg = f"{prefix}: {msg}"
+    return GroupedCaseError(c.source, m.group(1) if m else prefix, msg)
+
+
+def _parse_problem(c: _Checker, d: Any) -> GroupedProblem:
+    p = dict(c.obj(d, "problem", ("tokens", "experts", "n", "k", "topk_ids", "topk_weights", "row_align"), None))
+    for name in _INT_FIELDS:
+        if name in p:
+            c.integer(p[name], f"problem.{name}", minimum=0 if name == "seed" else 1)
+    for name in _STR_FIELDS:
+        if name in p:
+            c.string(p[name], f"problem.{name}")
+    c.string(p.get("origin"), "problem.origin", nullable=True)
+    for name, what in (("topk_ids", "expert indices (integers)"), ("topk_weights", "routing weights (numbers)")):
+        rows = p[name]
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, list) and r for r in rows):
+            raise c.fail(f"problem.{name}", rows, f"a list of one non-empty list of {what} per token")
+        for t, r in enumerate(rows):
+            for x in r:
+                if isinstance(x, bool) or not isinstance(x, int if name == "topk_ids" else (int, float)):
+                    raise c.fail(f"problem.{name}[{t}]", r, f"a list of {what}")
+    ra = p["row_align"]
+    if not isinstance(ra, list) or any(isinstance(a, bool) or not isinstance(a, int) for a in ra):
+        raise c.fail("problem.row_align", ra, "a list of row paddings (integers), one per expert")
+    try:
+        return GroupedProblem.from_dict(p)
+    except (ValueError, TypeError) as exc:
+        raise _err(c, exc, "problem") from None
+
+
+def _parse_poison(c: _Checker, d: Any) -> GroupedPoison:
+    if d is None:
+        return GroupedPoison()
+    p = c.obj(d, "poison", (), tuple(f.name for f in fields(GroupedPoison)))
+    for name, v in p.items():
+        if name == "victim":
+            c.integer(v, "poison.victim", nullable=True, minimum=0)
+        else:
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255:
+                raise c.fail(f"poison.{name}", v, "a byte (integer 0..255)")
+    try:
+        return GroupedPoison(**p)
+    except (ValueError, TypeError) as exc:
+        raise _err(c, exc, "poison") from None
+
+
+def parse(doc: Any, source: str = "<dict>") -> GroupedCase:
+    """Validate a parsed grouped case document.  Raises :class:`GroupedCaseError`."""
+    try:
+        return _parse(doc, source)
+    except GroupedCaseError:
+        raise
+    except CaseFileError as exc:  # the shared field checks of harness.cases
+        prefix = f"{exc.source}: "
+        msg = str(exc)[len(prefix):] if str(exc).startswith(prefix) else str(exc)
+        raise GroupedCaseError(exc.source, exc.field, msg, exc.value) from None
+
+
+def _parse(doc: Any, source: str) -> GroupedCase:
+    c = _Checker(source)
+    if isinstance(doc, dict) and doc.get("schema") != SCHEMA:
+        raise GroupedCaseError(source, "schema", f"schema={doc.get('schema')!r}: expected {SCHEMA!r}",
+                               doc.get("schema"))
+    d = c.obj(doc, "", _TOP_REQUIRED, _TOP_OPTIONAL)
+    backend = c.string(d["backend"], "backend")
+    if "level" in d and d["level"] != LEVEL:
+        raise c.fail("level", d["level"], f"{LEVEL!r} (a grouped case)")
+    prop = c.choice(d["property"], "property", GROUPED_PROPERTIES)
+    problem = _parse_problem(c, d["problem"])
+    poison = _parse_poison(c, d.get("poison"))
+    try:
+        trial = GroupedTrial(backend, prop, problem, poison)
+    except (ValueError, TypeError) as exc:
+        raise _err(c, exc, "poison") from None
+    cid = d.get("id")
+    if cid is not None and (not isinstance(cid, str) or not _ID_RE.match(cid)):
+        raise c.fail("id", cid, "1-128 characters of letters, digits, '.', '_' or '-' (it names a file)")
+    created = c.string(d.get("created"), "created", nullable=True)
+    if created is not None:
+        try:
+            _dt.datetime.fromisoformat(created[:-1] + "+00:00" if created.endswith("Z") else created)
+        except ValueError:
+            raise c.fail("created", created, "an ISO 8601 time such as '2026-11-21T20:00:00Z'") from None
+    environment = _parse_environment(c, d.get("environment") or {})
+    observed = dict(c.obj(d.get("observed") or {"summary": ""}, "observed", (), None))
+    if "summary" in observed:
+        c.string(observed["summary"], "observed.summary", nonempty=False)
+    digest = c.string(d.get("digest"), "digest", nullable=True)
+    if digest is not None and not _DIGEST_RE.match(digest):
+        raise c.fail("digest", digest, "a sha256 hex digest (64 lowercase hex digits) or null")
+    note = c.string(d.get("note"), "note", nullable=True, nonempty=False)
+    expect = c.choice(d.get("expect", "pass"), "expect", ("pass", "xfail"))
+    tracks = c.string(d.get("tracks"), "tracks", nullable=True)
+    replay = c.string(d.get("replay") or "", "replay", nonempty=False)
+    if "\n" in replay:
+        raise c.fail("replay", replay, "a one-line command")
+    reproduced = _parse_reproduced(c, d.get("reproduced"))
+    return GroupedCase(trial, cid or case_id(trial, digest), created, observed, environment, digest, note, expect,
+                       tracks, reproduced, replay)
+
+
+def read_case(path: str | Path) -> GroupedCase:
+    """Read and validate a grouped case file.  Raises :class:`GroupedCaseError` (a ValueError)."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GroupedCaseError(source, None, "no such case file") from None
+    except UnicodeDecodeError as exc:
+        raise GroupedCaseError(source, None, f"not UTF-8 text (byte {exc.start}): expected a JSON case file") from None
+    except OSError as exc:
+        raise GroupedCaseError(source, None, f"cannot read the case file: {exc.strerror or exc}") from None
+    try:
+        doc = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise GroupedCaseError(source, None, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") \
+            from None
+    except _DuplicateKey as exc:
+        raise GroupedCaseError(source, exc.key, f"key {exc.key!r} appears twice in one object: expected "
+                                                f"each key once") from None
+    return parse(doc, source)
+
+
+def write_case(case: GroupedCase, path: str | Path) -> Path:
+    """Write ``case`` atomically; an existing different file is never replaced (``<stem>-2.json``,
+    ... instead).  An empty ``case.replay`` becomes the replay command of the written file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    auto = case.replay in ("", replay_command(target))
+    for attempt in range(1, 10_001):
+        candidate = target if attempt == 1 else target.with_name(f"{target.stem}-{attempt}{target.suffix or '.json'}")
+        doc = case.to_dict()
+        if auto:
+            doc["replay"] = replay_command(candidate)
+        parse(doc, str(candidate))  # never write a file read_case would refuse
+        data = (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode("utf-8")
+        if candidate.exists() and candidate.read_bytes() == data:
+            break
+        if not candidate.exists() and _write_atomic(candidate, data, replace=False):
+            break
+    else:  # pragma: no cover
+        raise OSError(f"write_case: no free file name next to {target}")
+    if auto:
+        case.replay = replay_command(candidate)
+    return candidate
+
+
+# ----------------------------------------------------------------------------------------------
+# the trial-level helpers (a trial and its digest, without the record keeping)
+# ----------------------------------------------------------------------------------------------
 def save_case(path: Path | str, trial: GroupedTrial, digest: str | None = None) -> Path:
-    """Write ``trial`` atomically to ``path`` (JSON)."""
+    """Write ``trial`` (and the operands' ``digest``) as a grouped case file at ``path``."""
     path = Path(path)
-    doc = {"schema": SCHEMA, **trial.to_dict(), "digest": digest}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, path)
-    return path
+    case = GroupedCase.create(trial, digest=digest)
+    path.unlink(missing_ok=True)
+    return write_case(case, path)
 
 
 def load_case(path: Path | str) -> tuple[GroupedTrial, str | None]:
     """(trial, recorded digest) of a grouped case file."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise GroupedCaseError(f"{path}: cannot be read as JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise GroupedCaseError(f"{path}: schema={doc.get('schema') if isinstance(doc, dict) else doc!r}: "
-                               f"expected {SCHEMA!r}")
-    try:
-        trial = GroupedTrial.from_dict(doc)
-    except KeyError as exc:
-        raise GroupedCaseError(f"{path}: field {exc.args[0]!r} is missing") from None
-    except (TypeError, ValueError) as exc:
-        raise GroupedCaseError(f"{path}: {exc}") from None
-    return trial, doc.get("digest")
+    case = read_case(path)
+    return case.trial, case.digest

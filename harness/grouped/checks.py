@@ -55,13 +55,15 @@ def _output(backend, ops: GroupedOperands) -> torch.Tensor:
 def per_expert_errors(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, ops: GroupedOperands) -> list[dict]:
     """The per-expert view of a comparison: for each expert, its token count and the largest
     ``|out - ref| / bound`` over the tokens routed to it (inf for a non-finite output; None for a
-    zero-token expert).  A token routed to several experts counts for each of them."""
+    zero-token expert), and ``bad_tokens``: the tokens of its section beyond the bound (the first
+    32).  A token routed to several experts counts for each of them."""
     units = torch.nan_to_num((out.double() - ref.to(out.device)).abs() / bound.to(out.device).clamp_min(1e-300),
                              nan=float("inf")).amax(dim=1).cpu()
     view = []
     for e, sec in enumerate(ops.problem.sections()):
         worst = max((float(units[t]) for t, _ in sec), default=None)
-        view.append({"expert": e, "tokens": len(sec), "max_err_units": worst})
+        bad = [t for t, _ in sec if not float(units[t]) <= 1.0][:32]
+        view.append({"expert": e, "tokens": len(sec), "max_err_units": worst, "bad_tokens": bad})
     return view
 
 
@@ -91,6 +93,7 @@ def grouped_bytes(backend, ops: GroupedOperands) -> PropertyResult:
     g = backend.quantize(ops)
     p = ops.problem
     bad: list[str] = []
+    bad_experts: list[int] = []
     if tuple(g.splits) != p.splits:
         bad.append(f"splits {list(g.splits)} != {list(p.splits)}")
     for e, sec in enumerate(p.sections()):
@@ -98,6 +101,7 @@ def grouped_bytes(backend, ops: GroupedOperands) -> PropertyResult:
         if not sec:
             if rows or g.sf_row_offsets[e + 1] != g.sf_row_offsets[e]:
                 bad.append(f"zero-token expert {e} occupies {rows} rows")
+                bad_experts.append(e)
             continue
         idx = torch.tensor([t for t, _ in sec], device=ops.hidden.device)
         codes, sf = reference_quantize(ops.hidden[idx], ops.input_scales[e])
@@ -111,10 +115,12 @@ def grouped_bytes(backend, ops: GroupedOperands) -> PropertyResult:
         if not torch.equal(q.packed.cpu(), want_packed.cpu()):
             diff = int((q.packed.cpu() != want_packed.cpu()).sum())
             bad.append(f"expert {e}: {diff} packed bytes differ")
+            bad_experts.append(e)
         if not torch.equal(q.scales.cpu(), want_sf.cpu()):
             diff = int((q.scales.cpu() != want_sf.cpu()).sum())
             bad.append(f"expert {e}: {diff} scale bytes differ")
-    measure = {"splits": list(p.splits), "mismatches": bad[:16]}
+            bad_experts.append(e)
+    measure = {"splits": list(p.splits), "mismatches": bad[:16], "bad_experts": sorted(set(bad_experts))}
     if bad:
         return PropertyResult("grouped_bytes", False, "; ".join(bad[:4]), measure)
     return PropertyResult("grouped_bytes", True, "every section equals the reference quantizer's bytes", measure)

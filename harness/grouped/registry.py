@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 
+from harness.backends import registry as gemm_registry
 from harness.backends.registry import UnknownBackendError
 from harness.grouped.protocol import GroupedBackend
 
@@ -37,3 +38,17 @@ def get(name: str) -> GroupedBackend:
         return _REGISTRY[name]
     except KeyError:
         raise UnknownBackendError(f"unknown grouped backend {name!r}; known: {sorted(_REGISTRY)}") from None
+
+
+def get_any(name: str):
+    """A backend of any level by name: the GEMM-level registry's (:mod:`harness.backends.registry`,
+    plugins included) or a grouped one.  Raises :class:`UnknownBackendError` naming both lists."""
+    try:
+        return gemm_registry.get(name)
+    except UnknownBackendError:
+        if is_grouped(name):
+            return get(name)
+    names = ", ".join(sorted(b.name for b in gemm_registry.all_backends()))
+    raise UnknownBackendError(f"unknown backend {name!r}; known backends: {names}; grouped backends: "
+                              f"{', '.join(sorted(b.name for b in all_backends()))} "
+                              f"(mutants: `nvfp4-harness backends --mutants`)")

@@ -37,13 +37,17 @@ def sizes_for(device: str) -> GroupedSizes:
 
 @st.composite
 def grouped_problems(draw, sz: GroupedSizes, *, need_zero: bool = False) -> GroupedProblem:
-    experts = draw(st.integers(1 + need_zero, sz.max_experts))
-    top_k = draw(st.integers(1, min(2, experts - need_zero)))
     aligned = sz.aligned_splits and draw(st.booleans())
-    if aligned:
-        counts = draw(st.lists(st.sampled_from((0, 128, 256)), min_size=experts, max_size=experts))
-    else:
-        counts = draw(st.lists(st.integers(0, sz.max_split), min_size=experts, max_size=experts))
+    # one list entry per expert, its split size and its row padding together: the expert count is the
+    # list's length, so shrinking deletes whole experts (a separately drawn count, or a second list of
+    # that length, pins the length and keeps experts the bug does not need)
+    count = st.sampled_from((0, 128, 256)) if aligned else st.integers(0, sz.max_split)
+    per_expert = draw(st.lists(st.tuples(count, st.sampled_from(ROW_ALIGNS)), min_size=1 + need_zero,
+                               max_size=sz.max_experts))
+    counts = [c for c, _ in per_expert]
+    row_align = tuple(a for _, a in per_expert)
+    experts = len(counts)
+    top_k = draw(st.integers(1, min(2, experts - need_zero)))
     if need_zero and 0 not in counts:
         counts[draw(st.integers(0, experts - 1))] = 0
     # make the counts a valid top-k assignment: a positive multiple of top_k, no count above tokens
@@ -56,7 +60,6 @@ def grouped_problems(draw, sz: GroupedSizes, *, need_zero: bool = False) -> Grou
     tokens = sum(counts) // top_k
     if max(counts) > tokens:
         top_k = 1
-    row_align = tuple(draw(st.lists(st.sampled_from(ROW_ALIGNS), min_size=experts, max_size=experts)))
     return GroupedProblem.from_splits(
         counts, top_k, n=draw(st.sampled_from(sz.n_values)), k=16 * draw(st.integers(1, sz.max_kblocks)),
         seed=draw(st.integers(0, 15)), row_align=row_align,

@@ -67,9 +67,27 @@ def _short_dtype(name: Any) -> str:
     return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(name, str(name))
 
 
+def _grouped_problem_text(p: Mapping) -> str:
+    """A grouped (MoE) problem: tokens, experts, top-k, the split sections and the padding policy."""
+    ids = p.get("topk_ids") if isinstance(p.get("topk_ids"), list) else []
+    experts = p.get("experts")
+    splits = [sum(1 for r in ids if isinstance(r, list) and e in r) for e in range(experts)] \
+        if isinstance(experts, int) and 0 < experts <= 4096 else []
+    top_k = len(ids[0]) if ids and isinstance(ids[0], list) else "?"
+    parts = [f"tokens={p.get('tokens')} experts={experts} top_k={top_k} n={p.get('n')} k={p.get('k')}",
+             f"splits {splits}", f"row_align {p.get('row_align')}", f"{p.get('input_scales')} input scales",
+             f"{_short_dtype(p.get('in_dtype'))} → {_short_dtype(p.get('out_dtype'))}",
+             f"{p.get('distribution')} seed {p.get('seed')}"]
+    if p.get("origin"):
+        parts.append(str(p["origin"]))
+    return " · ".join(parts)
+
+
 def _problem_text(p: Any) -> str:
     if not isinstance(p, Mapping):
         return "–"
+    if "tokens" in p and "experts" in p:
+        return _grouped_problem_text(p)
     parts = [f"m={p.get('m')} n={p.get('n')} k={p.get('k')}"]
     if p.get("batch"):
         parts.append(f"x shape {list(p['batch']) + [p.get('k')]}")
@@ -92,6 +110,12 @@ def _problem_text(p: Any) -> str:
 def _poison_text(p: Any) -> str:
     if not isinstance(p, Mapping):
         return "–"
+    if "group_row_pad" in p:  # a grouped (MoE) poison: padding bytes, and the expert token isolation poisons
+        parts = [f"{k}=0x{int(v):02X} ({poison_kind(int(v))})" for k, v in p.items()
+                 if k not in ("victim", "victim_byte") and isinstance(v, int) and not isinstance(v, bool) and v]
+        if isinstance(p.get("victim"), int):
+            parts.append(f"victim expert {p['victim']} (weight scale byte 0x{int(p.get('victim_byte') or 0):02X})")
+        return ", ".join(parts) if parts else "clean (no poison)"
     parts = [f"{k}=0x{int(p[k]):02X} ({poison_kind(int(p[k]))})" for k in POISON_REGIONS
              if isinstance(p.get(k), int) and p.get(k)]
     if isinstance(p.get("partition_slots"), int) and p.get("partition_slots"):
@@ -230,6 +254,7 @@ def _failure_view(idx: int, rec: Mapping | None, case: "Case | None", case_ref: 
                          f"{f' + {g.cols - g.real_cols} padding column(s)' if g.cols > g.real_cols else ''}{steps}")
         except GridError as exc:
             warnings.append(f"{rec.get('_source', case_ref)}: measure.grid not drawn: {exc}")
+    experts = _expert_view(rec.get("experts") if rec.get("experts") is not None else observed.get("experts"))
     replay = case.replay if case is not None else None
     rerun = None
     if replay is None and rec.get("test"):
@@ -249,8 +274,36 @@ def _failure_view(idx: int, rec: Mapping | None, case: "Case | None", case_ref: 
         "expect": case.expect if case is not None else None,
         "tracks": case.tracks if case is not None else None,
         "note": case.note if case is not None else None,
-        "replay": replay, "rerun": rerun, "from_record": bool(rec),
+        "replay": replay, "rerun": rerun, "from_record": bool(rec), "experts": experts,
     }
+
+
+def _expert_view(rows: Any) -> list[dict[str, Any]] | None:
+    """The per-expert table of a grouped failure (``experts`` of its record or case file, written by
+    :func:`harness.grouped.records.expert_rows`), as display strings; None when there is none."""
+    if not isinstance(rows, list) or not rows:
+        return None
+    out = []
+    for r in rows:
+        if not isinstance(r, Mapping):
+            continue
+        ids = [t for t in r.get("token_ids") or [] if isinstance(t, int)]
+        n = r.get("tokens") if isinstance(r.get("tokens"), int) else len(ids)
+        bad = [t for t in r.get("bad_tokens") or [] if isinstance(t, int)]
+        padding = [f"{x.get('region')}=0x{int(x.get('byte') or 0):02X} ({poison_kind(int(x.get('byte') or 0))})"
+                   for x in r.get("padding") or [] if isinstance(x, Mapping)]
+        err = r.get("max_err_units")
+        out.append({
+            "expert": r.get("expert", "?"), "role": r.get("role") or "",
+            "tokens": n, "token_ids": ", ".join(map(str, ids)) + (" …" if n > len(ids) else ""),
+            "rows": f"{r.get('rows', '–')} / {r.get('scale_rows', '–')}", "row_align": r.get("row_align", "–"),
+            "max_err": "–" if err is None else _fmt_num(err),
+            "over": json_number(err) is not None and not json_number(err) <= 1.0,
+            "bad_tokens": ", ".join(map(str, bad)) or "–",
+            "padding": ", ".join(padding) or "none",
+            "disagrees": bool(r.get("disagrees")),
+        })
+    return out or None
 
 
 _TIE_COUNTS = (("tie_differences", "codes one step apart at e2m1 ties"),
@@ -385,6 +438,11 @@ def build_context(run: RunData) -> dict[str, Any]:
     for ref, case in orphans:
         failures.append(_failure_view(len(failures) + 1, None, case, ref, warnings))
 
+    # the grouped (MoE) level: per-expert views of its failures, and how many grouped cases ran
+    grouped = {"failures": [f for f in failures if f["experts"]],
+               "cases": sum(1 for r in records if r.get("level") == "grouped"),
+               "backends": sorted({str(r.get("backend")) for r in records if r.get("level") == "grouped"})}
+
     matrix = []
     for b in backends:
         cells = []
@@ -515,7 +573,7 @@ def build_context(run: RunData) -> dict[str, Any]:
         "properties": props, "matrix": matrix,
         "isolation": isolation, "regions": REGIONS, "outcomes": OUTCOMES,
         "failures": failures, "grid_legend": grid_legend_svg("legend"),
-        "differences": differences,
+        "differences": differences, "grouped": grouped,
         "input_layout_cols": layout_cols, "input_layouts": layout_rows,
         "accepted_overflow": accepted_overflow(records),
         "plots": plots,
