@@ -12,8 +12,8 @@ Schema ``nvfp4-harness/case/1``::
      "backend": registered backend name, "level": "gemm" | "linear" | "quantizer" | "checkpoint",
      "property": one of harness.trial.PROPERTIES,
      "problem": {m, n, k, out_dtype, in_dtype, distribution, seed, origin?, batch?, calibration?,
-                 input_layout?},
-     "poison": {m_pad, n_pad, k_tail, data, stale_memory},
+                 partitions?, fused_on_disk?, input_layout?},
+     "poison": {m_pad, n_pad, k_tail, data, stale_memory, partition_slots?},
      "a_layout"?: "linear" | "128x4" | "8x4" | null, "tp"?: int >= 1, "parallel"?: "column" | "row",
      "environment": {device, gpu_name, compute_capability, driver, cuda, torch, triton, ...},
      "observed": {"summary": str, "max_err_units"?: number | null, "nan_rows"?: [int],
@@ -59,7 +59,7 @@ from typing import Any, Literal
 
 from harness.input_layout import CONTIGUOUS, INPUT_LAYOUTS
 from harness.layouts import ScaleLayout
-from harness.problem import REGIONS, GemmProblem, Poison
+from harness.problem import REGIONS, SLOT_REGIONS, GemmProblem, Poison
 from harness.trial import LEVELS, NONFINITE_SPELLINGS, PROPERTIES, Trial, json_safe
 
 SCHEMA = "nvfp4-harness/case/1"
@@ -75,7 +75,7 @@ _TOP_ORDER = ("schema", "id", "created", "backend", "level", "property", "proble
               "tp", "parallel", "environment", "observed", "digest", "note", "expect", "tracks", "reproduced",
               "replay")
 _PROBLEM_REQUIRED = ("m", "n", "k", "out_dtype", "in_dtype", "distribution", "seed")
-_PROBLEM_OPTIONAL = ("origin", "batch", "calibration", "input_layout")
+_PROBLEM_OPTIONAL = ("origin", "batch", "calibration", "partitions", "fused_on_disk", "input_layout")
 _ENV_STR_FIELDS = ("device", "gpu_name", "driver", "cuda", "torch", "triton", "flashinfer", "hypothesis",
                    "python", "torchao", "compressed_tensors", "modelopt")
 _ENV_INT_FIELDS = ("compute_capability", "gpu_count")
@@ -502,6 +502,17 @@ def _parse_problem(c: _Checker, d: Any) -> GemmProblem:
     calibration = p.get("calibration")
     if calibration is not None and (isinstance(calibration, bool) or not isinstance(calibration, (int, float))):
         raise c.fail("problem.calibration", calibration, "a positive ratio (runtime amax / calibrated amax) or null")
+    partitions = p.get("partitions")
+    if partitions is not None:
+        if not isinstance(partitions, list):
+            raise c.fail("problem.partitions", partitions,
+                         "a list of 2 or more output widths of a merged layer summing to n, or null")
+        for i, w in enumerate(partitions):
+            c.integer(w, f"problem.partitions[{i}]", minimum=1)
+        partitions = tuple(partitions)
+    fused = p.get("fused_on_disk", False)
+    if not isinstance(fused, bool):
+        raise c.fail("problem.fused_on_disk", fused, "true or false")
     input_layout = p.get("input_layout")
     input_layout = CONTIGUOUS if input_layout is None else input_layout  # older files: contiguous
     if not isinstance(input_layout, str) or input_layout not in INPUT_LAYOUTS:
@@ -510,15 +521,17 @@ def _parse_problem(c: _Checker, d: Any) -> GemmProblem:
         return GemmProblem(m=p["m"], n=p["n"], k=p["k"], out_dtype=p["out_dtype"], in_dtype=p["in_dtype"],
                            distribution=p["distribution"], seed=p["seed"], origin=origin, batch=batch,
                            calibration=None if calibration is None else float(calibration),
-                           input_layout=input_layout)
+                           partitions=partitions, fused_on_disk=fused, input_layout=input_layout)
     except ValueError as exc:
         raise _from_model_error(c, exc, "problem", p) from None
 
 
 def _parse_poison(c: _Checker, d: Any) -> Poison:
-    p = c.obj(d, "poison", REGIONS, ())
+    # the partition slots are optional: files written before merged layers existed leave them out
+    required = tuple(r for r in REGIONS if r not in SLOT_REGIONS)
+    p = c.obj(d, "poison", required, SLOT_REGIONS)
     try:
-        return Poison(**{name: p[name] for name in REGIONS})
+        return Poison(**{name: p[name] for name in REGIONS if name in p})
     except ValueError as exc:
         raise _from_model_error(c, exc, "poison", p) from None
 

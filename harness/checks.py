@@ -427,6 +427,51 @@ def input_isolation(clean: torch.Tensor, dirty: torch.Tensor, bad_row: int, kind
                           f"although the activation scale is static", measure)
 
 
+def partition_isolation(scales: list[tuple[str, torch.Tensor | None, torch.Tensor]],
+                        partitions: list[PropertyResult], widths: tuple[int, ...], fused_on_disk: bool,
+                        slot_byte: int, slot_kind: str) -> PropertyResult:
+    """12. A merged-partition layer (QKV, gate/up): each partition's output columns agree with that
+    partition's own unfused layer within the bound, and the layer merged its per-partition global
+    scales to the max over the loaded partitions only.
+
+    ``scales``: ``(name, merged, expected)`` per global scale (``weight_scale_2``, ``input_scale``):
+    fp32 [1] as the layer merged it (None: it kept none) and as the loaded partitions give it;
+    they must be equal bit for bit and finite.  ``partitions``: the reference-agreement verdict of
+    each partition's columns (:func:`reference_agreement`, in partition order), ``widths`` their
+    output widths.  ``slot_byte`` / ``slot_kind``: what the engine's unwritten scale slots held
+    (``measure.region`` is ``partition_slots``)."""
+    bad_scales = []
+    measure: dict = {"region": "partition_slots", "poison_kind": slot_kind, "slot_byte": slot_byte,
+                     "partitions": list(widths), "fused_on_disk": fused_on_disk}
+    for name, got, want in scales:
+        measure[f"merged_{name}"] = None if got is None else got.tolist()
+        measure[f"expected_{name}"] = want.tolist()
+        same = got is not None and got.shape == want.shape and bool(
+            (got.contiguous().view(torch.int32) == want.contiguous().view(torch.int32)).all())
+        if not same or not bool(torch.isfinite(got).all()):  # type: ignore[arg-type]
+            bad_scales.append(f"merged {name} {measure[f'merged_{name}']}, expected {measure[f'expected_{name}']} "
+                              f"(the max over the loaded partitions)")
+    errs = [r.measure.get("max_err_units") for r in partitions]
+    measure["partition_max_err_units"] = errs
+    measure["max_err_units"] = max((e for e in errs if e is not None), default=None)
+    failed = [i for i, r in enumerate(partitions) if not r.ok]
+    if failed:
+        first = partitions[failed[0]]
+        for key in ("nan_rows", "changed_rows", "violations", "nonfinite_violations"):
+            if key in first.measure:
+                measure[key] = first.measure[key]
+        measure["failed_partitions"] = failed
+    layout = "fused on disk" if fused_on_disk else "split on disk"
+    where = f"{len(widths)} partitions {list(widths)} ({layout}), unwritten slots 0x{slot_byte:02X} ({slot_kind})"
+    if not failed and not bad_scales:
+        return PropertyResult("partition_isolation", True,
+                              f"{where}: every partition within the bound (max error "
+                              f"{measure['max_err_units']:.3g} x bound); merged scales = max of the loaded ones",
+                              measure)
+    parts = [f"partition {i} (width {widths[i]}): {partitions[i].summary}" for i in failed]
+    return PropertyResult("partition_isolation", False, f"{where}: " + "; ".join(bad_scales + parts), measure)
+
+
 PADDING_CONSUMERS: dict[str, tuple[str, ...]] = {
     "m_pad": ("flashinfer-trtllm-8x4 / linear-sglang-trtllm for m <= 32 (TRT-LLM's 8x4 path reads padding-row "
               "scales into real rows: vLLM #37563, FlashInfer #2861)",),

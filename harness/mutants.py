@@ -564,6 +564,33 @@ class StaticScaleIgnored(LinearMutant):
         return super().quantize_input(x2d, layout, k_alloc)
 
 
+class FusedScaleOneSlot(LinearMutant):
+    name = "mutant-fused-scale-one-slot"
+    expected_property = "partition_isolation"
+    planted = ("A fused-on-disk checkpoint's scalar weight_scale_2 and input_scale (e.g. Phi-4's qkv_proj, "
+               "GLM-4.1's gate_up_proj) written into slot 0 of the engine's per-partition scale buffers only; the "
+               "other slots keep what torch.empty left, and process_weights_after_loading takes the max over "
+               "every slot (SGLang PR #29151, the fix: copy the scalar into every slot; SGLang PR #14102 and vLLM "
+               "issue #39764 / PR #35693 are the same class: a stale slot that is NaN or above the real scale "
+               "becomes the layer's global scale). Correct for checkpoints split on disk (every slot loaded). "
+               "A NaN or huge stale slot becomes the merged scale; a small one (0 bytes) leaves the max right but, "
+               "since this engine re-expresses each partition's block scales by slot / max, zeroes the "
+               "partitions behind it.")
+    summary = "linear-vllm over triton-emu-128x4 whose loader writes a fused checkpoint's scale into slot 0 only"
+
+    def load_partition_scales(self, weight):
+        if not weight.fused_on_disk:
+            return super().load_partition_scales(weight)
+        (shard,) = weight.shards
+        ws2 = weight.weight_scale_2.clone()
+        ws2[0] = shard.weight_scale_2.reshape(())
+        ins = None
+        if weight.input_scale is not None:
+            ins = weight.input_scale.clone()
+            ins[0] = shard.input_scale.reshape(())
+        return ws2, ins
+
+
 def _read_as_dense(x: torch.Tensor) -> torch.Tensor:
     """What a kernel that takes ``x.data_ptr()`` and assumes a dense row-major tensor reads: the
     elements from ``x``'s first one on, in x's shape with contiguous strides (the storage around a
@@ -964,6 +991,7 @@ MUTANT_CLASSES: tuple[type[Backend], ...] = (
     StaticActScale, Bf16GlobalScale, NibbleSwap, SwizzleOffByOne, FastMathQuantizer, RowsUnwritten,
     Nondeterministic, GlobalScaleConvention, Fp16Epilogue, CompiledOutQuantizer,
     NonSaturatingQuantizer, InputScaleMismatch, NanPaddingQuantizer, WritesPastOutput, StaticScaleIgnored,
+    FusedScaleOneSlot,
     ReadsUnwrittenPadScales, WritesRowPastOutput, QuantizerReadsPastRows, GlobalScaleInvertedLoader,
     NibbleOrderLoader, ScalesSwizzledTwiceLoader, PadZeroedOnce, ScalePerInputBuffer, DenseReadLinear,
     DenseReadQuantizer,

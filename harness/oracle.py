@@ -20,7 +20,7 @@ from harness.exact_reference import exact_products
 from harness.format import gemm_alpha, global_scale_encode_divisor, reference_dequantize, reference_quantize, unpack_e2m1
 
 if TYPE_CHECKING:  # pragma: no cover
-    from harness.pipeline import CheckpointWeight
+    from harness.pipeline import CheckpointWeight, MergedCheckpoint
 
 U32 = 2.0 ** -24
 _OUT = {
@@ -170,6 +170,34 @@ def reference_gemm(ops) -> Reference:
     w = ops.w.dequantize()
     return reference_from_dequantized(a, w, ops.alpha, k=ops.a.k_alloc if ops.a_dense is None else ops.a_dense.shape[1],
                                       a_bits=a_bits, w_bits=6)
+
+
+def reference_merged_weight(weight: "MergedCheckpoint") -> "CheckpointWeight":
+    """The one weight a merged-partition layer must multiply with, from the checkpoint's shards only
+    (never from the engine's slot buffers, whose unwritten slots hold stale bytes): global decode
+    multiplier ``max`` over the shards' ``weight_scale_2`` (the max over the loaded partitions of vLLM's
+    and SGLang's ``process_weights_after_loading``), each partition's block scales re-expressed under
+    it, ``e4m3(decode(sf) * (ws2_i / max))`` (fp32 division and multiply, e4m3 round to nearest even,
+    saturating), its codes unchanged, and the static ``input_scale`` the max over the shards'.
+    Shapes: packed uint8 [n, k/2], scales uint8 [n, k/16], scales fp32 [1]."""
+    from harness.format import e4m3_decode, e4m3_encode, ieee_div
+    from harness.pipeline import CheckpointWeight
+
+    ws2 = torch.stack([sh.weight_scale_2.reshape(()).float() for sh in weight.shards])
+    gmax = ws2.max().reshape(1)
+    per_row = []  # the scale ratio of each output row
+    if weight.fused_on_disk:
+        per_row.append(torch.ones(weight.n, dtype=torch.float32, device=gmax.device))
+    else:
+        for sh, width in zip(weight.shards, weight.partitions):
+            ratio = ieee_div(sh.weight_scale_2.reshape(1).float(), gmax)
+            per_row.append(ratio.expand(width))
+    ratio = torch.cat(per_row).reshape(-1, 1)
+    raw = torch.cat([sh.scales for sh in weight.shards])
+    scales = torch.where(ratio == 1, raw, e4m3_encode(e4m3_decode(raw) * ratio))
+    ins = [sh.input_scale for sh in weight.shards if sh.input_scale is not None]
+    input_scale = torch.stack([i.reshape(()).float() for i in ins]).max().reshape(1) if ins else None
+    return CheckpointWeight(torch.cat([sh.packed for sh in weight.shards]), scales, gmax, input_scale)
 
 
 def reference_linear(x: torch.Tensor, weight: "CheckpointWeight", bias: torch.Tensor | None, k_terms: int,

@@ -18,8 +18,11 @@ import torch
 from harness.format import (
     BLOCK_SIZE,
     decode_multiplier_to_encode_divisor,
+    e4m3_decode,
+    e4m3_encode,
     gemm_alpha,
     global_scale_encode_divisor,
+    ieee_div,
     pack_e2m1,
     reference_quantize,
 )
@@ -238,6 +241,123 @@ class CheckpointWeight:
         gs = global_scale_encode_divisor(w.float().abs().amax()).reshape(1).to(w.device)
         codes, sf = reference_quantize(w, gs)
         return cls(pack_e2m1(codes), sf, (1.0 / gs).to(torch.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Merged partitions (QKV, gate/up): one weight, one global scale per partition
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class MergedCheckpoint:
+    """A merged-partition linear layer (QKV, gate/up) as a serving engine holds it after reading the
+    checkpoint and before ``process_weights_after_loading`` merges it into one :class:`CheckpointWeight`.
+
+    ``shards``: the checkpoint's tensors, one :class:`CheckpointWeight` per partition (split on disk,
+    e.g. q_proj / k_proj / v_proj, each with its own ``weight_scale_2`` from its own amax) or one for
+    the whole layer (fused on disk, e.g. Phi-4's ``qkv_proj``: one scalar ``weight_scale_2``).
+    ``partitions``: the layer's logical output widths (vLLM's ``output_partition_sizes`` /
+    ``logical_widths``), summing to n.  ``weight_scale_2`` / ``input_scale``: fp32 [len(partitions)],
+    the engine's per-partition slot buffers exactly as its ``create_weights`` allocated them
+    (vLLM / SGLang ModelOpt NVFP4 linear methods: ``PerTensorScaleParameter(torch.empty(
+    len(output_partition_sizes)))``); the weight loader writes the slots, a slot it does not write
+    keeps the allocation's bytes (:attr:`harness.problem.Poison.partition_slots`).  ``input_scale`` is
+    None when activations are scaled dynamically; each shard then has ``input_scale`` None too.
+    """
+    shards: list[CheckpointWeight]
+    partitions: tuple[int, ...]
+    weight_scale_2: torch.Tensor         # fp32 [len(partitions)], slots as allocated
+    input_scale: torch.Tensor | None = None  # fp32 [len(partitions)], slots as allocated
+
+    @property
+    def fused_on_disk(self) -> bool:
+        return len(self.shards) == 1
+
+    @property
+    def n(self) -> int:
+        return sum(self.partitions)
+
+    @property
+    def k(self) -> int:
+        return self.shards[0].k
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor by name (``shards[i].packed``, ..., ``weight_scale_2``), for digests and guards."""
+        out = {}
+        for i, sh in enumerate(self.shards):
+            out.update({f"shards[{i}].packed": sh.packed, f"shards[{i}].scales": sh.scales,
+                        f"shards[{i}].weight_scale_2": sh.weight_scale_2})
+            if sh.input_scale is not None:
+                out[f"shards[{i}].input_scale"] = sh.input_scale
+        out["weight_scale_2"] = self.weight_scale_2
+        if self.input_scale is not None:
+            out["input_scale"] = self.input_scale
+        return out
+
+
+def merged_checkpoint(w: torch.Tensor, partitions: tuple[int, ...], *, fused_on_disk: bool = False,
+                      input_scale: torch.Tensor | None = None, slot_byte: int = 0) -> MergedCheckpoint:
+    """The checkpoint of a merged layer with dense weight ``w`` [n, k] (rows in partition order) and
+    the engine's slot buffers as allocated.
+
+    Split on disk, partition i (rows of its width) is quantized with the global scale of its own amax;
+    fused on disk, the whole ``w`` with one.  ``input_scale`` (fp32 [1], a static activation decode
+    multiplier, or None) is stored with every shard, as ModelOpt exports one per projection.  Every
+    byte of the slot buffers is ``slot_byte`` (a fresh ``torch.empty`` holds what memory held).
+    """
+    if sum(partitions) != w.shape[0]:
+        raise ValueError(f"merged_checkpoint: partitions {list(partitions)} sum to {sum(partitions)}, "
+                         f"the weight has {w.shape[0]} rows")
+    if fused_on_disk:
+        pieces = [w]
+    else:
+        starts = [sum(partitions[:i]) for i in range(len(partitions))]
+        pieces = [w[s:s + width] for s, width in zip(starts, partitions)]
+    shards = []
+    for piece in pieces:
+        sh = CheckpointWeight.from_dense(piece)
+        shards.append(sh if input_scale is None else
+                      CheckpointWeight(sh.packed, sh.scales, sh.weight_scale_2, input_scale.reshape(1).clone()))
+
+    def slots() -> torch.Tensor:
+        return torch.full((len(partitions) * 4,), slot_byte, dtype=torch.uint8, device=w.device).view(torch.float32)
+
+    return MergedCheckpoint(shards, tuple(partitions), slots(), None if input_scale is None else slots())
+
+
+def requantize_block_scales(scales: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """Block scales (e4m3 bytes, uint8 [rows, kblocks]) re-expressed under a global decode multiplier
+    ``1 / ratio`` times the one they were made for: ``e4m3(decode(sf) * ratio)`` with ``ratio`` an
+    fp32 scalar tensor (a partition's ``weight_scale_2`` / the merged one, <= 1), round to nearest
+    even, saturating (:func:`harness.format.e4m3_encode`).  Codes are kept; a ratio of exactly 1
+    leaves the bytes unchanged."""
+    if bool((ratio == 1).all()):
+        return scales.clone()
+    return e4m3_encode(e4m3_decode(scales) * ratio.to(device=scales.device, dtype=torch.float32).reshape(()))
+
+
+def merge_partitions(weight: MergedCheckpoint, weight_scale_2: torch.Tensor,
+                     input_scale: torch.Tensor | None) -> CheckpointWeight:
+    """``process_weights_after_loading`` of a merged layer, given the slot buffers as its loader left
+    them (fp32 [len(partitions)]): the global decode multiplier is the max over the slots and the
+    static input scale the max over its slots (vLLM ``ModelOptNvFp4LinearMethod`` and SGLang
+    ``ModelOptFp4LinearMethod.process_weights_after_loading``: ``layer.weight_scale_2.max()``,
+    ``layer.input_scale.max()``); packed data and block scales are concatenated in partition order,
+    and the block scales of partition i are requantized by ``slot_i / max``
+    (:func:`requantize_block_scales`) so that every partition decodes with the merged scale.  vLLM and
+    SGLang keep the block scales as they are and log a warning when the slots differ (ModelOpt
+    exports fused projections with one shared amax); requantizing keeps a checkpoint with differing
+    scales correct up to the rounding of the rescaled block scales.  Returns the merged weight
+    ([n, k/2] packed, [n, k/16] scales, fp32 [1] scales)."""
+    gmax = weight_scale_2.max().reshape(1).to(torch.float32)
+    packed = torch.cat([sh.packed for sh in weight.shards])
+    raw = torch.cat([sh.scales for sh in weight.shards])
+    scales, start = [], 0
+    for i, width in enumerate(weight.partitions):
+        ratio = ieee_div(weight_scale_2[i:i + 1].to(torch.float32), gmax)
+        scales.append(requantize_block_scales(raw[start:start + width], ratio))
+        start += width
+    ins = None if input_scale is None else input_scale.max().reshape(1).to(torch.float32)
+    return CheckpointWeight(packed, torch.cat(scales), gmax, ins)
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,34 @@ POISON_REGIONS: tuple[str, ...] = ("m_pad", "n_pad", "k_tail", "data")
 """Byte-valued padding regions, in :class:`Poison` field order: activation padding rows (m_pad),
 weight padding rows (n_pad), k-blocks past K of both operands (k_tail), packed operand padding (data)."""
 
-REGIONS: tuple[str, ...] = POISON_REGIONS + ("stale_memory",)
-"""Every region a :class:`Poison` can touch: the byte regions and stale device memory (linear level)."""
+SLOT_REGIONS: tuple[str, ...] = ("partition_slots",)
+"""Byte-valued regions of a merged-partition linear layer (linear level): every byte of the engine's
+per-partition scale slots (``weight_scale_2``, ``input_scale``: fp32 [partitions]) as allocated,
+before its weight loader writes them (:class:`harness.pipeline.MergedCheckpoint`)."""
+
+REGIONS: tuple[str, ...] = POISON_REGIONS + SLOT_REGIONS + ("stale_memory",)
+"""Every region a :class:`Poison` can touch: the byte regions, the partition slots and stale device
+memory (linear level)."""
 
 POISON_KINDS: tuple[str, ...] = ("nan", "max", "zero", "finite", "stale")
 """Short names of what a poisoned region holds (:func:`poison_kind`; ``stale`` for stale memory)."""
 
 POISON_BYTES = {"nan": 0x7F, "neg_nan": 0xFF, "max": 0x7E, "one": 0x38, "small": 0x08, "zero": 0x00}
 """Named padding scale bytes: e4m3 NaN (0x7F, 0xFF), 448 (0x7E), 1.0 (0x38), 2^-6 (0x08), 0."""
+
+
+def slot_poison_kind(byte: int) -> str:
+    """A short name for the fp32 value four ``byte`` s make in a partition slot, for reports: nan
+    (0xFF.. and 0x7F80..-style patterns), max (|value| >= 2^64: larger than any real global scale;
+    0x7F7F7F7F is 3.4e38), zero, finite."""
+    value = torch.tensor([byte] * 4, dtype=torch.uint8).view(torch.float32).item()
+    if value != value:
+        return "nan"
+    if value == 0:
+        return "zero"
+    if abs(value) >= 2.0 ** 64:
+        return "max"
+    return "finite"
 
 
 def poison_kind(byte: int) -> str:
@@ -52,16 +72,20 @@ class Poison:
     m_pad: scale byte of activation padding rows; n_pad: scale byte of weight padding rows;
     k_tail: scale byte of k-blocks past K (both operands); data: byte of the packed operands'
     padding rows and columns; stale_memory: (linear level) fill and free device memory with NaN
-    bytes before the call so ``torch.empty`` buffers inside the backend start dirty.
+    bytes before the call so ``torch.empty`` buffers inside the backend start dirty;
+    partition_slots: (linear level, merged partitions) every byte of the engine's per-partition scale
+    slots as allocated (``torch.empty``) before its loader writes them: 0xFF is an fp32 NaN, 0x7F
+    3.4e38 (vLLM PR #35693: a stale slot above bf16's maximum), 0 harmless to a max.
     """
     m_pad: int = 0
     n_pad: int = 0
     k_tail: int = 0
     data: int = 0
     stale_memory: bool = False
+    partition_slots: int = 0
 
     def __post_init__(self) -> None:
-        for name in POISON_REGIONS:
+        for name in POISON_REGIONS + SLOT_REGIONS:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255:
                 raise ValueError(f"poison.{name}={v!r}: expected a byte (int 0..255)")
@@ -74,7 +98,7 @@ class Poison:
 
     def regions(self) -> list[str]:
         """Names of the regions this poison touches."""
-        return [n for n in POISON_REGIONS if getattr(self, n)] + \
+        return [n for n in POISON_REGIONS + SLOT_REGIONS if getattr(self, n)] + \
             (["stale_memory"] if self.stale_memory else [])
 
     def to_dict(self) -> dict:
@@ -106,6 +130,8 @@ class GemmProblem:
     origin: str | None = None          # e.g. "Nemotron-3-Nano-30B-A3B moe_intermediate 1856 / TP4 row"
     batch: tuple[int, ...] | None = None  # linear level: leading dims of x ([batch, seq] -> m=batch*seq)
     calibration: float | None = None   # runtime amax / calibrated amax of the activations; None: dynamic
+    partitions: tuple[int, ...] | None = None  # linear level: output widths of a merged layer (q, k, v / gate, up)
+    fused_on_disk: bool = False        # merged layer: the checkpoint stores one fused tensor, one scalar scale
     input_layout: str = "contiguous"   # linear/quantizer level: how x lies in memory (harness.input_layout)
 
     def __post_init__(self) -> None:
@@ -141,6 +167,15 @@ class GemmProblem:
                 prod *= b
             if prod != self.m:
                 raise ValueError(f"problem.batch={self.batch}: leading dims multiply to {prod}, not m={self.m}")
+        if self.partitions is not None:
+            parts = self.partitions
+            if not isinstance(parts, tuple) or len(parts) < 2 or any(
+                    isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in parts) or sum(parts) != self.n:
+                raise ValueError(f"problem.partitions={list(parts) if isinstance(parts, tuple) else parts!r}: expected "
+                                 f"2 or more positive output widths summing to n={self.n}, or null for one partition")
+        if not isinstance(self.fused_on_disk, bool) or (self.fused_on_disk and self.partitions is None):
+            raise ValueError(f"problem.fused_on_disk={self.fused_on_disk!r}: expected true or false, and false "
+                             f"unless problem.partitions names the merged layer's partitions")
 
     @property
     def torch_out_dtype(self) -> torch.dtype:
@@ -171,7 +206,17 @@ class GemmProblem:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["batch"] = list(self.batch) if self.batch is not None else None
+        d["partitions"] = list(self.partitions) if self.partitions is not None else None
         return d
+
+    @property
+    def partition_bounds(self) -> list[tuple[int, int]]:
+        """[start, end) output columns of each partition of a merged layer (one [0, n) otherwise)."""
+        bounds, start = [], 0
+        for w in self.partitions or (self.n,):
+            bounds.append((start, start + w))
+            start += w
+        return bounds
 
     def with_(self, **kw) -> "GemmProblem":
         return replace(self, **kw)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.cases import Case, load_case, save_case
-from harness.problem import POISON_REGIONS
+from harness.problem import POISON_REGIONS, SLOT_REGIONS
 from harness.runner import execute
 from harness.trial import Outcome, Trial
 
@@ -47,10 +47,12 @@ class Replay:
                  f"problem   m={p.m} n={p.n} k={p.k} out={p.out_dtype} data={p.distribution} seed={p.seed}"
                  + (f" batch={list(p.batch)}" if p.batch else "")
                  + (f" calibration={p.calibration:g} (static activation scale)" if p.calibration is not None else "")
+                 + (f" partitions={list(p.partitions)} ({'fused' if p.fused_on_disk else 'split'} on disk)"
+                    if p.partitions else "")
                  + (f" input_layout={p.input_layout} (x as a non-contiguous view)"
                     if p.input_layout != "contiguous" else "")
                  + (f"  [{p.origin}]" if p.origin else ""),
-                 f"poison    " + (", ".join(f"{r}=0x{getattr(t.poison, r):02X}" for r in POISON_REGIONS
+                 f"poison    " + (", ".join(f"{r}=0x{getattr(t.poison, r):02X}" for r in POISON_REGIONS + SLOT_REGIONS
                                             if getattr(t.poison, r)) or "none")
                  + (" + stale memory" if t.poison.stale_memory else "")
                  + (f"; activation scales {t.a_layout}" if t.a_layout else "")]

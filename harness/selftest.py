@@ -241,6 +241,7 @@ def _minimized_text(s: Score) -> str:
     poison = {k: v for k, v in s.minimized["poison"].items() if v}
     extra = (f" batch={p['batch']}" if p.get("batch") else "") + \
         (f" calibration={p['calibration']:g}" if p.get("calibration") is not None else "") + \
+        (f" partitions={p['partitions']}{' fused' if p.get('fused_on_disk') else ''}" if p.get("partitions") else "") + \
         (f" input_layout={p['input_layout']}" if p.get("input_layout") not in (None, "contiguous") else "")
     pz = ",".join(f"{k}=0x{v:02X}" if isinstance(v, int) and not isinstance(v, bool) else k
                   for k, v in poison.items()) or "clean"

@@ -394,6 +394,46 @@ def linear_problems(*, from_catalog: bool = False, **kwargs) -> SearchStrategy[G
     return with_batch_dims(base)
 
 
+def partition_widths(max_blocks: int) -> SearchStrategy[tuple[int, ...]]:
+    """Output widths of a merged layer's 2 (gate, up) or 3 (q, k, v) partitions, each up to
+    ``16 * max_blocks`` and drawn independently (unequal, ragged: :func:`ragged_n_values`); shrinks
+    to (16, 16)."""
+    width = ragged_n_values(max_blocks)
+    return st.one_of(st.tuples(width, width), st.tuples(width, width, width))
+
+
+def gate_up_entries(**tp_kwargs) -> list[tuple[int, int, str]]:
+    """``(n, k, origin)`` of the TP catalog's per-rank gated MLP gate_up projections (gate and up
+    merged: two partitions of n/2, e.g. 176 + 176 for GLM-4.5-Air's MoE intermediate 1408 / TP8);
+    keyword arguments go to :func:`tp_entries` (its caps)."""
+    return [(n, k, origin + " [gate, up]") for layer, _, n, k, origin in tp_entries(**tp_kwargs)
+            if layer.layer.endswith("gate_up") and n % 2 == 0]
+
+
+def with_partitions(problems: SearchStrategy[GemmProblem], *, max_blocks: int,
+                    gate_up: Sequence[tuple[int, int, str]] = ()) -> SearchStrategy[GemmProblem]:
+    """``problems`` made merged-partition layers (:attr:`GemmProblem.partitions`): n becomes the sum
+    of :func:`partition_widths` (or, in a third of the draws when ``gate_up`` is given, n, k and the
+    origin of a real TP shard's gate_up with two equal partitions), and half are fused on disk (one
+    checkpoint tensor, one scalar global scale).  Shrinks to two 16-wide partitions split on disk."""
+    widths = partition_widths(max_blocks)
+    real = st.sampled_from(tuple(gate_up)) if gate_up else None
+
+    @st.composite
+    def build(draw) -> GemmProblem:
+        problem = draw(problems)
+        fused = draw(st.booleans())
+        # both drawn every time, so that shrinking the choice to the synthetic widths moves no other draw
+        parts = draw(widths)
+        if real is not None:
+            n, k, origin = draw(real)
+            if draw(st.integers(0, 2)) == 2:
+                return problem.with_(n=n, k=k, origin=origin, partitions=(n // 2, n // 2), fused_on_disk=fused)
+        return problem.with_(n=sum(parts), partitions=parts, fused_on_disk=fused)
+
+    return build()
+
+
 def gemm_cases(problems: SearchStrategy[GemmProblem] | None = None,
                poison: SearchStrategy[Poison] | None = None,
                **problem_kwargs) -> SearchStrategy[tuple[GemmProblem, Poison]]:
@@ -412,7 +452,8 @@ __all__ = [
     "NAMED_POISON_BYTES", "POISON_REGIONS", "SMALL_M", "TILE_BOUNDARY_M",
     "CALIBRATION_RATIOS", "LARGE_M", "REAL_SHARD_K", "REAL_SHARD_N",
     "NON_CONTIGUOUS_LAYOUTS", "empty_batches", "input_layouts", "with_input_layout",
-    "block_counts", "calibrations", "catalog_block_counts", "distributions", "divisors", "gemm_cases",
+    "block_counts", "calibrations", "catalog_block_counts", "distributions", "divisors", "gate_up_entries",
+    "gemm_cases", "partition_widths", "with_partitions",
     "gemm_problems", "kn_values", "large_problems", "linear_problems", "m_values", "poison_bytes", "poisons",
     "ragged_n_values", "rarely",
     "tp_entries", "tp_problems", "with_batch_dims", "with_calibration",

@@ -6,7 +6,7 @@ mutant is hunted with exactly the strategies the real suite uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
@@ -102,6 +102,18 @@ def trials(backend: Backend, prop: str, sz: Sizes) -> SearchStrategy[Trial]:
     if backend.level == "linear":
         probs = hs.linear_problems(max_m=sz.max_m, max_nk_blocks=sz.max_nk_blocks,
                                    in_dtypes=("bfloat16", "float16")).map(lambda p: p.with_(out_dtype=p.in_dtype))
+        clean_slots = hs.poisons(min_regions=0, allowed=(), stale_memory=None)
+        if getattr(backend, "merged_partitions", False):
+            # merged-partition layers (QKV, gate/up): always for partition_isolation, whose unwritten
+            # scale slots hold a poison byte; in a quarter of the other properties' draws
+            merged = hs.with_partitions(probs, max_blocks=sz.max_nk_blocks,
+                                        gate_up=hs.gate_up_entries(max_unsplit_dim=sz.tp_max_unsplit,
+                                                                   max_weight_elements=sz.tp_max_weight))
+            if prop == "partition_isolation":
+                probs = merged
+                clean_slots = st.builds(lambda p, b: replace(p, partition_slots=b), clean_slots, hs.poison_bytes())
+            else:
+                probs = hs.rarely(merged, probs, 0.25)
         if getattr(backend, "static_input_scale", False):
             probs = hs.with_calibration(probs)
         if prop == "layout_invariance":
@@ -110,7 +122,7 @@ def trials(backend: Backend, prop: str, sz: Sizes) -> SearchStrategy[Trial]:
             probs = hs.with_input_layout(hs.empty_batches(probs, three_d=True), share=LAYOUT_SHARE)
         elif prop == "reference_agreement":
             probs = hs.with_input_layout(probs, share=LAYOUT_SHARE)
-        return st.builds(build, probs, hs.poisons(min_regions=0, allowed=(), stale_memory=None))
+        return st.builds(build, probs, clean_slots)
     layout = _layouts(backend)
     if prop == "reference_agreement":
         return st.builds(build, hs.with_calibration(_problems(backend, sz)), hs.poisons(min_regions=0), layout)

@@ -35,6 +35,7 @@ PROPERTIES: tuple[str, ...] = (
     "batch_invariance",
     "checkpoint_convention",
     "input_isolation",
+    "partition_isolation",
     "graph_replay",
     "layout_invariance",
     "empty_batch",
@@ -43,8 +44,8 @@ PROPERTIES: tuple[str, ...] = (
 
 GEMM_PROPERTIES = ("reference_agreement", "row_isolation", "column_isolation", "k_tail", "output_coverage",
                    "determinism", "clean_rejection", "tp_consistency", "batch_invariance", "graph_replay")
-LINEAR_PROPERTIES = ("reference_agreement", "determinism", "batch_invariance", "input_isolation", "graph_replay",
-                     "layout_invariance", "empty_batch")
+LINEAR_PROPERTIES = ("reference_agreement", "determinism", "batch_invariance", "input_isolation",
+                     "partition_isolation", "graph_replay", "layout_invariance", "empty_batch")
 QUANTIZER_PROPERTIES = ("quantizer_agreement", "layout_invariance", "empty_batch")
 CHECKPOINT_PROPERTIES = ("checkpoint_convention",)
 LEVEL_PROPERTIES = {"gemm": GEMM_PROPERTIES, "linear": LINEAR_PROPERTIES, "quantizer": QUANTIZER_PROPERTIES,
@@ -57,7 +58,7 @@ GPU_ONLY_PROPERTIES: tuple[str, ...] = ("graph_replay",)
 """Properties that need a CUDA GPU whatever the backend runs on (a CUDA graph captures the call);
 elsewhere they are skipped as not applicable, and a mutant only they catch cannot be hunted."""
 
-ISOLATION_PROPERTIES = ("row_isolation", "column_isolation", "k_tail")
+ISOLATION_PROPERTIES = ("row_isolation", "column_isolation", "k_tail", "partition_isolation")
 """Properties that poison one padding region (``measure.region``, ``measure.poison_kind``)."""
 
 OUTCOMES: tuple[str, ...] = ("pass", "fail", "crash", "skip")
@@ -107,6 +108,8 @@ class Trial:
         p = dict(d["problem"])
         if p.get("batch") is not None:
             p["batch"] = tuple(p["batch"])
+        if p.get("partitions") is not None:
+            p["partitions"] = tuple(p["partitions"])
         return cls(d["backend"], d["property"], GemmProblem(**p), Poison(**d.get("poison", {})),
                    d.get("a_layout"), int(d.get("tp") or 1), d.get("parallel") or "column")
 

@@ -46,6 +46,8 @@ def test_every_verdict_names_its_property() -> None:
                checks.graph_replay(z, z, 2, 2),
                checks.layout_invariance({"out": (z, z)}, {"input_layout": "column_slice"}),
                checks.empty_batch({"out": ((0, 2), (0, 2))}, {})]
+    one = torch.ones(1)
+    results.append(checks.partition_isolation([("weight_scale_2", one, one)], [results[0]], (2,), False, 0, "zero"))
     assert {r.property for r in results} | {"quantizer_agreement", "checkpoint_convention"} == set(PROPERTIES)
 
 

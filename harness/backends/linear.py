@@ -21,8 +21,10 @@ from harness.pipeline import (
     POLICIES,
     CheckpointWeight,
     GemmOperands,
+    MergedCheckpoint,
     PaddingPolicy,
     QuantizedTensor,
+    merge_partitions,
     pad_weight,
     quantize_activation,
 )
@@ -41,6 +43,7 @@ class EngineLinear(LinearBackend):
     m <= policy.small_m_max when the policy switches layouts, as the TRT-LLM 8x4 path does)."""
 
     static_input_scale = True
+    merged_partitions = True
 
     def __init__(self, policy: PaddingPolicy, gemm_name: str, small_m_gemm_name: str | None = None,
                  name: str | None = None) -> None:
@@ -80,6 +83,32 @@ class EngineLinear(LinearBackend):
         return self.gemm, self.gemm.requirements.a_layouts[0]
 
     # The steps are separate methods so that a planted-bug variant (harness.mutants) overrides one.
+    def load_partition_scales(self, weight: MergedCheckpoint) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight loader's writes into the per-partition scale slots (vLLM / SGLang
+        ``weight_loader_v2`` of ``MergedColumnParallelLinear`` and ``QKVParallelLinear`` for a
+        ``PerTensorScaleParameter``): shard i's scalar into slot i; a fused-on-disk scalar
+        (``loaded_shard_id`` None) into every slot, as SGLang PR #29151 does (vLLM issue #39764: the
+        old loaders wrote slot 0 only).  Returns the slot buffers (fp32 [len(partitions)]), copies."""
+        def fill(slots: torch.Tensor, values: list[torch.Tensor]) -> torch.Tensor:
+            slots = slots.clone()
+            if len(values) == 1:
+                slots[:] = values[0].reshape(()).to(slots.device)
+            else:
+                for i, v in enumerate(values):
+                    slots[i] = v.reshape(()).to(slots.device)
+            return slots
+
+        ws2 = fill(weight.weight_scale_2, [sh.weight_scale_2 for sh in weight.shards])
+        ins = None if weight.input_scale is None else \
+            fill(weight.input_scale, [sh.input_scale for sh in weight.shards])  # type: ignore[misc]
+        return ws2, ins
+
+    def merge_partitions(self, weight: MergedCheckpoint) -> CheckpointWeight:
+        """Load, then ``process_weights_after_loading`` (:func:`harness.pipeline.merge_partitions`:
+        the max over the slots, block scales requantized to it)."""
+        ws2, ins = self.load_partition_scales(weight)
+        return merge_partitions(weight, ws2, ins)
+
     def quantize_input(self, x2d: torch.Tensor, layout: ScaleLayout, k_alloc: int,
                        global_scale: torch.Tensor | None = None):
         """Activations quantized dynamically, or with the checkpoint's static scale ``global_scale``."""
@@ -101,11 +130,15 @@ class EngineLinear(LinearBackend):
     def output_shape(self, x: torch.Tensor, n: int) -> tuple[int, ...]:
         return (*x.shape[:-1], n)
 
-    def run(self, x: torch.Tensor, weight: CheckpointWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def run(self, x: torch.Tensor, weight: CheckpointWeight | MergedCheckpoint,
+            bias: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward(self.load(weight), x, bias)
 
-    def load(self, weight: CheckpointWeight) -> "LoadedShard":
-        """The shard with a place for its padded, swizzled weight per GEMM (prepared on first use)."""
+    def load(self, weight: CheckpointWeight | MergedCheckpoint) -> "LoadedShard":
+        """The shard with a place for its padded, swizzled weight per GEMM (prepared on first use); a
+        merged-partition checkpoint is merged first (:meth:`merge_partitions`), as at load time."""
+        if isinstance(weight, MergedCheckpoint):
+            weight = self.merge_partitions(weight)
         return LoadedShard(weight)
 
     def forward(self, loaded: object, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

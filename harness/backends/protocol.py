@@ -30,7 +30,7 @@ from harness.oracle import Precision
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.env import Environment
-    from harness.pipeline import CheckpointWeight, GemmOperands
+    from harness.pipeline import CheckpointWeight, GemmOperands, MergedCheckpoint
 
 Level = Literal["gemm", "linear", "quantizer", "checkpoint"]
 
@@ -183,15 +183,27 @@ class LinearBackend(Backend):
     #: one (vLLM's / SGLang's ModelOpt NVFP4 linear methods); a layer that always scales dynamically
     #: leaves it False and is not run on calibrated problems (``GemmProblem.calibration``)
     static_input_scale: ClassVar[bool] = False
+    #: the layer loads merged-partition weights (QKV, gate/up: a
+    #: :class:`~harness.pipeline.MergedCheckpoint` as ``weight``) through :meth:`merge_partitions`; a
+    #: layer that does not leaves it False and is not run on merged problems (``GemmProblem.partitions``)
+    merged_partitions: ClassVar[bool] = False
 
     @abc.abstractmethod
     def run(self, x: torch.Tensor, weight: "CheckpointWeight", bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``y = x @ dequant(weight)^T + bias`` for x of shape [..., k]; returns [..., n]."""
+        """``y = x @ dequant(weight)^T + bias`` for x of shape [..., k]; returns [..., n].  With
+        ``merged_partitions``, ``weight`` may be a :class:`~harness.pipeline.MergedCheckpoint`."""
+
+    def merge_partitions(self, weight: "MergedCheckpoint") -> "CheckpointWeight":
+        """The layer's loading of a merged-partition checkpoint: its weight loader's writes into the
+        per-partition scale slots, then ``process_weights_after_loading``; returns the one weight it
+        multiplies with (fp32 [1] ``weight_scale_2`` and ``input_scale``).  Only with ``merged_partitions``."""
+        raise NotImplementedError(f"{self.name} does not load merged-partition weights")
 
     def load(self, weight: "CheckpointWeight") -> object:
         """What the layer keeps of a checkpoint weight shard after loading (a serving engine's
         ``process_weights_after_loading``: padding, swizzle); handed to :meth:`forward`.  The default
-        keeps the shard as it is and leaves everything to :meth:`run`."""
+        keeps the shard as it is and leaves everything to :meth:`run`.  With ``merged_partitions``,
+        ``weight`` may be a :class:`~harness.pipeline.MergedCheckpoint` (merged here, as at load time)."""
         return weight
 
     def forward(self, loaded: object, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -4,6 +4,12 @@
 dimensions), a checkpoint weight shard (ModelOpt / compressed-tensors layout) and a bias, and
 compares with :func:`harness.oracle.reference_linear`.  Stale-memory poison fills and frees device
 memory before each call (:func:`harness.experiments.poison_allocator`).
+
+A merged-partition problem (``GemmProblem.partitions``: QKV, gate/up) hands the layer a
+:class:`~harness.pipeline.MergedCheckpoint` instead: one checkpoint shard per partition with its
+own global scale (or one fused-on-disk shard), and the engine's per-partition scale slots as
+allocated, every byte ``poison.partition_slots``; the reference multiplies with
+:func:`harness.oracle.reference_merged_weight`, computed from the shards alone.
 """
 
 from __future__ import annotations
@@ -29,19 +35,29 @@ from harness.experiments import (
 )
 from harness.input_layout import CONTIGUOUS, StridedInput, snapshot, storage_changed, strided_view
 from harness.layouts import round_up
-from harness.oracle import error_bound, reference_linear
-from harness.pipeline import CheckpointWeight
-from harness.problem import GemmProblem
+from harness.oracle import error_bound, reference_linear, reference_merged_weight
+from harness.pipeline import CheckpointWeight, MergedCheckpoint, merged_checkpoint
+from harness.problem import GemmProblem, Poison, slot_poison_kind
 from harness.trial import PropertyResult, Trial
 
 
-def linear_inputs(problem: GemmProblem, device) -> tuple[torch.Tensor, CheckpointWeight, torch.Tensor]:
+def linear_inputs(problem: GemmProblem, device, poison: Poison | None = None
+                  ) -> tuple[torch.Tensor, CheckpointWeight | MergedCheckpoint, torch.Tensor]:
+    """x [*batch or m, k] in the input dtype, the checkpoint weight (a :class:`MergedCheckpoint` when
+    ``problem.partitions``, its slot buffers filled with ``poison.partition_slots``) and bias [n]."""
     shape = tuple(problem.batch) if problem.batch else (problem.m,)
     x = generate(problem.distribution, (*shape, problem.k), 2 * problem.seed, problem.torch_in_dtype, device)
-    weight = CheckpointWeight.from_dense(problem.weights(device))
-    if problem.calibration is not None:
-        # ModelOpt's static activation scale: the decode multiplier calibrated amax / 2688
-        weight = replace(weight, input_scale=(1.0 / problem.activation_global_scale(x)).to(torch.float32))
+    # ModelOpt's static activation scale: the decode multiplier calibrated amax / 2688
+    input_scale = None if problem.calibration is None else \
+        (1.0 / problem.activation_global_scale(x)).to(torch.float32)
+    weight: CheckpointWeight | MergedCheckpoint
+    if problem.partitions is not None:
+        weight = merged_checkpoint(problem.weights(device), problem.partitions, fused_on_disk=problem.fused_on_disk,
+                                   input_scale=input_scale, slot_byte=(poison or Poison()).partition_slots)
+    else:
+        weight = CheckpointWeight.from_dense(problem.weights(device))
+        if input_scale is not None:
+            weight = replace(weight, input_scale=input_scale)
     bias = problem.bias(device).to(problem.torch_in_dtype)
     return x, weight, bias
 
@@ -59,31 +75,60 @@ class LinearExperiment:
         if (self.problem.m == 0) != (trial.property == "empty_batch"):
             raise NotApplicable("the empty_batch property, and only it, takes an empty batch (m=0); "
                                 f"problem.m={self.problem.m}")
-        self.x, self.weight, self.bias = linear_inputs(self.problem, device)
+        if self.problem.partitions is not None and not getattr(backend, "merged_partitions", False):
+            raise NotApplicable("the layer loads no merged-partition weights (no per-partition scale slots), "
+                                f"the problem's partitions={list(self.problem.partitions)} need them")
+        self.x, self.weight, self.bias = linear_inputs(self.problem, device, trial.poison)
+        #: the weight the layer must multiply with (for a merged layer: from the shards alone)
+        self.reference_weight: CheckpointWeight = reference_merged_weight(self.weight) \
+            if isinstance(self.weight, MergedCheckpoint) else self.weight
+
+    def _weight_tensors(self) -> dict[str, torch.Tensor]:
+        w = self.weight
+        if isinstance(w, MergedCheckpoint):
+            return {f"weight.{name}": t for name, t in w.tensors().items()}
+        out = {"weight.packed": w.packed, "weight.scales": w.scales, "weight.weight_scale_2": w.weight_scale_2}
+        if w.input_scale is not None:
+            out["weight.input_scale"] = w.input_scale
+        return out
 
     @property
     def digest(self) -> str:
         h = hashlib.sha256()
-        extra = (self.weight.input_scale,) if self.weight.input_scale is not None else ()
-        for t in (self.x, self.weight.packed, self.weight.scales, self.weight.weight_scale_2, *extra, self.bias):
+        for t in (self.x, *self._weight_tensors().values(), self.bias):
             h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
+    def _guarded_weight(self) -> CheckpointWeight | MergedCheckpoint:
+        """A copy of the weight inside guard bytes (every shard and slot buffer of a merged one)."""
+        w = self.weight
+        if isinstance(w, MergedCheckpoint):
+            shards = [replace(sh, packed=guard.guarded(sh.packed), scales=guard.guarded(sh.scales),
+                              weight_scale_2=guard.guarded(sh.weight_scale_2),
+                              input_scale=None if sh.input_scale is None else guard.guarded(sh.input_scale))
+                      for sh in w.shards]
+            return replace(w, shards=shards, weight_scale_2=guard.guarded(w.weight_scale_2),
+                           input_scale=None if w.input_scale is None else guard.guarded(w.input_scale))
+        return replace(w, packed=guard.guarded(w.packed), scales=guard.guarded(w.scales),
+                       weight_scale_2=guard.guarded(w.weight_scale_2),
+                       input_scale=None if w.input_scale is None else guard.guarded(w.input_scale))
+
     def _guarded(self, x: torch.Tensor | StridedInput):
         """(x, weight, bias, handed): copies of what the layer receives inside guard bytes, and those
-        tensors by name (a :class:`StridedInput`: its view, over its guarded storage)."""
+        tensors by name (a :class:`StridedInput`: its view, over its guarded storage; a merged
+        weight: every shard and slot buffer)."""
         storage = x.storage if isinstance(x, StridedInput) else None
         x = x.view if isinstance(x, StridedInput) else guard.guarded(x)
-        weight = replace(self.weight, packed=guard.guarded(self.weight.packed),
-                         scales=guard.guarded(self.weight.scales),
-                         weight_scale_2=guard.guarded(self.weight.weight_scale_2),
-                         input_scale=None if self.weight.input_scale is None else guard.guarded(self.weight.input_scale))
+        weight = self._guarded_weight()
         bias = guard.guarded(self.bias)
-        handed = {"x" if storage is None else "x (storage)": x if storage is None else storage,
-                  "weight.packed": weight.packed, "weight.scales": weight.scales,
-                  "weight.weight_scale_2": weight.weight_scale_2, "bias": bias}
-        if weight.input_scale is not None:
-            handed["weight.input_scale"] = weight.input_scale
+        handed = {"x" if storage is None else "x (storage)": x if storage is None else storage, "bias": bias}
+        if isinstance(weight, MergedCheckpoint):
+            handed.update({f"weight.{name}": t for name, t in weight.tensors().items()})
+        else:
+            handed.update({"weight.packed": weight.packed, "weight.scales": weight.scales,
+                           "weight.weight_scale_2": weight.weight_scale_2})
+            if weight.input_scale is not None:
+                handed["weight.input_scale"] = weight.input_scale
         return x, weight, bias, handed
 
     def _checked(self, out, x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +168,7 @@ class LinearExperiment:
     def agreement(self, out: torch.Tensor) -> PropertyResult:
         """:func:`checks.reference_agreement` of the layer's output ``out`` on the problem's activations."""
         req = self.backend.requirements
-        ref = reference_linear(self.x, self.weight, self.bias, round_up(self.problem.k, req.k_align),
+        ref = reference_linear(self.x, self.reference_weight, self.bias, round_up(self.problem.k, req.k_align),
                                dense_activation=req.activation == "bf16")
         bound = error_bound(ref, req.precision, out.dtype, bias_in_out_dtype=True)
         flat = out.reshape(-1, out.shape[-1])
@@ -157,7 +202,38 @@ class LinearExperiment:
         dirty_x[bad_row, col] = float("nan") if kind == "nan" else float("inf")
         clean = self.call(x2)
         dirty = self.call(dirty_x)
-        return checks.input_isolation(clean, dirty, bad_row, kind, self.weight.input_scale is not None)
+        return checks.input_isolation(clean, dirty, bad_row, kind, self.reference_weight.input_scale is not None)
+
+    def partition_isolation(self) -> PropertyResult:
+        """Each partition's output columns of the merged layer equal that partition's own unfused layer
+        (its shard's codes, block scales re-expressed under the merged global scale, bias slice) within
+        the derived bound, and the global scales the layer merged to are the max over the loaded
+        partitions only: finite, whatever its unwritten scale slots hold."""
+        w = self.weight
+        if not isinstance(w, MergedCheckpoint):
+            raise NotApplicable("one partition: the problem has no merged partitions")
+        merged = self.backend.merge_partitions(self._guarded_weight())
+        want = self.reference_weight
+        scales = [("weight_scale_2", merged.weight_scale_2, want.weight_scale_2)]
+        if want.input_scale is not None:
+            scales.append(("input_scale", merged.input_scale, want.input_scale))
+        out = self.call()
+        req = self.backend.requirements
+        flat = out.reshape(-1, out.shape[-1])
+        results = []
+        for start, end in self.problem.partition_bounds:
+            own = CheckpointWeight(want.packed[start:end], want.scales[start:end], want.weight_scale_2,
+                                   want.input_scale)
+            ref = reference_linear(self.x, own, self.bias[start:end], round_up(self.problem.k, req.k_align),
+                                   dense_activation=req.activation == "bf16")
+            bound = error_bound(ref, req.precision, out.dtype, bias_in_out_dtype=True)
+            results.append(checks.reference_agreement(flat[:, start:end], ref, bound, out.dtype,
+                                                      bias_in_out_dtype=True))
+        byte = self.trial.poison.partition_slots
+        return checks.partition_isolation(
+            [(name, None if got is None else got.reshape(-1).float().cpu(), exp.reshape(-1).float().cpu())
+             for name, got, exp in scales],
+            results, self.problem.partitions, self.problem.fused_on_disk, byte, slot_poison_kind(byte))
 
     def graph_replay(self, replay: Callable | None = None) -> PropertyResult:
         """Load the weight once (:meth:`~harness.backends.protocol.LinearBackend.load`), capture the

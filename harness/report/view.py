@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from markupsafe import Markup
 
 from harness.input_layout import INPUT_LAYOUTS
-from harness.problem import POISON_KINDS, POISON_REGIONS, REGIONS, poison_kind
+from harness.problem import POISON_KINDS, POISON_REGIONS, REGIONS, SLOT_REGIONS, poison_kind, slot_poison_kind
 from harness.report.svg import (OUTCOME_COLORS, GridError, Point, grid_legend_svg, grid_svg, marker_svg,
                                 outcome_bar_svg, parse_grid, scatter_svg, series_styles)
 from harness.results import RunData, accepted_overflow, is_test_skip, natural_key
@@ -95,6 +95,9 @@ def _problem_text(p: Any) -> str:
     parts.append(f"{p.get('distribution')} seed {p.get('seed')}")
     if p.get("calibration") is not None:
         parts.append(f"static scale, calibration ratio {p['calibration']:g}")
+    if p.get("partitions"):
+        disk = "fused on disk" if p.get("fused_on_disk") else "split on disk"
+        parts.append(f"merged partitions {list(p['partitions'])} ({disk})")
     if p.get("input_layout") not in (None, "contiguous"):
         parts.append(f"x as a {str(p['input_layout']).replace('_', ' ')} view")
     if p.get("m") == 0:
@@ -115,6 +118,9 @@ def _poison_text(p: Any) -> str:
         return ", ".join(parts) if parts else "clean (no poison)"
     parts = [f"{k}=0x{int(p[k]):02X} ({poison_kind(int(p[k]))})" for k in POISON_REGIONS
              if isinstance(p.get(k), int) and p.get(k)]
+    if isinstance(p.get("partition_slots"), int) and p.get("partition_slots"):
+        parts.append(f"partition_slots=0x{int(p['partition_slots']):02X} "
+                     f"({slot_poison_kind(int(p['partition_slots']))} fp32 slots)")
     if p.get("stale_memory"):
         parts.append("stale_memory")
     return ", ".join(parts) if parts else "clean (no poison)"
@@ -126,12 +132,14 @@ def _isolation_key(rec: Mapping) -> tuple[str, str] | None:
     region, kind = measure.get("region"), measure.get("poison_kind")
     poison = rec.get("poison") if isinstance(rec.get("poison"), Mapping) else {}
     if region is None:
-        touched = [k for k in POISON_REGIONS if poison.get(k)]
+        touched = [k for k in POISON_REGIONS + SLOT_REGIONS if poison.get(k)]
         touched += ["stale_memory"] if poison.get("stale_memory") else []
         region = touched[0] if len(touched) == 1 else None
     if kind is None and region is not None:
         if region == "stale_memory":
             kind = "stale"
+        elif region in SLOT_REGIONS and isinstance(poison.get(region), int):
+            kind = slot_poison_kind(poison[region])
         elif isinstance(poison.get(region), int):
             kind = poison_kind(poison[region])
     if region is None or kind is None:
