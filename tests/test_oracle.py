@@ -129,12 +129,18 @@ def test_an_infinity_is_within_the_bound_exactly_where_reference_plus_bound_reac
         assert agr.accepted_overflow == int(accepted) and agr.violations == int(not accepted), name
         if not accepted:
             assert agr.nan_rows == [0] and agr.max_err_units == float("inf") and bool(agr.bad[0, 0]), name
-    # the opposite sign never, even where the bound would span it; NaN never
+    # the opposite sign only where the bound spans the whole way to -T (|ref| + T <= bound), as a
+    # finite result of the opposite sign would be within it; NaN never
     assert not _judge(-inf, sign * at, b, dtype).ok
-    assert not _judge(-inf, sign * 1.0, 4 * t, dtype).ok
+    assert not _judge(-inf, sign * t / 4, t, dtype).ok                   # T/4 - T > -T: out of reach
+    assert _judge(-inf, sign * t / 4, 1.25 * t, dtype).ok                # T/4 - 1.25 T == -T: reachable
+    assert _judge(-sign * torch.finfo(dtype).max, sign * t / 4, 1.25 * t, dtype).ok   # as the finite value
+    assert _judge(-inf, sign * 1.0, 4 * t, dtype).ok
     assert _judge(inf, sign * 1.0, 4 * t, dtype).ok
     assert not _judge(float("nan"), sign * at, b, dtype).ok
-    assert not _judge(inf, 0.0, 4 * t, dtype).ok
+    assert not _judge(float("nan"), 0.0, 4 * t, dtype).ok
+    assert _judge(inf, 0.0, 4 * t, dtype).ok and _judge(-inf, 0.0, 4 * t, dtype).ok
+    assert not _judge(inf, 0.0, t / 2, dtype).ok
     # a finite result next to the threshold is compared as any other value
     fmax = sign * torch.finfo(dtype).max
     assert _judge(fmax, sign * at, b, dtype).ok and _judge(fmax, sign * at, b, dtype).accepted_overflow == 0
