@@ -14,10 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from harness.format import reference_dequantize, reference_quantize
 from harness.grouped import registry, strategies
 from harness.grouped.cases import load_case, save_case
-from harness.grouped.checks import execute
+from harness.grouped.checks import execute, moe_reference_agreement
 from harness.grouped.moe import build_moe_operands
-from harness.grouped.moe_reference import moe_error_bound, quantization_deviation, reference_moe
+from harness.grouped.moe_reference import (intermediate_deviation, moe_error_bound, quantization_deviation,
+                                           reference_moe)
 from harness.grouped.problem import GroupedPoison, GroupedTrial, MoeProblem
+from harness.oracle import overflow_threshold
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 EMU = "moe-triton-emu"
@@ -102,6 +104,61 @@ def test_bound_is_not_vacuous():
     assert 0 < float(rel) < 2 ** -4
     out = registry.get(EMU).run(ops)[:, :p.hidden].double()
     assert float(((out - ref.value).abs() / bound).max()) <= 1.0
+
+
+class _IntermediateAtTheEdge(registry.get(EMU).__class__):
+    """A correct fused MoE by the bound's own derivation (step d): its intermediate is the exact one
+    moved by ``-delta`` (the largest deviation the bound allows), quantized by the reference
+    quantizer, FC2 in fp64 rounded to fp32, then the fp32 combine (top_k = 1) and the cast."""
+    name = "test-moe-intermediate-at-the-edge"
+
+    def run(self, ops):
+        ref = reference_moe(ops)
+        y = torch.zeros((ops.tokens, ops.problem.hidden), dtype=torch.float64, device=ref.value.device)
+        for e, r in enumerate(ref.per_expert):
+            if r is None:
+                continue
+            x = r.x - intermediate_deviation(r, ops, self)
+            q = reference_dequantize(*reference_quantize(x.float(), ops.fc2_input_scales[e]))
+            y[r.tokens] = (q @ ops.w2.expert(e).dequantize().double().T * float(ops.alpha2[e])).float().double()
+        w = torch.tensor([ws[0] for ws in ops.problem.topk_weights], dtype=torch.float32, device=y.device)
+        return (w[:, None] * y.float()).to(ops.out_dtype)
+
+
+def test_an_overflow_of_the_opposite_sign_within_the_bound_is_no_false_alarm():
+    """H200 campaign (bench/moe_no_false_alarm.py --sizes gpu): hidden 2880, on_grid data, fp16 output
+    (references up to 1e8); the GPU's FC1 accumulation order moved one intermediate element of a
+    token across an e2m1 rounding boundary (as the bound allows), moving every output element of
+    the token by ~1e5: small elements overflowed with the sign opposite to the reference, within the
+    bound, and the oracle's former sign rule failed the correct backend.  Tiny shape with the same
+    effect: the intermediate at the edge of the bound's delta overflows to the opposite sign."""
+    p = MoeProblem.from_splits([4], 1, hidden=64, intermediate=16, seed=7, row_align=(1,), distribution="on_grid",
+                               out_dtype="float16", input_scales="static")
+    ops = build_moe_operands(p, device=DEVICE)
+    edge = _IntermediateAtTheEdge()
+    out = edge.run(ops).double()
+    ref = reference_moe(ops).value
+    t = overflow_threshold(torch.float16)
+    opposite = torch.isinf(out) & (torch.sign(out) != torch.sign(ref))
+    assert int(opposite.sum()) >= 1  # the case this test is about
+    res = moe_reference_agreement(edge, ops)
+    assert res.ok, res.summary
+    assert all(v["max_err_units"] <= 1.0 for v in res.measure["per_expert"])  # accepted overflow is no error
+    # an infinity the bound cannot reach still fails: the same output with one small element overflowed
+    bound = moe_error_bound(ops, reference_moe(ops), edge)
+    i, j = [int(v) for v in torch.nonzero(torch.isfinite(out) & (ref.abs() + bound < t))[0]]
+    bad = out.to(torch.float16)
+    bad[i, j] = float("inf") if ref[i, j] > 0 else float("-inf")
+
+    class _Overflowing(_IntermediateAtTheEdge):
+        def run(self, ops):
+            return bad
+
+    res = moe_reference_agreement(_Overflowing(), ops)
+    assert not res.ok and res.measure["violations"] == 1 and res.measure["nan_tokens"] == [i]
+    # and the emulation backend passes on the same problem
+    out = execute(GroupedTrial(EMU, "reference_agreement", p))
+    assert out.status == "pass", out.reason
 
 
 @pytest.mark.parametrize("splits", [(0, 2, 1), (2, 0, 1), (1, 2, 0)], ids=["zero first", "zero middle", "zero last"])

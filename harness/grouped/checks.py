@@ -65,13 +65,25 @@ def _output(backend, ops: GroupedOperands) -> torch.Tensor:
     return out[:, :p.n]
 
 
-def per_expert_errors(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, ops: GroupedOperands) -> list[dict]:
+def _token_units(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor,
+                 accepted: torch.Tensor | None) -> torch.Tensor:
+    """fp64 [tokens]: the largest ``|out - ref| / bound`` of each token's row; an infinity the oracle
+    accepted as overflow (``accepted``, :func:`harness.oracle.overflow_accepted`) counts 0, as in
+    :func:`harness.oracle.compare`; any other NaN/Inf counts as the largest fp64 value."""
+    units = (out.double() - ref.to(out.device)).abs() / bound.to(out.device).clamp_min(1e-300)
+    if accepted is not None:
+        units = torch.where(accepted.to(units.device), torch.zeros_like(units), units)
+    return torch.nan_to_num(units, nan=float("inf")).amax(dim=1).cpu()
+
+
+def per_expert_errors(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, ops: GroupedOperands,
+                      accepted: torch.Tensor | None = None) -> list[dict]:
     """The per-expert view of a comparison: for each expert, its token count and the largest
-    ``|out - ref| / bound`` over the tokens routed to it (inf for a non-finite output; None for a
-    zero-token expert), and ``bad_tokens``: the tokens of its section beyond the bound (the first
-    32).  A token routed to several experts counts for each of them."""
-    units = torch.nan_to_num((out.double() - ref.to(out.device)).abs() / bound.to(out.device).clamp_min(1e-300),
-                             nan=float("inf")).amax(dim=1).cpu()
+    ``|out - ref| / bound`` over the tokens routed to it (inf for a rejected non-finite output, 0 for
+    an accepted overflow; None for a zero-token expert), and ``bad_tokens``: the tokens of its
+    section beyond the bound (the first 32).  A token routed to several experts counts for each of
+    them."""
+    units = _token_units(out, ref, bound, accepted)
     view = []
     for e, sec in enumerate(ops.problem.sections()):
         worst = max((float(units[t]) for t, _ in sec), default=None)
@@ -87,7 +99,8 @@ def reference_agreement(backend, ops: GroupedOperands) -> PropertyResult:
     agr = compare(out, Reference(ref.value, ref.value.abs(), ops.a.k_alloc), bound, ops.out_dtype)
     measure = {"max_err_units": agr.max_err_units, "violations": agr.violations,
                "argmax": list(agr.argmax) if agr.argmax else None, "nan_tokens": agr.nan_rows[:32],
-               "splits": list(ops.problem.splits), "per_expert": per_expert_errors(out, ref.value, bound, ops)}
+               "splits": list(ops.problem.splits),
+               "per_expert": per_expert_errors(out, ref.value, bound, ops, agr.accepted)}
     if agr.ok:
         return PropertyResult("reference_agreement", True, f"within bound ({agr.max_err_units:.3g} of it)", measure)
     t = agr.argmax[0] if agr.argmax else None
@@ -225,9 +238,9 @@ def _moe_check_scales(backend, ops: MoeOperands) -> None:
                           f"has {ops.problem.fc1_input_scale!r}")
 
 
-def _moe_view(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, ops: MoeOperands) -> list[dict]:
-    units = torch.nan_to_num((out.double() - ref.to(out.device)).abs() / bound.to(out.device).clamp_min(1e-300),
-                             nan=float("inf")).amax(dim=1).cpu()
+def _moe_view(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, ops: MoeOperands,
+              accepted: torch.Tensor | None = None) -> list[dict]:
+    units = _token_units(out, ref, bound, accepted)
     return [{"expert": e, "tokens": len(sec), "max_err_units": max((float(units[t]) for t, _ in sec), default=None)}
             for e, sec in enumerate(ops.problem.sections())]
 
@@ -238,7 +251,7 @@ def moe_reference_agreement(backend, ops: MoeOperands) -> PropertyResult:
     ref = reference_moe(ops)
     bound = moe_error_bound(ops, ref, backend)
     agr = compare(out, Reference(ref.value, ref.value.abs(), ops.problem.intermediate), bound, ops.out_dtype)
-    view = _moe_view(out, ref.value, bound, ops)
+    view = _moe_view(out, ref.value, bound, ops, agr.accepted)
     measure = {"max_err_units": agr.max_err_units, "violations": agr.violations,
                "argmax": list(agr.argmax) if agr.argmax else None, "nan_tokens": agr.nan_rows[:32],
                "splits": list(ops.problem.splits), "per_expert": view}
