@@ -372,3 +372,21 @@ def test_sanitizer_mutants_compute_their_parents_results() -> None:
     got = registry.get("mutant-quantizer-reads-past-rows").quantize(x, gs)
     want = registry.get("quant-triton-128x4").quantize(x.clone(), gs)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("backend,prop,problem", [
+    ("linear-vllm[triton-emu-128x4]", "partition_isolation", GemmProblem(m=3, n=40, k=48, seed=1, partitions=(24, 16))),
+    ("quant-triton-128x4", "empty_batch", GemmProblem(m=0, n=16, k=48, seed=1)),
+], ids=["merged-partitions", "empty-batch"])
+def test_child_maps_merged_layers_and_empty_batches(tmp_path: Path, backend: str, prop: str, problem) -> None:
+    """A merged-partition layer's operands are its shards and scale slots; an empty batch quantizes (the
+    sanitizer sweep of the corpus met both)."""
+    (tmp_path / "spec.json").write_text(json.dumps({"trial": Trial(backend, prop, problem).to_dict()}))
+    assert run_child(tmp_path / "spec.json", tmp_path / "map.json") == 0
+    doc = json.loads((tmp_path / "map.json").read_text())
+    assert doc["status"] == "done" and doc["error"] is None, doc["error"]
+    names = {b["name"] for b in doc["buffers"]}
+    if problem.partitions:
+        assert {"weight.shards[0].packed", "weight.shards[1].scales", "weight.weight_scale_2 slots"} <= names, names
+    else:
+        assert {"x", "packed", "scales"} <= names, names
