@@ -79,3 +79,17 @@ def test_workers_report_back_through_xdist_and_the_session_is_written_once(tmp_p
     assert f"worker gw0: pid {info['pid']} on" in out
     assert sorted(p.name for p in results.iterdir()) == ["cases", "hypothesis.json", "results-gw0.jsonl", "session.json",
                                                          "tests-gw0.jsonl"]
+
+
+def test_only_sticky_cuda_errors_are_crashes() -> None:
+    """torch appends a hint about device-side assertions to every CUDA error: an invalid launch argument
+    (the context survives) is a failure of the call, a triggered device-side assert is a crash."""
+    from harness.experiments import classify_exception
+
+    hint = ("\nCUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace "
+            "below might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\n"
+            "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n")
+    assert classify_exception(RuntimeError("CUDA error: invalid argument" + hint))[0] == "fail"
+    assert classify_exception(RuntimeError("CUDA error: operation not permitted when stream is capturing" + hint))[0] == "fail"
+    assert classify_exception(RuntimeError("CUDA error: device-side assert triggered" + hint))[0] == "crash"
+    assert classify_exception(RuntimeError("CUDA error: an illegal memory access was encountered" + hint))[0] == "crash"

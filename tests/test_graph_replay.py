@@ -32,6 +32,9 @@ from harness.runner import execute
 from harness.trial import GEMM_PROPERTIES, GPU_ONLY_PROPERTIES, LINEAR_PROPERTIES, Trial
 
 CPU = torch.device("cpu")
+# where the orchestration tests run the Triton kernels: the GPU on a GPU node (compiled kernels take
+# device tensors), else the CPU through the interpreter
+DEV = torch.device("cuda") if torch.cuda.is_available() else CPU
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU behaviour; this machine has a GPU")
 LINEAR = "linear-vllm[triton-emu-128x4]"
 TRTLLM_LINEAR = "linear-sglang-trtllm[triton-emu-128x4+triton-emu-8x4]"
@@ -107,7 +110,7 @@ class _NoGraphs(GemmBackend):
 
 
 def test_a_declared_refusal_is_not_applicable_and_names_the_capability() -> None:
-    exp = GemmExperiment(_NoGraphs(), Trial("test-no-graphs", "graph_replay", PROBLEM, Poison(m_pad=0x7F)), CPU)
+    exp = GemmExperiment(_NoGraphs(), Trial("test-no-graphs", "graph_replay", PROBLEM, Poison(m_pad=0x7F)), DEV)
     calls = []
     with pytest.raises(NotApplicable, match="cuda_graphs=False"):
         exp.graph_replay(replay=lambda call, refill: calls.append(1))
@@ -137,7 +140,7 @@ class _Recording(GemmBackend):
 
 def test_refill_writes_new_data_and_poison_into_the_captured_buffers() -> None:
     rec = _Recording()
-    exp = GemmExperiment(rec, Trial(rec.name, "graph_replay", PROBLEM, Poison(m_pad=0x7F)), CPU)
+    exp = GemmExperiment(rec, Trial(rec.name, "graph_replay", PROBLEM, Poison(m_pad=0x7F)), DEV)
     res = exp.graph_replay(replay=host_replay)
     assert res.ok, res.summary
     (p0, s0, ptr0), _, (p2, s2, ptr2), _ = rec.seen  # warm-up, capture, replay, then the eager call
@@ -150,10 +153,10 @@ def test_refill_writes_new_data_and_poison_into_the_captured_buffers() -> None:
 
 
 def test_refill_refuses_other_buffers() -> None:
-    exp = GemmExperiment(registry.get("triton-emu-128x4"), Trial("triton-emu-128x4", "graph_replay", PROBLEM), CPU)
+    exp = GemmExperiment(registry.get("triton-emu-128x4"), Trial("triton-emu-128x4", "graph_replay", PROBLEM), DEV)
     a = exp.ops(CLEAN)
     b = GemmExperiment(registry.get("triton-emu-128x4"),
-                       Trial("triton-emu-128x4", "graph_replay", PROBLEM.with_(m=200)), CPU).ops(CLEAN)
+                       Trial("triton-emu-128x4", "graph_replay", PROBLEM.with_(m=200)), DEV).ops(CLEAN)
     with pytest.raises(ValueError, match="a.packed"):
         refill_operands(a, b)
     assert set(operand_tensors(a)) == {"a.packed", "a.scales", "a.global_scale", "w.packed", "w.scales",
@@ -163,7 +166,7 @@ def test_refill_refuses_other_buffers() -> None:
 @pytest.mark.parametrize("backend", ["triton-emu-8x4", "torch-emu"])
 def test_correct_gemms_pass_the_orchestration(backend: str) -> None:
     for poison in (Poison(m_pad=0x7F), Poison(m_pad=0xFF, n_pad=0x7E, k_tail=0x7F, data=0x5A)):
-        exp = GemmExperiment(registry.get(backend), Trial(backend, "graph_replay", PROBLEM, poison), CPU)
+        exp = GemmExperiment(registry.get(backend), Trial(backend, "graph_replay", PROBLEM, poison), DEV)
         res = exp.graph_replay(replay=host_replay)
         assert res.ok, (backend, poison, res.summary)
 
@@ -171,7 +174,7 @@ def test_correct_gemms_pass_the_orchestration(backend: str) -> None:
 @pytest.mark.parametrize("backend", [LINEAR, TRTLLM_LINEAR])
 def test_correct_linear_layers_pass_the_orchestration(backend: str) -> None:
     for problem in (PROBLEM, PROBLEM.with_(batch=(1, 5)), PROBLEM.with_(calibration=4.0)):
-        exp = LinearExperiment(registry.get(backend), Trial(backend, "graph_replay", problem), CPU)
+        exp = LinearExperiment(registry.get(backend), Trial(backend, "graph_replay", problem), DEV)
         res = exp.graph_replay(replay=host_replay)
         assert res.ok, (backend, problem, res.summary)
 
@@ -180,7 +183,7 @@ def test_gemm_mutant_is_caught_by_the_orchestration_and_passes_eagerly() -> None
     """mutant-pad-zeroed-once: zeroes the padding it reads once per buffer; eagerly every call has a
     new buffer, so the eager properties pass; refilled in place it reads the poison."""
     name, poison = "mutant-pad-zeroed-once", Poison(m_pad=0x7F)
-    exp = GemmExperiment(registry.get(name), Trial(name, "graph_replay", PROBLEM, poison), CPU)
+    exp = GemmExperiment(registry.get(name), Trial(name, "graph_replay", PROBLEM, poison), DEV)
     res = exp.graph_replay(replay=host_replay)
     assert not res.ok and res.measure["nan_rows"] == list(range(PROBLEM.m))
     for prop in ("row_isolation", "reference_agreement", "determinism"):
@@ -189,13 +192,13 @@ def test_gemm_mutant_is_caught_by_the_orchestration_and_passes_eagerly() -> None
 
 def test_linear_mutant_is_caught_by_the_orchestration_and_passes_eagerly() -> None:
     name = "mutant-scale-per-input-buffer"
-    exp = LinearExperiment(registry.get(name), Trial(name, "graph_replay", PROBLEM), CPU)
+    exp = LinearExperiment(registry.get(name), Trial(name, "graph_replay", PROBLEM), DEV)
     res = exp.graph_replay(replay=host_replay)
     assert not res.ok and res.measure["changed_elements"] > 0
     for prop in ("reference_agreement", "determinism", "batch_invariance", "input_isolation"):
         assert execute(Trial(name, prop, PROBLEM)).status == "pass", prop
     # the static input_scale path does not use the cache
-    calibrated = LinearExperiment(registry.get(name), Trial(name, "graph_replay", PROBLEM.with_(calibration=2.0)), CPU)
+    calibrated = LinearExperiment(registry.get(name), Trial(name, "graph_replay", PROBLEM.with_(calibration=2.0)), DEV)
     assert calibrated.graph_replay(replay=host_replay).ok
 
 
@@ -235,7 +238,7 @@ def test_engine_linear_load_then_forward_is_run() -> None:
     layer = registry.get(TRTLLM_LINEAR)
     assert isinstance(layer, EngineLinear)
     for m in (5, 40):  # the small-m GEMM and the large one, each prepared once
-        x, weight, bias = linear_inputs(PROBLEM.with_(m=m), CPU)
+        x, weight, bias = linear_inputs(PROBLEM.with_(m=m), DEV)
         loaded = layer.load(weight)
         assert isinstance(loaded, LoadedShard) and not loaded.prepared
         a = layer.forward(loaded, x, bias)

@@ -118,9 +118,11 @@ GROUPED_MINIMAL = {
     "mutant-grouped-unpadded-sf-offsets": (2, 2),  # a token not routed to the poisoned expert, in the next section
     "mutant-moe-gate-up-swapped": (1, 1),          # any token of any expert
     "mutant-moe-fc2-one-input-scale": (1, 2),      # expert 0's FC2 scale is right for expert 0
-    # data-dependent: the bf16 rounding must move an intermediate element across an e2m1 boundary, so
-    # the shrinker stops at the first small draw whose data does (one token, or two of one expert)
-    "mutant-moe-bf16-epilogue": {(1, 1), (1, 2), (2, 1)},
+    # data-dependent: the bf16 rounding must move an intermediate element across an e2m1 boundary, and
+    # removing a token changes the data, so the shrinker stops at the first draw whose data does: one
+    # expert, and as few tokens as the data allows (1-2 on the CPU's draws; 128 once on the H200's
+    # 128-aligned splits)
+    "mutant-moe-bf16-epilogue": lambda tokens, experts: experts <= 2 and (tokens <= 2 or experts == 1),
 }
 """Where the strategies shrink each grouped mutant's failure: one expert and one token wherever the
 bug allows it (a grouped mutant added without an entry here fails the test until it gets one)."""
@@ -142,7 +144,10 @@ def test_grouped_mutant_is_caught(name: str, record_property) -> None:
     p = score.minimized["problem"]
     assert name in GROUPED_MINIMAL, f"{name}: declare the smallest case its bug shows on in GROUPED_MINIMAL"
     want = GROUPED_MINIMAL[name]
-    assert (p["tokens"], p["experts"]) in (want if isinstance(want, set) else {want}), (name, p)
+    if callable(want):
+        assert want(p["tokens"], p["experts"]), (name, p)
+    else:
+        assert (p["tokens"], p["experts"]) == want, (name, p)
 
 
 def test_a_mutant_that_cannot_run_here_is_no_survivor():

@@ -315,6 +315,6 @@ def test_a_merged_layer_under_the_graph_replay_orchestration() -> None:
         return call()
 
     p = QKV.with_(fused_on_disk=True)
-    exp = LinearExperiment(registry.get(LAYER), Trial(LAYER, "graph_replay", p, Poison(partition_slots=0xFF)), "cpu")
+    exp = LinearExperiment(registry.get(LAYER), Trial(LAYER, "graph_replay", p, Poison(partition_slots=0xFF)), "cuda" if torch.cuda.is_available() else "cpu")
     res = exp.graph_replay(replay=host_replay)
     assert res.ok, res.summary

@@ -372,3 +372,46 @@ def test_sanitizer_mutants_compute_their_parents_results() -> None:
     got = registry.get("mutant-quantizer-reads-past-rows").quantize(x, gs)
     want = registry.get("quant-triton-128x4").quantize(x.clone(), gs)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("backend,prop,problem", [
+    ("linear-vllm[triton-emu-128x4]", "partition_isolation", GemmProblem(m=3, n=40, k=48, seed=1, partitions=(24, 16))),
+    ("quant-triton-128x4", "empty_batch", GemmProblem(m=0, n=16, k=48, seed=1)),
+], ids=["merged-partitions", "empty-batch"])
+def test_child_maps_merged_layers_and_empty_batches(tmp_path: Path, backend: str, prop: str, problem) -> None:
+    """A merged-partition layer's operands are its shards and scale slots; an empty batch quantizes (the
+    sanitizer sweep of the corpus met both)."""
+    (tmp_path / "spec.json").write_text(json.dumps({"trial": Trial(backend, prop, problem).to_dict()}))
+    assert run_child(tmp_path / "spec.json", tmp_path / "map.json") == 0
+    doc = json.loads((tmp_path / "map.json").read_text())
+    assert doc["status"] == "done" and doc["error"] is None, doc["error"]
+    names = {b["name"] for b in doc["buffers"]}
+    if problem.partitions:
+        assert {"weight.shards[0].packed", "weight.shards[1].scales", "weight.weight_scale_2 slots"} <= names, names
+    else:
+        assert {"x", "packed", "scales"} <= names, names
+
+
+HARNESS_RUNS = DATA / "harness-runs"
+
+
+@pytest.mark.parametrize("name,tool,want", [
+    # the sanitizer-only mutants: the right kernel, buffer and padding region
+    ("initcheck-reads-unwritten-pad-scales", "initcheck", ("_gemm_masked_late_kernel", "a.scales", "m_pad", True, "read")),
+    ("memcheck-writes-row-past-output", "memcheck", ("_gemm_masked_late_kernel", "out", "beyond", False, "write")),
+    ("memcheck-quantizer-reads-past-rows", "memcheck", ("_quantize_full_row_tiles_kernel", "x", "beyond", False, "read")),
+    # clean runs of the harness's own GEMM kernel under each tool
+    ("initcheck-clean-triton-emu-128x4", "initcheck", None),
+    ("racecheck-triton-emu-128x4", "racecheck", None),
+])
+def test_classify_recorded_harness_runs(name: str, tool: str, want) -> None:
+    """Runs of the harness's child under compute-sanitizer on the H200 (bench/sanitizer_capture.sh):
+    the text, the XML and the operand map each run wrote, classified as the sweep classifies them."""
+    res = sr.classify(tool, (HARNESS_RUNS / f"{name}.txt").read_text(), (HARNESS_RUNS / f"{name}.xml").read_text(),
+                      json.loads((HARNESS_RUNS / f"{name}.map.json").read_text()))
+    if want is None:
+        assert res.status == "pass" and res.error_count == 0 and not res.findings, res.reason
+        return
+    assert res.status == "fail" and res.error_count and res.error_count > 0
+    first = res.findings[0]
+    assert (first.kernel, first.buffer, first.region, first.inside, first.access) == want, res.reason

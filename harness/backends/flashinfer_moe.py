@@ -225,7 +225,14 @@ class FlashInferTrtllmMoe(_FlashInferMoe):
             return Support(False, "flashinfer trtllm_fp4_block_scale_moe runs TRT-LLM-gen cubins on a CUDA GPU "
                                   "(its is_trtllm_moe_supported check reads the current CUDA device); this machine "
                                   "has none")
-        if not self.library_supports():
+        try:
+            supported = self.library_supports()
+        except Exception as exc:  # noqa: BLE001 - the library's own check is broken here: observed, not assumed
+            return Support(False, f"flashinfer {fi.__version__}'s own capability check is_trtllm_moe_supported(E2m1, "
+                                  f"E2m1) raised {type(exc).__name__}: {exc} on SM{env.compute_capability} "
+                                  f"({env.gpu_name}); the kernel is not called where the library cannot say it "
+                                  f"supports it")
+        if not supported:
             return Support(False, f"flashinfer {fi.__version__} is_trtllm_moe_supported(E2m1, E2m1) is False on "
                                   f"SM{env.compute_capability} ({env.gpu_name})")
         return Support(True, f"flashinfer {fi.__version__} trtllm FP4 MoE on SM{env.compute_capability}")

@@ -25,8 +25,11 @@ from collections.abc import Callable
 from harness import guard
 from harness.backends.protocol import BackendContractError, Unsupported
 
+# Errors after which the CUDA context is unusable (a crash).  Matched on the error itself: every torch CUDA
+# error message ends with "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.", so a
+# bare "device-side assert" would make every CUDA error (an invalid launch argument too) a crash.
 STICKY_CUDA_ERRORS = ("illegal memory access", "illegal instruction", "misaligned address",
-                      "unspecified launch failure", "device-side assert", "an illegal address",
+                      "unspecified launch failure", "device-side assert triggered", "an illegal address",
                       "cuda error: unknown error", "context is destroyed")
 
 

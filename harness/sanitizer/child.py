@@ -54,7 +54,7 @@ def run_child(spec_path: Path, map_path: Path) -> int:
     from harness.backends import registry
     from harness.backends.protocol import Unsupported
     from harness.layouts import ScaleLayout
-    from harness.pipeline import operands_for
+    from harness.pipeline import MergedCheckpoint, operands_for
     from harness.experiments.linear import linear_inputs
     from harness.trial import Trial
 
@@ -91,9 +91,17 @@ def run_child(spec_path: Path, map_path: Path) -> int:
                 add([dense_entry("result", res, real_cols=ops.n, col_region="n_pad")], res)
         elif backend.level == "linear":
             x, weight, bias = linear_inputs(problem, dev)
-            add([dense_entry("x", x), dense_entry("weight.packed", weight.packed),
-                 dense_entry("weight.scales", weight.scales), dense_entry("weight.weight_scale_2", weight.weight_scale_2),
-                 dense_entry("bias", bias)], x, weight, bias)
+            if isinstance(weight, MergedCheckpoint):  # one checkpoint shard per partition, plus the scale slots
+                entries = [e for i, sh in enumerate(weight.shards) for e in (
+                    dense_entry(f"weight.shards[{i}].packed", sh.packed), dense_entry(f"weight.shards[{i}].scales", sh.scales),
+                    dense_entry(f"weight.shards[{i}].weight_scale_2", sh.weight_scale_2))]
+                entries.append(dense_entry("weight.weight_scale_2 slots", weight.weight_scale_2))
+                if weight.input_scale is not None:
+                    entries.append(dense_entry("weight.input_scale slots", weight.input_scale))
+            else:
+                entries = [dense_entry("weight.packed", weight.packed), dense_entry("weight.scales", weight.scales),
+                           dense_entry("weight.weight_scale_2", weight.weight_scale_2)]
+            add([dense_entry("x", x), *entries, dense_entry("bias", bias)], x, weight, bias)
             _sync()
             publish("running")
             res = backend.run(x, weight, bias)
@@ -103,7 +111,8 @@ def run_child(spec_path: Path, map_path: Path) -> int:
             from harness.format import global_scale_encode_divisor
 
             x = problem.activations(dev)
-            gs = global_scale_encode_divisor(x.float().abs().amax()).reshape(1).to(dev)
+            amax = x.float().abs().amax() if x.numel() else torch.zeros((), device=dev)  # an empty batch: as all-zero
+            gs = global_scale_encode_divisor(amax).reshape(1).to(dev)
             add([dense_entry("x", x), dense_entry("global_scale", gs)], x, gs)
             _sync()
             publish("running")

@@ -118,6 +118,8 @@ _NEAREST = re.compile(r"and is (?P<dist>[\d,]+) bytes (?P<rel>after|before) the 
                       r"(?P<base>0x[0-9a-fA-F]+) of size (?P<size>[\d,]+) bytes")
 _INSIDE = re.compile(r"and is inside the nearest allocation at (?P<base>0x[0-9a-fA-F]+) of size (?P<size>[\d,]+) bytes")
 _SUMMARY = re.compile(r"ERROR SUMMARY:\s+(?P<n>[\d,]+)\s+errors?\s*$")
+# racecheck's own summary (it prints no ERROR SUMMARY): "RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)"
+_RACE_SUMMARY = re.compile(r"RACECHECK SUMMARY:\s+[\d,]+\s+hazards? displayed\s+\((?P<n>[\d,]+)\s+errors?")
 
 
 def _int(s: str) -> int:
@@ -162,6 +164,11 @@ def parse_text(text: str, tool: str) -> SanitizerReport:
         head = blk[0]
         m = _SUMMARY.search(head)
         if m:
+            if rep.error_count is None:
+                rep.error_count = _int(m.group("n"))
+            continue
+        m = _RACE_SUMMARY.search(head)
+        if m:  # the summary is not a hazard (its words would read as one below)
             if rep.error_count is None:
                 rep.error_count = _int(m.group("n"))
             continue

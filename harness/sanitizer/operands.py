@@ -38,7 +38,8 @@ def scales_entry(name: str, t, *, layout: str, role: str, rows: int, kblocks: in
     """Map entry of a scale buffer in ``layout`` (storage order) for ``rows`` x ``kblocks`` real
     scales allocated for ``data_rows`` x ``data_kblocks``."""
     return {"name": name, "kind": "scales", "data_ptr": int(t.data_ptr()), "nbytes": int(t.numel() * t.element_size()),
-            "elem_bytes": 1, "shape": [int(t.shape[0]), int(t.numel() // t.shape[0])], "layout": str(layout),
+            "elem_bytes": 1, "shape": [int(t.shape[0]), int(t.numel() // t.shape[0]) if t.shape[0] else int(t.shape[-1])],
+            "layout": str(layout),
             "role": str(role), "rows": rows, "kblocks": kblocks, "data_rows": data_rows, "data_kblocks": data_kblocks}
 
 
