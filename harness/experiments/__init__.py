@@ -99,6 +99,21 @@ def graphs_unavailable(device: torch.device) -> str | None:
     return None
 
 
+def graph_replayer(requirements, device, replay, what: str):
+    """The capture-and-replay function a ``graph_replay`` property uses: ``replay`` when given (tests
+    of the orchestration without a GPU), else :func:`capture_and_replay`.  Raises
+    :class:`NotApplicable` where ``what`` (the backend or layer) declares ``cuda_graphs=False`` or
+    CUDA graphs cannot run on ``device`` (:func:`graphs_unavailable`)."""
+    if not requirements.cuda_graphs:
+        raise NotApplicable(f"{what} declares it cannot be captured in a CUDA graph (Requirements.cuda_graphs=False)")
+    if replay is not None:
+        return replay
+    why = graphs_unavailable(device)
+    if why:
+        raise NotApplicable(why)
+    return capture_and_replay
+
+
 def capture_and_replay(call: Callable[[], torch.Tensor], refill: Callable[[], None], *,
                        warmup: int = GRAPH_WARMUP_CALLS) -> torch.Tensor:
     """Capture ``call`` in a ``torch.cuda.CUDAGraph``, run ``refill`` (which changes the captured

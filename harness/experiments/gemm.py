@@ -19,10 +19,9 @@ from harness.backends.protocol import BackendContractError, GemmBackend, Unsuppo
 from harness.data import generate
 from harness.experiments import (
     NotApplicable,
-    capture_and_replay,
+    graph_replayer,
     check_guards,
     classify_exception,
-    graphs_unavailable,
     sync,
 )
 from harness.format import BLOCK_SIZE, global_scale_encode_divisor
@@ -280,14 +279,7 @@ class GemmExperiment:
         with eager execution on exactly those operands.  ``replay`` (default
         :func:`~harness.experiments.capture_and_replay`) does capture, refill and replay; another
         one is for testing the orchestration without a GPU."""
-        if not self.backend.requirements.cuda_graphs:
-            raise NotApplicable("the backend declares it cannot be captured in a CUDA graph "
-                                "(Requirements.cuda_graphs=False)")
-        if replay is None:
-            why = graphs_unavailable(self.dev)
-            if why:
-                raise NotApplicable(why)
-            replay = capture_and_replay
+        replay = graph_replayer(self.backend.requirements, self.dev, replay, "the backend")
         p = self.problem
         poison = replace(self.trial.poison, stale_memory=False)
         static, handed = guard_operands(self.ops(CLEAN))

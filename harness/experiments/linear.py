@@ -26,9 +26,8 @@ from harness.backends.protocol import BackendContractError, LinearBackend, Unsup
 from harness.data import generate
 from harness.experiments import (
     NotApplicable,
-    capture_and_replay,
+    graph_replayer,
     check_guards,
-    graphs_unavailable,
     poison_allocator,
     refusal,
     sync,
@@ -242,14 +241,7 @@ class LinearExperiment:
         in place, replay, and compare with an eager call of the layer on the new activations.  The
         layer pads internally, so the padding a replay may find stale lives in its own buffers, not in
         any the harness owns.  ``replay``: as :meth:`GemmExperiment.graph_replay`."""
-        if not self.backend.requirements.cuda_graphs:
-            raise NotApplicable("the layer declares it cannot be captured in a CUDA graph "
-                                "(Requirements.cuda_graphs=False)")
-        if replay is None:
-            why = graphs_unavailable(self.dev)
-            if why:
-                raise NotApplicable(why)
-            replay = capture_and_replay
+        replay = graph_replayer(self.backend.requirements, self.dev, replay, "the layer")
         p = self.problem
         x, weight, bias, handed = self._guarded(self.x)
         x_new = generate(p.distribution, tuple(self.x.shape), 2 * p.seed + 3, p.torch_in_dtype, self.dev)

@@ -55,8 +55,35 @@ def _is_fp32(v: float) -> bool:
     return math.isfinite(v) and struct.unpack("f", struct.pack("f", v))[0] == v
 
 
+class _RoutedSerialised:
+    """JSON form of a routed problem dataclass (``topk_ids``, ``topk_weights`` and ``row_align`` are
+    tuples in the dataclass, lists in JSON); shared by :class:`GroupedProblem` and :class:`MoeProblem`."""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)  # type: ignore[call-overload]
+        d["topk_ids"] = [list(r) for r in self.topk_ids]  # type: ignore[attr-defined]
+        d["topk_weights"] = [list(r) for r in self.topk_weights]  # type: ignore[attr-defined]
+        d["row_align"] = list(self.row_align)  # type: ignore[attr-defined]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        """The problem of a ``to_dict`` document; ValueError naming unknown fields."""
+        d = dict(d)
+        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        unknown = set(d) - set(fields)
+        if unknown:
+            raise ValueError(f"problem: unknown field(s) {sorted(unknown)}; expected {sorted(fields)}")
+        for key in ("topk_ids", "topk_weights"):
+            if key in d:
+                d[key] = tuple(tuple(r) for r in d[key])
+        if "row_align" in d:
+            d["row_align"] = tuple(d["row_align"])
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class GroupedProblem:
+class GroupedProblem(_RoutedSerialised):
     """A logical grouped (MoE) NVFP4 GEMM with top-k routing; see the module docstring."""
     tokens: int
     experts: int
@@ -186,29 +213,10 @@ class GroupedProblem:
         return (torch.tensor(self.topk_ids, dtype=torch.int32, device=device),
                 torch.tensor(self.topk_weights, dtype=torch.float32, device=device))
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["topk_ids"] = [list(r) for r in self.topk_ids]
-        d["topk_weights"] = [list(r) for r in self.topk_weights]
-        d["row_align"] = list(self.row_align)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "GroupedProblem":
-        d = dict(d)
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"problem: unknown field(s) {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
-        for key in ("topk_ids", "topk_weights"):
-            if key in d:
-                d[key] = tuple(tuple(r) for r in d[key])
-        if "row_align" in d:
-            d["row_align"] = tuple(d["row_align"])
-        return cls(**d)
 
 
 @dataclass(frozen=True)
-class MoeProblem:
+class MoeProblem(_RoutedSerialised):
     """A logical fused-MoE layer: FC1 (gate and up) -> SwiGLU -> NVFP4 requantize -> FC2 -> routed sum.
 
     ``tokens`` hidden states of width ``hidden`` are routed as in :class:`GroupedProblem`
@@ -316,25 +324,6 @@ class MoeProblem:
         return cls(tokens=g.tokens, experts=g.experts, hidden=hidden, intermediate=intermediate, topk_ids=g.topk_ids,
                    topk_weights=g.topk_weights, row_align=g.row_align, seed=seed, **kw)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["topk_ids"] = [list(r) for r in self.topk_ids]
-        d["topk_weights"] = [list(r) for r in self.topk_weights]
-        d["row_align"] = list(self.row_align)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MoeProblem":
-        d = dict(d)
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"problem: unknown field(s) {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
-        for key in ("topk_ids", "topk_weights"):
-            if key in d:
-                d[key] = tuple(tuple(r) for r in d[key])
-        if "row_align" in d:
-            d["row_align"] = tuple(d["row_align"])
-        return cls(**d)
 
 
 def problem_from_dict(d: Mapping[str, Any]) -> "GroupedProblem | MoeProblem":
