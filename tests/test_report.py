@@ -661,3 +661,22 @@ def test_overflow_check_catches_an_overflowing_table(tmp_path: Path) -> None:
     check = check_overflow(broken, (1280,))[0]
     assert any(line.startswith("#matrix") for line in check.overflow), check.overflow
     assert check_overflow(page, (1280,))[0].overflow == []  # and the real page, with them, does not
+
+
+def test_deployment_dimensions_count_cases_per_bucket() -> None:
+    """Static-scale cases land in their calibration-ratio bucket, merged layers and graph-replay cases in
+    theirs (a case in several), skipped examples nowhere."""
+    from harness.report.view import DIMENSION_COLS, dimension_rows
+
+    def rec(backend, prop, outcome="pass", **problem):
+        return {"backend": backend, "property": prop, "outcome": outcome, "problem": {"m": 4, "n": 16, "k": 16, **problem}}
+
+    rows = dimension_rows([
+        rec("a", "reference_agreement", calibration=0.5), rec("a", "reference_agreement", calibration=1.0),
+        rec("a", "reference_agreement", calibration=1.25), rec("a", "reference_agreement", "fail", calibration=1024.0),
+        rec("a", "graph_replay", calibration=2.0, partitions=[8, 8]), rec("a", "reference_agreement"),
+        rec("a", "graph_replay", "skip"), rec("b", "reference_agreement")])
+    assert [r["backend"] for r in rows] == ["a"]  # b has no case in any dimension
+    cells = dict(zip(DIMENSION_COLS, (c["text"] for c in rows[0]["cells"])))
+    assert cells == {"static scale, ratio < 1": "1 pass", "ratio = 1": "1 pass", "ratio in (1, 2]": "2 pass",
+                     "ratio > 2": "1 fail", "merged partitions": "1 pass", "CUDA graph replay": "1 pass"}

@@ -347,6 +347,43 @@ EMPTY_BATCH = "empty batch (m=0)"
 """The input-layout table's column of empty batches."""
 
 
+DIMENSION_COLS = ("static scale, ratio < 1", "ratio = 1", "ratio in (1, 2]", "ratio > 2", "merged partitions",
+                  "CUDA graph replay")
+"""Columns of the deployment-dimension table: the calibration ratio of a static activation scale
+(runtime amax / calibrated amax, ``problem.calibration``; above 1 the quantizer must saturate),
+merged-partition layers (``problem.partitions``) and cases run under CUDA graph capture and replay."""
+
+
+def dimension_rows(records: list[dict]) -> list[dict]:
+    """Rows of the deployment-dimension table: per backend, the executed cases (by outcome) in each
+    of :data:`DIMENSION_COLS`; a case counts in every column it belongs to."""
+    cells: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    for r in records:
+        if r.get("outcome") not in OUTCOMES or r.get("outcome") == "skip":
+            continue
+        p = r.get("problem") if isinstance(r.get("problem"), Mapping) else {}
+        cols = []
+        c = p.get("calibration")
+        if isinstance(c, (int, float)) and not isinstance(c, bool):
+            cols.append(DIMENSION_COLS[0] if c < 1 else DIMENSION_COLS[1] if c == 1 else
+                        DIMENSION_COLS[2] if c <= 2 else DIMENSION_COLS[3])
+        if p.get("partitions"):
+            cols.append(DIMENSION_COLS[4])
+        if r.get("property") == "graph_replay":
+            cols.append(DIMENSION_COLS[5])
+        for col in cols:
+            cells[str(r.get("backend", "?"))][col][str(r.get("outcome"))] += 1
+    rows = []
+    for b in sorted(cells):
+        row = []
+        for col in DIMENSION_COLS:
+            counts = {k: cells[b][col].get(k, 0) for k in OUTCOMES}
+            row.append({"cls": _cell_class(counts),
+                        "text": ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "–"})
+        rows.append({"backend": b, "cells": row})
+    return rows
+
+
 def input_layout_rows(records: list[dict]) -> tuple[list[str], list[dict]]:
     """(columns, rows) of the input memory layout table: per backend and non-contiguous
     ``problem.input_layout`` (and empty batches), the executed cases by outcome, how many the backend
@@ -575,6 +612,7 @@ def build_context(run: RunData) -> dict[str, Any]:
         "failures": failures, "grid_legend": grid_legend_svg("legend"),
         "differences": differences, "grouped": grouped,
         "input_layout_cols": layout_cols, "input_layouts": layout_rows,
+        "dimension_cols": DIMENSION_COLS, "dimensions": dimension_rows(records),
         "accepted_overflow": accepted_overflow(records),
         "plots": plots,
         "hypothesis": hypothesis, "hypothesis_cols": hyp_cols, "hypothesis_skipped": hypothesis_skipped,
