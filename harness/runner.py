@@ -59,6 +59,23 @@ def _device() -> torch.device:
     return env_mod.current().torch_device
 
 
+def exception_outcome(prop: str, exc: Exception, t0: float, take_digest=lambda force=False: None,
+                      a_layout: str | None = None) -> Outcome:
+    """The outcome of a backend call that raised ``exc`` (started at ``time.perf_counter()`` ``t0``):
+    a failure of the call it declared supported, with the exception, and the operands' digest
+    (``take_digest(True)``); a skip or other status from :func:`classify_exception` as it is.
+    Raises :class:`ContextLost` after a sticky CUDA error.  Shared by the dense and grouped runners."""
+    status, msg = classify_exception(exc)
+    if status == "crash":
+        raise ContextLost(msg) from exc
+    if status == "fail":
+        msg = f"raised on a call it declared supported: {msg}"
+        tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return Outcome("fail", msg, PropertyResult(prop, False, msg, {"exception": tb[:500]}),
+                       take_digest(True), time.perf_counter() - t0, a_layout)
+    return Outcome(status, msg, None, take_digest(), time.perf_counter() - t0, a_layout)
+
+
 def execute(trial: Trial, device: torch.device | None = None, *, digest: bool = False) -> Outcome:
     """Run ``trial`` and classify the outcome; raises :class:`ContextLost` only after a sticky
     CUDA error (the caller records the crash and ends the process).
@@ -111,15 +128,7 @@ def execute(trial: Trial, device: torch.device | None = None, *, digest: bool = 
                        duration_s=time.perf_counter() - t0, a_layout=a_layout,
                        result=PropertyResult(trial.property, False, f"broke the backend contract: {exc}", {}))
     except Exception as exc:  # noqa: BLE001 - every backend failure is a result
-        status, msg = classify_exception(exc)
-        if status == "crash":
-            raise ContextLost(msg) from exc
-        if status == "fail":
-            msg = f"raised on a call it declared supported: {msg}"
-            tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            return Outcome("fail", msg, PropertyResult(trial.property, False, msg, {"exception": tb[:500]}),
-                           take_digest(True), time.perf_counter() - t0, a_layout)
-        return Outcome(status, msg, None, take_digest(), time.perf_counter() - t0, a_layout)
+        return exception_outcome(trial.property, exc, t0, take_digest, a_layout)
     status = "pass" if result.ok else "fail"
     return Outcome(status, "" if result.ok else result.summary, result, take_digest(not result.ok),
                    time.perf_counter() - t0, a_layout)

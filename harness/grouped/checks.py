@@ -25,7 +25,6 @@ Fused-MoE trials (a :class:`~harness.grouped.problem.MoeProblem`):
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import replace
 
 import torch
@@ -41,7 +40,7 @@ from harness.grouped.problem import GroupedTrial, MoeProblem, properties_of
 from harness.grouped.reference import grouped_error_bound, reference_grouped
 from harness.layouts import ScaleLayout, swizzle
 from harness.oracle import Reference, compare
-from harness.runner import ContextLost, classify_exception
+from harness.runner import exception_outcome
 from harness.trial import Outcome, PropertyResult
 from harness import env as env_mod
 
@@ -339,15 +338,7 @@ def execute(trial: GroupedTrial, device: torch.device | None = None, *, digest: 
         msg = f"broke the backend contract: {exc}"
         return Outcome("fail", msg, PropertyResult(trial.property, False, msg, {}), None, time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - every backend failure is a result
-        status, msg = classify_exception(exc)
-        if status == "crash":
-            raise ContextLost(msg) from exc
-        if status == "fail":
-            msg = f"raised on a call it declared supported: {msg}"
-            tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            return Outcome("fail", msg, PropertyResult(trial.property, False, msg, {"exception": tb[:500]}),
-                           None, time.perf_counter() - t0)
-        return Outcome(status, msg, None, None, time.perf_counter() - t0)
+        return exception_outcome(trial.property, exc, t0)
     dg = ops.digest() if (digest or not result.ok) and ops is not None else None
     return Outcome("pass" if result.ok else "fail", "" if result.ok else result.summary, result, dg,
                    time.perf_counter() - t0)
