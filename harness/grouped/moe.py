@@ -111,6 +111,14 @@ class MoeOperands:
         return replace(self, **kw)
 
 
+def weight_decode_scales(w: ExpertWeights) -> torch.Tensor:
+    """fp32 [E]: each expert's weight decode multiplier ``1 / global scale`` (the checkpoint's
+    ``weight_scale_2``, :func:`harness.format.decode_multiplier_to_encode_divisor` inverted): the
+    only global scale of a weight-only (W4A16) kernel, which quantizes no activation.  A W4A16
+    reference and its backend use this same fp32 value."""
+    return (1.0 / w.global_scales.to(torch.float32)).to(torch.float32).reshape(-1)
+
+
 def fc1_input_global_scales(problem: MoeProblem, hidden: torch.Tensor) -> torch.Tensor:
     """fp32 [E] FC1 input encode divisors: per expert as :func:`input_global_scales` gives them, or
     (``shared``) the smallest of them over the experts with tokens, for every expert: vLLM's
