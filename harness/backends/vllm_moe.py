@@ -55,6 +55,7 @@ rounding is unverified until ``tests/test_engine_moe_adapters_gpu.py`` runs them
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,18 @@ ACTIVATION_MODULES = ("vllm.model_executor.layers.fused_moe.activation",)
 # rounding (2^-8) on top of its fp32 evaluation (expf; 2^-20, with 2^-23 per |gate| should the
 # build use the approximate exponential)
 _SILU_BF16_FIRST = (2.0 ** -8 + 2.0 ** -20, 2.0 ** -23)
+
+
+def vllm_context():
+    """vLLM's current-config context (``set_current_vllm_config(VllmConfig())``, as vLLM's own kernel
+    tests run these functions: its Marlin preparation reads the current config) where the installed
+    release has one, else a null context."""
+    try:
+        from vllm.config import VllmConfig, set_current_vllm_config
+        config = VllmConfig()
+    except Exception:  # noqa: BLE001 - a release without it (or whose default config cannot be built): none
+        return contextlib.nullcontext()
+    return set_current_vllm_config(config)
 
 
 class _VllmMoe(MoeBackend):
@@ -213,8 +226,9 @@ class VllmMarlinMoe(_VllmMoe):
         return call_kwargs(fn, known, self.name)
 
     def run(self, ops: MoeOperands) -> torch.Tensor:
-        kwargs = self.prepare(ops)
-        return self._entry()(**kwargs)
+        with vllm_context():
+            kwargs = self.prepare(ops)
+            return self._entry()(**kwargs)
 
 
 class VllmCutlassMoe(_VllmMoe):
@@ -293,8 +307,9 @@ class VllmCutlassMoe(_VllmMoe):
 
     def run(self, ops: MoeOperands) -> torch.Tensor:
         require_cuda(self.name, ops, "vLLM's run_cutlass_moe_fp4")
-        kwargs = self.prepare(ops)
-        self._entry()(**kwargs)
+        with vllm_context():
+            kwargs = self.prepare(ops)
+            self._entry()(**kwargs)
         return kwargs["output"]
 
 
