@@ -123,7 +123,7 @@ def test_wrong_backends_sanitize_and_promote_of_a_grouped_case_are_one_line_erro
     case = str(grouped_run["cases"][0])
     _one_line_error(cli(tmp_path, "replay", case, "--backend", "nope"), "unknown backend 'nope'",
                     "grouped backends: flashinfer-cutlass-moe, flashinfer-trtllm-moe, grouped-triton-emu, grouped-triton-emu-fused, "
-                    "moe-triton-emu")
+                    "moe-torch-w4a16-emu, moe-triton-emu, sglang-cutlass-moe, vllm-cutlass-moe, vllm-marlin-moe")
     _one_line_error(cli(tmp_path, "replay", case, "--backend", "triton-emu-8x4"),
                     "--backend 'triton-emu-8x4': a gemm-level backend cannot run a grouped case")
     # the same command line, in this process
@@ -213,22 +213,28 @@ def test_backends_json_lists_the_grouped_level(capsys):
     assert cli_mod.main(["backends", "--json"]) == 0
     plain = {b["name"] for b in json.loads(capsys.readouterr().out)["backends"] if b["level"] == "grouped"}
     # no mutants without --mutants; the fused-MoE backends (harness.grouped.moe) are grouped-level too
-    assert plain == {"grouped-triton-emu", "grouped-triton-emu-fused", "moe-triton-emu", "flashinfer-cutlass-moe",
-                     "flashinfer-trtllm-moe"}
+    assert plain == {"grouped-triton-emu", "grouped-triton-emu-fused", "moe-triton-emu", "moe-torch-w4a16-emu",
+                     "flashinfer-cutlass-moe", "flashinfer-trtllm-moe", "vllm-marlin-moe", "vllm-cutlass-moe",
+                     "sglang-cutlass-moe"}
     assert cli_mod.main(["backends", "--json", "--mutants"]) == 0
     doc = json.loads(capsys.readouterr().out)
     grouped = {b["name"]: b for b in doc["backends"] if b["level"] == "grouped"}
     assert grouped["grouped-triton-emu-fused"]["quantizes"] and not grouped["grouped-triton-emu"]["quantizes"]
     assert {"grouped-triton-emu", "grouped-triton-emu-fused", MUTANT} <= set(grouped)
-    emulated = {n: b for n, b in grouped.items() if not n.startswith("flashinfer-")}
-    assert all(b["available"] and b["reason"] for b in emulated.values())  # CPU: the Triton interpreter
+    library = ("flashinfer-", "vllm-", "sglang-")
+    emulated = {n: b for n, b in grouped.items() if not n.startswith(library)}
+    assert all(b["available"] and b["reason"] for b in emulated.values())  # CPU: the Triton interpreter / torch
     if not torch.cuda.is_available():  # FlashInfer's MoE kernels need a GPU: unavailable, with the reason
-        assert all(not b["available"] and "CUDA" in b["reason"] for n, b in grouped.items() if n not in emulated)
+        assert all(not b["available"] and "CUDA" in b["reason"] for n, b in grouped.items()
+                   if n.startswith("flashinfer-"))
+    # the serving engines' adapters: listed where the engine is missing, unavailable with the reason
+    assert all(not b["available"] and b["reason"] for n, b in grouped.items()
+               if n.startswith(("vllm-", "sglang-")) and (not torch.cuda.is_available() or b["library_version"] is None))
 
 
 def test_fuzz_selects_grouped_backends_and_refuses_unknown_ones(tmp_path, capsys):
     _one_line_error(cli(tmp_path, "fuzz", "--backends", "nope"), "unknown backend 'nope'; known backends:",
-                    "grouped-triton-emu, grouped-triton-emu-fused, moe-triton-emu")
+                    "grouped-triton-emu, grouped-triton-emu-fused, moe-torch-w4a16-emu, moe-triton-emu")
     _in_process_error(capsys, ["fuzz", "--backends", "grouped-triton-emu", "--properties", "row_isolation"],
                       "applies to none of the selected backends (grouped-triton-emu); their properties are: "
                       "grouped-level: reference_agreement")
