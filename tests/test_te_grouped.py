@@ -275,3 +275,33 @@ def test_columnwise_conversion_needs_splits_of_whole_16_row_blocks():
                         amax_columnwise=torch.ones(1))
     with pytest.raises(ValueError, match="multiple of 16"):
         T.columnwise_to_harness([o], torch.ones(1))
+
+
+# ------------------------------------------------------------------------------------------------
+# the RHT columnwise round-trip bound the GPU test applies to TE's casts
+# ------------------------------------------------------------------------------------------------
+def _rht_cast(x: torch.Tensor, m: torch.Tensor) -> dict:
+    """A columnwise RHT cast as TE's kernels make it without fast math: the transform of each
+    16-token block in fp32, rounded to bf16, quantized with the global scale of its amax."""
+    k, rows = x.shape[1], x.shape[0]
+    y = (x.T.contiguous().float().reshape(k, rows // 16, 16) @ m.float()).reshape(k, rows).to(torch.bfloat16)
+    gs = global_scale_encode_divisor(y.float().abs().amax())
+    codes, sf = reference_quantize(y, gs)
+    return {"codes": codes, "scales": sf, "rows_pad": rows, "global_scale": float(gs)}
+
+
+@pytest.mark.parametrize("distribution", ["normal", "heavy_tailed", "zero_blocks", "on_grid"])
+def test_rht_round_trip_bound_admits_a_correct_cast_and_catches_a_transposed_transform(distribution):
+    from harness import data as data_mod
+    from harness.grouped.transforms import rht_matrix
+
+    m = rht_matrix(7)  # diag(s) H / 4 with a sign mask: not symmetric
+    assert not torch.equal(m, m.T)
+    caught = 0
+    for seed in range(4):
+        x = data_mod.generate(distribution, (48, 80), seed, torch.bfloat16)
+        err, bound = T.rht_columnwise_round_trip(x.T, _rht_cast(x, m), m)
+        assert bool((err <= bound).all()), float((err / bound).max())
+        err, bound = T.rht_columnwise_round_trip(x.T, _rht_cast(x, m.T), m)
+        caught += bool((err > bound).any())
+    assert caught == 4

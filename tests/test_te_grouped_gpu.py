@@ -5,8 +5,10 @@ gives the scale-buffer shapes the conversions assume.  Where TE's own ``is_nvfp4
 the adapters pass every grouped property on split patterns that take each of ``split_quantize``'s
 paths (the fused RHT kernel on 128-aligned splits with K % 128 == 0, the separate grouped kernels on
 uneven splits, the split-by-split fallback for K % 128 != 0; zero-token experts first, middle and
-last), and the grouped call equals TE's own per-split quantize byte for byte, rowwise and columnwise,
-through the harness's conversions.  Elsewhere the adapters skip with TE's reason.
+last), the grouped call equals TE's own per-split quantize byte for byte, rowwise and columnwise,
+through the harness's conversions, and TE's RHT columnwise casts, dequantized and transformed back
+with the quantizer's own RHT matrix, are within the harness's derived round-trip bound of the
+tokens.  Elsewhere the adapters skip with TE's reason.
 """
 
 from __future__ import annotations
@@ -107,3 +109,26 @@ def test_the_grouped_call_equals_tes_per_split_quantize(case):
             assert torch.equal(c1["codes"], c2["codes"]) and torch.equal(c1["scales"], c2["scales"])
             assert c1["global_scale"] == c2["global_scale"]
     print(f"{case}: splits {call.split_sections}, swizzled scales {[o.swizzled for o in grouped]}")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_rht_columnwise_casts_round_trip_within_the_derived_bound(case):
+    """The bound: :func:`harness.backends.te_grouped.rht_columnwise_round_trip`."""
+    ok, reason = _available()
+    if not ok:
+        pytest.skip(f"TE's is_nvfp4_available() is False here: {reason}")
+    b = registry.get("grouped-te-split-quantize-rht")
+    call = b.prepare(build_grouped_operands(_problem(case), device="cuda"))
+    outs = b.call(call)
+    cols = T.columnwise_to_harness(outs, T.global_scales_from_amax(outs, tuple(call.split_sections), columnwise=True))
+    m = te.NVFP4Quantizer(**call.quantizer_kwargs).rht_matrix.double().cpu()  # the quantizer's own, observed
+    assert m.shape == (16, 16) and torch.equal(m @ m.T, torch.eye(16, dtype=torch.float64))
+    assert bool((m.abs() == 0.25).all())
+    off = 0
+    for c, r in zip(cols, call.split_sections):
+        if r == 0:
+            assert c is None
+            continue
+        err, bound = T.rht_columnwise_round_trip(call.tensor[off:off + r].T, c, m)
+        off += r
+        assert bool((err <= bound).all()), f"split of {r} rows: max error/bound {float((err / bound).max()):.3g}"

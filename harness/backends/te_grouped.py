@@ -67,6 +67,12 @@ What the adapters rely on, read in NVIDIA/TransformerEngine at commit
   reference's ``S_enc * block_amax / 6``: where they differ by one e4m3 step, ``grouped_bytes`` shows
   it (it has not been observed: the adapters never ran).
 
+Refusals.  TE raises ``RuntimeError`` from every ``NVTE_CHECK``, a refusal and a bug alike, and the
+harness never tells them apart by message wording (:mod:`harness.backends._refusal`), so an exception
+from the call is a failure; what TE can say in advance it is asked before the call: its
+``is_nvfp4_available`` (the gate) and ``NVFP4Quantizer.is_quantizable`` (each split), whose ``False``
+becomes :class:`~harness.backends.protocol.Unsupported` with TE's verdict.
+
 Bytes not compared: the scale bytes of TE's own tile padding (rows past the padded split, k-blocks
 past K/16), whose value TE does not document (its tests compare the real region only); the
 conversion writes ``fill`` there.  Not covered: stochastic rounding (TE draws its random numbers from
@@ -280,6 +286,37 @@ def harness_to_columnwise(cols: list[dict | None], k: int, *, swizzled: bool, fi
                              f"{tuple(c['scales'].shape)} do not describe a [{k}, rows] cast")
         out.append((pack_e2m1(c["codes"]), _te_scale_buffer(c["scales"], k, rows, swizzled, fill)))
     return out
+
+
+def rht_columnwise_round_trip(xt: torch.Tensor, col: dict, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""(error, bound), fp64 [K, rows]: how far a columnwise RHT cast, dequantized and transformed back,
+    lands from the tokens, and the bound a correct cast keeps to.
+
+    ``xt``: the split transposed, [K, rows] (blocks of 16 tokens along each row); ``col``: its cast in
+    the harness's columnwise form (:func:`columnwise_to_harness`); ``m``: the 16x16 transform the
+    quantizer applies to every block (``y = x_block @ m``; TE's ``NVFP4Quantizer.rht_matrix``),
+    orthonormal with entries +-1/4.  Back-transform: ``deq @ m^T`` in fp64.  The bound is
+    :func:`harness.grouped.transforms.rht_round_trip_bound` with the quantizer's input raised to cover
+    any fp32 summation order of the transform (:math:`2\gamma_{16}/4 \sum|x|` per block) and a
+    rounding of it to bf16 (:math:`2^{-8}`), as TE's kernels do without ``NVTE_USE_FAST_MATH``
+    (``cast.cpp`` l.1583-1590), plus that rounding carried back: :math:`\frac14\sum_i 2^{-9}|y_i|`.
+    """
+    from harness.format import reference_dequantize
+    from harness.grouped.transforms import U, rht_round_trip_bound
+
+    k, rows = xt.shape
+    x = xt.double().cpu()
+    md = m.double().cpu()
+    g16 = 16 * U / (1 - 16 * U)
+    y = (x.reshape(k, rows // BLOCK_SIZE, BLOCK_SIZE) @ md).reshape(k, rows)
+    slack = (2 * g16 / 4 * x.abs().reshape(k, rows // BLOCK_SIZE, BLOCK_SIZE).sum(-1)).repeat_interleave(BLOCK_SIZE, 1)
+    vals = (y.abs() + slack) * (1 + 2.0 ** -8)
+    sf = col["scales"].cpu()
+    deq = reference_dequantize(col["codes"].cpu(), sf, col["global_scale"])
+    back = (deq.reshape(k, rows // BLOCK_SIZE, BLOCK_SIZE) @ md.T).reshape(k, rows)
+    bound = rht_round_trip_bound(x, vals, sf, col["global_scale"], deq)
+    carried = 2.0 ** -9 / 4 * vals.reshape(k, rows // BLOCK_SIZE, BLOCK_SIZE).sum(-1)
+    return (back - x).abs(), bound + carried.repeat_interleave(BLOCK_SIZE, 1)
 
 
 # ------------------------------------------------------------------------------------------------
