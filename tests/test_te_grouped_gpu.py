@@ -16,7 +16,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import env
 from harness.backends import te_grouped as T
 from harness.grouped import registry
 from harness.grouped.checks import execute

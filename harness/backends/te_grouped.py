@@ -12,7 +12,7 @@ FlashInfer MoE adapters, the work is split in two: :meth:`TeSplitQuantize.prepar
 conversions (:func:`rowwise_to_grouped`, :func:`grouped_to_rowwise`, :func:`columnwise_to_harness`,
 :func:`harness_to_columnwise`) are pure and run on the CPU without TE; :meth:`TeSplitQuantize.run`
 calls the library on a CUDA device.  Neither adapter has run for this project: TE is not installed on
-its CPU machine (no wheel without CUDA) and no Blackwell GPU was available.
+its CPU machine (TE's PyTorch extension is a CUDA build) and no Blackwell GPU was available.
 
 What the adapters rely on, read in NVIDIA/TransformerEngine at commit
 ``d0067d0da6cb01811b8072a7d304f0e00344ce2b`` (2.20.0.dev0):
@@ -86,7 +86,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -355,7 +355,6 @@ class TeSplitCall:
     splits: tuple[int, ...]
     row_align: tuple[int, ...]
     disable_bulk_allocation: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _te_pytorch():
