@@ -9,10 +9,9 @@ from harness.backends import registry as gemm_registry
 from harness.backends.registry import UnknownBackendError
 from harness.grouped.protocol import GroupedBackend
 
-MODULES = ("harness.backends.grouped_triton", "harness.backends.moe_triton", "harness.backends.moe_w4a16",
-           "harness.backends.flashinfer_moe", "harness.backends.vllm_moe",
-           "harness.backends.sglang_moe",
-           "harness.grouped.mutants")
+MODULES = ("harness.backends.grouped_triton", "harness.backends.te_grouped", "harness.backends.moe_triton",
+           "harness.backends.moe_w4a16", "harness.backends.flashinfer_moe", "harness.backends.vllm_moe",
+           "harness.backends.sglang_moe", "harness.grouped.mutants")
 
 _REGISTRY: dict[str, GroupedBackend] = {}
 
