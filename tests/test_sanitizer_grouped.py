@@ -284,5 +284,15 @@ def test_grouped_finding_becomes_a_grouped_case_that_replays_with_sanitize(tmp_p
     args = build_parser().parse_args(case.replay.split()[1:])
     assert args.command == "replay" and args.sanitize and args.tool == "initcheck"
     rec = sr.record_of(res, level="grouped", case_file=ref, test="sanitize test")
-    assert rec["level"] == "grouped" and rec["problem"]["row_align"] == [8, 1, 1] and rec["a_layout"] is None
+    assert rec["level"] == "grouped" and list(rec["problem"]["row_align"]) == [8, 1, 1] and rec["a_layout"] is None
     assert "tokens=5" in sr.describe(res) and "splits=[3,0,2]" in sr.describe(res)
+    # the record and its case file in the report, with the expert's buffer and region
+    from harness import results as records
+    from harness.report import render_report
+
+    stream = records.ResultStream(tmp_path, "sanitizer")
+    stream.write(rec)
+    stream.close()
+    records.finalize(tmp_path)
+    html = render_report(tmp_path, tmp_path / "index.html").read_text()
+    assert "sanitizer:initcheck" in html and "a.expert[0].scales [group_row_pad]" in html
