@@ -4,8 +4,8 @@
 * a failure the grouped property suite finds is recorded as a grouped case file with its per-expert
   view, listed with its replay command in the end-of-run summary, and replays bit for bit
   (``--backend`` too); a changed case is told apart by its digest;
-* malformed grouped case files, wrong ``--backend`` names, ``--sanitize`` and ``promote`` of a
-  grouped case: one clear line, a non-zero exit, no traceback;
+* malformed grouped case files, wrong ``--backend`` names, ``promote`` of a grouped case, and
+  ``--sanitize`` where it cannot run: one clear line, a non-zero exit, no traceback;
 * ``backends`` lists the grouped level; ``fuzz --backends`` selects grouped backends;
 * the HTML report's per-expert view of grouped failures, also in a browser (no network, no
   horizontal overflow).
@@ -128,11 +128,17 @@ def test_wrong_backends_sanitize_and_promote_of_a_grouped_case_are_one_line_erro
     _one_line_error(cli(tmp_path, "replay", case, "--backend", "triton-emu-8x4"),
                     "--backend 'triton-emu-8x4': a gemm-level backend cannot run a grouped case")
     # the same command line, in this process
-    for args, needle in ((["replay", case, "--sanitize"], "is a grouped case"),
-                         (["promote", case, "--name", "x", "--dest", str(tmp_path / "corpus")],
-                          "nvfp4-harness/grouped-case/1")):
-        _in_process_error(capsys, args, needle)
+    _in_process_error(capsys, ["promote", case, "--name", "x", "--dest", str(tmp_path / "corpus")],
+                      "nvfp4-harness/grouped-case/1")
     assert not (tmp_path / "corpus").exists()
+    # --sanitize reruns a grouped case under compute-sanitizer as any other; a wrong backend is one line
+    _in_process_error(capsys, ["replay", case, "--sanitize", "--backend", "nope"], "unknown grouped backend 'nope'")
+    if not torch.cuda.is_available():  # here: the CPU's refusal, one line, exit 4
+        from harness import cli as cli_mod
+
+        assert cli_mod.main(["replay", case, "--sanitize"]) == 4
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("nvfp4-harness: cannot sanitize:"), err
     # and a grouped backend on a GEMM-level case (the same function the command calls)
     from harness.replay import replay
 
@@ -332,13 +338,19 @@ def test_the_grouped_report_in_a_browser_loads_nothing_and_does_not_overflow(tmp
         assert check.overflow == [], (check.width, check.overflow)
 
 
-def test_sanitize_leaves_grouped_case_files_out_and_says_so(tmp_path, capsys):
-    """A run's cases/ folder may hold grouped cases: ``sanitize`` names them as left out instead of
-    failing on them (compute-sanitizer reruns the other levels' cases)."""
-    from harness.sanitizer.run import command
+def test_sanitize_reruns_grouped_case_files(tmp_path, capsys):
+    """A run's cases/ folder may hold grouped cases: ``sanitize`` reruns them as grouped trials
+    (here, without a GPU, it says in one line that it cannot sanitize, and records nothing)."""
+    from harness.grouped.problem import GroupedTrial
+    from harness.sanitizer.run import EXIT_CANNOT_RUN, choose_trials, command
 
     _valid_case(tmp_path / "cases" / "g.json")
-    with pytest.raises(ValueError, match="nothing to sanitize"):
-        command([str(tmp_path / "cases")])
-    err = capsys.readouterr().err
-    assert "1 grouped case file(s) left out" in err and str(tmp_path / "cases" / "g.json") in err
+    ((trial, source),) = choose_trials([str(tmp_path / "cases")])
+    assert isinstance(trial, GroupedTrial) and trial.property == "token_isolation" and trial.poison.victim == 2
+    assert source == str(tmp_path / "cases" / "g.json")
+    if torch.cuda.is_available():
+        return
+    assert command([str(tmp_path / "cases")], results=str(tmp_path / "out")) == EXIT_CANNOT_RUN
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("nvfp4-harness: cannot sanitize:"), err
+    assert not (tmp_path / "out").exists()
