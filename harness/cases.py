@@ -74,6 +74,9 @@ _TOP_OPTIONAL = ("a_layout", "tp", "parallel", "digest", "note", "tracks", "repr
 _TOP_ORDER = ("schema", "id", "created", "backend", "level", "property", "problem", "poison", "a_layout",
               "tp", "parallel", "environment", "observed", "digest", "note", "expect", "tracks", "reproduced",
               "replay")
+MAX_SEED = 2**63 - 1
+"""The largest seed a case file may hold: data seeds feed ``torch.Generator.manual_seed`` (offset by a
+stream constant), which takes at most an unsigned 64-bit value."""
 _PROBLEM_REQUIRED = ("m", "n", "k", "out_dtype", "in_dtype", "distribution", "seed")
 _PROBLEM_OPTIONAL = ("origin", "batch", "calibration", "partitions", "fused_on_disk", "input_layout")
 _ENV_STR_FIELDS = ("device", "gpu_name", "driver", "cuda", "torch", "triton", "flashinfer", "hypothesis",
@@ -384,11 +387,15 @@ class _Checker:
             raise self.fail(path, v, f"one of {list(choices)}")
         return v
 
-    def integer(self, v: Any, path: str, *, nullable: bool = False, minimum: int | None = None) -> int | None:
+    def integer(self, v: Any, path: str, *, nullable: bool = False, minimum: int | None = None,
+                maximum: int | None = None) -> int | None:
         if v is None and nullable:
             return None
-        if isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum):
+        if isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum) \
+                or (maximum is not None and v > maximum):
             what = "an integer" if minimum is None else f"an integer >= {minimum}"
+            if maximum is not None:
+                what += f" and <= {maximum}" if minimum is not None else f" <= {maximum}"
             raise self.fail(path, v, what + (" or null" if nullable else ""))
         return v
 
@@ -490,7 +497,7 @@ def _check_backend(c: _Checker, name: str, level: str) -> None:
 def _parse_problem(c: _Checker, d: Any) -> GemmProblem:
     p = c.obj(d, "problem", _PROBLEM_REQUIRED, _PROBLEM_OPTIONAL)
     # m, n, k, the dtypes and the distribution are checked by GemmProblem itself (below).
-    c.integer(p["seed"], "problem.seed", minimum=0)
+    c.integer(p["seed"], "problem.seed", minimum=0, maximum=MAX_SEED)
     origin = c.string(p.get("origin"), "problem.origin", nullable=True)
     batch = p.get("batch")
     if batch is not None:

@@ -75,12 +75,40 @@ def check_fits(problem) -> None:
     case's operand bytes (harness/memory.py, measured in bench/RESULTS.md).  Raises ValueError
     naming the problem's shape, the estimate and what is available (GPU memory on a GPU node, the
     host's available memory otherwise)."""
-    import os
-
-    from harness import env
     from harness.memory import CASE_MEMORY_MULTIPLE, operand_bytes
 
     need = CASE_MEMORY_MULTIPLE * operand_bytes(problem.m, problem.n, problem.k)
+    _check_memory(need, f"problem m={problem.m} n={problem.n} k={problem.k}")
+
+
+def check_grouped_fits(problem) -> None:
+    """:func:`check_fits` for a grouped or fused-MoE problem (:mod:`harness.grouped.problem`): its
+    operands are, per expert, the expert's routed rows (rounded up to its ``row_align``), its weight
+    [n, k] and its output rows; a fused-MoE problem has two such GEMMs (FC1: n = 2 * intermediate,
+    k = hidden; FC2: n = hidden, k = intermediate).  The same ``CASE_MEMORY_MULTIPLE`` as a GEMM
+    case.  Raises ValueError naming the shape, the estimate and what is available."""
+    from harness.grouped.problem import MoeProblem
+    from harness.memory import CASE_MEMORY_MULTIPLE, operand_bytes
+
+    gemms = (problem.fc1(), problem.fc2()) if isinstance(problem, MoeProblem) else (problem,)
+    need = CASE_MEMORY_MULTIPLE * sum(operand_bytes(-(-s // a) * a, g.n, g.k)
+                                      for g in gemms for s, a in zip(g.splits, g.row_align))
+    _check_memory(need, f"problem tokens={problem.tokens} experts={problem.experts} {_grouped_dims(problem)}")
+
+
+def _grouped_dims(problem) -> str:
+    """``n=.. k=..`` of a grouped problem, ``hidden=.. intermediate=..`` of a fused-MoE one."""
+    if hasattr(problem, "intermediate"):
+        return f"hidden={problem.hidden} intermediate={problem.intermediate}"
+    return f"n={problem.n} k={problem.k}"
+
+
+def _check_memory(need: int, what: str) -> None:
+    import os
+
+    from harness import env
+    from harness.memory import CASE_MEMORY_MULTIPLE
+
     e = env.current()
     if e.device == "cuda":
         import torch
@@ -89,7 +117,7 @@ def check_fits(problem) -> None:
     else:
         have, where = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "available host memory"
     if need > have:
-        raise ValueError(f"problem m={problem.m} n={problem.n} k={problem.k}: needs up to {need / 2**30:.1f} GiB "
+        raise ValueError(f"{what}: needs up to {need / 2**30:.1f} GiB "
                          f"({CASE_MEMORY_MULTIPLE}x its operands); this machine has {have / 2**30:.1f} GiB of {where}")
 
 
@@ -114,7 +142,7 @@ class GroupedReplay:
                       f"(weight scale byte 0x{t.poison.victim_byte:02X})"
         lines = [f"case      {self.case.id}",
                  f"backend   {t.backend} (grouped), property {t.property}",
-                 f"problem   tokens={p.tokens} experts={p.experts} top_k={p.top_k} n={p.n} k={p.k} "
+                 f"problem   tokens={p.tokens} experts={p.experts} top_k={p.top_k} {_grouped_dims(p)} "
                  f"splits={list(p.splits)} row_align={list(p.row_align)} input_scales={p.input_scales} "
                  f"out={p.out_dtype} data={p.distribution} seed={p.seed}" + (f"  [{p.origin}]" if p.origin else ""),
                  f"poison    {poison}"]
@@ -176,6 +204,7 @@ def replay_grouped(path: str | Path, backend: str | None = None) -> GroupedRepla
                          f"({', '.join(sorted(b.name for b in grouped_registry.all_backends()))}), or name one "
                          f"with --backend")
     trial = case.trial_on(backend)
+    check_grouped_fits(trial.problem)
     outcome = execute_grouped(trial, digest=True)
     digest_ok = None
     if case.digest and outcome.digest and (backend is None or backend == case.backend):

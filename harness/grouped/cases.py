@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from harness.cases import (CaseFileError, _Checker, _DIGEST_RE, _DuplicateKey, _ID_RE, _no_duplicate_keys,
+from harness.cases import (MAX_SEED, CaseFileError, _Checker, _DIGEST_RE, _DuplicateKey, _ID_RE, _no_duplicate_keys,
                            _parse_environment, _parse_reproduced, _write_atomic, replay_command)
 from harness.grouped.problem import GROUPED_PROPERTIES, MOE_PROPERTIES, GroupedPoison, GroupedProblem, GroupedTrial, \
     MoeProblem
@@ -141,12 +141,17 @@ def _err(c: _Checker, exc: Exception, prefix: str) -> GroupedCaseError:
 
 
 def _parse_problem(c: _Checker, d: Any) -> GroupedProblem | MoeProblem:
-    moe = isinstance(d, dict) and "intermediate" in d  # a fused-MoE problem (hidden and intermediate, no n, k)
+    # a fused-MoE problem (hidden and intermediate, no n, k): either of its own dimensions tells it apart,
+    # so a file missing the other is told which one it misses
+    moe = isinstance(d, dict) and ("intermediate" in d or "hidden" in d)
     dims = ("hidden", "intermediate") if moe else ("n", "k")
-    p = dict(c.obj(d, "problem", ("tokens", "experts", *dims, "topk_ids", "topk_weights", "row_align"), None))
+    required = ("tokens", "experts", *dims, "topk_ids", "topk_weights", "row_align")
+    known = tuple(f.name for f in fields(MoeProblem if moe else GroupedProblem) if f.name not in required)
+    p = dict(c.obj(d, "problem", required, known))
     for name in _INT_FIELDS:
         if name in p:
-            c.integer(p[name], f"problem.{name}", minimum=0 if name == "seed" else 1)
+            c.integer(p[name], f"problem.{name}", minimum=0 if name == "seed" else 1,
+                      maximum=MAX_SEED if name == "seed" else None)
     for name in _STR_FIELDS:
         if name in p:
             c.string(p[name], f"problem.{name}")

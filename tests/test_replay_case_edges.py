@@ -1,0 +1,122 @@
+"""``nvfp4-harness replay`` on the edges of the case files a user hands it: fused-MoE cases (their
+diagnosis names hidden and intermediate, not n and k), shapes too large for the machine (refused in
+one line before any operand is built, not run and blamed on the backend), seeds past what the data
+generators take, and a fused-MoE problem missing one of its dimensions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        rc = cli.main(list(argv))
+    except SystemExit as exc:  # argparse's parser.exit: a one-line error
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err.strip()
+
+
+def _assert_one_line_error(rc: int, err: str, *needles: str) -> None:
+    assert rc == 2, (rc, err)
+    assert len(err.splitlines()) == 1 and err.startswith("nvfp4-harness: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def _moe_case(path: Path, backend: str) -> dict:
+    from harness.grouped.cases import save_case
+    from harness.grouped.checks import execute
+    from harness.grouped.problem import GroupedTrial, MoeProblem
+
+    p = MoeProblem.from_splits([1], 1, hidden=16, intermediate=64, row_align=1)
+    trial = GroupedTrial(backend, "reference_agreement", p)
+    save_case(path, trial, digest=execute(trial, digest=True).digest)  # the operands' digest, as fuzz records it
+    return json.loads(path.read_text())
+
+
+def _grouped_case(path: Path) -> dict:
+    from harness.grouped.cases import save_case
+    from harness.grouped.problem import GroupedProblem, GroupedTrial
+
+    save_case(path, GroupedTrial("grouped-triton-emu", "reference_agreement",
+                                 GroupedProblem.from_splits([1, 0], 1, n=16, k=16, row_align=1)))
+    return json.loads(path.read_text())
+
+
+def test_replay_of_a_fused_moe_case_names_its_dimensions(tmp_path, capsys):
+    good = tmp_path / "moe.json"
+    _moe_case(good, "moe-torch-w4a16-emu")
+    rc, out, err = _run(capsys, "replay", str(good))
+    assert rc == 0, (out, err)
+    assert "hidden=16 intermediate=64" in out and "digest matches" in out and "PASSES now" in out, out
+    # the same operands through a planted bug (the routed sum scaled twice): fails, exit 1
+    bad = tmp_path / "moe-mutant.json"
+    _moe_case(bad, "mutant-moe-routed-scaling-twice")
+    rc, out, err = _run(capsys, "replay", str(bad))
+    assert rc == 1 and "STILL FAILS" in out and "hidden=16 intermediate=64" in out, (out, err)
+
+
+@pytest.mark.parametrize("field, value", [("n", 2**40), ("k", 2**40)])
+def test_replay_refuses_a_grouped_case_too_large_for_the_machine(tmp_path, capsys, field, value):
+    doc = _grouped_case(tmp_path / "g.json")
+    doc["problem"][field] = value
+    doc["digest"] = None
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(doc))
+    rc, out, err = _run(capsys, "replay", str(path))
+    _assert_one_line_error(rc, err, f"{field}={value}", "GiB", "this machine has")
+    assert "FAILS" not in out  # never run, so never blamed on the backend
+
+
+def test_replay_refuses_a_fused_moe_case_too_large_for_the_machine(tmp_path, capsys):
+    doc = _moe_case(tmp_path / "m.json", "moe-torch-w4a16-emu")
+    doc["problem"]["hidden"] = 2**40
+    doc["digest"] = None
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(doc))
+    rc, out, err = _run(capsys, "replay", str(path))
+    _assert_one_line_error(rc, err, f"hidden={2**40} intermediate=64", "GiB")
+    assert "FAILS" not in out
+
+
+def test_a_seed_past_64_bits_is_a_case_file_error_in_both_schemas(tmp_path, capsys):
+    from harness.cases import MAX_SEED
+
+    dense = json.loads((REPO / "regressions" / "cases" / "linear-vllm-empty-batch-3d.json").read_text())
+    for name, doc in (("dense", dense), ("grouped", _grouped_case(tmp_path / "g.json")),
+                      ("moe", _moe_case(tmp_path / "m.json", "moe-torch-w4a16-emu"))):
+        doc["problem"]["seed"] = MAX_SEED + 1
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(doc))
+        rc, out, err = _run(capsys, "replay", str(path))
+        _assert_one_line_error(rc, err, str(path), f"problem.seed={MAX_SEED + 1}: expected an integer >= 0 and <= {MAX_SEED}")
+
+
+def test_a_fused_moe_problem_missing_a_dimension_or_with_an_unknown_field_is_named(tmp_path, capsys):
+    from harness.grouped.cases import GroupedCaseError, read_case
+
+    doc = _moe_case(tmp_path / "m.json", "moe-torch-w4a16-emu")
+    for change, needle in (("intermediate", "missing field 'problem.intermediate'"),
+                           ("hidden", "missing field 'problem.hidden'"),
+                           ("colour", "unknown field 'problem.colour': expected only [")):
+        bad = json.loads(json.dumps(doc))
+        if change == "colour":
+            bad["problem"]["colour"] = "red"
+        else:
+            del bad["problem"][change]
+        path = tmp_path / f"bad-{change}.json"
+        path.write_text(json.dumps(bad))
+        with pytest.raises(GroupedCaseError) as exc:
+            read_case(path)
+        msg = str(exc.value)
+        assert msg.startswith(f"{path}: ") and needle in msg and "\n" not in msg, msg
+        assert "problem: problem:" not in msg
