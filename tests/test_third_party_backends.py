@@ -218,6 +218,47 @@ def test_torchao_weight_only_linear(dtype, prop):
         assert out.status == "pass", out.reason
 
 
+def test_reduced_precision_reductions_are_restored_whole_even_when_the_call_raises():
+    """The context the torchao weight-only adapter runs its GPU matmul in sets torch's process-wide
+    reduced-precision reduction flags False and gives back exactly what was there: also when the
+    call inside raises, and also the split-K half of the setting (torch resets it to True when a
+    bare bool is assigned).  The flags are torch's own, settable in a CPU build too."""
+    from harness.backends.torchao_nvfp4 import reduced_precision_reductions_off
+
+    mm = torch.backends.cuda.matmul
+    names = ("allow_bf16_reduced_precision_reduction", "allow_fp16_reduced_precision_reduction")
+
+    def state():
+        out = []
+        for n in names:
+            try:
+                out.append((getattr(mm, n), getattr(mm, f"{n}_split_k")))
+            except AttributeError:  # a torch without the split-K half
+                out.append((getattr(mm, n), None))
+        return out
+
+    original = state()
+    starts = [original]
+    if original[0][1] is not None:  # torch has the split-K half: a user who turned both halves off
+        starts.append([(False, False), (False, False)])
+    try:
+        for start in starts:
+            for n, (allowed, split_k) in zip(names, start):
+                setattr(mm, n, allowed if split_k is None else (allowed, split_k))
+            assert state() == start
+            with reduced_precision_reductions_off():
+                assert [a for a, _ in state()] == [False, False]
+            assert state() == start
+            with pytest.raises(RuntimeError, match="inside"):
+                with reduced_precision_reductions_off():
+                    assert [a for a, _ in state()] == [False, False]
+                    raise RuntimeError("raised inside the block")
+            assert state() == start
+    finally:
+        for n, (allowed, split_k) in zip(names, original):
+            setattr(mm, n, allowed if split_k is None else (allowed, split_k))
+
+
 def test_torchao_weight_only_linear_reduces_in_fp32_on_a_gpu():
     """By default torch lets cuBLAS add split-K partial sums in bf16/fp16, past what the declared
     fp32 accumulation bounds (8 H200 main-job cases, column-major inputs: the regression cases
