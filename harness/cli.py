@@ -151,7 +151,7 @@ def _check_selection(args) -> None:
     """Unknown names, and a backend/property selection that leaves nothing to run, are usage errors."""
     from harness.backends import registry
     from harness.grouped import registry as grouped_registry
-    from harness.trial import all_properties, properties_for
+    from harness.trial import all_properties, properties_for, selection_group
 
     backends = None
     if args.backends not in ("all", "mutants"):
@@ -170,12 +170,12 @@ def _check_selection(args) -> None:
         ([] if args.backends == "mutants" else grouped_registry.all_backends())
     pool = [b for b in pool if b.mutant] if args.backends == "mutants" else pool
     if not any(p in properties_for(b) for b in pool for p in wanted):
-        by_level = {}
+        by_group = {}
         for b in pool:
-            by_level.setdefault(b.level, properties_for(b))
+            by_group.setdefault(selection_group(b), properties_for(b))
         raise UsageError(f"--properties {args.properties!r} applies to none of the selected backends "
                          f"({', '.join(b.name for b in pool)}); their properties are: "
-                         + "; ".join(f"{lv}-level: {', '.join(ps)}" for lv, ps in by_level.items()))
+                         + "; ".join(f"{g}: {', '.join(ps)}" for g, ps in by_group.items()))
 
 
 def user_command(argv: list[str] | None) -> str:

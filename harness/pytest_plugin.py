@@ -258,15 +258,15 @@ def _check_selection(config: pytest.Config) -> None:
     except registry.UnknownBackendError as exc:
         raise pytest.UsageError(f"--nvfp4-backends: {exc}") from None
     if wanted is not None:
-        from harness.trial import properties_for
+        from harness.trial import properties_for, selection_group
 
         if not any(p in properties_for(b) for b in backends for p in wanted):
-            levels = {b.name: b.level for b in backends}
+            groups = {b.name: selection_group(b) for b in backends}
             raise pytest.UsageError(
                 f"--nvfp4-properties {props!r} applies to none of --nvfp4-backends {names!r} "
-                f"({', '.join(f'{n}: {lv}-level' for n, lv in levels.items())}); the properties of each "
-                f"level are: " + "; ".join(f"{lv}: {', '.join(properties_for(b))}"
-                                           for lv, b in {b.level: b for b in backends}.items()))
+                f"({', '.join(f'{n}: {g}' for n, g in groups.items())}); the properties of each "
+                f"level are: " + "; ".join(f"{g}: {', '.join(properties_for(b))}"
+                                           for g, b in {selection_group(b): b for b in backends}.items()))
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -132,20 +132,28 @@ class Outcome:
 
 
 def properties_for(backend) -> tuple[str, ...]:
-    """The properties that apply to ``backend`` (anything with a ``level``; the grouped level's
-    are :data:`harness.grouped.problem.GROUPED_PROPERTIES`)."""
+    """The properties that apply to ``backend`` (anything with a ``level``; a grouped backend's are
+    its own ``properties``: :data:`harness.grouped.problem.GROUPED_PROPERTIES` for a grouped GEMM,
+    :data:`harness.grouped.problem.MOE_PROPERTIES` for a fused MoE)."""
     if backend.level == "grouped":
         from harness.grouped.problem import GROUPED_PROPERTIES
 
-        return GROUPED_PROPERTIES
+        return tuple(getattr(backend, "properties", GROUPED_PROPERTIES))
     return LEVEL_PROPERTIES[backend.level]
 
 
-def all_properties() -> tuple[str, ...]:
-    """Every property name a selection may use: :data:`PROPERTIES`, then the grouped level's."""
-    from harness.grouped.problem import GROUPED_PROPERTIES
+def selection_group(backend) -> str:
+    """The name under which a selection error lists ``backend``'s properties: its level, or
+    ``fused-MoE`` for a fused-MoE backend (grouped level, properties of its own)."""
+    return "fused-MoE" if getattr(backend, "kind", None) == "moe" else f"{backend.level}-level"
 
-    return PROPERTIES + tuple(p for p in GROUPED_PROPERTIES if p not in PROPERTIES)
+
+def all_properties() -> tuple[str, ...]:
+    """Every property name a selection may use: :data:`PROPERTIES`, then the grouped level's (grouped
+    GEMM, then fused MoE)."""
+    from harness.grouped.problem import GROUPED_PROPERTIES, MOE_PROPERTIES
+
+    return PROPERTIES + tuple(dict.fromkeys(p for p in GROUPED_PROPERTIES + MOE_PROPERTIES if p not in PROPERTIES))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -120,3 +120,26 @@ def test_a_fused_moe_problem_missing_a_dimension_or_with_an_unknown_field_is_nam
         msg = str(exc.value)
         assert msg.startswith(f"{path}: ") and needle in msg and "\n" not in msg, msg
         assert "problem: problem:" not in msg
+
+
+def test_fuzz_selects_the_fused_moe_properties_by_each_backend_s_own_list(capsys):
+    """A fused-MoE backend's properties are its own (``fused_unfused`` is one; the grouped GEMM's
+    ``token_isolation`` is not): ``fuzz --properties`` accepts the one and refuses the other in one
+    line, naming what the backend has, rather than refusing a real property as unknown or running
+    a selection that records nothing."""
+    import argparse
+
+    from harness.grouped import registry as grouped_registry
+    from harness.trial import all_properties, properties_for
+
+    emu = grouped_registry.get("moe-triton-emu")
+    assert properties_for(emu) == tuple(emu.properties) and "fused_unfused" in properties_for(emu)
+    assert "token_isolation" not in properties_for(emu) and "fused_unfused" in all_properties()
+    assert "fused_unfused" not in properties_for(grouped_registry.get("grouped-triton-emu"))
+    # accepted (the selection check is what the command runs before it starts the suite)
+    cli._check_selection(argparse.Namespace(backends="moe-triton-emu", properties="fused_unfused"))
+    for backends, prop in (("vllm-marlin-moe", "token_isolation"), ("moe-triton-emu", "grouped_bytes")):
+        rc, out, err = _run(capsys, "fuzz", "--backends", backends, "--properties", prop)
+        have = properties_for(grouped_registry.get(backends))
+        _assert_one_line_error(rc, err, f"--properties {prop!r} applies to none of the selected backends ({backends})",
+                               f"fused-MoE: {', '.join(have)}")
