@@ -204,12 +204,35 @@ def replay_grouped(path: str | Path, backend: str | None = None) -> GroupedRepla
                          f"({', '.join(sorted(b.name for b in grouped_registry.all_backends()))}), or name one "
                          f"with --backend")
     trial = case.trial_on(backend)
+    _check_grouped_kind(path, trial, given=backend is not None)
     check_grouped_fits(trial.problem)
     outcome = execute_grouped(trial, digest=True)
     digest_ok = None
     if case.digest and outcome.digest and (backend is None or backend == case.backend):
         digest_ok = outcome.digest == case.digest
     return GroupedReplay(case, trial, outcome, digest_ok)
+
+
+def _check_grouped_kind(path, trial: "GroupedTrial", *, given: bool) -> None:
+    """A fused-MoE problem needs a fused-MoE backend, a grouped GEMM problem a grouped GEMM, and the
+    case's property must be one the backend is put to: anything else is one ValueError line naming
+    the backend (``--backend`` when the user gave it), rather than a "cannot run here" replay."""
+    from harness.grouped import registry as grouped_registry
+    from harness.grouped.problem import MoeProblem
+    from harness.trial import properties_for
+
+    b = grouped_registry.get(trial.backend)
+    where = "--backend" if given else f"{path}: backend"
+    moe_problem, moe_backend = isinstance(trial.problem, MoeProblem), getattr(b, "kind", "grouped") == "moe"
+    if moe_problem != moe_backend:
+        fits = sorted(x.name for x in grouped_registry.all_backends()
+                      if (getattr(x, "kind", "grouped") == "moe") == moe_problem)
+        raise ValueError(f"{where}={trial.backend!r}: a {'fused-MoE layer' if moe_backend else 'grouped GEMM'} "
+                         f"cannot run this {'fused-MoE' if moe_problem else 'grouped GEMM'} case; expected one of "
+                         f"{', '.join(fits)}")
+    if trial.property not in properties_for(b):
+        raise ValueError(f"{where}={trial.backend!r}: property={trial.property!r} does not apply to it; "
+                         f"expected one of {list(properties_for(b))}")
 
 
 def replay(path: str | Path, backend: str | None = None) -> "Replay | GroupedReplay":

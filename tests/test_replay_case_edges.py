@@ -143,3 +143,30 @@ def test_fuzz_selects_the_fused_moe_properties_by_each_backend_s_own_list(capsys
         have = properties_for(grouped_registry.get(backends))
         _assert_one_line_error(rc, err, f"--properties {prop!r} applies to none of the selected backends ({backends})",
                                f"fused-MoE: {', '.join(have)}")
+
+
+def test_replay_refuses_a_backend_of_the_other_grouped_kind_in_one_line(tmp_path, capsys):
+    """A fused-MoE case on a grouped GEMM backend (and the reverse), given with --backend or written in
+    the file, and a property the backend is not put to: one line naming the backend and what would
+    fit, exit 2, nothing run."""
+    moe = _moe_case(tmp_path / "moe.json", "moe-triton-emu")
+    _grouped_case(tmp_path / "g.json")
+    rc, out, err = _run(capsys, "replay", str(tmp_path / "moe.json"), "--backend", "grouped-triton-emu")
+    _assert_one_line_error(rc, err, "--backend='grouped-triton-emu': a grouped GEMM cannot run this fused-MoE case",
+                           "moe-triton-emu")
+    rc, out, err = _run(capsys, "replay", str(tmp_path / "g.json"), "--backend", "moe-triton-emu")
+    _assert_one_line_error(rc, err, "--backend='moe-triton-emu': a fused-MoE layer cannot run this grouped GEMM case",
+                           "grouped-triton-emu")
+    for name, doc in (("moe-on-grouped", dict(moe, backend="grouped-triton-emu")),
+                      ("w4a16-fused", dict(moe, backend="moe-torch-w4a16-emu", property="fused_unfused")),
+                      ("moe-token-isolation", dict(moe, property="token_isolation"))):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(doc))
+        rc, out, err = _run(capsys, "replay", str(path))
+        _assert_one_line_error(rc, err, str(path))
+        assert not out and "trial." not in err, err
+    assert "backend='grouped-triton-emu': a grouped GEMM" in _run(capsys, "replay", str(tmp_path / "moe-on-grouped.json"))[2]
+    assert "property='fused_unfused' does not apply to it; expected one of ['reference_agreement']" in \
+        _run(capsys, "replay", str(tmp_path / "w4a16-fused.json"))[2]
+    assert "property='token_isolation': expected one of ['reference_agreement', 'fused_unfused']" in \
+        _run(capsys, "replay", str(tmp_path / "moe-token-isolation.json"))[2]

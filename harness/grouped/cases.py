@@ -216,7 +216,10 @@ def _parse(doc: Any, source: str) -> GroupedCase:
     try:
         trial = GroupedTrial(backend, prop, problem, poison)
     except (ValueError, TypeError) as exc:
-        raise _err(c, exc, "property" if str(exc).startswith("trial.property") else "poison") from None
+        msg = str(exc)
+        if msg.startswith("trial.property"):  # the property of another kind of problem
+            raise GroupedCaseError(c.source, "property", msg[len("trial."):], prop) from None
+        raise _err(c, exc, "poison") from None
     cid = d.get("id")
     if cid is not None and (not isinstance(cid, str) or not _ID_RE.match(cid)):
         raise c.fail("id", cid, "1-128 characters of letters, digits, '.', '_' or '-' (it names a file)")
