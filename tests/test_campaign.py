@@ -211,8 +211,14 @@ def test_campaign_fuzzes_past_the_example_cap_until_the_budget_is_spent(tmp_path
     # new examples, not the same ones again (each run starts with Hypothesis's simplest example)
     distinct = {json.dumps([r["property"], r["problem"], r["poison"], r["a_layout"]], sort_keys=True) for r in cases}
     assert len(distinct) > 2 * 2 and len(distinct) >= len(cases) // 2, (len(distinct), len(cases))
-    # the budget is shared evenly: neither pair starves
-    assert min(per_pair.values()) >= max(per_pair.values()) / 5, per_pair
+    # the budget is shared evenly: neither pair starves.  Time is what is shared, not cases (on a GPU
+    # a reference_agreement case costs several determinism cases: its exact reference runs on the
+    # CPU), so compare the wall time each pair's cases span
+    span = {}
+    for p in per_pair:
+        mine = [r for r in cases if r["property"] == p]
+        span[p] = max(end(r) for r in mine) - min(end(r) - r["duration_s"] for r in mine)
+    assert min(span.values()) >= max(span.values()) / 5, (span, per_pair)
     # progress: periodic one-line summaries when stderr is not a terminal
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("campaign")]
     assert len(lines) >= 3, proc.stderr[-2000:]
@@ -278,9 +284,18 @@ def test_killed_worker_loses_nothing_and_ctrl_c_keeps_every_case_and_renders_the
     after = stream.read_text().splitlines()
     assert after[:len(before)] == before, "records of the killed worker were lost or changed"
     assert "crashed" in out.lower() or "replacing" in out.lower(), out[-3000:]
-    # every case the workers counted is in the results directory, and in the session's totals
+    # every case a worker counted is in the results directory, and in the session's totals.  A
+    # worker saves its state at most every 0.5 s, so the SIGKILLed one may have recorded a few cases
+    # its state file never counted; every other worker ended normally and counted exactly its own
     recorded = _cases(results)
-    assert sum(s["cases"] for s in campaign.worker_states(_run(results))) == len(recorded)
+    states = campaign.worker_states(_run(results))
+    assert {r["worker"] for r in recorded} <= {s["worker"] for s in states}  # a late replacement may have none
+    for s in states:
+        own = sum(1 for r in recorded if r["worker"] == s["worker"])
+        if s["pid"] == st["pid"]:
+            assert 2 <= s["cases"] <= own, (s, own)
+        else:
+            assert s["cases"] == own, (s, own)
     session = json.loads((_run(results) / "session.json").read_text())
     assert session.get("finished")
     assert session["totals"]["pass"] + session["totals"]["fail"] + session["totals"]["crash"] == len(recorded)
