@@ -122,8 +122,8 @@ def _in_process_error(capsys, args: list[str], needle: str) -> None:
 def test_wrong_backends_sanitize_and_promote_of_a_grouped_case_are_one_line_errors(grouped_run, tmp_path, capsys):
     case = str(grouped_run["cases"][0])
     _one_line_error(cli(tmp_path, "replay", case, "--backend", "nope"), "unknown backend 'nope'",
-                    "grouped backends: flashinfer-cutlass-moe, flashinfer-trtllm-moe, grouped-triton-emu, grouped-triton-emu-fused, "
-                    "moe-triton-emu")
+                    "grouped backends: flashinfer-cutlass-moe, flashinfer-trtllm-moe, grouped-te-split-quantize, "
+                    "grouped-te-split-quantize-rht, grouped-triton-emu, grouped-triton-emu-fused, moe-triton-emu")
     _one_line_error(cli(tmp_path, "replay", case, "--backend", "triton-emu-8x4"),
                     "--backend 'triton-emu-8x4': a gemm-level backend cannot run a grouped case")
     # the same command line, in this process
@@ -238,16 +238,20 @@ def test_backends_json_lists_the_grouped_level(capsys):
     plain = {b["name"] for b in json.loads(capsys.readouterr().out)["backends"] if b["level"] == "grouped"}
     # no mutants without --mutants; the fused-MoE backends (harness.grouped.moe) are grouped-level too
     assert plain == {"grouped-triton-emu", "grouped-triton-emu-fused", "moe-triton-emu", "flashinfer-cutlass-moe",
-                     "flashinfer-trtllm-moe"}
+                     "flashinfer-trtllm-moe", "grouped-te-split-quantize", "grouped-te-split-quantize-rht"}
     assert cli_mod.main(["backends", "--json", "--mutants"]) == 0
     doc = json.loads(capsys.readouterr().out)
     grouped = {b["name"]: b for b in doc["backends"] if b["level"] == "grouped"}
     assert grouped["grouped-triton-emu-fused"]["quantizes"] and not grouped["grouped-triton-emu"]["quantizes"]
     assert {"grouped-triton-emu", "grouped-triton-emu-fused", MUTANT} <= set(grouped)
-    emulated = {n: b for n, b in grouped.items() if not n.startswith("flashinfer-")}
+    emulated = {n: b for n, b in grouped.items() if not n.startswith(("flashinfer-", "grouped-te-"))}
     assert all(b["available"] and b["reason"] for b in emulated.values())  # CPU: the Triton interpreter
     if not torch.cuda.is_available():  # FlashInfer's MoE kernels need a GPU: unavailable, with the reason
-        assert all(not b["available"] and "CUDA" in b["reason"] for n, b in grouped.items() if n not in emulated)
+        assert all(not b["available"] and "CUDA" in b["reason"] for n, b in grouped.items()
+                   if n.startswith("flashinfer-"))
+        # TransformerEngine's split quantize: unavailable, the reason naming the package when it is absent
+        te = [b for n, b in grouped.items() if n.startswith("grouped-te-")]
+        assert len(te) == 2 and all(not b["available"] and b["reason"] for b in te)
 
 
 def test_fuzz_selects_grouped_backends_and_refuses_unknown_ones(tmp_path, capsys):

@@ -218,6 +218,31 @@ def test_torchao_weight_only_linear(dtype, prop):
         assert out.status == "pass", out.reason
 
 
+def test_torchao_weight_only_linear_reduces_in_fp32_on_a_gpu():
+    """By default torch lets cuBLAS add split-K partial sums in bf16/fp16, past what the declared
+    fp32 accumulation bounds (8 H200 main-job cases, column-major inputs: the regression cases
+    ``torchao-weight-only-*-split-k-h200``); the adapter's call turns that off on a GPU and
+    restores torch's flags afterwards.  On the CPU it leaves them alone."""
+    _needs("torchao")
+    from harness.backends.torchao_nvfp4 import fp32_reductions
+
+    mm = torch.backends.cuda.matmul
+    flags = lambda: (mm.allow_bf16_reduced_precision_reduction, mm.allow_fp16_reduced_precision_reduction)  # noqa: E731
+    saved = flags()
+    with fp32_reductions(torch.zeros(1)):
+        assert flags() == saved
+    if not torch.cuda.is_available():
+        pytest.skip("the GPU half needs CUDA: on the CPU the context changes nothing (checked above)")
+    with fp32_reductions(torch.zeros(1, device="cuda")):
+        assert flags() == (False, False)
+    assert flags() == saved
+    p = GemmProblem(63, 16, 368, in_dtype="bfloat16", out_dtype="bfloat16", distribution="tiny", seed=0,
+                    input_layout="column_major")
+    for prop in ("reference_agreement", "layout_invariance"):
+        out = execute(Trial("linear-torchao-weight-only", prop, p))
+        assert out.status == "pass", out.reason
+
+
 def test_torchao_dynamic_linear_is_gated_on_blackwell():
     b = registry.get("linear-torchao-dynamic")
     base = env_mod.current()

@@ -10,7 +10,16 @@ Convention (torchao 0.18): ``per_tensor_scale`` is the *decode multiplier* amax/
   scales (the 128x4 bytes come from torchao's ``to_blocked``, not from the harness's layout code).
 * ``linear-torchao-weight-only``: ``F.linear(x, NVFP4Tensor)`` with no activation quantization:
   torchao's ``nvfp4_linear`` dequantizes the weight to the activation dtype and calls a dense
-  matmul (the W4A16 path; runs on the CPU and any GPU).
+  matmul (the W4A16 path; runs on the CPU and any GPU).  On a GPU the harness makes that call with
+  torch's reduced-precision reductions off (:func:`fp32_reductions`): by default torch lets
+  cuBLAS add split-K partial sums in bf16/fp16 (cuBLASLt reduction schemes ``INPLACE`` and
+  ``OUTPUT_TYPE``, allowed unless ``CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION`` is set;
+  torch's ``allow_bf16_reduced_precision_reduction`` / ``allow_fp16_reduced_precision_reduction``,
+  both True by default).  The number of partial sums is cuBLAS's choice and not observable, so no
+  useful bound covers that mode (with up to K/16 partials added in bf16, it exceeds the product
+  sum itself from K = 4096 on); on the H200 it put 8 of 49,237 main-job cases, all with
+  column-major inputs, 1.06 to 1.21 times past the fp32-accumulation bound.  The mode belongs to
+  the dense cuBLAS GEMM, not to torchao's NVFP4 dequantization, which is what this backend tests.
 * ``linear-torchao-dynamic``: ``F.linear`` with ``act_quant_kwargs`` (dynamic per-tensor activation
   scale): activations quantized by torchao and multiplied by ``torch._scaled_mm`` in FP4, which
   needs cuBLASLt block-scaled FP4 (SM100+); gated with that reason elsewhere.
@@ -18,7 +27,8 @@ Convention (torchao 0.18): ``per_tensor_scale`` is the *decode multiplier* amax/
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +96,26 @@ class TorchaoTensorQuantizer(LibraryBackend, QuantizerBackend):
         return t.qdata.view(torch.uint8), scales.reshape(want)
 
 
+@contextlib.contextmanager
+def fp32_reductions(x: torch.Tensor) -> Iterator[None]:
+    """While the block runs, a CUDA bf16/fp16 matmul reduces split-K partial sums in fp32, as
+    :class:`~harness.oracle.Precision` ``(24)`` assumes: torch's
+    ``torch.backends.cuda.matmul.allow_{bf16,fp16}_reduced_precision_reduction`` are set False (the
+    flags are process-wide; their previous values are restored on exit).  Does nothing for a CPU
+    tensor.  See the module docstring for why."""
+    if not x.is_cuda:
+        yield
+        return
+    m = torch.backends.cuda.matmul
+    saved = (m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction)
+    m.allow_bf16_reduced_precision_reduction = False
+    m.allow_fp16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction = saved
+
+
 class TorchaoWeightOnlyLinear(LibraryBackend, LinearBackend):
     """``F.linear(x, NVFP4Tensor(weight))``: torchao's weight-only NVFP4 linear (dequantize, matmul)."""
 
@@ -93,10 +123,10 @@ class TorchaoWeightOnlyLinear(LibraryBackend, LinearBackend):
     module = MODULE
     name = "linear-torchao-weight-only"
     description = ("torchao nvfp4_linear without act_quant_kwargs: the checkpoint weight as an NVFP4Tensor "
-                   "(per_tensor_scale = weight_scale_2), dequantized to the activation dtype, dense matmul; "
-                   "CPU or any GPU")
+                   "(per_tensor_scale = weight_scale_2), dequantized to the activation dtype, dense matmul "
+                   "(on a GPU with split-K reductions in fp32); CPU or any GPU")
     # the weight is dequantized to bf16/fp16 (operands rounded, 8 significant bits for bf16), the
-    # dense matmul accumulates in fp32
+    # dense matmul accumulates, and reduces its split-K partial sums, in fp32 (fp32_reductions)
     requirements = Requirements(runs_on_cpu=True, activation="bf16", a_layouts=(ScaleLayout.LINEAR,),
                                 w_layout=ScaleLayout.LINEAR, precision=Precision(24, operand_bits=8))
 
@@ -114,7 +144,8 @@ class TorchaoWeightOnlyLinear(LibraryBackend, LinearBackend):
         if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
             raise Unsupported(f"{self.name}: activation dtype {x.dtype}")
         w = self.nvfp4_weight(weight, x.dtype)
-        return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+        with fp32_reductions(x):
+            return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 
 class TorchaoDynamicLinear(TorchaoWeightOnlyLinear):

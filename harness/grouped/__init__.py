@@ -24,6 +24,8 @@ The modules follow the GEMM level's data flow:
   may take.
 
 Backends: :mod:`harness.backends.grouped_triton` (Triton emulation, GPU and CPU interpreter);
+:mod:`harness.backends.te_grouped` (TransformerEngine's ``split_quantize`` into the grouped buffer,
+then the Triton grouped GEMM; where TE's own ``is_nvfp4_available`` holds);
 fused MoE: :mod:`harness.backends.moe_triton` (Triton emulation) and
 :mod:`harness.backends.flashinfer_moe` (FlashInfer ``cutlass_fused_moe`` and
 ``trtllm_fp4_block_scale_routed_moe``, Blackwell only).

@@ -9,8 +9,8 @@ from harness.backends import registry as gemm_registry
 from harness.backends.registry import UnknownBackendError
 from harness.grouped.protocol import GroupedBackend
 
-MODULES = ("harness.backends.grouped_triton", "harness.backends.moe_triton", "harness.backends.flashinfer_moe",
-           "harness.grouped.mutants")
+MODULES = ("harness.backends.grouped_triton", "harness.backends.te_grouped", "harness.backends.moe_triton",
+           "harness.backends.flashinfer_moe", "harness.grouped.mutants")
 
 _REGISTRY: dict[str, GroupedBackend] = {}
 
