@@ -1,5 +1,7 @@
 """Sanitizer sweep on a GPU: the regression corpus and a sample of cases per backend under
 compute-sanitizer (memcheck and initcheck by default), then the sanitizer-only mutants' self-test.
+Every level is swept: GEMM, linear, quantizer, and the grouped and fused-MoE backends (their
+samples drawn from the grouped strategies, grouped case files of the corpus rerun as such).
 Writes one JSON document (device, date, versions, every run with its time and findings).
 
     python bench/sanitizer_run.py --json OUT/sanitizer.json [--part corpus|sample|selftest|all]
@@ -28,6 +30,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def sweep_runs(part: str, corpus: str, backends: str, sample: int, seed: int, tools: list[str]) -> list[tuple]:
+    """(trial, source, tool) of every sanitized run of ``part``: the corpus's case files (GEMM-level,
+    linear, quantizer and grouped / fused-MoE alike; source ``corpus:NAME``), then ``sample`` trials
+    per backend of ``backends`` (every level's, the grouped and fused-MoE backends included; source
+    ``sample``), each under every tool."""
+    from harness.sanitizer import run as sz
+
+    chosen = []
+    if part in ("corpus", "all"):
+        chosen += [(t, f"corpus:{Path(src).name}") for t, src in sz.choose_trials([corpus])]
+    if part in ("sample", "all"):
+        chosen += [(t, "sample") for t, _ in sz.choose_trials(sample=sample, backends=backends, seed=seed)]
+    return [(trial, source, tool) for trial, source in chosen for tool in tools]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True, help="where to write the results")
@@ -47,8 +64,6 @@ def main() -> int:
         ap.error(f"--shard {args.shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
 
     from harness import env
-    from harness.backends import registry
-    from harness.cases import load_case
     from harness.sanitizer import run as sz
 
     e = env.current()
@@ -68,20 +83,14 @@ def main() -> int:
 
     doc["part"] = args.part
     doc["shard"] = args.shard
-    chosen = []
-    if args.part in ("corpus", "all"):
-        chosen += [(load_case(p).trial(), f"corpus:{p.name}") for p in sz.cases_in([args.corpus])]
-    if args.part in ("sample", "all"):
-        names = sz._backend_names(args.backends)
-        chosen += [(t, "sample") for t in sz.sample_trials(names, args.sample, args.seed)]
-    runs = [(trial, source, tool) for trial, source in chosen for tool in doc["tools"]]
+    runs = sweep_runs(args.part, args.corpus, args.backends, args.sample, args.seed, doc["tools"])
     t_all = time.perf_counter()
     for trial, source, tool in runs[shard_i::shard_n]:
         res = sz.sanitize_trial(trial, tool)
         p = trial.problem
-        doc["runs"].append({"source": source, "backend": trial.backend, "level": registry.get(trial.backend).level,
-                            "tool": tool, "m": p.m, "n": p.n, "k": p.k, "out_dtype": p.out_dtype,
-                            "a_layout": trial.a_layout, "status": res.status, "reason": res.reason,
+        doc["runs"].append({"source": source, "backend": trial.backend, "level": sz.level_of(trial),
+                            "property": trial.property, "tool": tool, **sz.shape_of(trial), "out_dtype": p.out_dtype,
+                            "a_layout": getattr(trial, "a_layout", None), "status": res.status, "reason": res.reason,
                             "error_count": res.error_count, "seconds": res.duration_s,
                             "findings": [f.line() for f in res.findings]})
         print(sz.describe(res), flush=True)

@@ -236,12 +236,7 @@ def cmd_replay(args) -> int:
 
     _load_plugins(args.plugin)
     if args.sanitize:
-        from harness.grouped.cases import is_grouped_case_file
         from harness.sanitizer.run import replay_command_line
-
-        if is_grouped_case_file(_user_path(args.case)):
-            raise UsageError(f"--sanitize: {args.case} is a grouped case; compute-sanitizer reruns GEMM-level, "
-                             f"linear and quantizer cases only (replay it without --sanitize)")
 
         return replay_command_line(args.case, backend=args.backend, tool=args.tool, sanitizer=args.sanitizer)
     r = replay(_user_path(args.case), backend=args.backend)

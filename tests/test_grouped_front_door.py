@@ -4,8 +4,8 @@
 * a failure the grouped property suite finds is recorded as a grouped case file with its per-expert
   view, listed with its replay command in the end-of-run summary, and replays bit for bit
   (``--backend`` too); a changed case is told apart by its digest;
-* malformed grouped case files, wrong ``--backend`` names, ``--sanitize`` and ``promote`` of a
-  grouped case: one clear line, a non-zero exit, no traceback;
+* malformed grouped case files, wrong ``--backend`` names, ``promote`` of a grouped case, and
+  ``--sanitize`` where it cannot run: one clear line, a non-zero exit, no traceback;
 * ``backends`` lists the grouped level; ``fuzz --backends`` selects grouped backends;
 * the HTML report's per-expert view of grouped failures, also in a browser (no network, no
   horizontal overflow).
@@ -123,15 +123,22 @@ def test_wrong_backends_sanitize_and_promote_of_a_grouped_case_are_one_line_erro
     case = str(grouped_run["cases"][0])
     _one_line_error(cli(tmp_path, "replay", case, "--backend", "nope"), "unknown backend 'nope'",
                     "grouped backends: flashinfer-cutlass-moe, flashinfer-trtllm-moe, grouped-te-split-quantize, "
-                    "grouped-te-split-quantize-rht, grouped-triton-emu, grouped-triton-emu-fused, moe-triton-emu")
+                    "grouped-te-split-quantize-rht, grouped-triton-emu, grouped-triton-emu-fused, moe-torch-w4a16-emu, "
+                    "moe-triton-emu, sglang-cutlass-moe, vllm-cutlass-moe, vllm-marlin-moe")
     _one_line_error(cli(tmp_path, "replay", case, "--backend", "triton-emu-8x4"),
                     "--backend 'triton-emu-8x4': a gemm-level backend cannot run a grouped case")
     # the same command line, in this process
-    for args, needle in ((["replay", case, "--sanitize"], "is a grouped case"),
-                         (["promote", case, "--name", "x", "--dest", str(tmp_path / "corpus")],
-                          "nvfp4-harness/grouped-case/1")):
-        _in_process_error(capsys, args, needle)
+    _in_process_error(capsys, ["promote", case, "--name", "x", "--dest", str(tmp_path / "corpus")],
+                      "nvfp4-harness/grouped-case/1")
     assert not (tmp_path / "corpus").exists()
+    # --sanitize reruns a grouped case under compute-sanitizer as any other; a wrong backend is one line
+    _in_process_error(capsys, ["replay", case, "--sanitize", "--backend", "nope"], "unknown grouped backend 'nope'")
+    if not torch.cuda.is_available():  # here: the CPU's refusal, one line, exit 4
+        from harness import cli as cli_mod
+
+        assert cli_mod.main(["replay", case, "--sanitize"]) == 4
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("nvfp4-harness: cannot sanitize:"), err
     # and a grouped backend on a GEMM-level case (the same function the command calls)
     from harness.replay import replay
 
@@ -237,26 +244,30 @@ def test_backends_json_lists_the_grouped_level(capsys):
     assert cli_mod.main(["backends", "--json"]) == 0
     plain = {b["name"] for b in json.loads(capsys.readouterr().out)["backends"] if b["level"] == "grouped"}
     # no mutants without --mutants; the fused-MoE backends (harness.grouped.moe) are grouped-level too
-    assert plain == {"grouped-triton-emu", "grouped-triton-emu-fused", "moe-triton-emu", "flashinfer-cutlass-moe",
-                     "flashinfer-trtllm-moe", "grouped-te-split-quantize", "grouped-te-split-quantize-rht"}
+    assert plain == {"grouped-triton-emu", "grouped-triton-emu-fused", "moe-triton-emu", "moe-torch-w4a16-emu",
+                     "flashinfer-cutlass-moe", "flashinfer-trtllm-moe", "grouped-te-split-quantize",
+                     "grouped-te-split-quantize-rht", "vllm-marlin-moe", "vllm-cutlass-moe", "sglang-cutlass-moe"}
     assert cli_mod.main(["backends", "--json", "--mutants"]) == 0
     doc = json.loads(capsys.readouterr().out)
     grouped = {b["name"]: b for b in doc["backends"] if b["level"] == "grouped"}
     assert grouped["grouped-triton-emu-fused"]["quantizes"] and not grouped["grouped-triton-emu"]["quantizes"]
     assert {"grouped-triton-emu", "grouped-triton-emu-fused", MUTANT} <= set(grouped)
-    emulated = {n: b for n, b in grouped.items() if not n.startswith(("flashinfer-", "grouped-te-"))}
-    assert all(b["available"] and b["reason"] for b in emulated.values())  # CPU: the Triton interpreter
+    emulated = {n: b for n, b in grouped.items() if not n.startswith(("flashinfer-", "grouped-te-", "vllm-", "sglang-"))}
+    assert all(b["available"] and b["reason"] for b in emulated.values())  # CPU: the Triton interpreter / torch
     if not torch.cuda.is_available():  # FlashInfer's MoE kernels need a GPU: unavailable, with the reason
         assert all(not b["available"] and "CUDA" in b["reason"] for n, b in grouped.items()
                    if n.startswith("flashinfer-"))
         # TransformerEngine's split quantize: unavailable, the reason naming the package when it is absent
         te = [b for n, b in grouped.items() if n.startswith("grouped-te-")]
         assert len(te) == 2 and all(not b["available"] and b["reason"] for b in te)
+    # the serving engines' adapters: listed where the engine is missing, unavailable with the reason
+    assert all(not b["available"] and b["reason"] for n, b in grouped.items()
+               if n.startswith(("vllm-", "sglang-")) and (not torch.cuda.is_available() or b["library_version"] is None))
 
 
 def test_fuzz_selects_grouped_backends_and_refuses_unknown_ones(tmp_path, capsys):
     _one_line_error(cli(tmp_path, "fuzz", "--backends", "nope"), "unknown backend 'nope'; known backends:",
-                    "grouped-triton-emu, grouped-triton-emu-fused, moe-triton-emu")
+                    "grouped-triton-emu, grouped-triton-emu-fused, moe-torch-w4a16-emu, moe-triton-emu")
     _in_process_error(capsys, ["fuzz", "--backends", "grouped-triton-emu", "--properties", "row_isolation"],
                       "applies to none of the selected backends (grouped-triton-emu); their properties are: "
                       "grouped-level: reference_agreement")
@@ -351,13 +362,19 @@ def test_the_grouped_report_in_a_browser_loads_nothing_and_does_not_overflow(tmp
         assert check.overflow == [], (check.width, check.overflow)
 
 
-def test_sanitize_leaves_grouped_case_files_out_and_says_so(tmp_path, capsys):
-    """A run's cases/ folder may hold grouped cases: ``sanitize`` names them as left out instead of
-    failing on them (compute-sanitizer reruns the other levels' cases)."""
-    from harness.sanitizer.run import command
+def test_sanitize_reruns_grouped_case_files(tmp_path, capsys):
+    """A run's cases/ folder may hold grouped cases: ``sanitize`` reruns them as grouped trials
+    (here, without a GPU, it says in one line that it cannot sanitize, and records nothing)."""
+    from harness.grouped.problem import GroupedTrial
+    from harness.sanitizer.run import EXIT_CANNOT_RUN, choose_trials, command
 
     _valid_case(tmp_path / "cases" / "g.json")
-    with pytest.raises(ValueError, match="nothing to sanitize"):
-        command([str(tmp_path / "cases")])
-    err = capsys.readouterr().err
-    assert "1 grouped case file(s) left out" in err and str(tmp_path / "cases" / "g.json") in err
+    ((trial, source),) = choose_trials([str(tmp_path / "cases")])
+    assert isinstance(trial, GroupedTrial) and trial.property == "token_isolation" and trial.poison.victim == 2
+    assert source == str(tmp_path / "cases" / "g.json")
+    if torch.cuda.is_available():
+        return
+    assert command([str(tmp_path / "cases")], results=str(tmp_path / "out")) == EXIT_CANNOT_RUN
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("nvfp4-harness: cannot sanitize:"), err
+    assert not (tmp_path / "out").exists()

@@ -118,6 +118,7 @@ GROUPED_MINIMAL = {
     "mutant-grouped-unpadded-sf-offsets": (2, 2),  # a token not routed to the poisoned expert, in the next section
     "mutant-moe-gate-up-swapped": (1, 1),          # any token of any expert
     "mutant-moe-fc2-one-input-scale": (1, 2),      # expert 0's FC2 scale is right for expert 0
+    "mutant-moe-routed-scaling-twice": (1, 1),     # any token with a non-zero output
     # data-dependent: the bf16 rounding must move an intermediate element across an e2m1 boundary, and
     # removing a token changes the data, so the shrinker stops at the first draw whose data does: one
     # expert, and as few tokens as the data allows (1-2 on the CPU's draws; 128 once on the H200's

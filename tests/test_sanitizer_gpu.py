@@ -1,6 +1,6 @@
 """compute-sanitizer on the GPU: the sanitizer-only mutants are caught with the right kernel, operand
-and region; the harness's own kernels run clean with padding left unwritten; the mutants' results
-are correct, so no poison property could have caught them.
+and region; the harness's own kernels (the grouped and fused-MoE emulations too) run clean with
+padding left unwritten; the mutants' results are correct, so no poison property could have caught them.
 
 Skipped without a CUDA GPU, and where compute-sanitizer is not installed (with the reason
 :func:`harness.sanitizer.check_available` gives).  Each sanitized run is a child process under the
@@ -81,5 +81,26 @@ def test_harness_kernels_are_clean_with_unwritten_padding(backend: str, tool: st
     b = registry.get(backend)
     prop = "quantizer_agreement" if b.level == "quantizer" else "reference_agreement"
     res = sz.sanitize_trial(Trial(backend, prop, GemmProblem(m=37, n=72, k=208, seed=4)), tool)
+    assert res.status == "pass", sz.describe(res) + "\n" + res.output_tail[-2000:]
+    assert res.error_count == 0
+
+
+# grouped and fused-MoE: a zero-token expert, group row padding (37 tokens padded to 64 rows), N padding
+GROUPED_TRIALS = {
+    "grouped-triton-emu": ("reference_agreement", dict(n=72, k=208)),
+    "grouped-triton-emu-fused": ("grouped_bytes", dict(n=72, k=208)),
+    "moe-triton-emu": ("reference_agreement", dict(hidden=320, intermediate=192)),
+}
+
+
+@pytest.mark.parametrize("tool", ["memcheck", "initcheck"])
+@pytest.mark.parametrize("backend", sorted(GROUPED_TRIALS))
+def test_harness_grouped_kernels_are_clean_with_unwritten_padding(backend: str, tool: str) -> None:
+    from harness.grouped.problem import GroupedPoison, GroupedProblem, GroupedTrial, MoeProblem
+
+    prop, dims = GROUPED_TRIALS[backend]
+    cls = MoeProblem if "hidden" in dims else GroupedProblem
+    problem = cls.from_splits([37, 0, 5], 1, seed=4, row_align=(64, 1, 8), **dims)
+    res = sz.sanitize_trial(GroupedTrial(backend, prop, problem, GroupedPoison(group_row_pad=0x7F, n_pad=0x7F)), tool)
     assert res.status == "pass", sz.describe(res) + "\n" + res.output_tail[-2000:]
     assert res.error_count == 0

@@ -111,6 +111,14 @@ class MoeOperands:
         return replace(self, **kw)
 
 
+def weight_decode_scales(w: ExpertWeights) -> torch.Tensor:
+    """fp32 [E]: each expert's weight decode multiplier ``1 / global scale`` (the checkpoint's
+    ``weight_scale_2``, :func:`harness.format.decode_multiplier_to_encode_divisor` inverted): the
+    only global scale of a weight-only (W4A16) kernel, which quantizes no activation.  A W4A16
+    reference and its backend use this same fp32 value."""
+    return (1.0 / w.global_scales.to(torch.float32)).to(torch.float32).reshape(-1)
+
+
 def fc1_input_global_scales(problem: MoeProblem, hidden: torch.Tensor) -> torch.Tensor:
     """fp32 [E] FC1 input encode divisors: per expert as :func:`input_global_scales` gives them, or
     (``shared``) the smallest of them over the experts with tokens, for every expert: vLLM's
@@ -143,10 +151,12 @@ def exact_intermediate(problem: MoeProblem, hidden: torch.Tensor, fc1_input_scal
 
 
 def build_moe_operands(problem: MoeProblem, poison: GroupedPoison = GroupedPoison(), *,
-                       device: torch.device | str = "cpu") -> MoeOperands:
+                       device: torch.device | str = "cpu", unwritten_padding: bool = False) -> MoeOperands:
     """Generate the problem's data and build every operand a fused-MoE backend receives, with the
     poison bytes in the padding regions of the FC1 input buffer (group row padding, K tail, data)
-    and of both weights (N padding, K tail, data)."""
+    and of both weights (N padding, K tail, data).  ``unwritten_padding``: the scale padding no
+    backend may read is left unwritten, in the FC1 input buffer and both weights
+    (:func:`harness.grouped.pipeline.grouped_quantize`, :func:`~harness.grouped.pipeline.quantize_experts`)."""
     hidden = problem.hidden_states(device)
     tokens, slots = sort_by_expert(problem.fc1())
     order = torch.tensor(tokens, dtype=torch.int64, device=device)
@@ -154,8 +164,9 @@ def build_moe_operands(problem: MoeProblem, poison: GroupedPoison = GroupedPoiso
     fc1_gs = fc1_input_global_scales(problem, hidden).to(device)
     a1 = grouped_quantize(hidden[order], problem.splits, fc1_gs, layout=ScaleLayout.SWIZZLED_128x4,
                           row_align=problem.row_align, k_alloc=problem.hidden, row_fill=poison.group_row_pad,
-                          ktail_fill=poison.k_tail, data_fill=poison.data)
-    fill = dict(row_fill=poison.n_pad, ktail_fill=poison.k_tail, data_fill=poison.data)
+                          ktail_fill=poison.k_tail, data_fill=poison.data, unwritten_padding=unwritten_padding)
+    fill = dict(row_fill=poison.n_pad, ktail_fill=poison.k_tail, data_fill=poison.data,
+                unwritten_padding=unwritten_padding)
     w13 = quantize_experts([problem.fc1_weight(e, device) for e in range(problem.experts)], n_align=N_ALIGN,
                            k_alloc=round_up(problem.hidden, 16), **fill)
     w2 = quantize_experts([problem.fc2_weight(e, device) for e in range(problem.experts)], n_align=N_ALIGN,

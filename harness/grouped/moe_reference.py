@@ -43,6 +43,21 @@ f. Routing.  As :mod:`harness.grouped.reference`: each term ``fl32(w_j y_j)`` an
    ``top_k`` terms give ``E = sum_j |w_j| (B2_j (1+u) + u |Y_j|) + gamma_{top_k-1} (1+u) sum_j
    |w_j| (|Y_j| + B2_j)``, and the cast to the output dtype ``u_out (|ref| + E) + eta_out``.
 
+Weight-only backends (``activation_quant = False``, W4A16: Marlin's FP4 MoE).  Nothing is
+quantized but the weights: step 1 is ``q1 = x`` (the hidden states as given, ``D1 = 0``), steps 2
+and 5 use the weight decode scales ``1 / global scale`` instead of ``alpha1`` / ``alpha2``
+(:func:`harness.grouped.moe.weight_decode_scales`), and step 4 is the identity: FC2 reads the
+backend's own rounded intermediate ``x'``, so ``dev2 = delta`` of step c, and ``P2`` is taken over
+``|X| + delta``.
+
+Routed combine, in general (step f with the backend's ``fc2_out``, ``weight_dtype`` and
+``term_out``, unit roundoffs ``u_y``, ``u_w``, ``u_t`` and subnormal spacings ``eta_*``; fp32
+values are not re-rounded, fp32 products round with ``u``): ``y' = fl_y(y)`` is within
+``B2' = B2 + u_y (|Y| + B2) + eta_y`` of ``Y``; ``w' = fl_w(w)`` within ``u_w |w| + eta_w``; the
+term ``fl_t(w' y')`` within ``|w'| B2' + |w' - w| |Y| + u_t |w' y'| + eta_t`` of ``w Y``.  The
+fp32 sum of ``top_k`` terms adds ``gamma_{top_k-1}`` times the sum of the terms' magnitudes.  With
+every dtype fp32 this is the bound of :mod:`harness.grouped.reference`.
+
 The fp64 evaluation of the reference and of the bound is covered by the final factor
 ``1 + 2^-30``.  No false alarm: ``tests/test_moe.py`` runs the emulation backend on many drawn
 problems (every distribution, dynamic and static scales, 16 <= I <= 192) and requires every
@@ -57,7 +72,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.format import e2m1_decode, e2m1_encode, e4m3_decode, e4m3_encode, reference_dequantize, reference_quantize
-from harness.grouped.moe import MoeOperands, silu64
+from harness.grouped.moe import MoeOperands, silu64, weight_decode_scales
 from harness.oracle import _OUT, Precision, Reference, error_bound, reference_from_dequantized
 
 U = 2.0 ** -23
@@ -130,27 +145,41 @@ class MoeReference:
     per_expert: list[ExpertReference | None]
 
 
-def reference_moe(ops: MoeOperands) -> MoeReference:
+def reference_moe(ops: MoeOperands, activation_quant: bool = True) -> MoeReference:
     """The exact reference of ``ops`` (hidden states, routing and the real region of both weights;
-    never a padding byte)."""
+    never a padding byte).  ``activation_quant=False``: the weight-only (W4A16) layer of the module
+    docstring (no activation quantized, weight decode scales instead of alphas)."""
     p = ops.problem
     i = p.intermediate
     dev = ops.hidden.device
     value = torch.zeros((p.tokens, p.hidden), dtype=torch.float64, device=dev)
     per: list[ExpertReference | None] = []
+    if activation_quant:
+        alpha1, alpha2 = ops.alpha1, ops.alpha2
+    else:
+        alpha1, alpha2 = weight_decode_scales(ops.w13).to(dev), weight_decode_scales(ops.w2).to(dev)
     for e, sec in enumerate(p.sections()):
         if not sec:
             per.append(None)
             continue
         rows = torch.tensor([t for t, _ in sec], device=dev)
         w13 = ops.w13.expert(e).dequantize()
-        q1, dev1 = quantization_deviation(ops.hidden[rows].double(), 0.0, ops.fc1_input_scales[e])
-        fc1 = reference_from_dequantized(q1, w13, ops.alpha1[e], k=p.hidden)
-        d1 = (dev1 @ w13.double().abs().T) * float(ops.alpha1[e])
+        w2 = ops.w2.expert(e).dequantize()
+        if activation_quant:
+            q1, dev1 = quantization_deviation(ops.hidden[rows].double(), 0.0, ops.fc1_input_scales[e])
+            fc1 = reference_from_dequantized(q1, w13, alpha1[e], k=p.hidden)
+            d1 = (dev1 @ w13.double().abs().T) * float(alpha1[e])
+        else:
+            bits = {torch.bfloat16: 8, torch.float16: 11}.get(ops.hidden.dtype, 24)
+            fc1 = reference_from_dequantized(ops.hidden[rows].float(), w13, alpha1[e], k=p.hidden, a_bits=bits)
+            d1 = torch.zeros_like(fc1.value)
         x = silu64(fc1.value[:, :i]) * fc1.value[:, i:2 * i]
-        codes, sf = reference_quantize(x.float(), ops.fc2_input_scales[e])
-        q2 = reference_dequantize(codes, sf)
-        fc2 = reference_from_dequantized(q2, ops.w2.expert(e).dequantize(), ops.alpha2[e], k=p.intermediate)
+        if activation_quant:
+            codes, sf = reference_quantize(x.float(), ops.fc2_input_scales[e])
+            q2 = reference_dequantize(codes, sf)
+        else:
+            q2 = x
+        fc2 = reference_from_dequantized(q2, w2, alpha2[e], k=p.intermediate)
         wts = torch.tensor([p.topk_weights[t][j] for t, j in sec], dtype=torch.float64, device=dev)
         value.index_add_(0, rows, wts[:, None] * fc2.value)
         per.append(ExpertReference(rows, [j for _, j in sec], fc1, d1, x, q2, fc2))
@@ -179,6 +208,16 @@ def intermediate_deviation(r: ExpertReference, ops: MoeOperands, backend) -> tor
     return pre + u_act * (r.x.abs() + pre) + eta_act + _FP64_REL * r.x.abs()
 
 
+def _rounding(dtype: torch.dtype, fp32_u: float) -> tuple[float, float]:
+    """(unit roundoff, half the smallest subnormal spacing) of rounding a product or value to ``dtype``;
+    for fp32 ``fp32_u`` (0 where the value is already fp32 and is not re-rounded)."""
+    if dtype == torch.float32:
+        return fp32_u, (_OUT[torch.float32][1] if fp32_u else 0.0)
+    u, eta, _ = _OUT[dtype]
+    # a product formed in fp32 and then rounded to the narrower dtype: two roundings
+    return u + U + u * U, eta
+
+
 def moe_error_bound(ops: MoeOperands, ref: MoeReference, backend) -> torch.Tensor:
     """Per-element bound [tokens, hidden] on ``|out - ref.value|`` for ``backend`` (a
     :class:`~harness.grouped.protocol.MoeBackend`; derivation in the module docstring)."""
@@ -189,18 +228,33 @@ def moe_error_bound(ops: MoeOperands, ref: MoeReference, backend) -> torch.Tenso
     lin = torch.zeros_like(ref.value)
     mag = torch.zeros_like(ref.value)
     prec = backend.requirements.precision
+    w4a4 = getattr(backend, "activation_quant", True)
+    alpha2 = ops.alpha2 if w4a4 else weight_decode_scales(ops.w2)
+    u_y, eta_y = _rounding(getattr(backend, "fc2_out", torch.float32), 0.0)
+    u_w, eta_w = _rounding(getattr(backend, "weight_dtype", torch.float32), 0.0)
+    u_t, eta_t = _rounding(getattr(backend, "term_out", torch.float32), U)
     for e, r in enumerate(ref.per_expert):
         if r is None:
             continue
         delta = intermediate_deviation(r, ops, backend)
-        _, dev2 = quantization_deviation(r.x, delta, ops.fc2_input_scales[e])
+        if w4a4:
+            _, dev2 = quantization_deviation(r.x, delta, ops.fc2_input_scales[e])
+            abs_sum = r.fc2.abs_sum
+        else:
+            dev2 = delta
+            abs_sum = None
         w2 = ops.w2.expert(e).dequantize().double().abs()
-        d2 = (dev2 @ w2.T) * float(ops.alpha2[e])
-        b2 = _gemm_bound(r.fc2.value.abs(), r.fc2.abs_sum, d2, r.fc2.k, prec, torch.float32)
+        d2 = (dev2 @ w2.T) * float(alpha2[e])
+        if abs_sum is None:  # sum |x_k w_k| over |X| (fp64; the fp32 one of the oracle rounds |X|)
+            abs_sum = (r.x.abs() @ w2.T) * float(alpha2[e])
+        b2 = _gemm_bound(r.fc2.value.abs(), abs_sum, d2, r.fc2.k, prec, torch.float32)
         wts = torch.tensor([abs(p.topk_weights[int(t)][j]) for t, j in zip(r.tokens.tolist(), r.slots)],
                            dtype=torch.float64, device=ref.value.device)[:, None]
         y = r.fc2.value.abs()
-        lin.index_add_(0, r.tokens, wts * (b2 * (1 + U) + U * y))
-        mag.index_add_(0, r.tokens, wts * (y + b2))
+        b2y = b2 + u_y * (y + b2) + eta_y                 # y' = fl_y(y) against Y
+        w_hi = wts * (1 + u_w) + eta_w                    # |w'|
+        term = w_hi * (y + b2y)                           # |w' y'|
+        lin.index_add_(0, r.tokens, w_hi * b2y + (u_w * wts + eta_w) * y + u_t * term + eta_t)
+        mag.index_add_(0, r.tokens, term * (1 + u_t) + eta_t)
     e_total = lin + gamma * (1 + U) * mag
     return (e_total + u_out * (ref.value.abs() + e_total) + eta) * _SAFETY

@@ -10,6 +10,7 @@ from typing import ClassVar
 import torch
 
 from harness.backends.moe_triton import MoeTritonFused
+from harness.backends.moe_w4a16 import MoeTorchW4A16
 from harness.grouped import registry
 from harness.grouped.moe import swiglu
 from harness.grouped.pipeline import GroupedOperands
@@ -100,8 +101,9 @@ class RoutedScaleTwice(GroupedMutant):
     name = "mutant-grouped-routed-scale-twice"
     parent = GEMM_PARENT
     expected_property = "reference_agreement"
-    planted = ("SGLang PR #31762: the Marlin FP4 MoE path applies the routed (top-k) weight twice, in the GEMM "
-               "epilogue and again in the combine, so every term is scaled by w^2 (seen on H100).")
+    planted = ("The routing (top-k) weight applied twice, in the GEMM epilogue (Marlin's mul_topk_weights) and "
+               "again in the combine, so every term is scaled by w^2: the grouped-GEMM form of the 'routed scale "
+               "applied twice' class of SGLang PR #31762 (whose fused-MoE form is mutant-moe-routed-scaling-twice).")
     description = "grouped-triton-emu applying each routing weight twice"
 
     def tamper(self, ops):
@@ -233,6 +235,31 @@ class Fc1Bf16Undeclared(MoeMutant):
         return swiglu(h[:, :i], h[:, i:2 * i]).float()
 
 
+# ----------------------------------------------------------------------------------------------
+# weight-only (W4A16) fused MoE: planted in a copy of moe-torch-w4a16-emu (Marlin's arithmetic)
+# ----------------------------------------------------------------------------------------------
+W4A16_PARENT = "moe-torch-w4a16-emu"
+
+ROUTED_SCALING_FACTOR = 2.5
+"""The ``routed_scaling_factor`` of DeepSeek-V3 and GLM-4.5/5 MoE layers (their ``config.json``)."""
+
+
+class RoutedScalingTwice(PlantedBug, MoeTorchW4A16):
+    name = "mutant-moe-routed-scaling-twice"
+    parent = W4A16_PARENT
+    expected_property = "reference_agreement"
+    planted = ("SGLang PR #31762 (Marlin NVFP4 MoE, seen on H800 with GLM-5.2-NVFP4): the model's "
+               "routed_scaling_factor is fused into the top-k weights by the router and applied again by "
+               "moe_sum_reduce after the Marlin GEMMs, so the routed output is scaled by it twice. The harness's "
+               "routing weights are the router's (scaling included); the planted sum multiplies them by "
+               f"{ROUTED_SCALING_FACTOR} (DeepSeek-V3's and GLM's factor) once more.")
+    description = "moe-torch-w4a16-emu multiplying the routed sum by the routed scaling factor 2.5 again"
+
+    def routed_sum(self, terms):
+        return terms.float().sum(dim=1) * ROUTED_SCALING_FACTOR
+
+
 def backends() -> list[GroupedBackend]:
     return [ExpertScaleStride(), StripedLastTile(), RoutedScaleTwice(), OneStaticInputScale(),
-            UnpaddedScaleOffsets(), EmptyExpertLaunched(), GateUpSwapped(), Fc2OneInputScale(), Fc1Bf16Undeclared()]
+            UnpaddedScaleOffsets(), EmptyExpertLaunched(), GateUpSwapped(), Fc2OneInputScale(), Fc1Bf16Undeclared(),
+            RoutedScalingTwice()]

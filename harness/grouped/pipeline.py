@@ -28,9 +28,9 @@ import torch
 
 from harness.format import BLOCK_SIZE, gemm_alpha, global_scale_encode_divisor
 from harness.grouped.problem import GroupedPoison, GroupedProblem
-from harness.kernels.nvfp4 import quantize_into
+from harness.kernels.nvfp4 import LEAVE, quantize_into
 from harness.layouts import OperandRole, Region, ScaleLayout, padded_shape, padding_map, round_up
-from harness.pipeline import QuantizedTensor
+from harness.pipeline import QuantizedTensor, fill_read_padding
 
 
 class GroupedRegion(enum.IntEnum):
@@ -112,12 +112,19 @@ def group_offsets(splits: tuple[int, ...], row_align: tuple[int, ...], layout: S
 def grouped_quantize(x_sorted: torch.Tensor, splits: tuple[int, ...], global_scales: torch.Tensor, *,
                      layout: ScaleLayout = ScaleLayout.SWIZZLED_128x4, row_align: tuple[int, ...],
                      k_alloc: int | None = None, row_fill: int = 0, ktail_fill: int = 0,
-                     data_fill: int = 0) -> GroupedTensor:
+                     data_fill: int = 0, unwritten_padding: bool = False) -> GroupedTensor:
     """Quantize token-sorted activations ``x_sorted`` [sum(splits), K] into one grouped buffer.
 
     Section ``e`` (rows ``sum(splits[:e])`` onward) is quantized with ``global_scales[e]`` (fp32
     [E], encode divisors).  ``row_fill``/``ktail_fill``: scale bytes of group row padding and K
     tail; ``data_fill``: packed padding bytes.  Raises ValueError when the shapes disagree.
+
+    ``unwritten_padding``: leave the scale bytes no backend may read unwritten instead of filling
+    them (for compute-sanitizer's initcheck, :mod:`harness.sanitizer`), as the dense pipeline's
+    mode of the same name leaves M padding (:func:`harness.pipeline.operands_from`): every scale
+    row past a section's tokens (its group row padding, up to the layout's row tile) and every
+    k-block past ``k_alloc``.  The K tail of real rows gets ``ktail_fill`` and the packed buffer is
+    written as in the normal mode.
     """
     layout = ScaleLayout.parse(layout)
     e_count = len(splits)
@@ -134,15 +141,20 @@ def grouped_quantize(x_sorted: torch.Tensor, splits: tuple[int, ...], global_sca
     dev = x_sorted.device
     sf_kb = padded_shape(layout, 1, k_alloc // BLOCK_SIZE)[1]
     packed = torch.zeros((rows[-1], k_alloc // 2), dtype=torch.uint8, device=dev)
-    scales = torch.zeros((sf[-1], sf_kb), dtype=torch.uint8, device=dev)
+    scales = (torch.empty if unwritten_padding else torch.zeros)((sf[-1], sf_kb), dtype=torch.uint8, device=dev)
     gs = global_scales.reshape(-1).to(device=dev, dtype=torch.float32)
     src = 0
     for e, c in enumerate(splits):
         if c == 0:
             continue
+        sec = scales[sf[e]:sf[e + 1]]
         quantize_into(x_sorted[src:src + c], gs[e:e + 1], layout, data_rows=rows[e + 1] - rows[e], data_k=k_alloc,
-                      row_fill=row_fill, ktail_fill=ktail_fill, data_fill=data_fill,
-                      packed=packed[rows[e]:rows[e + 1]], scales=scales[sf[e]:sf[e + 1]])
+                      row_fill=LEAVE if unwritten_padding else row_fill,
+                      ktail_fill=LEAVE if unwritten_padding else ktail_fill, data_fill=data_fill,
+                      packed=packed[rows[e]:rows[e + 1]], scales=sec)
+        if unwritten_padding:
+            fill_read_padding(sec, layout, rows=c, kblocks=k // BLOCK_SIZE, data_rows=c,
+                              data_kblocks=k_alloc // BLOCK_SIZE, row_byte=row_fill, ktail_byte=ktail_fill)
         src += c
     return GroupedTensor(packed, scales, layout, k, tuple(splits), rows, sf, gs)
 
@@ -235,19 +247,29 @@ def input_global_scales(problem: GroupedProblem, hidden: torch.Tensor) -> torch.
 
 
 def quantize_experts(weights: list[torch.Tensor], *, n_align: int, k_alloc: int, row_fill: int = 0,
-                     ktail_fill: int = 0, data_fill: int = 0) -> ExpertWeights:
+                     ktail_fill: int = 0, data_fill: int = 0, unwritten_padding: bool = False) -> ExpertWeights:
     """Quantize each expert's weight [n, k] with its own global scale (its own amax) into stacked
-    128x4 buffers; weight rows past N and k-blocks past K get the fill bytes."""
+    128x4 buffers; weight rows past N and k-blocks past K get the fill bytes.
+
+    ``unwritten_padding``: leave the scale bytes past the allocated rows (``n_alloc`` rounded up to
+    the 128-row tile) and past ``k_alloc`` unwritten, as the dense pipeline does for weights; rows
+    [n, n_alloc) (they feed the padding columns) and the K tail are still written."""
     n, k = weights[0].shape
     dev = weights[0].device
     n_alloc = round_up(n, n_align)
     sf_rows, sf_kb = padded_shape(ScaleLayout.SWIZZLED_128x4, n_alloc, k_alloc // BLOCK_SIZE)
     packed = torch.zeros((len(weights), n_alloc, k_alloc // 2), dtype=torch.uint8, device=dev)
-    scales = torch.zeros((len(weights), sf_rows, sf_kb), dtype=torch.uint8, device=dev)
+    scales = (torch.empty if unwritten_padding else torch.zeros)((len(weights), sf_rows, sf_kb), dtype=torch.uint8,
+                                                                 device=dev)
     gs = torch.stack([global_scale_encode_divisor(w.float().abs().amax()).reshape(()) for w in weights]).to(dev)
+    leave = LEAVE if unwritten_padding else None
     for e, w in enumerate(weights):
         quantize_into(w, gs[e:e + 1], ScaleLayout.SWIZZLED_128x4, data_rows=n_alloc, data_k=k_alloc,
-                      row_fill=row_fill, ktail_fill=ktail_fill, data_fill=data_fill, packed=packed[e], scales=scales[e])
+                      row_fill=row_fill if leave is None else leave, ktail_fill=ktail_fill if leave is None else leave,
+                      data_fill=data_fill, packed=packed[e], scales=scales[e])
+        if unwritten_padding:
+            fill_read_padding(scales[e], ScaleLayout.SWIZZLED_128x4, rows=n, kblocks=k // BLOCK_SIZE, data_rows=n_alloc,
+                              data_kblocks=k_alloc // BLOCK_SIZE, row_byte=row_fill, ktail_byte=ktail_fill)
     return ExpertWeights(packed, scales, gs.to(torch.float32), n, k)
 
 
@@ -257,10 +279,12 @@ N_ALIGN = 16
 
 def build_grouped_operands(problem: GroupedProblem, poison: GroupedPoison = GroupedPoison(), *,
                            device: torch.device | str = "cpu", k_align: int = 16,
-                           layout: ScaleLayout = ScaleLayout.SWIZZLED_128x4) -> GroupedOperands:
+                           layout: ScaleLayout = ScaleLayout.SWIZZLED_128x4,
+                           unwritten_padding: bool = False) -> GroupedOperands:
     """Generate the problem's data and build every operand a grouped backend receives, with the
     poison bytes in their padding regions (the victim expert is applied by the token-isolation
-    check, not here)."""
+    check, not here).  ``unwritten_padding``: the scale padding no backend may read is left
+    unwritten (:func:`grouped_quantize`, :func:`quantize_experts`)."""
     hidden = problem.hidden(device)
     k_alloc = round_up(problem.k, k_align)
     tokens, slots = sort_by_expert(problem)
@@ -269,9 +293,10 @@ def build_grouped_operands(problem: GroupedProblem, poison: GroupedPoison = Grou
     a_gs = input_global_scales(problem, hidden)
     a = grouped_quantize(hidden[order], problem.splits, a_gs, layout=layout, row_align=problem.row_align,
                          k_alloc=k_alloc, row_fill=poison.group_row_pad, ktail_fill=poison.k_tail,
-                         data_fill=poison.data)
+                         data_fill=poison.data, unwritten_padding=unwritten_padding)
     w = quantize_experts([problem.expert_weight(e, device) for e in range(problem.experts)], n_align=N_ALIGN,
-                         k_alloc=k_alloc, row_fill=poison.n_pad, ktail_fill=poison.k_tail, data_fill=poison.data)
+                         k_alloc=k_alloc, row_fill=poison.n_pad, ktail_fill=poison.k_tail, data_fill=poison.data,
+                         unwritten_padding=unwritten_padding)
     ids, weights = problem.routing(device)
     alpha = gemm_alpha(a_gs, w.global_scales).to(torch.float32).reshape(-1)
     return GroupedOperands(problem, poison, hidden, a, order, slot, ids, weights, a_gs, w, alpha,

@@ -60,7 +60,18 @@ class MoeBackend(Backend):
     * ``act_out``: the dtype the activation is rounded to before the FC2 input quantization;
     * ``fc1_scale_granularities``: the FC1 input-scale granularities it takes (``per_expert``, ``shared``);
     * ``bitwise_unfused``: its output equals the unfused composition of the grouped stages
-      (:func:`harness.backends.moe_triton.unfused_moe`) bit for bit, not only within both bounds.
+      (:func:`harness.backends.moe_triton.unfused_moe`) bit for bit, not only within both bounds;
+    * ``activation_quant``: True for NVFP4 x NVFP4 (W4A4: the hidden states and the intermediate are
+      quantized to NVFP4); False for a weight-only kernel (W4A16, e.g. Marlin's FP4 MoE on SM80/SM90):
+      it multiplies the hidden states as given and the intermediate as it rounded it (``act_out``),
+      with each weight's decode scale ``1 / global scale`` (:func:`harness.grouped.moe.weight_decode_scales`)
+      and no input scale;
+    * the routed combine ``out[t] = sum_j w_tj * y_tj``: ``fc2_out``, the dtype FC2's result ``y`` is
+      rounded to before the routing weight is applied; ``weight_dtype``, the dtype the routing
+      weights are rounded to before the multiply; ``term_out``, the dtype each product ``w * y`` is
+      rounded to; the top-k terms are then summed in fp32 and rounded once to the output dtype.  All
+      fp32 by default (the emulation's combine); vLLM's and SGLang's CUTLASS paths compute
+      ``c2 * topk_weights.to(bf16)`` in bf16, Marlin multiplies in its fp32 epilogue and stores bf16.
     """
 
     level: ClassVar[str] = "grouped"  # type: ignore[assignment]
@@ -72,6 +83,10 @@ class MoeBackend(Backend):
     activation_error: tuple[float, float] = (2.0 ** -21, 0.0)
     fc1_scale_granularities: tuple[str, ...] = ("per_expert", "shared")
     bitwise_unfused: bool = False
+    activation_quant: bool = True
+    fc2_out: torch.dtype = torch.float32
+    weight_dtype: torch.dtype = torch.float32
+    term_out: torch.dtype = torch.float32
 
     def run(self, ops: "MoeOperands") -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

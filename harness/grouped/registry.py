@@ -10,7 +10,8 @@ from harness.backends.registry import UnknownBackendError
 from harness.grouped.protocol import GroupedBackend
 
 MODULES = ("harness.backends.grouped_triton", "harness.backends.te_grouped", "harness.backends.moe_triton",
-           "harness.backends.flashinfer_moe", "harness.grouped.mutants")
+           "harness.backends.moe_w4a16", "harness.backends.flashinfer_moe", "harness.backends.vllm_moe",
+           "harness.backends.sglang_moe", "harness.grouped.mutants")
 
 _REGISTRY: dict[str, GroupedBackend] = {}
 

@@ -5,14 +5,19 @@ re-runs cases in a child process under ``compute-sanitizer`` (``memcheck``: out-
 misaligned accesses; ``initcheck``: reads of device memory never written; ``racecheck``: shared
 memory hazards), with PyTorch's caching allocator off (``PYTORCH_NO_CUDA_MEMORY_CACHING=1``) so every
 buffer is its own allocation, and with the pipeline's ``unwritten_padding`` mode, which leaves the
-padding scale bytes no backend may read unwritten (:func:`harness.pipeline.operands_from`).
+padding scale bytes no backend may read unwritten (:func:`harness.pipeline.operands_from`; for
+grouped and fused-MoE cases the grouped pipeline's mode of the same name,
+:func:`harness.grouped.pipeline.grouped_quantize`, which leaves each expert's group row padding
+unwritten).
 
 * :mod:`~harness.sanitizer.findings`: the sanitizer's output (its XML file, ``--xml --save``, and
   the text it prints, which alone names the nearest allocation of an out-of-bounds address) parsed
   into :class:`Finding` records;
 * :mod:`~harness.sanitizer.operands`: the *operand map* the child writes (every buffer the harness
   allocated or received: ``a.packed``, ``a.scales``, ``w.packed``, ``w.scales``, ``alpha``, ``out``,
-  ``x``, ... with ``data_ptr``, size and geometry) and :func:`locate`, which maps an address to the
+  ``x``, ...; on the grouped level one buffer per expert: ``a.expert[e].scales``,
+  ``w13.expert[e].packed``, ... with ``data_ptr``, size and geometry; regions ``real``, ``m_pad``,
+  ``group_row_pad``, ``n_pad``, ``k_tail``, ``layout_pad``) and :func:`locate`, which maps an address to the
   operand and padding region it falls in, or how far outside it lies;
 * :mod:`~harness.sanitizer.child`: the child process (``python -m harness.sanitizer child``);
 * :mod:`~harness.sanitizer.run`: running a trial under the tool and classifying it, choosing cases,

@@ -15,8 +15,10 @@ from typing import Any, Iterable
 from harness.sanitizer.findings import Finding
 
 MAP_SCHEMA = "nvfp4-harness/sanitizer-map/1"
-UNWRITTEN_REGIONS = ("m_pad", "layout_pad")
-"""Scale regions the ``unwritten_padding`` pipeline mode leaves unwritten (no backend may read them)."""
+UNWRITTEN_REGIONS = ("m_pad", "layout_pad", "group_row_pad")
+"""Scale regions the ``unwritten_padding`` pipeline modes leave unwritten (no backend may read them):
+the dense pipeline's M padding, the grouped pipeline's group row padding (scale rows past an
+expert's tokens), and the layout's own rounding past the allocated rows and K."""
 
 
 def dense_entry(name: str, t, *, real_rows: int | None = None, real_cols: int | None = None,
@@ -34,13 +36,16 @@ def dense_entry(name: str, t, *, real_rows: int | None = None, real_cols: int | 
 
 
 def scales_entry(name: str, t, *, layout: str, role: str, rows: int, kblocks: int, data_rows: int,
-                 data_kblocks: int) -> dict:
+                 data_kblocks: int, row_region: str | None = None) -> dict:
     """Map entry of a scale buffer in ``layout`` (storage order) for ``rows`` x ``kblocks`` real
-    scales allocated for ``data_rows`` x ``data_kblocks``."""
+    scales allocated for ``data_rows`` x ``data_kblocks``.  ``row_region`` renames the region of
+    rows >= ``rows`` (``m_pad`` / ``n_pad`` by default; ``group_row_pad`` for an expert's section of
+    a grouped buffer)."""
     return {"name": name, "kind": "scales", "data_ptr": int(t.data_ptr()), "nbytes": int(t.numel() * t.element_size()),
             "elem_bytes": 1, "shape": [int(t.shape[0]), int(t.numel() // t.shape[0]) if t.shape[0] else int(t.shape[-1])],
             "layout": str(layout),
-            "role": str(role), "rows": rows, "kblocks": kblocks, "data_rows": data_rows, "data_kblocks": data_kblocks}
+            "role": str(role), "rows": rows, "kblocks": kblocks, "data_rows": data_rows, "data_kblocks": data_kblocks,
+            "row_region": row_region}
 
 
 def scale_region(role: str, r: int, kb: int, rows: int, kblocks: int, data_rows: int, data_kblocks: int) -> str:
@@ -84,8 +89,11 @@ def region_at(entry: dict, offset: int) -> tuple[str, int | None, int | None]:
     """(region, row, col) of byte ``offset`` inside a mapped buffer."""
     if entry["kind"] == "scales":
         r, kb = _scale_position(entry, offset)
-        return scale_region(entry["role"], r, kb, entry["rows"], entry["kblocks"], entry["data_rows"],
-                            entry["data_kblocks"]), r, kb
+        region = scale_region(entry["role"], r, kb, entry["rows"], entry["kblocks"], entry["data_rows"],
+                              entry["data_kblocks"])
+        if region in ("m_pad", "n_pad") and entry.get("row_region"):
+            region = entry["row_region"]
+        return region, r, kb
     rows, cols = entry["shape"]
     elem = offset // entry["elem_bytes"]
     r, c = divmod(elem, cols) if cols else (0, elem)

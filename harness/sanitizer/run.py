@@ -83,14 +83,16 @@ class SanitizeResult:
 
 def sanitize_trial(trial, tool: str = "memcheck", *, sanitizer: str | None = None, timeout_s: float = 600.0,
                    plugins: Iterable[str] = (), keep_dir: Path | None = None) -> SanitizeResult:
-    """Run ``trial`` once under ``compute-sanitizer --tool TOOL`` in a child process and classify.
+    """Run ``trial`` (a :class:`~harness.trial.Trial` or a grouped / fused-MoE
+    :class:`~harness.grouped.problem.GroupedTrial`) once under ``compute-sanitizer --tool TOOL`` in a
+    child process and classify.
 
     Raises ``ValueError`` for an unknown tool; never raises for what happens in the child.
     """
     if tool not in TOOLS:
         raise ValueError(f"--tool={tool!r}: expected one of {list(TOOLS)}")
     from harness import env
-    from harness.backends import registry
+    from harness.grouped.registry import get_any
 
     t0 = time.perf_counter()
 
@@ -101,7 +103,7 @@ def sanitize_trial(trial, tool: str = "memcheck", *, sanitizer: str | None = Non
         path = check_available(sanitizer)
     except SanitizerUnavailable as exc:
         return done("skip", str(exc))
-    backend = registry.get(trial.backend)
+    backend = get_any(trial.backend)
     sup = backend.support(env.current())
     if not sup:
         return done("skip", sup.reason)
@@ -193,6 +195,46 @@ def classify(tool: str, output: str, xml_text: str | None, operand_map: dict | N
 # ----------------------------------------------------------------------------------------------
 # Choosing cases, recording results
 # ----------------------------------------------------------------------------------------------
+def is_grouped_trial(trial) -> bool:
+    from harness.grouped.problem import GroupedTrial
+
+    return isinstance(trial, GroupedTrial)
+
+
+def level_of(trial) -> str:
+    """The level a trial's results are recorded under: ``grouped`` or its backend's level."""
+    if is_grouped_trial(trial):
+        return "grouped"
+    from harness.backends import registry
+
+    return registry.get(trial.backend).level
+
+
+def load_trial(path: str | Path):
+    """The trial a case file records: a grouped (MoE) case file's
+    :class:`~harness.grouped.problem.GroupedTrial` or a GEMM-level case's :class:`~harness.trial.Trial`.
+    Raises the case readers' one-line errors."""
+    from harness.grouped.cases import is_grouped_case_file, read_case
+
+    if is_grouped_case_file(path):
+        return read_case(path).trial
+    from harness.cases import load_case
+
+    return load_case(path).trial()
+
+
+def shape_of(trial) -> dict:
+    """The problem's dimensions: ``m, n, k`` (GEMM level); ``tokens, experts, splits`` and ``n, k``
+    (grouped) or ``hidden, intermediate`` (fused MoE)."""
+    p = trial.problem
+    if not is_grouped_trial(trial):
+        return {"m": p.m, "n": p.n, "k": p.k}
+    from harness.grouped.problem import MoeProblem
+
+    dims = {"hidden": p.hidden, "intermediate": p.intermediate} if isinstance(p, MoeProblem) else {"n": p.n, "k": p.k}
+    return {"tokens": p.tokens, "experts": p.experts, "splits": list(p.splits), **dims}
+
+
 def cases_in(paths: Iterable[str | Path]) -> list[Path]:
     """Case files named directly or found (``*.json``, sorted) in the directories named."""
     out: list[Path] = []
@@ -209,7 +251,9 @@ def cases_in(paths: Iterable[str | Path]) -> list[Path]:
 
 def sample_trials(backend_names: Iterable[str], per_backend: int, seed: int) -> list:
     """``per_backend`` trials per backend drawn from the property suite's own strategies
-    (:func:`harness.suite.trials`, reference_agreement / quantizer_agreement), reproducibly for ``seed``.
+    (:func:`harness.suite.trials`, reference_agreement / quantizer_agreement; for a grouped or
+    fused-MoE backend :func:`harness.grouped.strategies.trials_for`, reference_agreement with its
+    padding poison), on this device's sizes, reproducibly for ``seed``.
 
     Hypothesis's first draw is the simplest example (m=1, one k-block: the regression corpus has
     those); it is kept only when nothing else was drawn."""
@@ -217,20 +261,26 @@ def sample_trials(backend_names: Iterable[str], per_backend: int, seed: int) -> 
     from hypothesis import seed as hyp_seed
 
     from harness import env, suite
-    from harness.backends import registry
+    from harness.grouped import registry as grouped_registry
+    from harness.grouped.strategies import trials_for as grouped_trials_for
+    from harness.grouped.registry import get_any
     from harness.trial import properties_for
 
-    sizes = suite.sizes_for(env.current().device)
+    device = env.current().device
+    sizes = suite.sizes_for(device)
     trials = []
     for name in backend_names:
-        b = registry.get(name)
-        prop = properties_for(b)[0]
+        b = get_any(name)
+        if grouped_registry.is_grouped(name):
+            strategy = grouped_trials_for(b, b.properties[0], device)
+        else:
+            strategy = suite.trials(b, properties_for(b)[0], sizes)
         drawn: list = []
 
         @hyp_seed(seed)
         @settings(max_examples=per_backend + 1, database=None, deadline=None, phases=[Phase.generate],
                   suppress_health_check=list(HealthCheck))
-        @given(suite.trials(b, prop, sizes))
+        @given(strategy)
         def collect(t) -> None:
             if len(drawn) <= per_backend and t not in drawn:
                 drawn.append(t)
@@ -238,6 +288,18 @@ def sample_trials(backend_names: Iterable[str], per_backend: int, seed: int) -> 
         collect()
         trials.extend(drawn[1:] if len(drawn) > per_backend else drawn)
     return trials
+
+
+def choose_trials(targets: Iterable[str | Path] = (), *, sample: int = 0, backends: str = "all",
+                  seed: int = 0) -> list[tuple[Any, str]]:
+    """(trial, source) of every case file named or found in ``targets`` (GEMM-level, linear,
+    quantizer and grouped / fused-MoE case files alike; source: the path), then ``sample`` trials per
+    backend of ``backends`` (:func:`_backend_names`; source ``sample seed=SEED``).  Raises the case
+    readers' and the registries' one-line errors."""
+    chosen = [(load_trial(p), str(p)) for p in cases_in(targets)]
+    if sample:
+        chosen += [(t, f"sample seed={seed}") for t in sample_trials(_backend_names(backends), sample, seed)]
+    return chosen
 
 
 def save_finding_case(results_dir: Path, result: SanitizeResult, level: str) -> str:
@@ -249,6 +311,15 @@ def save_finding_case(results_dir: Path, result: SanitizeResult, level: str) -> 
     observed = {"summary": result.reason, "status": result.status, "oracle": "compute-sanitizer",
                 "sanitizer": {"tool": result.tool, "error_count": result.error_count,
                               "findings": [f.to_dict() for f in result.findings]}}
+    if is_grouped_trial(t):
+        from harness.grouped.cases import GroupedCase, write_case
+
+        gcase = GroupedCase.create(t, observed=observed, environment=current().to_dict())
+        gcase.id = f"sanitize-{result.tool}-{gcase.id}"[:128]
+        target = Path(results_dir) / "cases" / f"{gcase.id}.json"
+        gcase.replay = sanitize_replay_command(target, result.tool)
+        written = write_case(gcase, target)
+        return str(Path(written).relative_to(Path(results_dir)))
     case = Case.create(backend=t.backend, level=level, property=t.property, problem=t.problem, poison=t.poison,
                        observed=observed, a_layout=t.a_layout, environment=current().to_dict(), tp=t.tp,
                        parallel=t.parallel)
@@ -272,18 +343,22 @@ def record_of(result: SanitizeResult, *, level: str, case_file: str | None, test
     from harness.results import RESULT_SCHEMA, now
 
     t = result.trial
+    place = {"a_layout": t.a_layout, "tp": t.tp, "parallel": t.parallel} if not is_grouped_trial(t) else \
+        {"a_layout": None}
     return {"schema": RESULT_SCHEMA, "time": now(), "worker": "sanitizer", "test": test, "backend": t.backend,
             "level": level, "property": f"sanitizer:{result.tool}", "outcome": result.status,
             "reason": result.reason, "problem": t.problem.to_dict(), "poison": t.poison.to_dict(),
-            "a_layout": t.a_layout, "tp": t.tp, "parallel": t.parallel, "measure": result.measure(),
-            "duration_s": result.duration_s, "digest": None, "case_file": case_file}
+            **place, "measure": result.measure(), "duration_s": result.duration_s, "digest": None,
+            "case_file": case_file}
 
 
 def describe(result: SanitizeResult) -> str:
     t = result.trial
     p = t.problem
-    head = (f"{result.tool:<9} {t.backend:<28} m={p.m} n={p.n} k={p.k} {p.out_dtype}"
-            + (f" {t.a_layout}" if t.a_layout else "") + f"  {result.status.upper()} ({result.duration_s:.1f} s)")
+    dims = " ".join(f"{k}={v}".replace(" ", "") for k, v in shape_of(t).items())
+    layout = getattr(t, "a_layout", None)
+    head = (f"{result.tool:<9} {t.backend:<28} {dims} {p.out_dtype}"
+            + (f" {layout}" if layout else "") + f"  {result.status.upper()} ({result.duration_s:.1f} s)")
     lines = [head]
     if result.status == "fail":
         lines += [f"    {f.line()}" for f in result.findings[:12]]
@@ -370,18 +445,22 @@ EXIT_CANNOT_RUN = 4
 
 
 def _backend_names(spec: str) -> list[str]:
+    """Backend names of ``--backends``: ``all`` (every backend of every level that runs here, the
+    grouped and fused-MoE ones included), ``mutants`` (the sanitizer-only mutants) or a comma list;
+    an unknown name raises :class:`~harness.backends.registry.UnknownBackendError` listing both registries."""
     from harness import env
     from harness.backends import registry
+    from harness.grouped import registry as grouped_registry
 
     if spec == "all":
         e = env.current()
-        return [b.name for b in registry.all_backends() if b.support(e)]
+        return [b.name for b in (*registry.all_backends(), *grouped_registry.all_backends()) if b.support(e)]
     if spec == "mutants":
         return [b.name for b in registry.all_backends(include_mutants=True)
                 if getattr(b, "oracle", "properties") == "sanitizer"]
     names = [n.strip() for n in spec.split(",") if n.strip()]
     for n in names:
-        registry.get(n)  # an unknown name fails here with the list of known ones
+        grouped_registry.get_any(n)  # an unknown name fails here with the list of known ones
     return names
 
 
@@ -391,8 +470,6 @@ def command(targets: list[str], *, sample: int = 0, backends: str = "all", seed:
     """``nvfp4-harness sanitize``: exit 0 when every case ran clean (or was skipped by a backend that
     does not run here), 1 on a finding or a crash, 4 when the sanitizer cannot run at all."""
     from harness import results as results_mod
-    from harness.backends import registry
-    from harness.cases import load_case
 
     tools = tools or ["memcheck"]
     for tool in tools:
@@ -400,15 +477,7 @@ def command(targets: list[str], *, sample: int = 0, backends: str = "all", seed:
             raise ValueError(f"--tool={tool!r}: expected one of {list(TOOLS)}")
     if sample < 0:
         raise ValueError(f"--sample={sample}: expected a number of cases per backend >= 0")
-    from harness.grouped.cases import is_grouped_case_file
-
-    paths = cases_in(targets)
-    grouped = [p for p in paths if is_grouped_case_file(p)]
-    if grouped:  # a directory of a run's cases may hold grouped (MoE) ones: not rerun here, said so
-        print(f"nvfp4-harness: {len(grouped)} grouped case file(s) left out (compute-sanitizer reruns GEMM-level, "
-              f"linear and quantizer cases only): {', '.join(str(p) for p in grouped[:4])}"
-              f"{' ...' if len(grouped) > 4 else ''}", file=sys.stderr)
-    chosen = [(load_case(p).trial(), str(p)) for p in paths if p not in grouped]
+    chosen = [(load_trial(p), str(p)) for p in cases_in(targets)]  # grouped (MoE) case files too
     names = _backend_names(backends) if sample else []
     if not chosen and not names and not run_selftest:
         raise ValueError("nothing to sanitize: name case files or directories, --sample N or --selftest")
@@ -430,7 +499,7 @@ def command(targets: list[str], *, sample: int = 0, backends: str = "all", seed:
     t0 = time.perf_counter()
     try:
         for trial, source in chosen:
-            level = registry.get(trial.backend).level
+            level = level_of(trial)
             for tool in tools:
                 res = sanitize_trial(trial, tool, sanitizer=sanitizer, timeout_s=timeout_s, plugins=plugins)
                 case_file = save_finding_case(out_dir, res, level) if res.status == "fail" else None
@@ -449,20 +518,31 @@ def command(targets: list[str], *, sample: int = 0, backends: str = "all", seed:
 
 def replay_command_line(case_path: str, *, backend: str | None = None, tool: str = "memcheck",
                         sanitizer: str | None = None) -> int:
-    """``nvfp4-harness replay --sanitize CASE``: exit 0 clean, 1 findings or crash, 4 cannot run."""
+    """``nvfp4-harness replay --sanitize CASE`` (a GEMM-level or a grouped case file): exit 0 clean,
+    1 findings or crash, 4 cannot run."""
     from harness.cases import load_case
+    from harness.grouped.cases import is_grouped_case_file, read_case
 
-    case = load_case(case_path)
-    if backend is not None:
-        from harness.backends import registry
+    if is_grouped_case_file(case_path):
+        case = read_case(case_path)
+        if backend is not None:
+            from harness.grouped import registry as grouped_registry
 
-        registry.get(backend)
+            grouped_registry.get(backend)
+        trial = case.trial_on(backend)
+    else:
+        case = load_case(case_path)
+        if backend is not None:
+            from harness.backends import registry
+
+            registry.get(backend)
+        trial = case.trial(backend)
     try:
         check_available(sanitizer)
     except SanitizerUnavailable as exc:
         print(f"nvfp4-harness: cannot sanitize: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    res = sanitize_trial(case.trial(backend), tool, sanitizer=sanitizer)
+    res = sanitize_trial(trial, tool, sanitizer=sanitizer)
     print(f"case      {case.id}")
     print(describe(res))
     recorded = (case.observed or {}).get("sanitizer")
