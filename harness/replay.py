@@ -93,6 +93,13 @@ def check_fits(problem) -> None:
                          f"({CASE_MEMORY_MULTIPLE}x its operands); this machine has {have / 2**30:.1f} GiB of {where}")
 
 
+def _grouped_dims(p) -> str:
+    """The GEMM dimensions of a grouped problem (n, k) or a fused-MoE one (hidden, intermediate I)."""
+    if hasattr(p, "intermediate"):
+        return f"hidden={p.hidden} I={p.intermediate}"
+    return f"n={p.n} k={p.k}"
+
+
 @dataclass
 class GroupedReplay:
     """A grouped case replayed (see :func:`replay`); the same exit codes as :class:`Replay`."""
@@ -114,7 +121,7 @@ class GroupedReplay:
                       f"(weight scale byte 0x{t.poison.victim_byte:02X})"
         lines = [f"case      {self.case.id}",
                  f"backend   {t.backend} (grouped), property {t.property}",
-                 f"problem   tokens={p.tokens} experts={p.experts} top_k={p.top_k} n={p.n} k={p.k} "
+                 f"problem   tokens={p.tokens} experts={p.experts} top_k={p.top_k} {_grouped_dims(p)} "
                  f"splits={list(p.splits)} row_align={list(p.row_align)} input_scales={p.input_scales} "
                  f"out={p.out_dtype} data={p.distribution} seed={p.seed}" + (f"  [{p.origin}]" if p.origin else ""),
                  f"poison    {poison}"]
