@@ -226,23 +226,29 @@ def load_case(path: str | os.PathLike[str], *, check_backend: bool = True) -> Ca
     """Read and validate a case file.  Raises :class:`CaseFileError` (a ValueError) for any problem,
     unreadable files included."""
     source = str(path)
+    return _parse(read_document(path), source, check_backend)
+
+
+def read_document(path: str | os.PathLike[str], error: type[CaseFileError] = CaseFileError) -> Any:
+    """The JSON document of a case file (any schema; not validated).  Raises ``error`` (a
+    :class:`CaseFileError`) with one line for a missing or unreadable file, text that is not UTF-8,
+    invalid JSON and a key that appears twice in one object."""
+    source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise CaseFileError(source, None, "no such case file") from None
+        raise error(source, None, "no such case file") from None
     except UnicodeDecodeError as exc:
-        raise CaseFileError(source, None, f"not UTF-8 text (byte {exc.start}): expected a JSON case file") from None
+        raise error(source, None, f"not UTF-8 text (byte {exc.start}): expected a JSON case file") from None
     except OSError as exc:
-        raise CaseFileError(source, None, f"cannot read the case file: {exc.strerror or exc}") from None
+        raise error(source, None, f"cannot read the case file: {exc.strerror or exc}") from None
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
-        raise CaseFileError(source, None, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") \
-            from None
+        raise error(source, None, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except _DuplicateKey as exc:
-        raise CaseFileError(source, exc.key, f"key {exc.key!r} appears twice in one object: expected "
-                                             f"each key once") from None
-    return _parse(doc, source, check_backend)
+        raise error(source, exc.key, f"key {exc.key!r} appears twice in one object: expected each key once") \
+            from None
 
 
 def save_case(case: Case, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -429,15 +435,6 @@ def _parse(d: Any, source: str, check_backend: bool) -> Case:
                                            f"version 1 only (a newer harness wrote this file?)")
     doc = c.obj(d, "", _TOP_REQUIRED, _TOP_OPTIONAL)
 
-    case_id_ = c.string(doc["id"], "id")
-    if not _ID_RE.match(case_id_):
-        raise c.fail("id", case_id_, "1-128 characters of letters, digits, '.', '_' or '-' (it names a file)")
-    created = c.string(doc["created"], "created")
-    try:
-        _dt.datetime.fromisoformat(created[:-1] + "+00:00" if created.endswith("Z") else created)
-    except ValueError:
-        raise c.fail("created", created, "an ISO 8601 time such as '2026-11-21T20:00:00Z'") from None
-
     backend = c.string(doc["backend"], "backend")
     level = c.choice(doc["level"], "level", LEVELS)
     prop = c.choice(doc["property"], "property", PROPERTIES)
@@ -464,22 +461,41 @@ def _parse(d: Any, source: str, check_backend: bool) -> Case:
     tp = c.integer(doc.get("tp", legacy.get("tp", 1)), "tp", minimum=1)
     parallel = c.choice(doc.get("parallel", legacy.get("parallel", "column")), "parallel", PARALLEL)
 
+    record = parse_record_fields(c, doc, optional=False)
+    return Case(backend=backend, level=level, property=prop, problem=problem, poison=poison,  # type: ignore[arg-type]
+                observed=observed, a_layout=layout, tp=tp, parallel=parallel,  # type: ignore[arg-type]
+                environment=environment, **record)
+
+
+def parse_record_fields(c: _Checker, doc: dict, *, optional: bool) -> dict[str, Any]:
+    """The fields every case file has beside its trial, checked: ``id``, ``created``, ``digest``,
+    ``note``, ``expect``, ``tracks``, ``replay`` and ``reproduced``, by name.
+
+    A case file (``nvfp4-harness/case/1``) requires ``id``, ``created``, ``expect`` and a non-empty
+    ``replay`` (:data:`_TOP_REQUIRED` has made sure they are there); with ``optional`` (a grouped case
+    file, :mod:`harness.grouped.cases`) they may be left out or null, and read as None, None, "pass"
+    and "".  Raises :class:`CaseFileError` naming the field, the value and what was expected."""
+    case_id_ = c.string(doc.get("id"), "id", nullable=optional)
+    if case_id_ is not None and not _ID_RE.match(case_id_):
+        raise c.fail("id", case_id_, "1-128 characters of letters, digits, '.', '_' or '-' (it names a file)")
+    created = c.string(doc.get("created"), "created", nullable=optional)
+    if created is not None:
+        try:
+            _dt.datetime.fromisoformat(created[:-1] + "+00:00" if created.endswith("Z") else created)
+        except ValueError:
+            raise c.fail("created", created, "an ISO 8601 time such as '2026-11-21T20:00:00Z'") from None
     digest = c.string(doc.get("digest"), "digest", nullable=True)
     if digest is not None and not _DIGEST_RE.match(digest):
         raise c.fail("digest", digest, "a sha256 hex digest (64 lowercase hex digits) or null")
     note = c.string(doc.get("note"), "note", nullable=True, nonempty=False)
-    expect = c.choice(doc["expect"], "expect", EXPECTS)
+    expect = c.choice(doc.get("expect", "pass"), "expect", EXPECTS)
     tracks = c.string(doc.get("tracks"), "tracks", nullable=True)
-    replay = c.string(doc["replay"], "replay")
+    replay = c.string(doc.get("replay"), "replay", nullable=optional, nonempty=not optional) or ""
     if "\n" in replay:
         raise c.fail("replay", replay, "a one-line command")
     reproduced = _parse_reproduced(c, doc.get("reproduced"))
-
-    return Case(id=case_id_, created=created, backend=backend, level=level, property=prop,  # type: ignore[arg-type]
-                problem=problem, poison=poison, observed=observed, a_layout=layout, tp=tp,  # type: ignore[arg-type]
-                parallel=parallel, environment=environment,
-                digest=digest, note=note, expect=expect, tracks=tracks, replay=replay,  # type: ignore[arg-type]
-                reproduced=reproduced)
+    return {"id": case_id_, "created": created, "digest": digest, "note": note, "expect": expect, "tracks": tracks,
+            "replay": replay, "reproduced": reproduced}
 
 
 def _check_backend(c: _Checker, name: str, level: str) -> None:
@@ -530,7 +546,7 @@ def _parse_problem(c: _Checker, d: Any) -> GemmProblem:
                            calibration=None if calibration is None else float(calibration),
                            partitions=partitions, fused_on_disk=fused, input_layout=input_layout)
     except ValueError as exc:
-        raise _from_model_error(c, exc, "problem", p) from None
+        raise from_model_error(c, exc, "problem", p) from None
 
 
 def _parse_poison(c: _Checker, d: Any) -> Poison:
@@ -540,16 +556,19 @@ def _parse_poison(c: _Checker, d: Any) -> Poison:
     try:
         return Poison(**{name: p[name] for name in REGIONS if name in p})
     except ValueError as exc:
-        raise _from_model_error(c, exc, "poison", p) from None
+        raise from_model_error(c, exc, "poison", p) from None
 
 
-def _from_model_error(c: _Checker, exc: ValueError, prefix: str, d: dict) -> CaseFileError:
-    """Re-raise a GemmProblem / Poison validation error with the file name (their messages already
-    start with the field path, e.g. ``problem.k=100: expected a multiple of 16``)."""
-    msg = str(exc)
-    m = re.match(rf"({prefix}\.[a-z_]+)", msg)
+def from_model_error(c: _Checker, exc: Exception, prefix: str, d: Any) -> CaseFileError:
+    """A problem's, poison's or trial's validation error (a ValueError or TypeError of the model's
+    dataclass) as a :class:`CaseFileError` with the file name.  The model's messages already start
+    with the field path (``problem.k=100: expected a multiple of 16``); one that does not is prefixed
+    with ``prefix``.  ``d`` is the object ``prefix`` names in the document (the value of a field of
+    it is reported as the value)."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    m = re.match(rf"({prefix}\.[A-Za-z_]+)", msg)
     path = m.group(1) if m else prefix
-    value = d.get(path.split(".", 1)[1]) if m else d
+    value = d.get(path.split(".", 1)[1]) if m and isinstance(d, dict) else d
     if not m:
         msg = f"{prefix}: {msg}"
     return CaseFileError(c.source, path, msg, value)

@@ -667,6 +667,28 @@ def _bf16_truncate(x: torch.Tensor) -> torch.Tensor:
     return (x.float().contiguous().view(torch.int32) & -65536).view(torch.float32)
 
 
+def _element_scale(sf: torch.Tensor, gs: torch.Tensor) -> torch.Tensor:
+    """The correct multiplier of a block's elements, ``1 / (fp32(sf) / gs)`` (IEEE divisions)."""
+    return ieee_div(1.0, ieee_div(sf, gs))
+
+
+def _quantize_blocks(x: torch.Tensor, global_scale: torch.Tensor, layout: ScaleLayout, *,
+                     encode_scale=e4m3_encode, element_scale=_element_scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`harness.format.reference_quantize`'s steps as a quantizer returns them (packed codes
+    uint8 [rows, K/2]; scale bytes in ``layout``, padding 0), with the two steps the quantizer mutants
+    plant their bugs in replaceable: ``encode_scale`` (fp32 block scales ``gs * amax / 6`` -> e4m3
+    bytes) and ``element_scale(sf, gs)`` (decoded block scales, fp32 global scale -> the multiplier
+    of the block's elements; where sf is 0 the multiplier is 0 whatever it returns)."""
+    rows, k = x.shape
+    xf = x.float().reshape(rows, k // BLOCK_SIZE, BLOCK_SIZE)
+    gs = global_scale.reshape(()).to(device=x.device, dtype=torch.float32)
+    sf_byte = encode_scale(ieee_div(gs * xf.abs().amax(dim=-1), 6.0))
+    sf = e4m3_decode(sf_byte)
+    inv = torch.where(sf == 0, torch.zeros_like(sf), element_scale(sf, gs))
+    codes = e2m1_encode(xf * inv.unsqueeze(-1)).reshape(rows, k)
+    return pack_e2m1(codes), swizzle(sf_byte, layout, fill=0)
+
+
 class FastMathQuantizer(QuantizerMutant):
     name = "mutant-fast-math-quantizer"
     planted = ("Approximate reciprocal in the quantizer's element scale, x * rcp(sf / gs) (TransformerEngine "
@@ -677,14 +699,8 @@ class FastMathQuantizer(QuantizerMutant):
     description = "torch NVFP4 quantizer with a bf16-precision reciprocal for the element scale"
 
     def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, k = x.shape
-        xf = x.float().reshape(rows, k // BLOCK_SIZE, BLOCK_SIZE)
-        gs = global_scale.reshape(()).to(device=x.device, dtype=torch.float32)
-        sf_byte = e4m3_encode(ieee_div(gs * xf.abs().amax(dim=-1), 6.0))
-        sf = e4m3_decode(sf_byte)
-        inv = torch.where(sf == 0, torch.zeros_like(sf), _bf16_truncate(1.0 / (sf / gs)))
-        codes = e2m1_encode(xf * inv.unsqueeze(-1)).reshape(rows, k)
-        return pack_e2m1(codes), swizzle(sf_byte, self.layout, fill=0)
+        return _quantize_blocks(x, global_scale, self.layout,
+                                element_scale=lambda sf, gs: _bf16_truncate(1.0 / (sf / gs)))
 
 
 class NonSaturatingQuantizer(QuantizerMutant):
@@ -697,17 +713,13 @@ class NonSaturatingQuantizer(QuantizerMutant):
                "(TRT-LLM PR #11322 is the static-scale bug class; NVFP4-NOTES 'The format').")
     description = "torch NVFP4 quantizer whose block scales overflow to e4m3 NaN instead of saturating at 448"
 
-    def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, k = x.shape
-        xf = x.float().reshape(rows, k // BLOCK_SIZE, BLOCK_SIZE)
-        gs = global_scale.reshape(()).to(device=x.device, dtype=torch.float32)
-        v = ieee_div(gs * xf.abs().amax(dim=-1), 6.0)
+    @staticmethod
+    def _encode_without_satfinite(v: torch.Tensor) -> torch.Tensor:
         # round-to-nearest-even past 448: [464, inf) rounds to 480, whose e4m3fn encoding is 0x7F (NaN)
-        sf_byte = torch.where(v >= 464.0, torch.full_like(v, 0x7F, dtype=torch.uint8), e4m3_encode(v))
-        sf = e4m3_decode(sf_byte)
-        inv = torch.where(sf == 0, torch.zeros_like(sf), ieee_div(1.0, ieee_div(sf, gs)))
-        codes = e2m1_encode(xf * inv.unsqueeze(-1)).reshape(rows, k)
-        return pack_e2m1(codes), swizzle(sf_byte, self.layout, fill=0)
+        return torch.where(v >= 464.0, torch.full_like(v, 0x7F, dtype=torch.uint8), e4m3_encode(v))
+
+    def quantize(self, x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _quantize_blocks(x, global_scale, self.layout, encode_scale=self._encode_without_satfinite)
 
 
 class NanPaddingQuantizer(QuantizerMutant):

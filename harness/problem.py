@@ -112,8 +112,37 @@ MAX_GENERATED_ELEMENTS = 1 << 32
 """The most elements :func:`harness.data.generate` makes for one tensor (its counter-based hash)."""
 
 
+class DataSpec:
+    """How a problem's tensors are made, as every problem dataclass declares it (a mixin of
+    :class:`GemmProblem` and of the grouped problems, :mod:`harness.grouped.problem`).
+
+    The class using it has the fields ``in_dtype`` (inputs: activations and weights before
+    quantization) and ``out_dtype`` (the result), torch dtype names as :func:`harness.data.parse_dtype`
+    reads them ("bfloat16", "float16", ...), and ``distribution``, one of
+    :data:`harness.data.DISTRIBUTIONS`."""
+
+    def _check_data_spec(self) -> None:
+        """ValueError naming ``problem.out_dtype``, ``problem.in_dtype`` or ``problem.distribution``,
+        its value and what was expected."""
+        data_mod.parse_dtype(self.out_dtype, "problem.out_dtype")  # type: ignore[attr-defined]
+        data_mod.parse_dtype(self.in_dtype, "problem.in_dtype")  # type: ignore[attr-defined]
+        if self.distribution not in data_mod.DISTRIBUTIONS:  # type: ignore[attr-defined]
+            raise ValueError(f"problem.distribution={self.distribution!r}: expected one of "  # type: ignore[attr-defined]
+                             f"{list(data_mod.DISTRIBUTIONS)}")
+
+    @property
+    def torch_out_dtype(self) -> torch.dtype:
+        """``out_dtype`` as a torch dtype."""
+        return data_mod.parse_dtype(self.out_dtype)  # type: ignore[attr-defined]
+
+    @property
+    def torch_in_dtype(self) -> torch.dtype:
+        """``in_dtype`` as a torch dtype."""
+        return data_mod.parse_dtype(self.in_dtype)  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
-class GemmProblem:
+class GemmProblem(DataSpec):
     """A logical NVFP4 GEMM: out[m, n] = A[m, k] @ W[n, k]^T, plus how its data is made.
 
     ``m`` may be 0 (an empty batch, which serving engines send; the linear and quantizer levels
@@ -149,11 +178,7 @@ class GemmProblem:
             if rows * self.k > MAX_GENERATED_ELEMENTS:
                 raise ValueError(f"problem.{name}={rows} with problem.k={self.k}: {rows * self.k} elements; expected "
                                  f"at most 2^32 per operand (the harness's test-data generator)")
-        data_mod.parse_dtype(self.out_dtype, "problem.out_dtype")
-        data_mod.parse_dtype(self.in_dtype, "problem.in_dtype")
-        if self.distribution not in data_mod.DISTRIBUTIONS:
-            raise ValueError(f"problem.distribution={self.distribution!r}: expected one of "
-                             f"{list(data_mod.DISTRIBUTIONS)}")
+        self._check_data_spec()
         if self.calibration is not None:
             c = self.calibration
             if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < float(c) < float("inf"):
@@ -176,14 +201,6 @@ class GemmProblem:
         if not isinstance(self.fused_on_disk, bool) or (self.fused_on_disk and self.partitions is None):
             raise ValueError(f"problem.fused_on_disk={self.fused_on_disk!r}: expected true or false, and false "
                              f"unless problem.partitions names the merged layer's partitions")
-
-    @property
-    def torch_out_dtype(self) -> torch.dtype:
-        return data_mod.parse_dtype(self.out_dtype)
-
-    @property
-    def torch_in_dtype(self) -> torch.dtype:
-        return data_mod.parse_dtype(self.in_dtype)
 
     def activations(self, device) -> torch.Tensor:
         return data_mod.generate(self.distribution, (self.m, self.k), 2 * self.seed, self.torch_in_dtype, device)

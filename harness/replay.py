@@ -96,13 +96,6 @@ def check_grouped_fits(problem) -> None:
     _check_memory(need, f"problem tokens={problem.tokens} experts={problem.experts} {_grouped_dims(problem)}")
 
 
-def _grouped_dims(problem) -> str:
-    """``n=.. k=..`` of a grouped problem, ``hidden=.. intermediate=..`` of a fused-MoE one."""
-    if hasattr(problem, "intermediate"):
-        return f"hidden={problem.hidden} intermediate={problem.intermediate}"
-    return f"n={problem.n} k={problem.k}"
-
-
 def _check_memory(need: int, what: str) -> None:
     import os
 
@@ -119,6 +112,13 @@ def _check_memory(need: int, what: str) -> None:
     if need > have:
         raise ValueError(f"{what}: needs up to {need / 2**30:.1f} GiB "
                          f"({CASE_MEMORY_MULTIPLE}x its operands); this machine has {have / 2**30:.1f} GiB of {where}")
+
+
+def _grouped_dims(p) -> str:
+    """The GEMM dimensions of a grouped problem (n, k) or a fused-MoE one (hidden, intermediate I)."""
+    if hasattr(p, "intermediate"):
+        return f"hidden={p.hidden} I={p.intermediate}"
+    return f"n={p.n} k={p.k}"
 
 
 @dataclass

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis.errors import NoSuchExample, Unsatisfiable
@@ -72,7 +73,12 @@ class _BudgetSpent(Exception):
 
 
 class _Hunt:
-    def __init__(self, deadline: float = float("inf")):
+    """The predicate :func:`hypothesis.find` searches with: runs each drawn trial through ``execute_trial``
+    (the dense engine, :func:`harness.runner.execute`, or the grouped one) and notes the examples and
+    seconds to the first failure."""
+
+    def __init__(self, execute_trial: Callable, deadline: float = float("inf")):
+        self.execute = execute_trial
         self.deadline = deadline  # perf_counter time; checked before every example until a failure
         self.examples = 0
         self.first_fail_s: float | None = None
@@ -80,11 +86,11 @@ class _Hunt:
         self.t0 = time.perf_counter()
         self.last_reason = ""
 
-    def __call__(self, trial: Trial) -> bool:
+    def __call__(self, trial) -> bool:
         if self.first_fail_s is None and time.perf_counter() > self.deadline:
             raise _BudgetSpent()
         self.examples += 1
-        out = execute(trial)
+        out = self.execute(trial)
         failed = out.status in ("fail", "crash")
         if failed and self.first_fail_s is None:
             self.first_fail_s = time.perf_counter() - self.t0
@@ -92,6 +98,62 @@ class _Hunt:
         if failed:
             self.last_reason = out.reason
         return failed
+
+
+def _search(score: Score, props: list[str], trials_of: Callable, execute_trial: Callable,
+            parent_trial_of: Callable, *, budget_s: float, examples: int) -> Score:
+    """Search ``props`` in order for a failure of the mutant and fill ``score``: the property that
+    caught it, the examples and seconds to the first failure, the minimized trial, its failure and
+    what the parent backend does on it (``parent_trial_of(minimal)``, None when there is no parent).
+
+    ``trials_of(prop)`` is the strategy of trials for one property and ``execute_trial`` the engine
+    that runs them.  The budget (seconds, from the start of this search) is checked before every
+    property and every example until the first failure; a search it cuts short is noted and marked
+    :attr:`Score.budget_cut` (BUDGET SPENT, never a false SURVIVED).
+
+    Raises ValueError when ``budget_s <= 0`` or ``examples < 1`` (a verdict from no search would be a
+    false SURVIVED)."""
+    if not budget_s > 0 or examples < 1:
+        raise ValueError(f"budget_s={budget_s!r}, examples={examples!r}: expected budget_s > 0 and examples >= 1")
+    t_all = time.perf_counter()
+    searched = 0
+    for prop in props:
+        remaining = budget_s - (time.perf_counter() - t_all)
+        if remaining <= 0:
+            score.notes.append(f"budget of {budget_s:g} s spent after searching {searched} of {len(props)} "
+                               f"properties ({', '.join(props[:searched])})")
+            score.budget_cut = True
+            break
+        searched += 1
+        h = _Hunt(execute_trial, deadline=t_all + budget_s)
+        cfg = settings(max_examples=examples, derandomize=True, database=None, deadline=None,
+                       phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck),
+                       report_multiple_bugs=False)
+        try:
+            minimal = find(trials_of(prop), h, settings=cfg)
+        except (NoSuchExample, Unsatisfiable):
+            continue
+        except _BudgetSpent:
+            score.notes.append(f"budget of {budget_s:g} s spent while searching {prop} ({h.examples} examples; "
+                               f"{searched} of {len(props)} properties searched)")
+            score.budget_cut = True
+            break
+        score.caught_by = prop
+        score.examples = h.first_fail_examples
+        score.seconds = round((h.t0 - t_all) + (h.first_fail_s or 0.0), 3)  # from the start of this mutant's hunt
+        score.minimized = minimal.to_dict()
+        score.failure = execute_trial(minimal).reason
+        parent_trial = parent_trial_of(minimal)
+        if parent_trial is not None:
+            try:
+                score.parent_outcome = execute_trial(parent_trial).status
+            except Exception as exc:  # noqa: BLE001
+                score.parent_outcome = f"error: {exc}"
+        break
+    score.total_seconds = round(time.perf_counter() - t_all, 3)
+    if score.caught_by and score.seconds > budget_s:
+        score.notes.append(f"first failure after {score.seconds:.1f} s, over the {budget_s:.0f} s budget")
+    return score
 
 
 def hunt(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Score:
@@ -115,54 +177,21 @@ def hunt(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Sc
     if expected in props:
         props.remove(expected)
         props.insert(0, expected)
-    if not budget_s > 0 or examples < 1:  # a verdict from no search would be a false SURVIVED
-        raise ValueError(f"budget_s={budget_s!r}, examples={examples!r}: expected budget_s > 0 and examples >= 1")
-    t_all = time.perf_counter()
-    searched = 0
-    for prop in props:
-        remaining = budget_s - (time.perf_counter() - t_all)
-        if remaining <= 0:
-            score.notes.append(f"budget of {budget_s:g} s spent after searching {searched} of {len(props)} "
-                               f"properties ({', '.join(props[:searched])})")
-            score.budget_cut = True
-            break
-        searched += 1
-        h = _Hunt(deadline=t_all + budget_s)
-        cfg = settings(max_examples=examples, derandomize=True, database=None, deadline=None,
-                       phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck),
-                       report_multiple_bugs=False)
-        try:
-            minimal = find(suite.trials(m, prop, sizes), h, settings=cfg)
-        except (NoSuchExample, Unsatisfiable):
-            continue
-        except _BudgetSpent:
-            score.notes.append(f"budget of {budget_s:g} s spent while searching {prop} ({h.examples} examples; "
-                               f"{searched} of {len(props)} properties searched)")
-            score.budget_cut = True
-            break
-        score.caught_by = prop
-        score.examples = h.first_fail_examples
-        score.seconds = round((h.t0 - t_all) + (h.first_fail_s or 0.0), 3)  # from the start of this mutant's hunt
-        score.minimized = minimal.to_dict()
-        final = execute(minimal)
-        score.failure = final.reason
-        if score.parent:
-            parent_trial = Trial(score.parent, minimal.property, minimal.problem, minimal.poison,
-                                 minimal.a_layout, minimal.tp, minimal.parallel)
-            try:
-                score.parent_outcome = execute(parent_trial).status
-            except Exception as exc:  # noqa: BLE001
-                score.parent_outcome = f"error: {exc}"
-        break
-    score.total_seconds = round(time.perf_counter() - t_all, 3)
-    if score.caught_by and score.seconds > budget_s:
-        score.notes.append(f"first failure after {score.seconds:.1f} s, over the {budget_s:.0f} s budget")
-    return score
+
+    def parent_trial_of(minimal: Trial) -> Trial | None:
+        if not score.parent:
+            return None
+        return Trial(score.parent, minimal.property, minimal.problem, minimal.poison,
+                     minimal.a_layout, minimal.tp, minimal.parallel)
+
+    return _search(score, props,
+                   lambda prop: suite.trials(m, prop, sizes), execute, parent_trial_of,
+                   budget_s=budget_s, examples=examples)
 
 
 def hunt_grouped(mutant_name: str, *, budget_s: float = 60.0, examples: int = 200) -> Score:
     """:func:`hunt` for a grouped mutant (:mod:`harness.grouped.mutants`): the grouped strategies,
-    engine and properties, the same search, scoring and parent check."""
+    engine and properties, the same search, scoring, budget and parent check (:func:`_search`)."""
     from harness.grouped import registry as grouped_registry, strategies
     from harness.grouped.checks import execute as execute_grouped
     from harness.grouped.problem import GroupedTrial
@@ -175,42 +204,10 @@ def hunt_grouped(mutant_name: str, *, budget_s: float = 60.0, examples: int = 20
         score.notes.append(f"cannot run here: {sup.reason}")
         return score
     props = [m.expected_property] + [p for p in m.properties if p != m.expected_property]
-    t_all = time.perf_counter()
-    for prop in props:
-        if time.perf_counter() - t_all >= budget_s:
-            break
-        state = {"n": 0, "first": None, "first_n": 0}
-        t0 = time.perf_counter()
-
-        def failed(trial: GroupedTrial) -> bool:
-            state["n"] += 1
-            bad = execute_grouped(trial).status in ("fail", "crash")
-            if bad and state["first"] is None:
-                state["first"], state["first_n"] = time.perf_counter() - t0, state["n"]
-            return bad
-
-        cfg = settings(max_examples=examples, derandomize=True, database=None, deadline=None,
-                       phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck),
-                       report_multiple_bugs=False)
-        try:
-            minimal = find(strategies.trials_for(m, prop, device), failed, settings=cfg)
-        except (NoSuchExample, Unsatisfiable):
-            continue
-        score.caught_by = prop
-        score.examples = state["first_n"]
-        score.seconds = round((t0 - t_all) + (state["first"] or 0.0), 3)
-        score.minimized = minimal.to_dict()
-        score.failure = execute_grouped(minimal).reason
-        parent = GroupedTrial(m.parent, minimal.property, minimal.problem, minimal.poison)
-        try:
-            score.parent_outcome = execute_grouped(parent).status
-        except Exception as exc:  # noqa: BLE001
-            score.parent_outcome = f"error: {exc}"
-        break
-    score.total_seconds = round(time.perf_counter() - t_all, 3)
-    if score.caught_by and score.seconds > budget_s:
-        score.notes.append(f"first failure after {score.seconds:.1f} s, over the {budget_s:.0f} s budget")
-    return score
+    return _search(score, props,
+                   lambda prop: strategies.trials_for(m, prop, device), execute_grouped,
+                   lambda minimal: GroupedTrial(m.parent, minimal.property, minimal.problem, minimal.poison),
+                   budget_s=budget_s, examples=examples)
 
 
 def run(mutants: list[str] | None = None, *, budget_s: float = 60.0, examples: int = 200,

@@ -371,12 +371,13 @@ def test_interpreter_overflow_warnings_are_silenced_only_inside_trials() -> None
         np.array([1e300]).astype(np.float16)  # overflow outside a trial still warns
 
 
-def test_selftest_budget_stops_the_search_between_examples() -> None:
+@pytest.mark.parametrize("mutant", ["mutant-pad-row-scales", "mutant-grouped-routed-scale-twice"])
+def test_selftest_budget_stops_the_search_between_examples(mutant: str) -> None:
     """A budget too small to search ends the hunt and says so: BUDGET SPENT, never SURVIVED (a
-    verdict about the oracle that no search supports)."""
+    verdict about the oracle that no search supports); the dense and the grouped level alike."""
     from harness.selftest import hunt, scoreboard
 
-    score = hunt("mutant-pad-row-scales", budget_s=1e-9, examples=200)
+    score = hunt(mutant, budget_s=1e-9, examples=200)
     assert score.caught_by is None and score.budget_cut
     assert score.verdict == "BUDGET SPENT"
     assert any("budget of 1e-09 s spent" in n for n in score.notes), score.notes

@@ -3,6 +3,7 @@ map, the reference, and the emulation backends on hand-picked split patterns (CP
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -13,7 +14,7 @@ from harness.grouped import registry
 from harness.grouped.cases import GroupedCaseError, load_case, save_case
 from harness.grouped.checks import execute
 from harness.grouped.pipeline import GroupedRegion, build_grouped_operands
-from harness.grouped.problem import GroupedPoison, GroupedProblem, GroupedTrial
+from harness.grouped.problem import GroupedPoison, GroupedProblem, GroupedTrial, MoeProblem
 from harness.grouped.reference import grouped_error_bound, reference_grouped
 from harness.oracle import Precision
 
@@ -55,6 +56,24 @@ def test_problem_rejects_bad_fields_naming_them(field, value):
         d[field] = value
     with pytest.raises(ValueError, match=f"problem.{field}"):
         GroupedProblem.from_dict(d)
+
+
+def test_problem_json_keeps_the_case_file_key_order():
+    """Grouped and fused-MoE problems share their routing fields (RoutedProblem); their JSON objects
+    keep the order case files have (a case file is rewritten only when its bytes differ)."""
+    g = _problem([2, 0, 3, 1], input_scales="static", origin="a model")
+    assert list(g.to_dict()) == ["tokens", "experts", "n", "k", "topk_ids", "topk_weights", "row_align",
+                                 "input_scales", "out_dtype", "in_dtype", "distribution", "seed", "origin"]
+    m = MoeProblem.from_splits([2, 0, 3, 1], 2, hidden=32, intermediate=64, seed=5, fc1_input_scale="shared")
+    assert list(m.to_dict()) == ["tokens", "experts", "hidden", "intermediate", "topk_ids", "topk_weights",
+                                 "row_align", "input_scales", "fc1_input_scale", "out_dtype", "in_dtype",
+                                 "distribution", "seed", "origin"]
+    for p in (g, m, m.fc1(), m.fc2()):
+        assert sorted(p.KEY_ORDER) == sorted(f.name for f in dataclasses.fields(p))
+        assert type(p).from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    assert m.fc1().to_dict() == {**{k: v for k, v in m.to_dict().items() if k not in ("hidden", "intermediate",
+                                                                                       "fc1_input_scale")},
+                                 "n": 128, "k": 32}
 
 
 def test_case_file_round_trip_replays_bit_for_bit(tmp_path):

@@ -213,6 +213,30 @@ def test_malformed_grouped_case_files_name_the_field_the_value_and_what_was_expe
         _one_line_error(cli(tmp_path, "replay", str(bad)), str(bad), MALFORMED[change])
 
 
+@pytest.mark.parametrize("key, value", [("id", "../evil"), ("created", "yesterday"), ("digest", "abc"),
+                                        ("note", 3), ("expect", "fail"), ("tracks", 37563), ("replay", "a\nb"),
+                                        ("reproduced", "SM90"), ("reproduced", [{"date": "today"}])])
+def test_grouped_and_dense_case_files_check_their_record_fields_alike(tmp_path, key, value):
+    """The fields a case file has beside its trial are checked by one routine
+    (harness.cases.parse_record_fields): both schemas name the same field, value and expectation
+    (where a grouped file may leave a field out, its message adds "or null")."""
+    from harness.cases import CaseFileError, load_case
+    from harness.grouped.cases import GroupedCaseError, read_case
+
+    dense = json.loads((Path(__file__).parents[1] / "regressions/cases/torch-emu-fp16-overflow-m127.json").read_text())
+    errors = []
+    for doc, read, error in ((dense, lambda f: load_case(f, check_backend=False), CaseFileError),
+                             (_valid_case(tmp_path / "good.json"), read_case, GroupedCaseError)):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({**doc, key: value}))
+        with pytest.raises(error) as exc:
+            read(bad)
+        errors.append((exc.value.field, exc.value.value, str(exc.value)))
+    assert errors[0] == errors[1]
+    field, bad_value, msg = errors[0]
+    assert field.startswith(key) and msg.startswith(f"{tmp_path / 'bad.json'}: ") and field in msg, msg
+
+
 def test_backends_json_lists_the_grouped_level(capsys):
     """(The table's grouped block: tests/test_front_door.py::test_backends_table_has_a_header_and_aligned_columns.)"""
     from harness import cli as cli_mod

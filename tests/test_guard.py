@@ -6,9 +6,7 @@ import pytest
 import torch
 
 from harness import guard
-from harness.backends import registry
 from harness.backends.protocol import QuantizerBackend, Requirements
-from harness.cases import Case, load_case, save_case
 from harness.kernels.nvfp4 import quantize_into
 from harness.layouts import ScaleLayout
 from harness.problem import GemmProblem
@@ -66,10 +64,9 @@ class _WritesPastScales(QuantizerBackend):
         return out
 
 
-def test_a_quantizer_writing_past_an_input_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    registry.all_backends()
-    monkeypatch.setitem(registry._REGISTRY, _WritesPastScales.name, _WritesPastScales())
-    res = execute(Trial(_WritesPastScales.name, "quantizer_agreement", GemmProblem(m=2, n=16, k=32)))
+def test_a_quantizer_writing_past_an_input_fails(register_backend) -> None:
+    name = register_backend(_WritesPastScales())
+    res = execute(Trial(name, "quantizer_agreement", GemmProblem(m=2, n=16, k=32)))
     assert res.status == "fail" and "global_scale: 1 guard bytes after the end changed" in res.reason
 
 
@@ -81,12 +78,8 @@ def test_every_level_hands_guarded_buffers_and_correct_backends_pass() -> None:
             == "pass", backend
 
 
-def test_a_guard_case_replays_bit_for_bit(tmp_path) -> None:
+def test_a_guard_case_replays_bit_for_bit(through_a_case_file) -> None:
     trial = Trial("mutant-writes-past-output", "output_coverage", GemmProblem(m=1, n=16, k=16))
-    first = execute(trial, digest=True)
-    case = Case.from_trial(trial, level="gemm", observed={"summary": first.reason}, environment={},
-                           digest=first.digest)
-    again = load_case(save_case(case, tmp_path / "c.json")).trial()
-    second = execute(again, digest=True)
+    first, again, second = through_a_case_file(trial, "gemm")
     assert again == trial and first.status == second.status == "fail"
     assert second.digest == first.digest and second.reason == first.reason

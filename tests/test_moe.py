@@ -202,3 +202,6 @@ def test_a_moe_case_file_replays_through_the_grouped_replay(tmp_path):
     path = save_case(tmp_path / "moe.json", trial, build_moe_operands(trial.problem, device=DEVICE).digest())
     rep = replay_grouped(path)
     assert rep.digest_ok is True and rep.outcome.status == "pass", rep.outcome.reason
+    # what `nvfp4-harness replay` prints names the fused-MoE dimensions (a MoE problem has no n, k)
+    text = rep.diagnosis()
+    assert "hidden=16 I=16" in text and "expert 0" in text, text

@@ -7,9 +7,7 @@ import pytest
 import torch
 
 from harness import checks
-from harness.backends import registry
 from harness.backends.protocol import QuantizerBackend, Requirements
-from harness.cases import Case, load_case, save_case
 from harness.kernels.nvfp4 import quantize_into
 from harness.layouts import OperandRole, Region, ScaleLayout, padding_map
 from harness.problem import GemmProblem
@@ -80,10 +78,8 @@ class _LeavesRows(QuantizerBackend):
 
 
 @pytest.fixture
-def leaves_rows(monkeypatch: pytest.MonkeyPatch) -> str:
-    registry.all_backends()
-    monkeypatch.setitem(registry._REGISTRY, _LeavesRows.name, _LeavesRows())
-    return _LeavesRows.name
+def leaves_rows(register_backend) -> str:
+    return register_backend(_LeavesRows())
 
 
 def test_the_engine_reports_a_declared_region_and_fails_an_undeclared_one(leaves_rows) -> None:
@@ -98,12 +94,8 @@ def test_the_engine_reports_a_declared_region_and_fails_an_undeclared_one(leaves
     assert execute(Trial("mutant-quantizer-nan-padding", "quantizer_agreement", p.with_(m=128))).status == "pass"
 
 
-def test_a_padding_case_replays_bit_for_bit(tmp_path) -> None:
+def test_a_padding_case_replays_bit_for_bit(through_a_case_file) -> None:
     trial = Trial("mutant-quantizer-nan-padding", "quantizer_agreement", GemmProblem(m=1, n=16, k=16))
-    first = execute(trial, digest=True)
-    case = Case.from_trial(trial, level="quantizer", observed={"summary": first.reason}, environment={},
-                           digest=first.digest)
-    again = load_case(save_case(case, tmp_path / "c.json")).trial()
-    second = execute(again, digest=True)
+    first, again, second = through_a_case_file(trial, "quantizer")
     assert again == trial and first.status == second.status == "fail"
     assert second.digest == first.digest and second.measure["padding_nonzero"] == first.measure["padding_nonzero"]

@@ -57,12 +57,12 @@ def test_replay_of_a_fused_moe_case_names_its_dimensions(tmp_path, capsys):
     _moe_case(good, "moe-torch-w4a16-emu")
     rc, out, err = _run(capsys, "replay", str(good))
     assert rc == 0, (out, err)
-    assert "hidden=16 intermediate=64" in out and "digest matches" in out and "PASSES now" in out, out
+    assert "hidden=16 I=64" in out and "digest matches" in out and "PASSES now" in out, out
     # the same operands through a planted bug (the routed sum scaled twice): fails, exit 1
     bad = tmp_path / "moe-mutant.json"
     _moe_case(bad, "mutant-moe-routed-scaling-twice")
     rc, out, err = _run(capsys, "replay", str(bad))
-    assert rc == 1 and "STILL FAILS" in out and "hidden=16 intermediate=64" in out, (out, err)
+    assert rc == 1 and "STILL FAILS" in out and "hidden=16 I=64" in out, (out, err)
 
 
 @pytest.mark.parametrize("field, value", [("n", 2**40), ("k", 2**40)])
@@ -84,7 +84,7 @@ def test_replay_refuses_a_fused_moe_case_too_large_for_the_machine(tmp_path, cap
     path = tmp_path / "huge.json"
     path.write_text(json.dumps(doc))
     rc, out, err = _run(capsys, "replay", str(path))
-    _assert_one_line_error(rc, err, f"hidden={2**40} intermediate=64", "GiB")
+    _assert_one_line_error(rc, err, f"hidden={2**40} I=64", "GiB")
     assert "FAILS" not in out
 
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from harness.cases import (MAX_SEED, CaseFileError, _Checker, _DIGEST_RE, _DuplicateKey, _ID_RE, _no_duplicate_keys,
-                           _parse_environment, _parse_reproduced, _write_atomic, replay_command)
+from harness.cases import (MAX_SEED, CaseFileError, _Checker, _parse_environment, _write_atomic, from_model_error,
+                           parse_record_fields, read_document, replay_command)
 from harness.grouped.problem import GROUPED_PROPERTIES, MOE_PROPERTIES, GroupedPoison, GroupedProblem, GroupedTrial, \
     MoeProblem
 from harness.trial import json_safe
@@ -132,14 +132,6 @@ def case_id(trial: GroupedTrial, digest: str | None = None) -> str:
 # ----------------------------------------------------------------------------------------------
 # reading
 # ----------------------------------------------------------------------------------------------
-def _err(c: _Checker, exc: Exception, prefix: str) -> GroupedCaseError:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    m = re.match(rf"({prefix}\.[A-Za-z_]+)", msg)
-    if not m:
-        msg = f"{prefix}: {msg}"
-    return GroupedCaseError(c.source, m.group(1) if m else prefix, msg)
-
-
 def _parse_problem(c: _Checker, d: Any) -> GroupedProblem | MoeProblem:
     # a fused-MoE problem (hidden and intermediate, no n, k): either of its own dimensions tells it apart,
     # so a file missing the other is told which one it misses
@@ -170,7 +162,7 @@ def _parse_problem(c: _Checker, d: Any) -> GroupedProblem | MoeProblem:
     try:
         return MoeProblem.from_dict(p) if moe else GroupedProblem.from_dict(p)
     except (ValueError, TypeError) as exc:
-        raise _err(c, exc, "problem") from None
+        raise from_model_error(c, exc, "problem", p) from None
 
 
 def _parse_poison(c: _Checker, d: Any) -> GroupedPoison:
@@ -186,7 +178,7 @@ def _parse_poison(c: _Checker, d: Any) -> GroupedPoison:
     try:
         return GroupedPoison(**p)
     except (ValueError, TypeError) as exc:
-        raise _err(c, exc, "poison") from None
+        raise from_model_error(c, exc, "poison", p) from None
 
 
 def parse(doc: Any, source: str = "<dict>") -> GroupedCase:
@@ -216,57 +208,21 @@ def _parse(doc: Any, source: str) -> GroupedCase:
     try:
         trial = GroupedTrial(backend, prop, problem, poison)
     except (ValueError, TypeError) as exc:
-        msg = str(exc)
-        if msg.startswith("trial.property"):  # the property of another kind of problem
-            raise GroupedCaseError(c.source, "property", msg[len("trial."):], prop) from None
-        raise _err(c, exc, "poison") from None
-    cid = d.get("id")
-    if cid is not None and (not isinstance(cid, str) or not _ID_RE.match(cid)):
-        raise c.fail("id", cid, "1-128 characters of letters, digits, '.', '_' or '-' (it names a file)")
-    created = c.string(d.get("created"), "created", nullable=True)
-    if created is not None:
-        try:
-            _dt.datetime.fromisoformat(created[:-1] + "+00:00" if created.endswith("Z") else created)
-        except ValueError:
-            raise c.fail("created", created, "an ISO 8601 time such as '2026-11-21T20:00:00Z'") from None
+        if str(exc).startswith("trial.property"):  # the property of the other kind of problem
+            raise CaseFileError(c.source, "property", str(exc)[len("trial."):], prop) from None
+        raise from_model_error(c, exc, "poison", d.get("poison")) from None
     environment = _parse_environment(c, d.get("environment") or {})
     observed = dict(c.obj(d.get("observed") or {"summary": ""}, "observed", (), None))
     if "summary" in observed:
         c.string(observed["summary"], "observed.summary", nonempty=False)
-    digest = c.string(d.get("digest"), "digest", nullable=True)
-    if digest is not None and not _DIGEST_RE.match(digest):
-        raise c.fail("digest", digest, "a sha256 hex digest (64 lowercase hex digits) or null")
-    note = c.string(d.get("note"), "note", nullable=True, nonempty=False)
-    expect = c.choice(d.get("expect", "pass"), "expect", ("pass", "xfail"))
-    tracks = c.string(d.get("tracks"), "tracks", nullable=True)
-    replay = c.string(d.get("replay") or "", "replay", nonempty=False)
-    if "\n" in replay:
-        raise c.fail("replay", replay, "a one-line command")
-    reproduced = _parse_reproduced(c, d.get("reproduced"))
-    return GroupedCase(trial, cid or case_id(trial, digest), created, observed, environment, digest, note, expect,
-                       tracks, reproduced, replay)
+    record = parse_record_fields(c, d, optional=True)
+    record["id"] = record["id"] or case_id(trial, record["digest"])
+    return GroupedCase(trial, observed=observed, environment=environment, **record)
 
 
 def read_case(path: str | Path) -> GroupedCase:
     """Read and validate a grouped case file.  Raises :class:`GroupedCaseError` (a ValueError)."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GroupedCaseError(source, None, "no such case file") from None
-    except UnicodeDecodeError as exc:
-        raise GroupedCaseError(source, None, f"not UTF-8 text (byte {exc.start}): expected a JSON case file") from None
-    except OSError as exc:
-        raise GroupedCaseError(source, None, f"cannot read the case file: {exc.strerror or exc}") from None
-    try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except json.JSONDecodeError as exc:
-        raise GroupedCaseError(source, None, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") \
-            from None
-    except _DuplicateKey as exc:
-        raise GroupedCaseError(source, exc.key, f"key {exc.key!r} appears twice in one object: expected "
-                                                f"each key once") from None
-    return parse(doc, source)
+    return parse(read_document(path, GroupedCaseError), str(path))
 
 
 def write_case(case: GroupedCase, path: str | Path) -> Path:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from harness import data as data_mod
 from harness.format import BLOCK_SIZE
+from harness.problem import DataSpec
 
 GROUPED_PROPERTIES: tuple[str, ...] = ("reference_agreement", "grouped_bytes", "token_isolation",
                                        "zero_token_groups")
@@ -55,40 +56,23 @@ def _is_fp32(v: float) -> bool:
     return math.isfinite(v) and struct.unpack("f", struct.pack("f", v))[0] == v
 
 
-class _RoutedSerialised:
-    """JSON form of a routed problem dataclass (``topk_ids``, ``topk_weights`` and ``row_align`` are
-    tuples in the dataclass, lists in JSON); shared by :class:`GroupedProblem` and :class:`MoeProblem`."""
-
-    def to_dict(self) -> dict:
-        d = asdict(self)  # type: ignore[call-overload]
-        d["topk_ids"] = [list(r) for r in self.topk_ids]  # type: ignore[attr-defined]
-        d["topk_weights"] = [list(r) for r in self.topk_weights]  # type: ignore[attr-defined]
-        d["row_align"] = list(self.row_align)  # type: ignore[attr-defined]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]):
-        """The problem of a ``to_dict`` document; ValueError naming unknown fields."""
-        d = dict(d)
-        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
-        unknown = set(d) - set(fields)
-        if unknown:
-            raise ValueError(f"problem: unknown field(s) {sorted(unknown)}; expected {sorted(fields)}")
-        for key in ("topk_ids", "topk_weights"):
-            if key in d:
-                d[key] = tuple(tuple(r) for r in d[key])
-        if "row_align" in d:
-            d["row_align"] = tuple(d["row_align"])
-        return cls(**d)
+_ROUTING_KEYS: tuple[str, ...] = ("topk_ids", "topk_weights", "row_align", "input_scales")
+_DATA_KEYS: tuple[str, ...] = ("out_dtype", "in_dtype", "distribution", "seed", "origin")
 
 
-@dataclass(frozen=True)
-class GroupedProblem(_RoutedSerialised):
-    """A logical grouped (MoE) NVFP4 GEMM with top-k routing; see the module docstring."""
+@dataclass(frozen=True, kw_only=True)
+class RoutedProblem(DataSpec):
+    """The fields and the routing every routed problem (:class:`GroupedProblem`, :class:`MoeProblem`)
+    shares: ``tokens`` routed, ``top_k`` experts per token (``topk_ids``, with ``topk_weights``), to
+    ``experts`` experts, each padded to ``row_align[e]`` rows in the grouped buffer, with ``dynamic``
+    or ``static`` input global scales (``input_scales``), and how the data is made
+    (:class:`harness.problem.DataSpec`, ``seed``).  A subclass adds its dimensions and options
+    (keyword-only, as these fields are) and lists every field in :attr:`KEY_ORDER`.
+
+    JSON form (:meth:`to_dict`, :meth:`from_dict`): ``topk_ids``, ``topk_weights`` and ``row_align``
+    are tuples in the dataclass, lists in JSON."""
     tokens: int
     experts: int
-    n: int
-    k: int
     topk_ids: tuple[tuple[int, ...], ...]
     topk_weights: tuple[tuple[float, ...], ...]
     row_align: tuple[int, ...]
@@ -99,13 +83,14 @@ class GroupedProblem(_RoutedSerialised):
     seed: int = 0
     origin: str | None = None
 
-    def __post_init__(self) -> None:
-        for name in ("tokens", "experts", "n", "k"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"problem.{name}={v!r}: expected a positive integer")
-        if self.k % BLOCK_SIZE:
-            raise ValueError(f"problem.k={self.k}: expected a multiple of {BLOCK_SIZE}")
+    KEY_ORDER: ClassVar[tuple[str, ...]] = ()
+    """The fields in the order of the JSON object (:meth:`to_dict`): ``tokens``, ``experts``, the
+    dimensions, the routing, the subclass's options, the data.  The order is the case-file format's
+    (a grouped case file is rewritten only when its bytes differ); a field not listed follows them."""
+
+    def _check_routing(self) -> None:
+        """ValueError naming the first routing or data field that is out of range (``tokens`` and
+        ``experts`` checked already), its value and what was expected."""
         if len(self.topk_ids) != self.tokens or len(self.topk_weights) != self.tokens:
             raise ValueError(f"problem.topk_ids/topk_weights: expected {self.tokens} rows (one per token), got "
                              f"{len(self.topk_ids)} and {len(self.topk_weights)}")
@@ -127,11 +112,11 @@ class GroupedProblem(_RoutedSerialised):
                              f"{list(ROW_ALIGNS)}")
         if self.input_scales not in INPUT_SCALES:
             raise ValueError(f"problem.input_scales={self.input_scales!r}: expected one of {list(INPUT_SCALES)}")
-        data_mod.parse_dtype(self.out_dtype, "problem.out_dtype")
-        data_mod.parse_dtype(self.in_dtype, "problem.in_dtype")
-        if self.distribution not in data_mod.DISTRIBUTIONS:
-            raise ValueError(f"problem.distribution={self.distribution!r}: expected one of "
-                             f"{list(data_mod.DISTRIBUTIONS)}")
+        self._check_data_spec()
+
+    def _routed_fields(self) -> dict[str, Any]:
+        """The values of the fields declared here (routing and data), by name."""
+        return {f.name: getattr(self, f.name) for f in fields(RoutedProblem)}
 
     # -- routing ---------------------------------------------------------------------------------
     @property
@@ -154,6 +139,61 @@ class GroupedProblem(_RoutedSerialised):
     @property
     def zero_token_experts(self) -> tuple[int, ...]:
         return tuple(e for e, c in enumerate(self.splits) if c == 0)
+
+    def routing(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(topk_ids int32 [tokens, top_k], topk_weights fp32 [tokens, top_k])."""
+        return (torch.tensor(self.topk_ids, dtype=torch.int32, device=device),
+                torch.tensor(self.topk_weights, dtype=torch.float32, device=device))
+
+    # -- data ------------------------------------------------------------------------------------
+    def _stream(self, stream: int) -> int:
+        return (int(self.seed) * 7919 + stream) & 0xFFFFFFFF
+
+    # -- JSON ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["topk_ids"] = [list(r) for r in self.topk_ids]
+        d["topk_weights"] = [list(r) for r in self.topk_weights]
+        d["row_align"] = list(self.row_align)
+        return {**{key: d[key] for key in self.KEY_ORDER}, **d}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        """The problem of a ``to_dict`` document; ValueError naming unknown fields."""
+        d = dict(d)
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"problem: unknown field(s) {sorted(unknown)}; expected {sorted(names)}")
+        for key in ("topk_ids", "topk_weights"):
+            if key in d:
+                d[key] = tuple(tuple(r) for r in d[key])
+        if "row_align" in d:
+            d["row_align"] = tuple(d["row_align"])
+        return cls(**d)
+
+
+def _check_positive(problem: RoutedProblem, names: Sequence[str]) -> None:
+    for name in names:
+        v = getattr(problem, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"problem.{name}={v!r}: expected a positive integer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupedProblem(RoutedProblem):
+    """A logical grouped (MoE) NVFP4 GEMM with top-k routing; see the module docstring.  Its own
+    fields: ``n`` and ``k``, every expert's weight shape ``[n, k]`` (``k`` a multiple of 16)."""
+    n: int
+    k: int
+
+    KEY_ORDER: ClassVar[tuple[str, ...]] = ("tokens", "experts", "n", "k", *_ROUTING_KEYS, *_DATA_KEYS)
+
+    def __post_init__(self) -> None:
+        _check_positive(self, ("tokens", "experts", "n", "k"))
+        if self.k % BLOCK_SIZE:
+            raise ValueError(f"problem.k={self.k}: expected a multiple of {BLOCK_SIZE}")
+        self._check_routing()
 
     @classmethod
     def from_splits(cls, splits: Sequence[int], top_k: int, *, n: int, k: int, seed: int = 0,
@@ -185,17 +225,6 @@ class GroupedProblem(_RoutedSerialised):
                    topk_weights=tuple(tuple(float(v) for v in r) for r in w), row_align=aligns, seed=seed, **kw)
 
     # -- data ------------------------------------------------------------------------------------
-    @property
-    def torch_out_dtype(self) -> torch.dtype:
-        return data_mod.parse_dtype(self.out_dtype)
-
-    @property
-    def torch_in_dtype(self) -> torch.dtype:
-        return data_mod.parse_dtype(self.in_dtype)
-
-    def _stream(self, stream: int) -> int:
-        return (int(self.seed) * 7919 + stream) & 0xFFFFFFFF
-
     def hidden(self, device) -> torch.Tensor:
         """Activations [tokens, k] in ``in_dtype``."""
         return data_mod.generate(self.distribution, (self.tokens, self.k), self._stream(0), self.torch_in_dtype, device)
@@ -208,15 +237,10 @@ class GroupedProblem(_RoutedSerialised):
         """Expert ``e``'s weight [n, k] in ``in_dtype``."""
         return data_mod.generate(self.distribution, (self.n, self.k), self._stream(2 + e), self.torch_in_dtype, device)
 
-    def routing(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(topk_ids int32 [tokens, top_k], topk_weights fp32 [tokens, top_k])."""
-        return (torch.tensor(self.topk_ids, dtype=torch.int32, device=device),
-                torch.tensor(self.topk_weights, dtype=torch.float32, device=device))
 
 
-
-@dataclass(frozen=True)
-class MoeProblem(_RoutedSerialised):
+@dataclass(frozen=True, kw_only=True)
+class MoeProblem(RoutedProblem):
     """A logical fused-MoE layer: FC1 (gate and up) -> SwiGLU -> NVFP4 requantize -> FC2 -> routed sum.
 
     ``tokens`` hidden states of width ``hidden`` are routed as in :class:`GroupedProblem`
@@ -234,20 +258,12 @@ class MoeProblem(_RoutedSerialised):
     ``intermediate % 128 == 64`` (192, 1856: TRT-LLM #10331) and ``hidden`` not a multiple of 128
     (2880: vLLM #35497) are the shapes the strategies favour.
     """
-    tokens: int
-    experts: int
     hidden: int
     intermediate: int
-    topk_ids: tuple[tuple[int, ...], ...]
-    topk_weights: tuple[tuple[float, ...], ...]
-    row_align: tuple[int, ...]
-    input_scales: Literal["dynamic", "static"] = "dynamic"
     fc1_input_scale: Literal["per_expert", "shared"] = "per_expert"
-    out_dtype: str = "bfloat16"
-    in_dtype: str = "bfloat16"
-    distribution: str = "normal"
-    seed: int = 0
-    origin: str | None = None
+
+    KEY_ORDER: ClassVar[tuple[str, ...]] = ("tokens", "experts", "hidden", "intermediate", *_ROUTING_KEYS,
+                                            "fc1_input_scale", *_DATA_KEYS)
 
     def __post_init__(self) -> None:
         for name in ("hidden", "intermediate"):
@@ -257,44 +273,17 @@ class MoeProblem(_RoutedSerialised):
         if self.fc1_input_scale not in FC1_INPUT_SCALES:
             raise ValueError(f"problem.fc1_input_scale={self.fc1_input_scale!r}: expected one of "
                              f"{list(FC1_INPUT_SCALES)}")
-        self.fc1()  # validates tokens, experts, routing, row_align, scales, dtypes, distribution
+        _check_positive(self, ("tokens", "experts"))
+        self._check_routing()
 
     def fc1(self) -> GroupedProblem:
         """FC1 as a grouped problem (n = 2 * intermediate, k = hidden): routing, sections, hidden states
         and FC1 input scales come from it."""
-        return GroupedProblem(self.tokens, self.experts, 2 * self.intermediate, self.hidden, self.topk_ids,
-                              self.topk_weights, self.row_align, self.input_scales, self.out_dtype, self.in_dtype,
-                              self.distribution, self.seed, self.origin)
+        return GroupedProblem(n=2 * self.intermediate, k=self.hidden, **self._routed_fields())
 
     def fc2(self) -> GroupedProblem:
         """FC2 as a grouped problem (n = hidden, k = intermediate), same routing."""
         return replace(self.fc1(), n=self.hidden, k=self.intermediate, input_scales="static")
-
-    @property
-    def top_k(self) -> int:
-        return len(self.topk_ids[0])
-
-    def sections(self) -> list[list[tuple[int, int]]]:
-        return self.fc1().sections()
-
-    @property
-    def splits(self) -> tuple[int, ...]:
-        return self.fc1().splits
-
-    @property
-    def zero_token_experts(self) -> tuple[int, ...]:
-        return self.fc1().zero_token_experts
-
-    @property
-    def torch_out_dtype(self) -> torch.dtype:
-        return data_mod.parse_dtype(self.out_dtype)
-
-    @property
-    def torch_in_dtype(self) -> torch.dtype:
-        return data_mod.parse_dtype(self.in_dtype)
-
-    def _stream(self, stream: int) -> int:
-        return (int(self.seed) * 7919 + stream) & 0xFFFFFFFF
 
     def hidden_states(self, device) -> torch.Tensor:
         """Hidden states [tokens, hidden] in ``in_dtype`` (those of :meth:`fc1`)."""
@@ -323,7 +312,6 @@ class MoeProblem(_RoutedSerialised):
         g = GroupedProblem.from_splits(splits, top_k, n=16, k=16, seed=seed, row_align=row_align)
         return cls(tokens=g.tokens, experts=g.experts, hidden=hidden, intermediate=intermediate, topk_ids=g.topk_ids,
                    topk_weights=g.topk_weights, row_align=g.row_align, seed=seed, **kw)
-
 
 
 def problem_from_dict(d: Mapping[str, Any]) -> "GroupedProblem | MoeProblem":
