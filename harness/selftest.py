@@ -277,7 +277,13 @@ def main(budget_s: float = 60.0, examples: int = 200, mutants: list[str] | None 
     if mutants:
         from harness.grouped import registry as grouped_registry
 
+        every = registry.all_backends(include_mutants=True) + grouped_registry.all_backends(include_mutants=True)
+        planted = sorted(b.name for b in every if b.mutant)
         for name in mutants:
+            if name not in {b.name for b in every}:
+                print(f"nvfp4-harness: error: --mutant {name!r}: unknown; expected a planted-bug backend: "
+                      f"{', '.join(planted)}", file=sys.stderr)
+                return 2
             if grouped_registry.is_grouped(name):
                 if not grouped_registry.get(name).mutant:
                     print(f"nvfp4-harness: error: --mutant {name!r} is not a planted-bug backend", file=sys.stderr)

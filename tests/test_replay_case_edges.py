@@ -170,3 +170,15 @@ def test_replay_refuses_a_backend_of_the_other_grouped_kind_in_one_line(tmp_path
         _run(capsys, "replay", str(tmp_path / "w4a16-fused.json"))[2]
     assert "property='token_isolation': expected one of ['reference_agreement', 'fused_unfused']" in \
         _run(capsys, "replay", str(tmp_path / "moe-token-isolation.json"))[2]
+
+
+def test_selftest_of_an_unknown_mutant_lists_the_planted_bugs(capsys):
+    """``selftest --mutant typo``: one line listing the planted-bug backends (dense and grouped), not
+    every backend of the registry."""
+    rc, out, err = _run(capsys, "selftest", "--mutant", "mutant-moe-routed-scaling-twise")
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("nvfp4-harness: error: --mutant 'mutant-moe-routed-scaling-twise': unknown; expected a "
+                          "planted-bug backend: "), err
+    listed = err.split("planted-bug backend: ", 1)[1].split(", ")
+    assert "mutant-moe-routed-scaling-twice" in listed and "mutant-pad-row-scales" in listed, listed
+    assert all(n.startswith("mutant-") for n in listed), listed
