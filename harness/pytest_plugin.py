@@ -373,6 +373,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     terminalreporter.write_line(
         f"cases: {cases['pass']} passed, {cases['fail']} failed, {cases['crash']} crashed, {cases['skip']} refused "
         f"by the backend; {n_skipped} tests skipped before any example; results in {res}{hint}")
+    # a backend none of whose tests ran an example (not installed, no GPU, budget spent) says why here,
+    # so a run that computed nothing for it never reads as a clean one
+    computed = {r.get("backend") for r in records if not results.is_test_skip(r)}
+    idle: dict[str, str] = {}
+    for r in records:
+        if results.is_test_skip(r) and r.get("backend") not in computed:
+            idle.setdefault(str(r.get("backend")), str(r.get("reason") or "no reason recorded"))
+    if idle:
+        terminalreporter.write_line(f"{len(idle)} backend{'s' if len(idle) > 1 else ''} computed no case here:")
+        for name, why in sorted(idle.items()):
+            terminalreporter.write_line(f"  {name}: {why.splitlines()[0] if why else why}")
     over = tot.get("accepted_overflow") or {}
     if over.get("outputs"):
         terminalreporter.write_line(

@@ -182,3 +182,27 @@ def test_selftest_of_an_unknown_mutant_lists_the_planted_bugs(capsys):
     listed = err.split("planted-bug backend: ", 1)[1].split(", ")
     assert "mutant-moe-routed-scaling-twice" in listed and "mutant-pad-row-scales" in listed, listed
     assert all(n.startswith("mutant-") for n in listed), listed
+
+
+def test_fuzz_summary_names_each_backend_that_computed_nothing_and_why(tmp_path):
+    """A fuzz run of backends that cannot run on this machine exits as a run (0) but its summary says,
+    per backend, that it computed no case and the backend's own reason, so it never reads as clean."""
+    import os
+    import subprocess
+    import sys
+
+    from harness import env
+    from harness.grouped import registry as grouped_registry
+
+    names = [n for n in ("sglang-cutlass-moe", "vllm-marlin-moe", "grouped-te-split-quantize")
+             if not grouped_registry.get(n).support(env.current())]
+    if not names:
+        pytest.skip("every engine adapter runs on this machine: nothing is skipped to report")
+    res = subprocess.run([sys.executable, "-m", "harness", "fuzz", "--backends", ",".join(names), "--examples", "1",
+                          "-n", "0", "--results", "res", "--report", "r.html"], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert f"{len(names)} backend{'s' if len(names) > 1 else ''} computed no case here:" in res.stdout, res.stdout
+    for n in names:
+        reason = grouped_registry.get(n).support(env.current()).reason
+        assert f"  {n}: {reason.splitlines()[0]}" in res.stdout, (n, res.stdout[-3000:])
