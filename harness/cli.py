@@ -253,6 +253,15 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def _not_a_folder(given, expected: str) -> str:
+    """RESULTS_DIR ``given`` is no folder: the one-line error (missing, or a file: a case file replays)."""
+    path = _user_path(str(given))
+    if not path.is_file():
+        return f"RESULTS_DIR {str(given)!r}: no such directory ({expected})"
+    hint = "; a case file runs with `nvfp4-harness replay`" if path.suffix == ".json" else ""
+    return f"RESULTS_DIR {str(given)!r}: a file, not a folder: {expected}{hint}"
+
+
 def cmd_report(args) -> int:
     from harness.results import resolve_run_dir
     from harness.report import render_report
@@ -262,7 +271,7 @@ def cmd_report(args) -> int:
         try:
             dirs.append(resolve_run_dir(_user_path(given)))
         except FileNotFoundError:
-            raise UsageError(f"RESULTS_DIR {given!r}: no such directory (expected the folder a fuzz run wrote)") from None
+            raise UsageError(_not_a_folder(given, "expected the folder a fuzz run wrote")) from None
         except ValueError as exc:
             raise UsageError(f"RESULTS_DIR {given!r}: {exc}") from None
     if len(dirs) > 1:  # several nodes of one campaign: one report of their merged results
@@ -301,7 +310,7 @@ def cmd_record_verified(args) -> int:
 
     d = Path(args.results_dir)
     if not d.is_dir():
-        raise UsageError(f"RESULTS_DIR {str(d)!r}: no such directory (expected the folder a fuzz or test run wrote)")
+        raise UsageError(_not_a_folder(d, "expected the folder a fuzz or test run wrote"))
     new = verified.update_from_results(d, args.file, source=args.source)
     if not new:
         print(f"{d}: no backend computed a case in this run; {args.file} left as it was")

@@ -206,3 +206,16 @@ def test_fuzz_summary_names_each_backend_that_computed_nothing_and_why(tmp_path)
     for n in names:
         reason = grouped_registry.get(n).support(env.current()).reason
         assert f"  {n}: {reason.splitlines()[0]}" in res.stdout, (n, res.stdout[-3000:])
+
+
+def test_report_and_record_verified_of_a_case_file_say_it_is_a_file(tmp_path, capsys):
+    """``report CASE.json`` (or ``record-verified``): one line saying the path is a file, not the
+    results folder expected, and how a case file runs, rather than "no such directory"."""
+    case = REPO / "regressions" / "cases" / "linear-vllm-empty-batch-3d.json"
+    for argv, expected in ((("report", str(case), "-o", str(tmp_path / "r.html")), "a fuzz run wrote"),
+                           (("record-verified", str(case), "--file", str(tmp_path / "v.json")), "a fuzz or test run wrote")):
+        rc, out, err = _run(capsys, *argv)
+        _assert_one_line_error(rc, err, f"RESULTS_DIR {str(case)!r}: a file, not a folder: expected the folder {expected}",
+                               "`nvfp4-harness replay`")
+        assert "no such directory" not in err
+    assert not (tmp_path / "r.html").exists() and not (tmp_path / "v.json").exists()
