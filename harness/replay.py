@@ -204,7 +204,7 @@ def replay_grouped(path: str | Path, backend: str | None = None) -> GroupedRepla
                          f"({', '.join(sorted(b.name for b in grouped_registry.all_backends()))}), or name one "
                          f"with --backend")
     trial = case.trial_on(backend)
-    _check_grouped_kind(path, trial, given=backend is not None)
+    check_grouped_kind(path, trial, given=backend is not None)
     check_grouped_fits(trial.problem)
     outcome = execute_grouped(trial, digest=True)
     digest_ok = None
@@ -213,7 +213,7 @@ def replay_grouped(path: str | Path, backend: str | None = None) -> GroupedRepla
     return GroupedReplay(case, trial, outcome, digest_ok)
 
 
-def _check_grouped_kind(path, trial: "GroupedTrial", *, given: bool) -> None:
+def check_grouped_kind(path, trial: "GroupedTrial", *, given: bool) -> None:
     """A fused-MoE problem needs a fused-MoE backend, a grouped GEMM problem a grouped GEMM, and the
     case's property must be one the backend is put to: anything else is one ValueError line naming
     the backend (``--backend`` when the user gave it), rather than a "cannot run here" replay."""

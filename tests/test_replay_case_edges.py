@@ -166,6 +166,9 @@ def test_replay_refuses_a_backend_of_the_other_grouped_kind_in_one_line(tmp_path
         _assert_one_line_error(rc, err, str(path))
         assert not out and "trial." not in err, err
     assert "backend='grouped-triton-emu': a grouped GEMM" in _run(capsys, "replay", str(tmp_path / "moe-on-grouped.json"))[2]
+    # replay --sanitize checks the same before it looks for compute-sanitizer
+    rc, out, err = _run(capsys, "replay", str(tmp_path / "moe.json"), "--sanitize", "--backend", "grouped-triton-emu")
+    _assert_one_line_error(rc, err, "--backend='grouped-triton-emu': a grouped GEMM cannot run this fused-MoE case")
     assert "property='fused_unfused' does not apply to it; expected one of ['reference_agreement']" in \
         _run(capsys, "replay", str(tmp_path / "w4a16-fused.json"))[2]
     assert "property='token_isolation': expected one of ['reference_agreement', 'fused_unfused']" in \

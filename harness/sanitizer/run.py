@@ -530,6 +530,9 @@ def replay_command_line(case_path: str, *, backend: str | None = None, tool: str
 
             grouped_registry.get(backend)
         trial = case.trial_on(backend)
+        from harness.replay import check_grouped_kind
+
+        check_grouped_kind(case_path, trial, given=backend is not None)  # e.g. a fused-MoE case on a grouped GEMM
     else:
         case = load_case(case_path)
         if backend is not None:
