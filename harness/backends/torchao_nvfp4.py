@@ -17,9 +17,12 @@ Convention (torchao 0.18): ``per_tensor_scale`` is the *decode multiplier* amax/
   torch's ``allow_bf16_reduced_precision_reduction`` / ``allow_fp16_reduced_precision_reduction``,
   both True by default).  The number of partial sums is cuBLAS's choice and not observable, so no
   useful bound covers that mode (with up to K/16 partials added in bf16, it exceeds the product
-  sum itself from K = 4096 on); on the H200 it put 8 of 49,237 main-job cases, all with
-  column-major inputs, 1.06 to 1.21 times past the fp32-accumulation bound.  The mode belongs to
-  the dense cuBLAS GEMM, not to torchao's NVFP4 dequantization, which is what this backend tests.
+  sum itself from K = 4096 on).  The mode belongs to the dense cuBLAS GEMM, not to torchao's NVFP4
+  dequantization, which is what this backend tests.  Why it matters here: in the H200 main job of
+  2026-12-01, 8 of 49,237 cases, all this backend's with column-major inputs, came out 1.06 to 1.21
+  times past the fp32-accumulation bound; with fp32 reductions they replay within it and 4,697 fuzzed
+  cases passed.  The mechanism is suspected, not shown: a fresh process computing the same shapes
+  did not take a reduced-precision path with the flags on or off (``bench/RESULTS.md``).
 * ``linear-torchao-dynamic``: ``F.linear`` with ``act_quant_kwargs`` (dynamic per-tensor activation
   scale): activations quantized by torchao and multiplied by ``torch._scaled_mm`` in FP4, which
   needs cuBLASLt block-scaled FP4 (SM100+); gated with that reason elsewhere.
