@@ -97,3 +97,29 @@ def require_cuda(name: str, ops: MoeOperands, what: str) -> None:
 
 def module(name: str):
     return importlib.import_module(name)
+
+
+def cutlass_fp4_operands(ops: MoeOperands, who: str) -> dict[str, Any]:
+    """The operand arguments vLLM's ``run_cutlass_moe_fp4`` and SGLang's ``cutlass_moe_fp4`` (a port
+    of it) share, from ``ops`` (pure): ``a`` (a copy: a call may scale it in place with
+    ``apply_router_weight_on_input``), ``a1_gscale`` / ``a2_gscale`` [E] fp32, ``w1_fp4`` / ``w2_fp4``
+    uint8 [E, N, K/2], ``w1_blockscale`` / ``w2_blockscale`` e4m3 in the 128x4 layout,
+    ``w1_alphas`` / ``w2_alphas`` [E] fp32, ``topk_weights`` fp32 and ``topk_ids`` int32 [tokens, top_k],
+    ``apply_router_weight_on_input=False``.  Raises ValueError when a weight is padded in N or K:
+    both kernels take W13 as exactly [E, 2I, hidden/2] and W2 as [E, hidden, I/2]."""
+    p = ops.problem
+    i, h = p.intermediate, p.hidden
+    if ops.w13.n_alloc != 2 * i or ops.w2.n_alloc != h or ops.w13.k != h or ops.w2.k != i:
+        raise ValueError(f"{who}: weights must be unpadded in N (W13 {ops.w13.n_alloc} rows, expected "
+                         f"{2 * i}; W2 {ops.w2.n_alloc}, expected {h})")
+    return {
+        "a": ops.hidden.contiguous().clone(),
+        "a1_gscale": ops.fc1_input_scales.to(torch.float32),
+        "w1_fp4": ops.w13.packed.contiguous(), "w1_blockscale": ops.w13.scales.view(torch.float8_e4m3fn),
+        "w1_alphas": ops.alpha1.to(torch.float32),
+        "a2_gscale": ops.fc2_input_scales.to(torch.float32),
+        "w2_fp4": ops.w2.packed.contiguous(), "w2_blockscale": ops.w2.scales.view(torch.float8_e4m3fn),
+        "w2_alphas": ops.alpha2.to(torch.float32),
+        "topk_weights": ops.topk_weights.to(torch.float32), "topk_ids": ops.topk_ids.to(torch.int32),
+        "apply_router_weight_on_input": False,
+    }

@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from harness.backends._engine_moe import call_kwargs, first_attr, library_version, require_cuda
+from harness.backends._engine_moe import (call_kwargs, cutlass_fp4_operands, first_attr, library_version,
+                                          require_cuda)
 from harness.backends.protocol import Requirements, Support, Unsupported
 from harness.grouped.moe import MoeOperands
 from harness.grouped.protocol import MoeBackend
@@ -118,22 +119,7 @@ class SglangCutlassMoe(MoeBackend):
 
     def known_arguments(self, ops: MoeOperands) -> dict[str, Any]:
         """Every argument of ``cutlass_moe_fp4`` but ``params`` (pure)."""
-        p = ops.problem
-        i, h = p.intermediate, p.hidden
-        if ops.w13.n_alloc != 2 * i or ops.w2.n_alloc != h or ops.w13.k != h or ops.w2.k != i:
-            raise ValueError(f"{self.name}: weights must be unpadded in N (W13 {ops.w13.n_alloc} rows, expected "
-                             f"{2 * i}; W2 {ops.w2.n_alloc}, expected {h})")
-        return {
-            "a": ops.hidden.contiguous().clone(),
-            "a1_gscale": ops.fc1_input_scales.to(torch.float32),
-            "w1_fp4": ops.w13.packed.contiguous(), "w1_blockscale": ops.w13.scales.view(torch.float8_e4m3fn),
-            "w1_alphas": ops.alpha1.to(torch.float32),
-            "a2_gscale": ops.fc2_input_scales.to(torch.float32),
-            "w2_fp4": ops.w2.packed.contiguous(), "w2_blockscale": ops.w2.scales.view(torch.float8_e4m3fn),
-            "w2_alphas": ops.alpha2.to(torch.float32),
-            "topk_weights": ops.topk_weights.to(torch.float32), "topk_ids": ops.topk_ids.to(torch.int32),
-            "apply_router_weight_on_input": False,
-        }
+        return cutlass_fp4_operands(ops, self.name)
 
     def prepare(self, ops: MoeOperands) -> dict[str, Any]:
         """The keyword arguments of the installed ``cutlass_moe_fp4`` for ``ops`` (``params`` included)."""

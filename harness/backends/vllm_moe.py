@@ -61,8 +61,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from harness.backends._engine_moe import (call_kwargs, checkpoint_tensors, first_attr, library_version,
-                                          require_cuda)
+from harness.backends._engine_moe import (call_kwargs, checkpoint_tensors, cutlass_fp4_operands, first_attr,
+                                          library_version, require_cuda)
 from harness.backends.moe_w4a16 import W4A16_PROPERTIES
 from harness.backends.protocol import Requirements, Support, Unsupported
 from harness.format import BLOCK_SIZE
@@ -277,24 +277,14 @@ class VllmCutlassMoe(_VllmMoe):
         ``activation`` enum, taken from the installed vLLM where its signature has one)."""
         p = ops.problem
         i, h, e_count = p.intermediate, p.hidden, p.experts
-        if ops.w13.n_alloc != 2 * i or ops.w2.n_alloc != h or ops.w13.k != h or ops.w2.k != i:
-            raise ValueError(f"{self.name}: weights must be unpadded in N (W13 {ops.w13.n_alloc} rows, expected "
-                             f"{2 * i}; W2 {ops.w2.n_alloc}, expected {h})")
         dev, dt = ops.hidden.device, ops.hidden.dtype
         rows = p.tokens * p.top_k
         known: dict[str, Any] = {
             "output": torch.empty((p.tokens, h), dtype=dt, device=dev),
-            "a": ops.hidden.contiguous().clone(),  # the call may scale it in place (apply_router_weight_on_input)
-            "a1_gscale": ops.fc1_input_scales.to(torch.float32),
-            "w1_fp4": ops.w13.packed.contiguous(), "w1_blockscale": ops.w13.scales.view(torch.float8_e4m3fn),
-            "w1_alphas": ops.alpha1.to(torch.float32),
-            "a2_gscale": ops.fc2_input_scales.to(torch.float32),
-            "w2_fp4": ops.w2.packed.contiguous(), "w2_blockscale": ops.w2.scales.view(torch.float8_e4m3fn),
-            "w2_alphas": ops.alpha2.to(torch.float32),
-            "topk_weights": ops.topk_weights.to(torch.float32), "topk_ids": ops.topk_ids.to(torch.int32),
+            **cutlass_fp4_operands(ops, self.name),
             "workspace13": torch.empty(rows * max(2 * i, h), dtype=dt, device=dev),
             "workspace2": torch.empty(rows * max(i, h), dtype=dt, device=dev),
-            "m": p.tokens, "n": i, "k": h, "e": e_count, "device": dev, "apply_router_weight_on_input": False,
+            "m": p.tokens, "n": i, "k": h, "e": e_count, "device": dev,
         }
         act, _ = first_attr(ACTIVATION_MODULES, "MoEActivation")
         if act is not None:
