@@ -158,10 +158,24 @@ refuses shapes outside its declared contract cleanly (triton-dot-scaled passes i
 kernel does not even compile)."""
 
 
+def _planted(name: str) -> bool:
+    """Whether ``name`` is a planted-bug backend (a mutant: :mod:`harness.mutants`,
+    :mod:`harness.grouped.mutants`).  Its results say where the self-test ran, not where a real
+    backend computed, so the record leaves it out.  A name neither registry knows (a plugin not loaded
+    here) is not a mutant."""
+    from harness.backends.registry import UnknownBackendError
+    from harness.grouped import registry
+
+    try:
+        return bool(getattr(registry.get_any(name), "mutant", False))
+    except UnknownBackendError:
+        return False
+
+
 def entries_from_results(results_dir: str | os.PathLike[str], source: str | None = None) -> dict[str, Entry]:
     """backend -> its entry for the run in ``results_dir`` (session.json's environment, the result
     streams' outcomes).  Backends with computed cases only (pass / fail / crash, properties in
-    :data:`NOT_COMPUTING` left out); a backend whose
+    :data:`NOT_COMPUTING` left out), planted-bug backends (mutants) left out; a backend whose
     every case was skipped is not entered (a skip is not evidence of anything).  Raises
     VerifiedFileError when the directory has no session environment or no records."""
     from harness.env import bare_version
@@ -194,7 +208,7 @@ def entries_from_results(results_dir: str | os.PathLike[str], source: str | None
     out = {}
     for name, c in counts.items():
         computed = {k: c[k] for k in ("pass", "fail", "crash") if c[k]}
-        if not computed:
+        if not computed or _planted(name):
             continue
         out[name] = Entry(arch, env.get("gpu_name"), date, versions,
                           "fail" if computed.get("fail") or computed.get("crash") else "pass",

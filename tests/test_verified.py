@@ -77,7 +77,8 @@ def test_record_verified_updates_per_architecture(tmp_path, capsys):
     gpu_env = {**current().to_dict(), "device": "cuda", "compute_capability": 90, "gpu_name": "NVIDIA H200",
                "flashinfer": "0.7.4 (no package metadata)"}
     run = _results_dir(tmp_path / "res", {"triton-emu-128x4": ["pass", "pass"], "torch-emu": ["pass", "fail"],
-                                          "flashinfer-cutlass": ["skip", "skip"]},
+                                          "flashinfer-cutlass": ["skip", "skip"],
+                                          "mutant-nibble-swap": ["fail", "pass"]},
                        started="2026-12-01T01:02:03Z", env=gpu_env)
     assert cli.main(["record-verified", str(run), "--file", str(record_file), "--source", "lead's H200 run"]) == 0
     out = capsys.readouterr().out
@@ -89,6 +90,7 @@ def test_record_verified_updates_per_architecture(tmp_path, capsys):
     torch_emu = {e.arch: e for e in rec["torch-emu"]}
     assert torch_emu["SM90"].result == "fail" and torch_emu["cpu"].source == "ci"  # the CPU entry is kept
     assert "flashinfer-cutlass" not in rec  # skipped everywhere: no evidence either way
+    assert "mutant-nibble-swap" not in rec  # a planted bug: the self-test's, not a backend's record
     assert verified.describe("flashinfer-cutlass", rec).startswith("never run")
 
 
