@@ -130,6 +130,27 @@ class _VllmMoe(MoeBackend):
             return Support(False, f"vllm {version} {self.entry} runs CUDA kernels; this machine has no CUDA GPU")
         return None
 
+    def library_device_check(self) -> tuple[bool, str]:
+        """vLLM's own verdict for the current CUDA device and the name of the check that gave it."""
+        raise NotImplementedError
+
+    def support(self, env: "Environment") -> Support:
+        """vLLM's own device check decides (:meth:`library_device_check`); its refusal, or an exception
+        it raises here, is the reason given."""
+        base = self._base_support(env)
+        if base is not None:
+            return base
+        version = library_version(self.distribution)
+        try:
+            ok, check = self.library_device_check()
+        except Unsupported as exc:
+            return Support(False, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the library's own check raised here: observed, not assumed
+            return Support(False, f"vllm {version}'s device check for {self.entry} raised {type(exc).__name__}: {exc}")
+        if not ok:
+            return Support(False, f"vllm {version} {check} is False on SM{env.compute_capability} ({env.gpu_name})")
+        return Support(True, f"vllm {version} {self.entry} on SM{env.compute_capability}: {check}")
+
     def describe(self) -> dict:
         d = super().describe()
         d["library"] = self.distribution
@@ -163,21 +184,6 @@ class VllmMarlinMoe(_VllmMoe):
         if check is None:
             raise Unsupported(f"{self.name}: the installed vLLM exposes no Marlin device check ({why})")
         return bool(check()), "is_fp4_marlin_supported()"
-
-    def support(self, env: "Environment") -> Support:
-        base = self._base_support(env)
-        if base is not None:
-            return base
-        version = library_version("vllm")
-        try:
-            ok, check = self.library_device_check()
-        except Unsupported as exc:
-            return Support(False, str(exc))
-        except Exception as exc:  # noqa: BLE001 - the library's own check raised here: observed, not assumed
-            return Support(False, f"vllm {version}'s Marlin device check raised {type(exc).__name__}: {exc}")
-        if not ok:
-            return Support(False, f"vllm {version} {check} is False on SM{env.compute_capability} ({env.gpu_name})")
-        return Support(True, f"vllm {version} fused_marlin_moe (NVFP4 W4A16) on SM{env.compute_capability}: {check}")
 
     def check_shapes(self, ops: MoeOperands) -> None:
         """vLLM's ``check_marlin_supports_shape`` for FC1 (n = 2I, k = hidden) and FC2 (n = hidden,
@@ -247,30 +253,13 @@ class VllmCutlassMoe(_VllmMoe):
     weight_dtype = torch.bfloat16
     term_out = torch.bfloat16
 
-    def library_device_check(self) -> bool:
+    def library_device_check(self) -> tuple[bool, str]:
         """vLLM's own ``CutlassExpertsFp4._supports_current_device()``."""
         cls, why = first_attr(CUTLASS_MOE_MODULES, "CutlassExpertsFp4")
         if cls is None or not hasattr(cls, "_supports_current_device"):
             raise Unsupported(f"{self.name}: the installed vLLM exposes no CutlassExpertsFp4._supports_current_device "
                               f"({why or 'no such method'})")
-        return bool(cls._supports_current_device())
-
-    def support(self, env: "Environment") -> Support:
-        base = self._base_support(env)
-        if base is not None:
-            return base
-        version = library_version("vllm")
-        try:
-            ok = self.library_device_check()
-        except Unsupported as exc:
-            return Support(False, str(exc))
-        except Exception as exc:  # noqa: BLE001 - observed, not assumed
-            return Support(False, f"vllm {version} CutlassExpertsFp4._supports_current_device() raised "
-                                  f"{type(exc).__name__}: {exc}")
-        if not ok:
-            return Support(False, f"vllm {version} CutlassExpertsFp4._supports_current_device() is False on "
-                                  f"SM{env.compute_capability} ({env.gpu_name})")
-        return Support(True, f"vllm {version} run_cutlass_moe_fp4 on SM{env.compute_capability}")
+        return bool(cls._supports_current_device()), "CutlassExpertsFp4._supports_current_device()"
 
     def known_arguments(self, ops: MoeOperands) -> dict[str, Any]:
         """Every argument of ``run_cutlass_moe_fp4`` the adapter can fill (pure but for the
