@@ -71,6 +71,15 @@ def _layouts(backend: Backend) -> SearchStrategy[str | None]:
     return st.sampled_from([lay.value for lay in lays]) if len(lays) > 1 else st.just(lays[0].value)
 
 
+def _two_rows_at_least(p: GemmProblem) -> GemmProblem:
+    """``p`` with m >= 2 (a 3-D batch of one row gets a second one in its last leading dim)."""
+    if p.m >= 2:
+        return p
+    if p.batch is not None:
+        return p.with_(m=2, batch=tuple(p.batch[:-1]) + (2,))
+    return p.with_(m=2)
+
+
 def trials(backend: Backend, prop: str, sz: Sizes) -> SearchStrategy[Trial]:
     """Trials for ``backend`` under property ``prop``; every one shrinks to m=1 and a single
     poisoned region (when the property poisons one)."""
@@ -118,6 +127,10 @@ def trials(backend: Backend, prop: str, sz: Sizes) -> SearchStrategy[Trial]:
             probs = hs.with_calibration(probs)
         if prop == "layout_invariance":
             probs = hs.with_input_layout(probs)
+        elif prop == "input_isolation":
+            # one bad row among others: at least two rows (a one-row draw would leave nothing to isolate,
+            # and the property would never run)
+            probs = probs.map(_two_rows_at_least)
         elif prop == "empty_batch":
             probs = hs.with_input_layout(hs.empty_batches(probs, three_d=True), share=LAYOUT_SHARE)
         elif prop == "reference_agreement":

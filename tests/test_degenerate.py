@@ -90,3 +90,30 @@ def test_one_outlier_sets_the_global_scale() -> None:
     x, _, _ = linear_inputs(p, "cpu")
     assert float(x.float().abs().amax()) == 4.0 * 2 ** 12
     assert execute(Trial(LINEAR, "reference_agreement", p)).status == "pass"
+
+
+def test_the_property_suite_puts_every_linear_layer_to_input_isolation(tmp_path) -> None:
+    """A one-row draw would leave no other row to isolate; the suite draws at least two rows, so the
+    property runs (its test used to end as a skip, "one row", on the first such draw: no linear
+    layer was ever put to it by `fuzz` or README's test command)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hypothesis import given, settings
+
+    from harness import suite
+    from harness.backends import registry
+
+    @settings(max_examples=25, deadline=None, database=None)
+    @given(suite.trials(registry.get(LINEAR), "input_isolation", suite.CPU_SIZES))
+    def draws(trial):
+        assert trial.problem.m >= 2, trial.problem
+
+    draws()
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "properties/test_properties.py", "-q", "-p", "no:cacheprovider",
+                           "-p", "no:xdist", "--nvfp4-backends", "linear-vllm[torch-emu]", "--nvfp4-properties",
+                           "input_isolation", "--nvfp4-profile", "ci", "--nvfp4-results", str(tmp_path / "res")],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
