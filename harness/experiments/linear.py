@@ -209,6 +209,9 @@ class LinearExperiment:
         the derived bound, and the global scales the layer merged to are the max over the loaded
         partitions only: finite, whatever its unwritten scale slots hold."""
         w = self.weight
+        if not getattr(self.backend, "merged_partitions", False):
+            raise NotApplicable("the layer loads no merged-partition weights (QKV / gate-up with a scale slot per "
+                                "partition): nothing to put to partition_isolation")
         if not isinstance(w, MergedCheckpoint):
             raise NotApplicable("one partition: the problem has no merged partitions")
         merged = self.backend.merge_partitions(self._guarded_weight())
