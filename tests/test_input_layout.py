@@ -389,6 +389,6 @@ def test_the_report_tables_views_and_empty_batches_per_backend() -> None:
     cols, rows = input_layout_rows(records)
     assert cols == ["column_slice", "column_major", "batch_strided", "storage_offset", EMPTY_BATCH]
     table = {r["backend"]: [(c["text"], c["cls"]) for c in r["cells"]] for r in rows}
-    assert table["q"] == [("2 pass (1 refused)", "pass"), ("–", "empty"), ("1 fail", "fail"), ("–", "empty"),
-                          ("1 pass (1 refused)", "pass")]
+    assert table["q"] == [("2 pass (1 raised, allowed)", "pass"), ("–", "empty"), ("1 fail", "fail"), ("–", "empty"),
+                          ("1 pass (1 raised, allowed)", "pass")]
     assert table["l"][1] == ("1 pass (1 within bound)", "pass") and table["l"][4] == ("1 pass", "pass")

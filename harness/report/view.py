@@ -386,8 +386,9 @@ def dimension_rows(records: list[dict]) -> list[dict]:
 
 def input_layout_rows(records: list[dict]) -> tuple[list[str], list[dict]]:
     """(columns, rows) of the input memory layout table: per backend and non-contiguous
-    ``problem.input_layout`` (and empty batches), the executed cases by outcome, how many the backend
-    refused (``measure.refused``) and how many passed with bits that differ within the reference's
+    ``problem.input_layout`` (and empty batches), the executed cases by outcome, how many of those
+    passed because the backend raised on the view, which is allowed (``measure.refused``; not the
+    summary's "refused", an example declined before it ran), and how many passed with bits that differ within the reference's
     bound (``measure.bitwise`` false).  Records without ``input_layout`` are contiguous."""
     cols = [lay for lay in INPUT_LAYOUTS if lay != "contiguous"] + [EMPTY_BATCH]
     cells: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
@@ -400,7 +401,7 @@ def input_layout_rows(records: list[dict]) -> tuple[list[str], list[dict]]:
         measure = r.get("measure") if isinstance(r.get("measure"), Mapping) else {}
         c = cells[str(r.get("backend", "?"))][col]
         c[str(r.get("outcome"))] += 1
-        c["refused"] += "refused" in measure
+        c["raised, allowed"] += "refused" in measure
         c["within bound"] += measure.get("bitwise") is False and r.get("outcome") == "pass"
     rows = []
     for b in sorted(cells):
@@ -409,7 +410,7 @@ def input_layout_rows(records: list[dict]) -> tuple[list[str], list[dict]]:
             c = cells[b].get(col, Counter())
             counts = {k: c.get(k, 0) for k in OUTCOMES}
             text = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-            extra = ", ".join(f"{c[k]} {k}" for k in ("refused", "within bound") if c.get(k))
+            extra = ", ".join(f"{c[k]} {k}" for k in ("raised, allowed", "within bound") if c.get(k))
             row.append({"cls": _cell_class(counts), "text": text + (f" ({extra})" if extra else "") or "–"})
         rows.append({"backend": b, "cells": row})
     return cols, rows
