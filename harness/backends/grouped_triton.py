@@ -21,6 +21,7 @@ import torch
 from harness.backends.protocol import Requirements, Unsupported
 from harness.kernels.gemm import nvfp4_gemm
 from harness.grouped.pipeline import GroupedOperands, GroupedTensor, grouped_quantize
+from harness.grouped.problem import GROUPED_PROPERTIES
 from harness.grouped.protocol import GroupedBackend
 from harness.oracle import Precision
 from harness.pipeline import GemmOperands
@@ -66,6 +67,8 @@ class GroupedTritonGemm(GroupedBackend):
     description = ("Triton grouped NVFP4 GEMM emulation: one 128x4 grouped activation buffer, per-expert weights "
                    "and global scales, routing weights applied in an fp32 combine")
     requirements = REQUIREMENTS
+    # grouped_bytes compares the buffer a backend quantizes; this one takes the pipeline's
+    properties = tuple(p for p in GROUPED_PROPERTIES if p != "grouped_bytes")
 
     def check(self, ops: GroupedOperands) -> None:
         if ops.out_dtype not in self.requirements.out_dtypes:
@@ -82,6 +85,7 @@ class GroupedTritonFused(GroupedTritonGemm):
     description = ("Triton fused MoE emulation: quantizes the hidden states per expert section with that expert's "
                    "input global scale into one grouped buffer, then the grouped GEMM and the routed combine")
     quantizes = True
+    properties = GROUPED_PROPERTIES
 
     def quantize(self, ops: GroupedOperands) -> GroupedTensor:
         return grouped_quantize(ops.hidden[ops.order], ops.a.splits, ops.input_scales, layout=ops.a.layout,
