@@ -168,7 +168,8 @@ def progress_summary(results_dir: str | Path, now: float | None = None) -> dict:
         elapsed = max(1e-9, (st.get("updated") or now) - st.get("started", now))
         rows.append({"worker": st.get("worker"), "pid": st.get("pid"), "alive": _alive(st.get("pid")),
                      "cases": st.get("cases", 0), "failures": st.get("failures", 0),
-                     "rate": st.get("cases", 0) / elapsed, "pair": st.get("current") or ""})
+                     "rate": st.get("cases", 0) / elapsed, "pair": st.get("current") or "",
+                     "finished": bool(st.get("finished"))})
     start = plan.get("start", now)
     return {"cases": sum(r["cases"] for r in rows), "failures": sum(r["failures"] for r in rows),
             "rate": sum(r["cases"] for r in rows) / max(1e-9, now - start),
@@ -177,8 +178,8 @@ def progress_summary(results_dir: str | Path, now: float | None = None) -> dict:
 
 
 def summary_line(s: dict) -> str:
-    per = "; ".join(f"{r['worker']} {r['cases']} ({r['rate']:.1f}/s)" + ("" if r["alive"] else " dead")
-                    for r in s["workers"])
+    per = "; ".join(f"{r['worker']} {r['cases']} ({r['rate']:.1f}/s)"
+                    + (" done" if r.get("finished") else "" if r["alive"] else " dead") for r in s["workers"])
     state = " stopping" if s["stopping"] else ""
     return (f"campaign{state}: {s['cases']} cases, {s['rate']:.1f} cases/s, {s['failures']} failures, "
             f"{s['elapsed']:.0f} s elapsed, {s['left']:.0f} s left" + (f" | {per}" if per else ""))
@@ -211,7 +212,7 @@ class Progress:
         for col in ("worker", "cases", "cases/s", "failures", "running"):
             t.add_column(col, justify="right" if col in ("cases", "cases/s", "failures") else "left")
         for r in s["workers"]:
-            t.add_row(str(r["worker"]) + ("" if r["alive"] else " (gone)"), str(r["cases"]),
+            t.add_row(str(r["worker"]) + (" (done)" if r.get("finished") else "" if r["alive"] else " (gone)"), str(r["cases"]),
                       f"{r['rate']:.1f}", str(r["failures"]), str(r["pair"]))
         return t
 
@@ -399,6 +400,7 @@ class WorkerCampaign:
         self.t0 = time.time()
         self.stop_requested = False
         self.failure_pending = False  # the running Hypothesis run has found a failure
+        self.finished = False         # the worker's session ended normally (its state is final)
         self._last_write = 0.0
         self._save(force=True)
 
@@ -412,7 +414,7 @@ class WorkerCampaign:
             "worker": self.worker, "pid": os.getpid(), "started": self.t0, "updated": now,
             "pairs_started": self.started_pairs, "cases": self.cases, "failures": self.failures,
             "current": self.slice.pair if self.slice else None,
-            "slice_end": self.slice.end if self.slice else None})
+            "slice_end": self.slice.end if self.slice else None, "finished": self.finished})
 
     def stopping(self) -> bool:
         if not self.stop_requested and (_STOP.is_set() or (self.dir / "stop").exists()):
@@ -470,6 +472,13 @@ class WorkerCampaign:
 
     def finish_pair(self) -> None:
         self.slice = None
+        self._save(force=True)
+
+    def finish(self) -> None:
+        """The worker's session ended normally: its state file gets its final counts and says so
+        (progress then shows the worker done, not dead)."""
+        self.slice = None
+        self.finished = True
         self._save(force=True)
 
     # -- the loop ----------------------------------------------------------------------------

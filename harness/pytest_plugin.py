@@ -335,6 +335,8 @@ def pytest_testnodedown(node, error) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     harness_session: HarnessSession | None = getattr(config, "_nvfp4_session", None)
+    if harness_session is not None and harness_session.campaign is not None and exitstatus != pytest.ExitCode.INTERRUPTED:
+        harness_session.campaign.finish()
     if _is_worker(config):
         if harness_session is not None and harness_session.recorded:
             # as JSON text: execnet carries builtin types only (torch.__version__ is a str subclass)

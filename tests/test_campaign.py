@@ -172,6 +172,7 @@ def test_progress_shows_cases_rate_failures_and_time_left_per_worker(tmp_path: P
     assert 45 <= s["left"] <= 50.5
     line = campaign.summary_line(s)
     assert "3 cases" in line and "1 failures" in line and "gw0 3" in line
+    assert " done" not in line and " dead" not in line  # running: this process is the worker
     # on a terminal: a rich live table, one row per worker
     pytest.importorskip("rich", reason="rich (a dependency of nvfp4-harness) draws the live table")
     out = io.StringIO()
@@ -180,6 +181,8 @@ def test_progress_shows_cases_rate_failures_and_time_left_per_worker(tmp_path: P
     p.stop()
     text = out.getvalue()
     assert "gw0" in text and "p0" in text and "cases/s" in text
+    w.finish()  # the session ended normally: the last line says so instead of "dead" once it exits
+    assert campaign.summary_line(campaign.progress_summary(tmp_path)).endswith(" done")
 
 
 # ----------------------------------------------------------------------------------------------
