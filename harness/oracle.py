@@ -18,6 +18,7 @@ import torch
 
 from harness.exact_reference import exact_products
 from harness.format import gemm_alpha, global_scale_encode_divisor, reference_dequantize, reference_quantize, unpack_e2m1
+from harness.torch_modes import tf32_off
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.pipeline import CheckpointWeight, MergedCheckpoint
@@ -147,12 +148,8 @@ def reference_from_dequantized(a: torch.Tensor, w: torch.Tensor, alpha: torch.Te
         # by (1 - gamma_K) bounds it from above.
         kk = a.shape[1]
         gamma = kk * U32 / (1 - kk * U32)
-        tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round the products
-        try:
+        with tf32_off():  # TF32 would round the products
             abs32 = a.float().abs() @ w.float().abs().T
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
         abs_sum = abs32.double().mul_(al.abs()).div_(1 - gamma)
     if bias is not None:
         value = value + bias.double().reshape(1, -1)

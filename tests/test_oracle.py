@@ -169,3 +169,24 @@ def test_rounded_operand_backends_get_a_wider_but_derived_bound():
     exact = error_bound(ref, Precision(), torch.bfloat16)
     rounded = error_bound(ref, Precision(operand_bits=8), torch.bfloat16)
     assert (rounded > exact).all()
+
+
+def test_tf32_off_restores_torchs_setting_even_when_the_block_raises():
+    """The exact reference's |a||w| sum and the W4A16 emulation multiply in fp32 with TF32 off; the
+    process-wide flag is given back as it was (a CPU build of torch has it too)."""
+    from harness.torch_modes import tf32_off
+
+    mm = torch.backends.cuda.matmul
+    original = mm.allow_tf32
+    try:
+        for start in (True, False):
+            mm.allow_tf32 = start
+            with tf32_off():
+                assert mm.allow_tf32 is False
+            assert mm.allow_tf32 is start
+            with pytest.raises(ValueError, match="inside"):
+                with tf32_off():
+                    raise ValueError("raised inside the block")
+            assert mm.allow_tf32 is start
+    finally:
+        mm.allow_tf32 = original

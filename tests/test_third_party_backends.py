@@ -223,7 +223,7 @@ def test_reduced_precision_reductions_are_restored_whole_even_when_the_call_rais
     reduced-precision reduction flags False and gives back exactly what was there: also when the
     call inside raises, and also the split-K half of the setting (torch resets it to True when a
     bare bool is assigned).  The flags are torch's own, settable in a CPU build too."""
-    from harness.backends.torchao_nvfp4 import reduced_precision_reductions_off
+    from harness.torch_modes import reduced_precision_reductions_off
 
     mm = torch.backends.cuda.matmul
     names = ("allow_bf16_reduced_precision_reduction", "allow_fp16_reduced_precision_reduction")

@@ -36,6 +36,7 @@ from harness.grouped.moe import MoeOperands, weight_decode_scales
 from harness.grouped.problem import MOE_PROPERTIES
 from harness.grouped.protocol import MoeBackend
 from harness.oracle import Precision
+from harness.torch_modes import tf32_off
 
 W4A16_PROPERTIES: tuple[str, ...] = tuple(p for p in MOE_PROPERTIES if p != "fused_unfused")
 """The fused-MoE properties of a weight-only backend: ``fused_unfused`` compares with the NVFP4 x
@@ -48,12 +49,8 @@ REQUIREMENTS = Requirements(compute_capabilities=None, runs_on_cpu=True, n_align
 
 def _matmul_fp32(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``a @ w^T`` in fp32 with TF32 off (TF32 would round the operands)."""
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    with tf32_off():
         return a.float() @ w.float().T
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 class MoeTorchW4A16(MoeBackend):

@@ -31,7 +31,7 @@ Convention (torchao 0.18): ``per_tensor_scale`` is the *decode multiplier* amax/
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,7 @@ from harness.backends.protocol import (
 from harness.backends.scaled_mm import MIN_CC
 from harness.format import BLOCK_SIZE
 from harness.layouts import ScaleLayout, padded_shape
+from harness.torch_modes import reduced_precision_reductions_off
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.env import Environment
@@ -99,46 +100,12 @@ class TorchaoTensorQuantizer(LibraryBackend, QuantizerBackend):
         return t.qdata.view(torch.uint8), scales.reshape(want)
 
 
-@contextlib.contextmanager
-def fp32_reductions(x: torch.Tensor) -> Iterator[None]:
-    """While the block runs, a CUDA bf16/fp16 matmul reduces split-K partial sums in fp32, as
-    :class:`~harness.oracle.Precision` ``(24)`` assumes: torch's
-    ``torch.backends.cuda.matmul.allow_{bf16,fp16}_reduced_precision_reduction`` are set False (the
-    flags are process-wide; their previous values are restored on exit, also when the block
-    raises: :func:`reduced_precision_reductions_off`).  Does nothing for a CPU tensor.  See the
+def fp32_reductions(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """The context a matmul on ``x`` runs in so that split-K partial sums are reduced in fp32, as
+    :class:`~harness.oracle.Precision` ``(24)`` assumes: on a CUDA tensor,
+    :func:`harness.torch_modes.reduced_precision_reductions_off`; nothing for a CPU tensor.  See the
     module docstring for why."""
-    if not x.is_cuda:
-        yield
-        return
-    with reduced_precision_reductions_off():
-        yield
-
-
-_REDUCTION_FLAGS = ("allow_bf16_reduced_precision_reduction", "allow_fp16_reduced_precision_reduction")
-
-
-@contextlib.contextmanager
-def reduced_precision_reductions_off() -> Iterator[None]:
-    """torch's ``allow_{bf16,fp16}_reduced_precision_reduction`` False while the block runs, each
-    restored on exit (also when the block raises) to its whole previous state: where torch has the
-    ``allow_splitk`` half of the setting (``<flag>_split_k``, read back separately; assigning a bare
-    bool resets it to True), the pair ``(allow_reduced_precision, allow_splitk)``, else the bool."""
-    m = torch.backends.cuda.matmul
-    saved = {}
-    for name in _REDUCTION_FLAGS:
-        try:
-            split_k = getattr(m, f"{name}_split_k")
-        except AttributeError:  # a torch without the split-K half of the setting
-            split_k = None
-        allowed = getattr(m, name)
-        saved[name] = allowed if split_k is None else (allowed, split_k)
-    try:
-        for name in _REDUCTION_FLAGS:
-            setattr(m, name, False if isinstance(saved[name], bool) else (False, saved[name][1]))
-        yield
-    finally:
-        for name in _REDUCTION_FLAGS:
-            setattr(m, name, saved[name])
+    return reduced_precision_reductions_off() if x.is_cuda else contextlib.nullcontext()
 
 
 class TorchaoWeightOnlyLinear(LibraryBackend, LinearBackend):
