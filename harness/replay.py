@@ -207,10 +207,15 @@ def replay_grouped(path: str | Path, backend: str | None = None) -> GroupedRepla
     check_grouped_kind(path, trial, given=backend is not None)
     check_grouped_fits(trial.problem)
     outcome = execute_grouped(trial, digest=True)
-    digest_ok = None
+    return GroupedReplay(case, trial, outcome, _digest_ok(case, outcome, backend))
+
+
+def _digest_ok(case, outcome: Outcome, backend: str | None) -> bool | None:
+    """Whether the operands rebuilt for the replay hash to the case's recorded digest; None where
+    there is nothing to compare (no digest on either side, or the case run on another backend)."""
     if case.digest and outcome.digest and (backend is None or backend == case.backend):
-        digest_ok = outcome.digest == case.digest
-    return GroupedReplay(case, trial, outcome, digest_ok)
+        return outcome.digest == case.digest
+    return None
 
 
 def check_grouped_kind(path, trial: "GroupedTrial", *, given: bool) -> None:
@@ -251,10 +256,7 @@ def replay(path: str | Path, backend: str | None = None) -> "Replay | GroupedRep
     trial = case.trial(backend)
     check_fits(trial.problem)
     outcome = execute(trial, digest=True)
-    digest_ok = None
-    if case.digest and outcome.digest and (backend is None or backend == case.backend):
-        digest_ok = outcome.digest == case.digest
-    return Replay(case, trial, outcome, digest_ok)
+    return Replay(case, trial, outcome, _digest_ok(case, outcome, backend))
 
 
 def promote(path: str | Path, *, name: str | None = None, note: str | None = None, expect: str = "xfail",
