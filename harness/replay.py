@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,7 +51,7 @@ class Replay:
                  + (f" input_layout={p.input_layout} (x as a non-contiguous view)"
                     if p.input_layout != "contiguous" else "")
                  + (f"  [{p.origin}]" if p.origin else ""),
-                 f"poison    " + (", ".join(f"{r}=0x{getattr(t.poison, r):02X}" for r in POISON_REGIONS + SLOT_REGIONS
+                 "poison    " + (", ".join(f"{r}=0x{getattr(t.poison, r):02X}" for r in POISON_REGIONS + SLOT_REGIONS
                                             if getattr(t.poison, r)) or "none")
                  + (" + stale memory" if t.poison.stale_memory else "")
                  + (f"; activation scales {t.a_layout}" if t.a_layout else "")]
