@@ -166,10 +166,11 @@ def progress_summary(results_dir: str | Path, now: float | None = None) -> dict:
     rows = []
     for st in worker_states(results_dir):
         elapsed = max(1e-9, (st.get("updated") or now) - st.get("started", now))
-        rows.append({"worker": st.get("worker"), "pid": st.get("pid"), "alive": _alive(st.get("pid")),
+        rows.append({"worker": st.get("worker"), "pid": st.get("pid"),
                      "cases": st.get("cases", 0), "failures": st.get("failures", 0),
                      "rate": st.get("cases", 0) / elapsed, "pair": st.get("current") or "",
-                     "finished": bool(st.get("finished"))})
+                     # "" while it runs; "done" once its session ended normally; "dead" if it vanished
+                     "state": "done" if st.get("finished") else "" if _alive(st.get("pid")) else "dead"})
     start = plan.get("start", now)
     return {"cases": sum(r["cases"] for r in rows), "failures": sum(r["failures"] for r in rows),
             "rate": sum(r["cases"] for r in rows) / max(1e-9, now - start),
@@ -178,8 +179,8 @@ def progress_summary(results_dir: str | Path, now: float | None = None) -> dict:
 
 
 def summary_line(s: dict) -> str:
-    per = "; ".join(f"{r['worker']} {r['cases']} ({r['rate']:.1f}/s)"
-                    + (" done" if r.get("finished") else "" if r["alive"] else " dead") for r in s["workers"])
+    per = "; ".join(f"{r['worker']} {r['cases']} ({r['rate']:.1f}/s)" + (f" {r['state']}" if r["state"] else "")
+                    for r in s["workers"])
     state = " stopping" if s["stopping"] else ""
     return (f"campaign{state}: {s['cases']} cases, {s['rate']:.1f} cases/s, {s['failures']} failures, "
             f"{s['elapsed']:.0f} s elapsed, {s['left']:.0f} s left" + (f" | {per}" if per else ""))
@@ -212,7 +213,7 @@ class Progress:
         for col in ("worker", "cases", "cases/s", "failures", "running"):
             t.add_column(col, justify="right" if col in ("cases", "cases/s", "failures") else "left")
         for r in s["workers"]:
-            t.add_row(str(r["worker"]) + (" (done)" if r.get("finished") else "" if r["alive"] else " (gone)"), str(r["cases"]),
+            t.add_row(str(r["worker"]) + (f" ({r['state']})" if r["state"] else ""), str(r["cases"]),
                       f"{r['rate']:.1f}", str(r["failures"]), str(r["pair"]))
         return t
 
