@@ -112,9 +112,14 @@ def reference_agreement(backend, ops: GroupedOperands) -> PropertyResult:
                           f"tokens {agr.nan_rows[:8]})", measure)
 
 
-def grouped_bytes(backend, ops: GroupedOperands) -> PropertyResult:
+def check_quantizes(backend) -> None:
+    """NotApplicable for ``grouped_bytes`` on a backend that quantizes nothing itself."""
     if not backend.quantizes:
         raise NotApplicable(f"{backend.name} takes the pipeline's grouped buffer (it quantizes nothing)")
+
+
+def grouped_bytes(backend, ops: GroupedOperands) -> PropertyResult:
+    check_quantizes(backend)
     g = backend.quantize(ops)
     p = ops.problem
     bad: list[str] = []
@@ -294,9 +299,19 @@ def fused_unfused(backend, ops: MoeOperands) -> PropertyResult:
     return PropertyResult("fused_unfused", True, "within both bounds of the unfused grouped stages", measure)
 
 
+def check_kind(backend, problem) -> None:
+    """NotApplicable unless ``backend`` is of the problem's kind: a fused-MoE layer for a
+    :class:`~harness.grouped.problem.MoeProblem`, a grouped GEMM for a grouped GEMM problem."""
+    kind = getattr(backend, "kind", "grouped")
+    if isinstance(problem, MoeProblem):
+        if kind != "moe":
+            raise NotApplicable(f"{backend.name} is a grouped GEMM, not a fused-MoE layer")
+    elif kind != "grouped":
+        raise NotApplicable(f"{backend.name} is a fused-MoE layer; the trial is a grouped GEMM")
+
+
 def run_moe_property(backend, trial: GroupedTrial, device) -> tuple[PropertyResult, MoeOperands]:
-    if getattr(backend, "kind", "grouped") != "moe":
-        raise NotApplicable(f"{backend.name} is a grouped GEMM, not a fused-MoE layer")
+    check_kind(backend, trial.problem)
     ops = build_moe_operands(trial.problem, trial.poison, device=device)
     fn = {"reference_agreement": moe_reference_agreement, "fused_unfused": fused_unfused}[trial.property]
     return fn(backend, ops), ops
@@ -306,8 +321,7 @@ def run_property(backend, trial: GroupedTrial, device) -> tuple[PropertyResult, 
     p = trial.problem
     if isinstance(p, MoeProblem):
         return run_moe_property(backend, trial, device)
-    if getattr(backend, "kind", "grouped") != "grouped":
-        raise NotApplicable(f"{backend.name} is a fused-MoE layer; the trial is a grouped GEMM")
+    check_kind(backend, p)
     if trial.property == "token_isolation":
         victim = trial.poison.victim if trial.poison.victim is not None else 0
         clean = build_grouped_operands(p, device=device)

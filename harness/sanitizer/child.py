@@ -142,29 +142,25 @@ def _run_grouped(backend, trial, dev, add, publish, mapped: list[dict]) -> None:
 
     import torch
 
-    from harness.grouped.checks import NotApplicable, _moe_check_scales
+    from harness.grouped.checks import _moe_check_scales, check_kind, check_quantizes
     from harness.grouped.moe import build_moe_operands
     from harness.grouped.pipeline import build_grouped_operands
     from harness.grouped.problem import MoeProblem
 
     p = trial.problem
-    kind = getattr(backend, "kind", "grouped")
     real_out = p.hidden if isinstance(p, MoeProblem) else p.n  # output columns past it: N padding
+    check_kind(backend, p)
     if isinstance(p, MoeProblem):
-        if kind != "moe":
-            raise NotApplicable(f"{backend.name} is a grouped GEMM, not a fused-MoE layer")
         ops = build_moe_operands(p, trial.poison, device=dev, unwritten_padding=True)
         add(moe_entries(ops), ops)
         _moe_check_scales(backend, ops)
         call = backend.run
     else:
-        if kind != "grouped":
-            raise NotApplicable(f"{backend.name} is a fused-MoE layer; the trial is a grouped GEMM")
         poison = replace(trial.poison, k_tail=0) if trial.property == "token_isolation" else trial.poison
         ops = build_grouped_operands(p, poison, device=dev, unwritten_padding=True)
         add(grouped_entries(ops), ops)
-        if trial.property == "grouped_bytes" and not backend.quantizes:
-            raise NotApplicable(f"{backend.name} takes the pipeline's grouped buffer (it quantizes nothing)")
+        if trial.property == "grouped_bytes":
+            check_quantizes(backend)
         call = backend.quantize if trial.property == "grouped_bytes" else backend.run
     _sync()
     publish("running")
