@@ -343,6 +343,15 @@ def difference_rows(records: list[dict]) -> list[dict]:
     return out
 
 
+def _outcome_cell(c: Counter, extras: tuple[str, ...] = ()) -> dict[str, str]:
+    """A table cell of case counts by outcome (``"3 pass, 1 fail"``, "–" when empty), coloured by the
+    worst outcome, with the counts of ``extras`` (keys of ``c`` besides the outcomes) in brackets."""
+    counts = {k: c.get(k, 0) for k in OUTCOMES}
+    text = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    extra = ", ".join(f"{c[k]} {k}" for k in extras if c.get(k))
+    return {"cls": _cell_class(counts), "text": text + (f" ({extra})" if extra else "") or "–"}
+
+
 EMPTY_BATCH = "empty batch (m=0)"
 """The input-layout table's column of empty batches."""
 
@@ -373,15 +382,7 @@ def dimension_rows(records: list[dict]) -> list[dict]:
             cols.append(DIMENSION_COLS[5])
         for col in cols:
             cells[str(r.get("backend", "?"))][col][str(r.get("outcome"))] += 1
-    rows = []
-    for b in sorted(cells):
-        row = []
-        for col in DIMENSION_COLS:
-            counts = {k: cells[b][col].get(k, 0) for k in OUTCOMES}
-            row.append({"cls": _cell_class(counts),
-                        "text": ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "–"})
-        rows.append({"backend": b, "cells": row})
-    return rows
+    return [{"backend": b, "cells": [_outcome_cell(cells[b][col]) for col in DIMENSION_COLS]} for b in sorted(cells)]
 
 
 def input_layout_rows(records: list[dict]) -> tuple[list[str], list[dict]]:
@@ -403,16 +404,9 @@ def input_layout_rows(records: list[dict]) -> tuple[list[str], list[dict]]:
         c[str(r.get("outcome"))] += 1
         c["raised, allowed"] += "refused" in measure
         c["within bound"] += measure.get("bitwise") is False and r.get("outcome") == "pass"
-    rows = []
-    for b in sorted(cells):
-        row = []
-        for col in cols + sorted(set(cells[b]) - set(cols)):
-            c = cells[b].get(col, Counter())
-            counts = {k: c.get(k, 0) for k in OUTCOMES}
-            text = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-            extra = ", ".join(f"{c[k]} {k}" for k in ("raised, allowed", "within bound") if c.get(k))
-            row.append({"cls": _cell_class(counts), "text": text + (f" ({extra})" if extra else "") or "–"})
-        rows.append({"backend": b, "cells": row})
+    rows = [{"backend": b, "cells": [_outcome_cell(cells[b].get(col, Counter()), ("raised, allowed", "within bound"))
+                                     for col in cols + sorted(set(cells[b]) - set(cols))]}
+            for b in sorted(cells)]
     return cols, rows
 
 
