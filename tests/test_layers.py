@@ -20,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: list[tuple[str, ...]] = [
-    # the number format, scale layouts and the machine: no harness imports (the input memory layouts
-    # build their views inside guard bytes)
+    # the number format, scale layouts, the machine and torch's matmul settings: no harness imports
+    # (the input memory layouts build their views inside guard bytes)
     ("harness", "harness.format", "harness.layouts", "harness.env", "harness.optional", "harness.guard",
-     "harness.input_layout"),
+     "harness.input_layout", "harness.torch_modes"),
     # Triton kernels of the pipeline (quantize, dequantize, pad) and of the test data
     ("harness.kernels", "harness.kernels.nvfp4", "harness.kernels.data"),
     # deterministic test data (its Triton path is a kernel)
