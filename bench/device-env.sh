@@ -10,7 +10,8 @@ if [ "${NVFP4_DEVICE_ORACLES:-1}" != 0 ] && [ ! -d /tmp/site/torchao ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .device/oracles/*.whl
 fi
 if [ "${NVFP4_DEVICE_ORACLES:-1}" = 0 ]; then
-  rm -rf /tmp/site/torchao* /tmp/site/compressed_tensors* /tmp/site/pydantic* /tmp/site/loguru*
+  rm -rf /tmp/site/torchao* /tmp/site/compressed_tensors* /tmp/site/pydantic* /tmp/site/loguru* \
+    /tmp/site/modelopt* /tmp/site/nvidia_modelopt* /tmp/site/omegaconf* /tmp/site/antlr4* /tmp/site/pulp*
 fi
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export FLASHINFER_WORKSPACE_BASE=${FLASHINFER_WORKSPACE_BASE:-/tmp/flashinfer-ws}

@@ -6,13 +6,11 @@
 #                           CUDA sources of kernels the harness never builds (*.cu outside data/; data/csrc
 #                           keeps only nv_internal, the FP4 quantization sources), xz-compressed
 #   .device/wheels/         apache-tvm-ffi (flashinfer's compiled dependency)
-#   .device/oracles/        the [oracles] extra (torchao, compressed-tensors) and those of their dependencies
-#                           the GPU image lacks (it has transformers, huggingface-hub, tokenizers, psutil)
-#                           nvidia-modelopt (the third oracle) is left out: importing its NVFP4QTensor imports
-#                           modelopt.torch, which needs scipy (35 MiB) and pulp (16 MiB); with flashinfer that
-#                           exceeds the 64 MiB carry (checked: python -S with the image's packages and these
-#                           wheels only).  Its backends (quant-modelopt, ckpt-modelopt) are pure torch and run
-#                           in CI on the CPU; on the GPU machine they report the package as not installed.
+#   .device/oracles/        the [oracles] extra (torchao, compressed-tensors, nvidia-modelopt) and those of their
+#                           dependencies the GPU image lacks: loguru, pydantic, omegaconf, antlr4-python3-runtime
+#                           and pulp<4 (16 MiB, as modelopt pins it).  The image already has transformers, scipy,
+#                           rich, tqdm, pyyaml, regex, safetensors, ninja and nvidia-ml-py (the device README's
+#                           package list), so the whole carry stays under 64 MiB.
 # On the GPU machine:  source bench/device-env.sh   (NVFP4_DEVICE_ORACLES=0 leaves the oracles out)
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
@@ -27,7 +25,8 @@ plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform m
 python3 -m pip download -q --no-deps "${plat[@]}" -d "$tmp" "flashinfer-python${FI_VERSION:+==$FI_VERSION}"
 python3 -m pip download -q --no-deps "${plat[@]}" -d .device/wheels apache-tvm-ffi
 python3 -m pip download -q --no-deps "${plat[@]}" -d .device/oracles torchao compressed-tensors loguru \
-    pydantic pydantic-core annotated-types typing-inspection
+    pydantic pydantic-core annotated-types typing-inspection nvidia-modelopt omegaconf \
+    antlr4-python3-runtime 'pulp<4'
 mkdir "$tmp/x" && (cd "$tmp/x" && unzip -q "$tmp"/flashinfer_python-*.whl)
 fi="$tmp/x/flashinfer"
 find "$fi/data/csrc" -mindepth 1 -maxdepth 1 -type d ! -name nv_internal -exec rm -rf {} +
