@@ -8,9 +8,9 @@
 #   .device/wheels/         apache-tvm-ffi (flashinfer's compiled dependency)
 #   .device/oracles/        the [oracles] extra (torchao, compressed-tensors, nvidia-modelopt) and those of their
 #                           dependencies the GPU image lacks: loguru, pydantic, omegaconf, antlr4-python3-runtime
-#                           and pulp<4 (16 MiB, as modelopt pins it).  The image already has transformers, scipy,
-#                           rich, tqdm, pyyaml, regex, safetensors, ninja and nvidia-ml-py (the device README's
-#                           package list), so the whole carry stays under 64 MiB.
+#                           and pulp<4 (16 MiB, as modelopt pins it).  The GPU image already ships transformers,
+#                           scipy, rich, tqdm, pyyaml, regex, safetensors, ninja and nvidia-ml-py (ModelOpt 0.47.0
+#                           imported there with only these added, 2026-12-01), so the carry is 45 MiB of 64.
 # On the GPU machine:  source bench/device-env.sh   (NVFP4_DEVICE_ORACLES=0 leaves the oracles out)
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)

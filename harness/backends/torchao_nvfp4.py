@@ -19,13 +19,14 @@ Convention (torchao 0.18): ``per_tensor_scale`` is the *decode multiplier* amax/
   useful bound covers that mode (with up to K/16 partials added in bf16, it exceeds the product
   sum itself from K = 4096 on).  The mode belongs to the dense cuBLAS GEMM, not to torchao's NVFP4
   dequantization, which is what this backend tests.  Why it matters here: in the H200 main job of
-  2026-12-01, 8 of 49,237 cases, all this backend's with column-major inputs and ``tiny`` data,
-  came out 1.06 to 1.21 times past the fp32-accumulation bound.  An A/B on the H200 (this call
-  with and without the fp32 reductions, the rest unchanged) showed the cause: without them, those
-  8 cases and 2 more found by a fuzz run of this backend alone fail on every replay, each in a
-  fresh process; with them all 10 pass (0.55 to 0.94 of the bound), and fuzzing this backend alone
-  gave 2 failures in 6,794 cases without them, 0 in 6,293 with them (``bench/RESULTS.md``,
-  fourth-session section).
+  2026-12-01, 8 of 49,237 cases failed, all this backend's with column-major inputs.  Seven were 1.00
+  to 1.21 times past the fp32-accumulation bound; one, fp16 ``heavy_tailed`` data at K = 1440, gave a
+  non-finite output that the bound's overflow rule does not accept (fp16 partial sums can overflow).  An A/B on the
+  H200 changed only this adapter's ``F.linear`` call, with and without the fp32 reductions.  Without
+  them, those 8 cases and 2 more from a fuzz run of this backend alone fail on both of two replays,
+  each in a fresh process; with them all 10 pass.  Fuzzing this backend alone gave 2 failures in
+  6,794 cases without them and 0 in 6,293 with them (``bench/RESULTS.md``, "Verification on the
+  H200, fourth session").
 * ``linear-torchao-dynamic``: ``F.linear`` with ``act_quant_kwargs`` (dynamic per-tensor activation
   scale): activations quantized by torchao and multiplied by ``torch._scaled_mm`` in FP4, which
   needs cuBLASLt block-scaled FP4 (SM100+); gated with that reason elsewhere.
