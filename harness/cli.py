@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -415,10 +417,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Set to ``1`` to see the optional libraries' import-time notices on stderr (hidden by default).
+SHOW_LIBRARY_NOTICES_ENV = "NVFP4_SHOW_LIBRARY_NOTICES"
+
+#: Loggers whose WARNING records, printed while an optional library is imported, say nothing about the
+#: NVFP4 code the harness tests: torchao logs each of its compiled extensions built for another GPU or
+#: CUDA version that it skips (``torchao/__init__.py``), and torch's pytree module logs a deprecation
+#: that torchao's own enum registrations trigger.
+LIBRARY_NOTICE_LOGGERS = ("torchao", "torch.utils._pytree")
+
+#: Modules whose UserWarnings at import are notices of the same kind (ModelOpt warns when the installed
+#: transformers is newer than it was tested with; the harness does not use its Hugging Face support).
+LIBRARY_NOTICE_MODULES = r"(torchao|modelopt)(\.|$)"
+
+
+def quiet_library_notices(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> bool:
+    """Keep the optional libraries' import-time notices off the command's stderr: the loggers in
+    :data:`LIBRARY_NOTICE_LOGGERS` report ERROR and above only, and UserWarnings raised from the
+    modules matching :data:`LIBRARY_NOTICE_MODULES` are ignored.  Errors still print, and a library
+    that fails to import still makes its backends unavailable with the reason.  Returns False and
+    changes nothing when ``NVFP4_SHOW_LIBRARY_NOTICES`` is set to anything but ``0``."""
+    if environ.get(SHOW_LIBRARY_NOTICES_ENV, "").strip() not in ("", "0"):
+        return False
+    for name in LIBRARY_NOTICE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=LIBRARY_NOTICE_MODULES)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = user_command(argv)
+    quiet_library_notices()
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
