@@ -581,10 +581,31 @@ def nvfp4_session(request: pytest.FixtureRequest) -> HarnessSession:
     return HarnessSession(request.config)
 
 
+def key_examples_by_item(item: pytest.Function) -> bool:
+    """Give a parametrized Hypothesis test one example-database key per pytest item (its node id,
+    e.g. ``properties/test_properties.py::test_property[torch-emu::determinism]``).
+
+    Hypothesis's pytest plugin does this only for ``@pytest.mark.parametrize`` (and parametrized
+    fixtures, when its fixture health checks are on); the property suite parametrizes its (backend,
+    property) pairs in ``pytest_generate_tests``, which leaves every pair on the one key of the test
+    function.  A shared key mixes the pairs' examples: a correct backend's run replays a mutant's
+    saved failure, passes it, and Hypothesis deletes it from the database (seen on a shared Redis:
+    the node that found a failure could not replay it on another node).  Returns True when the key
+    was set."""
+    inner = getattr(getattr(item.obj, "hypothesis", None), "inner_test", None)
+    if inner is None or getattr(item, "callspec", None) is None:
+        return False
+    inner._hypothesis_internal_add_digest = item.nodeid.encode()
+    return True
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function):
-    """In a campaign, a property test runs Hypothesis runs with fresh seeds until its pair's share
-    of the budget is spent (harness/campaign.py); elsewhere pytest calls the test once."""
+    """Every parametrized Hypothesis test gets its own example-database key
+    (:func:`key_examples_by_item`).  In a campaign, a property test runs Hypothesis runs with fresh
+    seeds until its pair's share of the budget is spent (harness/campaign.py); elsewhere pytest
+    calls the test once."""
+    key_examples_by_item(pyfuncitem)
     session = pyfuncitem.funcargs.get("nvfp4_session")
     if session is None or "property_name" not in pyfuncitem.funcargs \
             or not getattr(pyfuncitem.config, "_nvfp4_campaign", False):

@@ -449,9 +449,8 @@ def test_two_nodes_share_one_redis_a_failure_is_replayed_first_and_reports_merge
     assert nodes[0].returncode == 1, outs[0][-3000:]     # the mutant's failure
     assert nodes[1].returncode == 0, outs[1][-3000:]
     case_paths = sorted((_run(r1) / "cases").glob("*.json"))  # the first failure, and any found after it
-    # every failing example node 1 ran (shrink steps included): what its database can hold, since
-    # Hypothesis saves a failure only after the test (and so its record) has run; node 1 is stopped
-    # while it may still be shrinking, so the saved example can be newer than the case file
+    # the minimized failures node 1 recorded (one per Hypothesis run that found one: a stop never
+    # interrupts shrinking, so the best example of each run in its database is one of these)
     failed = [r["problem"] for r in _records(r1) if r["outcome"] == "fail" and r["backend"] == "mutant-rows-unwritten"]
     assert {r["backend"] for r in _cases(r2)} == {"torch-emu"}
     # node 2 takes node 1's shard, with its own local database (which never saw that pair): the
@@ -473,6 +472,32 @@ def test_two_nodes_share_one_redis_a_failure_is_replayed_first_and_reports_merge
     assert all((merged / "cases" / c.name).exists() for c in case_paths)
     html = merged_html.read_text()
     assert "mutant-rows-unwritten" in html and "torch-emu" in html
+
+
+def test_each_pair_keeps_its_own_examples_in_a_shared_database(tmp_path: Path) -> None:
+    """Each (backend, property) pair has its own example-database key: a mutant's saved failure
+    survives a correct backend's run in the same database (on one shared key, that run replayed
+    the failure, passed it, and Hypothesis deleted it), and a replay-only run of the mutant's pair
+    runs that failure first."""
+    pairs = ["--nvfp4-backends", "mutant-rows-unwritten,torch-emu", "--nvfp4-properties", "output_coverage",
+             "-p", "no:xdist"]
+    first = tmp_path / "first"
+    # the mutant's pair runs first, the correct backend's pair after it, in one process
+    proc = subprocess.run(_pytest_cmd(first, *pairs, "--nvfp4-examples", "3"), env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    recs = _cases(first)
+    assert [r["backend"] for r in recs][-1] == "torch-emu" and recs[0]["backend"] == "mutant-rows-unwritten"
+    assert all(r["outcome"] == "pass" for r in recs if r["backend"] == "torch-emu")
+    failed = [r["problem"] for r in recs if r["outcome"] == "fail"]
+    assert failed and all(r["backend"] == "mutant-rows-unwritten" for r in recs if r["outcome"] == "fail")
+    again = tmp_path / "again"
+    proc = subprocess.run(_pytest_cmd(again, *pairs, "--nvfp4-profile", "replay"), env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    replayed = _cases(again)
+    assert replayed[0]["backend"] == "mutant-rows-unwritten" and replayed[0]["outcome"] == "fail"
+    assert replayed[0]["problem"] in failed, (replayed[0]["problem"], failed)
 
 
 def test_the_fuzz_profile_stays_random_on_a_ci_machine() -> None:
