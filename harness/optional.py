@@ -27,6 +27,7 @@ INSTALL_HINT = {
     "torchao": "torchao (pip install -e '.[oracles]')",
     "compressed_tensors": "compressed-tensors (pip install -e '.[oracles]')",
     "flashinfer": "flashinfer-python (pip install flashinfer-python)",
+    "modelopt": "nvidia-modelopt (pip install -e '.[oracles]')",
 }
 
 

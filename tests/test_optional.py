@@ -69,3 +69,22 @@ def test_a_pytest_run_skips_without_and_fails_with_the_ci_variable(tmp_path):
 def test_ci_script_requires_the_oracles():
     script = (REPO / ".ci" / "run").read_text()
     assert f"export {optional.REQUIRE_ENV}=1" in script
+
+
+def test_a_backend_needing_an_absent_package_says_how_to_install_it(monkeypatch):
+    """``Backend.support`` names the missing package and, where the project knows it, the install
+    command (harness.optional.INSTALL_HINT)."""
+    from harness import env as env_mod
+    from harness.backends.protocol import Backend, Requirements
+
+    top = ABSENT.split(".")[0]
+    monkeypatch.setitem(optional.INSTALL_HINT, top, f"{top} (pip install {top})")
+
+    class NeedsAbsent(Backend):
+        level = "gemm"
+        name = "needs-absent"
+        requirements = Requirements(runs_on_cpu=True, packages=(top,))
+
+    support = NeedsAbsent().support(env_mod.current())
+    assert not support
+    assert f"package {top!r} is not installed: {top} (pip install {top})" in support.reason

@@ -98,7 +98,10 @@ class Backend(abc.ABC):
         req = self.requirements
         for pkg in req.packages:
             if importlib.util.find_spec(pkg) is None:
-                return Support(False, f"package {pkg!r} is not installed")
+                from harness.optional import INSTALL_HINT
+
+                hint = INSTALL_HINT.get(pkg)
+                return Support(False, f"package {pkg!r} is not installed" + (f": {hint}" if hint else ""))
         if env.device == "cpu":
             if not req.runs_on_cpu:
                 return Support(False, "needs a CUDA GPU; this machine has none")
