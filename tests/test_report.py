@@ -331,6 +331,26 @@ def _overflow_results(root: Path) -> dict:
     return res.measure
 
 
+def test_report_error_plots_hold_grouped_and_moe_cases(results, tmp_path: Path) -> None:
+    """Grouped GEMM cases are plotted at (tokens, k) and fused MoE cases at (tokens, hidden), each
+    point's title naming the shape; a dense case keeps (m, k)."""
+    root, _ = results
+    grouped = _record("gw0", 90, "grouped-triton-emu", "reference_agreement", "pass", level="grouped",
+                      measure={"max_err_units": 0.5})
+    grouped["problem"] = {"tokens": 37, "experts": 4, "n": 64, "k": 2880, "seed": 1}
+    moe = _record("gw0", 91, "moe-triton-emu", "reference_agreement", "fail", level="moe",
+                  measure={"max_err_units": 2.5})
+    moe["problem"] = {"tokens": 5, "experts": 3, "hidden": 1856, "intermediate": 192, "seed": 2}
+    (root / "results-gw9.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (grouped, moe)))
+    html = render_report(root, tmp_path / "grouped.html").read_text(encoding="utf-8")
+    plots = re.findall(r'<svg class="plot".*?</svg>', _section(html, "errors"), re.S)
+    assert len(plots) == 2
+    assert all(svg.count("<circle") == 17 for svg in plots)   # the 15 dense points and these two
+    assert "tokens=37 experts=4 n=64 k=2880" in plots[0] and "tokens=37 experts=4 n=64 k=2880" in plots[1]
+    assert "tokens=5 experts=3 hidden=1856 intermediate=192" in plots[1]
+    assert "tokens for grouped and MoE" in plots[0]
+
+
 def test_report_grid_shows_what_the_property_judged(tmp_path: Path) -> None:
     """The failure card's grid agrees with its summary: one output outside the bound, the accepted
     overflows drawn as such (not as NaN/Inf), and the legend names every cell kind."""
@@ -363,7 +383,7 @@ def test_report_error_plots(report) -> None:
         assert "bound = 1" in svg and 'stroke-dasharray="6 4"' in svg
         assert svg.count("<circle") == 15  # 14 passing points and the failing 3.2
         assert "NaN / Inf" in svg  # the infinite error sits in the band above
-    assert "(log2)" in plots[0] and "m (rows)" in plots[0] and ">K (log2)" in plots[1]
+    assert "(log2)" in plots[0] and "m (rows;" in plots[0] and ">K (log2)" in plots[1]
     for backend in ("torch-emu", "triton-emu-128x4", "triton-emu-8x4"):
         assert backend in errors
     # the plot says why correct backends sit near the bound (output rounding dominates it)

@@ -316,6 +316,24 @@ def _count(v: Any) -> int:
     return int(x) if x is not None and math.isfinite(x) else 0
 
 
+def _plot_axes(problem: Mapping[str, Any]) -> tuple[int | None, int | None, str]:
+    """The error plots' axes for one record's problem: (rows, K, shape text).  Dense problems give
+    ``m`` and ``k``; grouped (MoE) GEMMs ``tokens`` and ``k``; fused MoE layers ``tokens`` and
+    ``hidden`` (the K of FC1, the first of their two GEMMs; FC2's is ``intermediate``)."""
+    def whole(key: str) -> int | None:
+        v = problem.get(key)
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+    if whole("m") is not None:
+        return whole("m"), whole("k"), f"m={problem.get('m')} n={problem.get('n')} k={problem.get('k')}"
+    if whole("hidden") is not None:
+        return (whole("tokens"), whole("hidden"),
+                f"tokens={problem.get('tokens')} experts={problem.get('experts')} hidden={problem.get('hidden')} "
+                f"intermediate={problem.get('intermediate')}")
+    return (whole("tokens"), whole("k"),
+            f"tokens={problem.get('tokens')} experts={problem.get('experts')} n={problem.get('n')} k={problem.get('k')}")
+
+
 def difference_rows(records: list[dict]) -> list[dict]:
     """Per backend: the counted (not failed) differences from the reference bytes, by name, over the
     quantizer_agreement / checkpoint_convention records that passed or failed."""
@@ -552,17 +570,18 @@ def build_context(run: RunData) -> dict[str, Any]:
             nonfinite += 1
             err = None
         b = str(r.get("backend", "?"))
-        label = f"{b}: m={p.get('m')} n={p.get('n')} k={p.get('k')} err={_fmt_num(measure.get('max_err_units'))}"
+        rows, k, shape = _plot_axes(p)
+        label = f"{b}: {shape} err={_fmt_num(measure.get('max_err_units'))}"
         failed = r.get("outcome") == "fail"
-        if isinstance(p.get("m"), int):
-            pts_m.append(Point(p["m"], err, b, failed, label))
-        if isinstance(p.get("k"), int):
-            pts_k.append(Point(p["k"], err, b, failed, label))
+        if rows is not None:
+            pts_m.append(Point(rows, err, b, failed, label))
+        if k is not None:
+            pts_k.append(Point(k, err, b, failed, label))
     plot_backends = sorted({pt.series for pt in pts_m + pts_k})
     plots = None
     if pts_m or pts_k:
         plots = {
-            "m": scatter_svg(pts_m, styles, x_label="m (rows)", y_label="max error / bound"),
+            "m": scatter_svg(pts_m, styles, x_label="m (rows; tokens for grouped and MoE)", y_label="max error / bound"),
             "k": scatter_svg(pts_k, styles, x_label="K", y_label="max error / bound"),
             "n_points": len(pts_m), "nonfinite": nonfinite,
             "legend": [(b, markers[b]) for b in plot_backends],
