@@ -438,6 +438,9 @@ class HarnessSession:
         """What this worker is (sent to the controller, see pytest_sessionfinish)."""
         config._nvfp4_session = self  # type: ignore[attr-defined]
         self.campaign = None  # harness.campaign.WorkerCampaign, once the first pair of a campaign starts
+        # (outcome, final) of the cases recorded before it started (grouped pairs run first): the
+        # campaign's counts, and so its progress lines, include them once it exists
+        self.unnoted: list[tuple[str, bool]] = []
         self._stops: dict[str, str] = {}     # test -> why it stopped before max_examples
         self.refusals: dict[str, list[str]] = {}  # test -> the refusal reasons of its examples
 
@@ -487,6 +490,8 @@ class HarnessSession:
         self.recorded += 1
         if self.campaign is not None:
             self.campaign.note_record(outcome.status, final)
+        else:
+            self.unnoted.append((outcome.status, final))
 
     def _record_grouped(self, trial, outcome, final: bool, extra: dict) -> str | None:
         """A grouped failure: its per-expert view goes into the record (``experts``) and, once
@@ -615,6 +620,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
     if session.campaign is None:
         session.campaign = campaign.WorkerCampaign(session.results_dir, session.worker,
                                                    campaign.runnable_pairs(pyfuncitem.session.items, session.env))
+        for status, final in session.unnoted:
+            session.campaign.note_record(status, final)
+        session.unnoted.clear()
     testargs = {arg: pyfuncitem.funcargs[arg] for arg in pyfuncitem._fixtureinfo.argnames}
     session.campaign.run_pair(pyfuncitem.nodeid, lambda: pyfuncitem.obj(**testargs), pyfuncitem.obj)
     return True

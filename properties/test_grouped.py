@@ -106,8 +106,10 @@ def test_grouped_property(nvfp4_session, grouped_backend: str, grouped_property:
             found.append(trial)
         assert out.status in ("pass", "skip"), f"{grouped_backend} {grouped_property}: {out.reason}"
 
-    # one example database entry per (backend, property) pair, as for a parametrized test
-    check._hypothesis_internal_add_digest = test.encode()  # type: ignore[attr-defined]
+    # one example-database key per (backend, property) pair, as Hypothesis gives a parametrized
+    # test: on the inner test, where Hypothesis reads it (set on the @given wrapper, it was ignored
+    # and every grouped pair shared one key; see harness.pytest_plugin.key_examples_by_item)
+    check.hypothesis.inner_test._hypothesis_internal_add_digest = test.encode()  # type: ignore[attr-defined]
     try:
         check()
     except campaign.RunStopped:  # the time budget (or this pair's share of it) is spent: what ran is recorded

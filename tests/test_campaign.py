@@ -228,6 +228,23 @@ def test_campaign_fuzzes_past_the_example_cap_until_the_budget_is_spent(tmp_path
     assert f"{len(cases)} cases" in lines[-1], (lines[-1], len(cases))
 
 
+def test_progress_counts_the_grouped_cases_run_before_the_first_dense_pair(tmp_path: Path) -> None:
+    """The grouped suite's pairs run before the dense ones (test_grouped.py sorts first); the
+    campaign's counters start with the first dense pair, and its last progress line still counts
+    every case recorded, as the summary and the report do."""
+    results = tmp_path / "results"
+    proc = subprocess.run(_pytest_cmd(results, "-p", "no:xdist", "--nvfp4-backends", "grouped-triton-emu,torch-emu",
+                                      "--nvfp4-properties", "reference_agreement", "--nvfp4-examples", "2",
+                                      "--nvfp4-budget", "12"),
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cases = _cases(results)
+    assert {r["level"] for r in cases} == {"grouped", "gemm"}, sorted({r["level"] for r in cases})
+    assert cases[0]["level"] == "grouped"
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("campaign")]
+    assert lines and f"{len(cases)} cases" in lines[-1], (lines[-1:], len(cases))
+
+
 def test_only_the_fuzz_profile_with_a_budget_is_a_campaign() -> None:
     """The ci profile stays derandomized and small: a budget does not make it fuzz past its cap."""
     assert campaign.is_campaign("fuzz", 60.0)
@@ -497,6 +514,31 @@ def test_each_pair_keeps_its_own_examples_in_a_shared_database(tmp_path: Path) -
     assert proc.returncode == 1, proc.stdout[-3000:]
     replayed = _cases(again)
     assert replayed[0]["backend"] == "mutant-rows-unwritten" and replayed[0]["outcome"] == "fail"
+    assert replayed[0]["problem"] in failed, (replayed[0]["problem"], failed)
+
+
+def test_each_grouped_pair_keeps_its_own_examples_too(tmp_path: Path) -> None:
+    """The grouped suite's pairs have their own keys as well: a grouped mutant's minimized failure
+    survives a correct grouped backend's run and is what a replay-only run runs first."""
+    pairs = ["--nvfp4-backends", "mutant-grouped-one-input-scale,grouped-triton-emu",
+             "--nvfp4-properties", "reference_agreement", "-p", "no:xdist"]
+    first = tmp_path / "first"
+    # 20 examples: about half the drawn grouped problems cannot show this mutant (with 3 examples,
+    # 1 run in 6 missed it on the CPU), so 20 miss it with odds of about 1 in 10^5
+    proc = subprocess.run(_pytest_cmd(first, *pairs, "--nvfp4-examples", "20"), env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    recs = _cases(first)
+    assert recs[0]["backend"] == "mutant-grouped-one-input-scale" and recs[-1]["backend"] == "grouped-triton-emu"
+    assert all(r["outcome"] == "pass" for r in recs if r["backend"] == "grouped-triton-emu")
+    failed = [r["problem"] for r in recs if r["outcome"] == "fail" and r["final"]]
+    assert failed
+    again = tmp_path / "again"
+    proc = subprocess.run(_pytest_cmd(again, *pairs, "--nvfp4-profile", "replay"), env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    replayed = _cases(again)
+    assert replayed[0]["backend"] == "mutant-grouped-one-input-scale" and replayed[0]["outcome"] == "fail"
     assert replayed[0]["problem"] in failed, (replayed[0]["problem"], failed)
 
 
