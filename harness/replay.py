@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
 from harness.cases import Case, load_case, save_case
 from harness.problem import POISON_REGIONS, SLOT_REGIONS
@@ -56,13 +56,14 @@ class Replay:
                  + (" + stale memory" if t.poison.stale_memory else "")
                  + (f"; activation scales {t.a_layout}" if t.a_layout else "")]
         lines += _digest_lines(self.digest_ok, o.digest, self.case.digest)
+        lines += _machine_lines(self.case.environment)
         lines.append(f"result    {_verdict(t.backend, self.case.backend, o)}")
         for key, label in (("nan_rows", "NaN rows"), ("changed_rows", "rows"), ("changed_cols", "columns")):
             if m.get(key):
                 vals = m[key]
                 lines.append(f"  {label + ' ':<10}{vals[:16]}{' ...' if len(vals) > 16 else ''}")
-        if m.get("max_err_units") is not None:
-            lines.append(f"  max error {m['max_err_units']:.4g} x bound" + (f" at {m['argmax']}" if m.get("argmax") else ""))
+        if m.get("max_err_units") is not None and m.get("argmax"):  # the verdict line gives the value
+            lines.append(f"  max error {m['max_err_units']:.4g} x bound at {m['argmax']}")
         if m.get("region"):
             lines.append(f"  poisoned region {m['region']} ({m.get('poison_kind')})")
         return "\n".join(lines)
@@ -146,6 +147,7 @@ class GroupedReplay:
                  f"out={p.out_dtype} data={p.distribution} seed={p.seed}" + (f"  [{p.origin}]" if p.origin else ""),
                  f"poison    {poison}"]
         lines += _digest_lines(self.digest_ok, o.digest, self.case.digest)
+        lines += _machine_lines(self.case.environment)
         lines.append(f"result    {_verdict(t.backend, self.case.backend, o)}")
         if o.status in ("pass", "fail"):
             for row in experts_or_note(t, m):
@@ -173,6 +175,28 @@ def _digest_lines(digest_ok: bool | None, now: str | None, recorded: str | None)
         return [f"operands  DIGEST MISMATCH: rebuilt operands differ from the recorded ones "
                 f"({now} != {recorded}); this is not the same case"]
     return ["operands  rebuilt bit for bit (digest matches)"] if digest_ok else []
+
+
+def _where(environment: Mapping[str, Any]) -> str:
+    """``"NVIDIA H200 (SM90)"``, ``"CPU (Triton interpreter)"`` or ``"CPU"`` from an environment dict."""
+    if environment.get("device") == "cuda":
+        return f"{environment.get('gpu_name') or 'a CUDA GPU'} (SM{environment.get('compute_capability')})"
+    return "CPU (Triton interpreter)" if environment.get("interpreter") else "CPU"
+
+
+def _machine_lines(recorded: Mapping[str, Any] | None) -> list[str]:
+    """Where the case was recorded and where it replays now, when they differ: a case recorded on
+    another kind of machine (a GPU-only failure replayed on the CPU, or another architecture) says
+    nothing, by passing here, about the machine it failed on."""
+    from harness import env
+
+    if not recorded or not recorded.get("device"):
+        return []
+    here, there = _where(env.current().to_dict()), _where(recorded)
+    if here == there:
+        return []
+    return [f"machine   recorded on {there}, replayed on {here}: a result here does not show what "
+            f"{there} computes now"]
 
 
 def _verdict(backend: str, recorded_backend: str, o: Outcome) -> str:

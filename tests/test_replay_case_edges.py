@@ -222,3 +222,30 @@ def test_report_and_record_verified_of_a_case_file_say_it_is_a_file(tmp_path, ca
                                "`nvfp4-harness replay`")
         assert "no such directory" not in err
     assert not (tmp_path / "r.html").exists() and not (tmp_path / "v.json").exists()
+
+
+def test_replay_names_both_machines_when_the_case_was_recorded_on_another(tmp_path):
+    """A case recorded on an H200 and replayed elsewhere says so beside its verdict (a pass on the
+    CPU does not show a GPU-only failure fixed); replayed on the kind of machine it was recorded
+    on, it does not."""
+    import json
+
+    from harness import env
+    from harness.replay import replay
+
+    src = Path(__file__).resolve().parents[1] / "regressions" / "cases" / "torch-emu-fp16-overflow-m127.json"
+    doc = json.loads(src.read_text())
+    assert doc["environment"]["device"] == "cuda" and doc["environment"]["compute_capability"] == 90
+    here = env.current()
+    text = replay(src).diagnosis()
+    on_h200 = here.device == "cuda" and here.compute_capability == 90 and "H200" in (here.gpu_name or "")
+    machine = [line for line in text.splitlines() if line.startswith("machine")]
+    if on_h200:
+        assert machine == [], text
+    else:
+        assert len(machine) == 1 and f"recorded on {doc['environment']['gpu_name']} (SM90)" in machine[0], text
+    # the same case, recorded (as this copy says) on this very machine: no machine line
+    doc["environment"] = here.to_dict()
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps(doc))
+    assert not [line for line in replay(same).diagnosis().splitlines() if line.startswith("machine")]
