@@ -491,54 +491,35 @@ def test_two_nodes_share_one_redis_a_failure_is_replayed_first_and_reports_merge
     assert "mutant-rows-unwritten" in html and "torch-emu" in html
 
 
-def test_each_pair_keeps_its_own_examples_in_a_shared_database(tmp_path: Path) -> None:
-    """Each (backend, property) pair has its own example-database key: a mutant's saved failure
-    survives a correct backend's run in the same database (on one shared key, that run replayed
-    the failure, passed it, and Hypothesis deleted it), and a replay-only run of the mutant's pair
-    runs that failure first."""
-    pairs = ["--nvfp4-backends", "mutant-rows-unwritten,torch-emu", "--nvfp4-properties", "output_coverage",
-             "-p", "no:xdist"]
+@pytest.mark.parametrize(("mutant", "correct", "prop", "examples"), [
+    ("mutant-rows-unwritten", "torch-emu", "output_coverage", 3),
+    # about half the drawn grouped problems cannot show this mutant (with 3 examples, 1 run in 6
+    # missed it on the CPU): 20 examples miss it with odds of about 1 in 10^5
+    ("mutant-grouped-one-input-scale", "grouped-triton-emu", "reference_agreement", 20),
+])
+def test_each_pair_keeps_its_own_examples_in_a_shared_database(tmp_path: Path, mutant: str, correct: str,
+                                                               prop: str, examples: int) -> None:
+    """Each (backend, property) pair, dense or grouped, has its own example-database key: a mutant's
+    minimized failure survives a correct backend's run in the same database (on one shared key,
+    that run replayed the failure, passed it, and Hypothesis deleted it), and a replay-only run of
+    the mutant's pair runs that failure first."""
+    pairs = ["--nvfp4-backends", f"{mutant},{correct}", "--nvfp4-properties", prop, "-p", "no:xdist"]
     first = tmp_path / "first"
     # the mutant's pair runs first, the correct backend's pair after it, in one process
-    proc = subprocess.run(_pytest_cmd(first, *pairs, "--nvfp4-examples", "3"), env=_env(tmp_path),
+    proc = subprocess.run(_pytest_cmd(first, *pairs, "--nvfp4-examples", str(examples)), env=_env(tmp_path),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout[-3000:]
     recs = _cases(first)
-    assert [r["backend"] for r in recs][-1] == "torch-emu" and recs[0]["backend"] == "mutant-rows-unwritten"
-    assert all(r["outcome"] == "pass" for r in recs if r["backend"] == "torch-emu")
-    failed = [r["problem"] for r in recs if r["outcome"] == "fail"]
-    assert failed and all(r["backend"] == "mutant-rows-unwritten" for r in recs if r["outcome"] == "fail")
-    again = tmp_path / "again"
-    proc = subprocess.run(_pytest_cmd(again, *pairs, "--nvfp4-profile", "replay"), env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 1, proc.stdout[-3000:]
-    replayed = _cases(again)
-    assert replayed[0]["backend"] == "mutant-rows-unwritten" and replayed[0]["outcome"] == "fail"
-    assert replayed[0]["problem"] in failed, (replayed[0]["problem"], failed)
-
-
-def test_each_grouped_pair_keeps_its_own_examples_too(tmp_path: Path) -> None:
-    """The grouped suite's pairs have their own keys as well: a grouped mutant's minimized failure
-    survives a correct grouped backend's run and is what a replay-only run runs first."""
-    pairs = ["--nvfp4-backends", "mutant-grouped-one-input-scale,grouped-triton-emu",
-             "--nvfp4-properties", "reference_agreement", "-p", "no:xdist"]
-    first = tmp_path / "first"
-    # 20 examples: about half the drawn grouped problems cannot show this mutant (with 3 examples,
-    # 1 run in 6 missed it on the CPU), so 20 miss it with odds of about 1 in 10^5
-    proc = subprocess.run(_pytest_cmd(first, *pairs, "--nvfp4-examples", "20"), env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 1, proc.stdout[-3000:]
-    recs = _cases(first)
-    assert recs[0]["backend"] == "mutant-grouped-one-input-scale" and recs[-1]["backend"] == "grouped-triton-emu"
-    assert all(r["outcome"] == "pass" for r in recs if r["backend"] == "grouped-triton-emu")
+    assert recs[0]["backend"] == mutant and recs[-1]["backend"] == correct
+    assert all(r["outcome"] == "pass" for r in recs if r["backend"] == correct)
     failed = [r["problem"] for r in recs if r["outcome"] == "fail" and r["final"]]
-    assert failed
+    assert failed and all(r["backend"] == mutant for r in recs if r["outcome"] == "fail")
     again = tmp_path / "again"
     proc = subprocess.run(_pytest_cmd(again, *pairs, "--nvfp4-profile", "replay"), env=_env(tmp_path),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout[-3000:]
     replayed = _cases(again)
-    assert replayed[0]["backend"] == "mutant-grouped-one-input-scale" and replayed[0]["outcome"] == "fail"
+    assert replayed[0]["backend"] == mutant and replayed[0]["outcome"] == "fail"
     assert replayed[0]["problem"] in failed, (replayed[0]["problem"], failed)
 
 
