@@ -12,6 +12,7 @@ import importlib.util
 import os
 import platform
 from dataclasses import asdict, dataclass
+from typing import Any, Mapping
 
 
 def configure_triton_interpreter() -> bool:
@@ -104,10 +105,16 @@ class Environment:
                 "torchao": self.torchao, "compressed_tensors": self.compressed_tensors, "modelopt": self.modelopt}
 
     def summary(self) -> str:
-        where = f"{self.gpu_name} (SM{self.compute_capability})" if self.device == "cuda" else \
-            "CPU (Triton interpreter)" if self.interpreter else "CPU"
-        return (f"{where}; torch {self.torch}, triton {self.triton}, "
+        return (f"{machine(self.to_dict())}; torch {self.torch}, triton {self.triton}, "
                 f"flashinfer {self.flashinfer or 'not installed'}")
+
+
+def machine(environment: Mapping[str, Any]) -> str:
+    """The kind of machine an environment dict (:meth:`Environment.to_dict`, or a case file's
+    ``environment``) describes: ``"NVIDIA H200 (SM90)"``, ``"CPU (Triton interpreter)"`` or ``"CPU"``."""
+    if environment.get("device") == "cuda":
+        return f"{environment.get('gpu_name') or 'a CUDA GPU'} (SM{environment.get('compute_capability')})"
+    return "CPU (Triton interpreter)" if environment.get("interpreter") else "CPU"
 
 
 def _driver_version() -> str | None:

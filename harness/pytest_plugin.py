@@ -586,9 +586,22 @@ def nvfp4_session(request: pytest.FixtureRequest) -> HarnessSession:
     return HarnessSession(request.config)
 
 
+def key_examples(test: Any, key: str) -> bool:
+    """Make ``key`` part of the Hypothesis example-database key of ``test`` (a ``@given`` function),
+    where Hypothesis reads it: on its inner test (``hypothesis.internal.reflection.function_digest``;
+    set on the ``@given`` wrapper itself it is ignored).  Returns False when ``test`` is not a
+    Hypothesis test."""
+    inner = getattr(getattr(test, "hypothesis", None), "inner_test", None)
+    if inner is None:
+        return False
+    inner._hypothesis_internal_add_digest = key.encode()
+    return True
+
+
 def key_examples_by_item(item: pytest.Function) -> bool:
     """Give a parametrized Hypothesis test one example-database key per pytest item (its node id,
-    e.g. ``properties/test_properties.py::test_property[torch-emu::determinism]``).
+    e.g. ``properties/test_properties.py::test_property[torch-emu::determinism]``), with
+    :func:`key_examples`.
 
     Hypothesis's pytest plugin does this only for ``@pytest.mark.parametrize`` (and parametrized
     fixtures, when its fixture health checks are on); the property suite parametrizes its (backend,
@@ -597,11 +610,7 @@ def key_examples_by_item(item: pytest.Function) -> bool:
     saved failure, passes it, and Hypothesis deletes it from the database (seen on a shared Redis:
     the node that found a failure could not replay it on another node).  Returns True when the key
     was set."""
-    inner = getattr(getattr(item.obj, "hypothesis", None), "inner_test", None)
-    if inner is None or getattr(item, "callspec", None) is None:
-        return False
-    inner._hypothesis_internal_add_digest = item.nodeid.encode()
-    return True
+    return getattr(item, "callspec", None) is not None and key_examples(item.obj, item.nodeid)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -177,13 +177,6 @@ def _digest_lines(digest_ok: bool | None, now: str | None, recorded: str | None)
     return ["operands  rebuilt bit for bit (digest matches)"] if digest_ok else []
 
 
-def _where(environment: Mapping[str, Any]) -> str:
-    """``"NVIDIA H200 (SM90)"``, ``"CPU (Triton interpreter)"`` or ``"CPU"`` from an environment dict."""
-    if environment.get("device") == "cuda":
-        return f"{environment.get('gpu_name') or 'a CUDA GPU'} (SM{environment.get('compute_capability')})"
-    return "CPU (Triton interpreter)" if environment.get("interpreter") else "CPU"
-
-
 def _machine_lines(recorded: Mapping[str, Any] | None) -> list[str]:
     """Where the case was recorded and where it replays now, when they differ: a case recorded on
     another kind of machine (a GPU-only failure replayed on the CPU, or another architecture) says
@@ -192,7 +185,7 @@ def _machine_lines(recorded: Mapping[str, Any] | None) -> list[str]:
 
     if not recorded or not recorded.get("device"):
         return []
-    here, there = _where(env.current().to_dict()), _where(recorded)
+    here, there = env.machine(env.current().to_dict()), env.machine(recorded)
     if here == there:
         return []
     return [f"machine   recorded on {there}, replayed on {here}: a result here does not show what "

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 
 from harness import campaign, env
 from harness.grouped import registry, strategies
+from harness.pytest_plugin import key_examples
 
 EXAMPLES = 25 if env.current().device == "cuda" else 2
 """Examples per (backend, property) with the ``ci`` profile: a handful on the CPU interpreter (CI),
@@ -106,10 +107,8 @@ def test_grouped_property(nvfp4_session, grouped_backend: str, grouped_property:
             found.append(trial)
         assert out.status in ("pass", "skip"), f"{grouped_backend} {grouped_property}: {out.reason}"
 
-    # one example-database key per (backend, property) pair, as Hypothesis gives a parametrized
-    # test: on the inner test, where Hypothesis reads it (set on the @given wrapper, it was ignored
-    # and every grouped pair shared one key; see harness.pytest_plugin.key_examples_by_item)
-    check.hypothesis.inner_test._hypothesis_internal_add_digest = test.encode()  # type: ignore[attr-defined]
+    # one example-database key per (backend, property) pair, as Hypothesis gives a parametrized test
+    key_examples(check, test)
     try:
         check()
     except campaign.RunStopped:  # the time budget (or this pair's share of it) is spent: what ran is recorded
